@@ -1,0 +1,75 @@
+"""The image-source contract every dataset implements.
+
+A source is an ordered list of samples; ``load(i)`` decodes sample ``i`` to an RGB PIL image or
+raises :class:`ImageDecodeError` naming the file. The extraction pipeline skips, counts and reports
+samples that fail to decode; it never aborts a run for one bad file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+class ImageDecodeError(Exception):
+    """A sample could not be decoded. ``ident`` names the file (or dataset index)."""
+
+    def __init__(self, ident: str, reason: str) -> None:
+        super().__init__(f"cannot decode {ident}: {reason}")
+        self.ident = ident
+        self.reason = reason
+
+
+class DataSourceError(Exception):
+    """A source is unusable as a whole (missing directory, empty source, bad list file)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample: a stable identifier (file path or ``dataset:index``) and an integer label (-1 = none)."""
+
+    ident: str
+    label: int = -1
+
+
+class ImageSource(ABC):
+    """Ordered samples plus a decoder. Subclasses implement ``samples`` and ``_load``."""
+
+    #: Human-readable name (used in reports and cache keys).
+    name: str = "source"
+    #: Class names indexed by label, when known.
+    class_names: list[str] | None = None
+
+    @property
+    @abstractmethod
+    def samples(self) -> list[Sample]:
+        """All samples, in a fixed order."""
+
+    @abstractmethod
+    def _load(self, i: int) -> Image.Image:
+        """Decode sample ``i`` (any mode); raise ImageDecodeError on failure."""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> Image.Image:
+        """Sample ``i`` as an RGB image (grayscale/palette/CMYK/alpha converted)."""
+        from tagood.data.decode import to_rgb
+
+        return to_rgb(self._load(i))
+
+    def fingerprint(self) -> str:
+        """A hash of the sample list (identifiers and labels) plus ``content_id()``; keys the cache."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update(self.content_id().encode())
+        for s in self.samples:
+            h.update(f"{s.ident}\t{s.label}\n".encode())
+        return h.hexdigest()[:16]
+
+    def content_id(self) -> str:
+        """Extra identity beyond the sample list (e.g. a hash of an in-memory array). Default ''."""
+        return ""

@@ -1,0 +1,169 @@
+"""Detector base class and registry.
+
+Contract (DESIGN section 3): ``det = create(name, **hparams)``; ``det.fit(train, context) -> det``;
+``det.score(data) -> np.ndarray[float64] (N,)`` with **higher = more OOD**. Each detector declares
+the inputs it needs in ``requires`` so the benchmark runner extracts each input once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+import pkgutil
+import re
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from tagood.types import Context, FeatureSet
+
+_REGISTRY: dict[str, type["Detector"]] = {}
+D = TypeVar("D", bound=type["Detector"])
+
+
+def register(name: str):
+    """Class decorator: make a detector available as ``create(name)``."""
+
+    def deco(cls: D) -> D:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"detector name '{name}' registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+class Detector(ABC):
+    """Base class. Subclasses set ``requires`` and implement ``_fit`` and ``_score``.
+
+    Scores are OOD scores: **higher = more OOD**.
+    """
+
+    name: ClassVar[str] = "base"
+    #: Inputs this detector needs from a FeatureSet (see ``tagood.types.INPUT_FIELDS``).
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: Inputs needed at fit time only (default: same as ``requires``).
+    fit_requires: ClassVar[frozenset[str] | None] = None
+    #: Context entries needed at fit time, e.g. {"head"}, {"model"}, {"pseudo_ood"}.
+    context_requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **hparams: Any) -> None:
+        self.hparams = hparams
+        self.fitted = False
+
+    # -- public API -----------------------------------------------------------------------
+    def fit(self, train: FeatureSet, context: Context | None = None) -> "Detector":
+        """Fit on IND training data. Returns ``self``."""
+        context = context or Context()
+        train = self._coerce(train)
+        train.require(self.fit_requires if self.fit_requires is not None else self.requires, f"{self.name}.fit")
+        missing = [c for c in self.context_requires if getattr(context, c, None) is None and c not in context.extra]
+        if missing:
+            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.types.Context)")
+        self._fit(train, context)
+        self.fitted = True
+        return self
+
+    def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
+        """OOD scores, float64 of shape (N,): **higher = more OOD**."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before score()")
+        data = self._coerce(data)
+        data.require(self.requires, f"{self.name}.score")
+        s = np.asarray(self._score(data), dtype=np.float64).reshape(-1)
+        if len(s) != len(data):
+            raise RuntimeError(f"{self.name} returned {len(s)} scores for {len(data)} samples")
+        return s
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({hp})"
+
+    # -- to implement -----------------------------------------------------------------------
+    def _fit(self, train: FeatureSet, context: Context) -> None:  # default: nothing to fit
+        return None
+
+    @abstractmethod
+    def _score(self, data: FeatureSet) -> np.ndarray:
+        """OOD scores for ``data`` (higher = more OOD)."""
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _coerce(self, x: FeatureSet | np.ndarray) -> FeatureSet:
+        """A bare array is taken as this detector's single array input (e.g. logits)."""
+        if isinstance(x, FeatureSet):
+            return x
+        arrays = [r for r in sorted(self.requires) if r in ("logits", "features", "tag_probs", "block_norms", "image_embeds")]
+        if len(arrays) != 1:
+            raise TypeError(f"{self.name} needs a FeatureSet with {sorted(self.requires)}, not a bare array")
+        return FeatureSet(**{arrays[0]: np.asarray(x)})
+
+
+def _import_all() -> None:
+    pkg = importlib.import_module("tagood.detectors")
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("base",) and not mod.name.startswith("_"):
+            importlib.import_module(f"tagood.detectors.{mod.name}")
+    # method packages that register detectors of their own
+    for extra in ("tagood.tagood", "tagood.vlm"):
+        try:
+            importlib.import_module(extra)
+        except ModuleNotFoundError as e:  # package not built yet / optional
+            if e.name != extra:
+                raise
+
+
+_VARIANT = re.compile(r"^(?P<base>[^\[\]]+)(\[(?P<opts>[^\]]*)\])?$")
+
+
+def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
+    """``'tagood[tau=0.25,score=euclid]'`` -> ``('tagood', {'tau': 0.25, 'score': 'euclid'})``."""
+    m = _VARIANT.match(spec.strip())
+    if not m:
+        raise ValueError(f"bad detector spec '{spec}': use name or name[key=value,...]")
+    opts: dict[str, Any] = {}
+    if m.group("opts"):
+        for part in m.group("opts").split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ValueError(f"bad option '{part}' in '{spec}': use key=value")
+            k, v = part.split("=", 1)
+            opts[k.strip()] = _parse_value(v.strip())
+    return m.group("base"), opts
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def available() -> list[str]:
+    """Registered detector names, sorted."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def get_class(name: str) -> type[Detector]:
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create(spec: str, **hparams: Any) -> Detector:
+    """Create a detector from a name or a variant spec like ``'react[percentile=95]'``."""
+    base, opts = parse_name(spec)
+    cls = get_class(base)
+    det = cls(**{**opts, **hparams})
+    det.spec = spec  # type: ignore[attr-defined]
+    return det

@@ -1,0 +1,269 @@
+"""Core data types shared by every layer: model outputs, ragged token sets, feature sets.
+
+Import direction is one-way (data -> backbones -> cache -> detectors/tagood -> bench -> cli);
+this module sits below all of them and depends on numpy only (torch is optional at runtime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Names of the per-sample inputs a detector can declare in ``Detector.requires``.
+INPUT_FIELDS: tuple[str, ...] = (
+    "logits",  # (N, C) IND-class logits (from the fitted linear head, or the model's own head)
+    "features",  # (N, D) pooled penultimate features
+    "tokens",  # TokenSet: ragged spatial token sets (N samples, n_i tokens each, dim Dt)
+    "tag_probs",  # (N, T) tagger probabilities
+    "tag_attention",  # TagAttention: maps of the top-k tags over the tokens
+    "block_norms",  # (N, B) per-block feature norms (FeatureNorm)
+    "images",  # ImageStream: preprocessed images, for input-perturbation methods (ODIN)
+    "image_embeds",  # (N, E) dual-encoder image embeddings (VLM methods)
+    "patch_embeds",  # TokenSet of dual-encoder patch embeddings (GL-MCM, LoCoOp)
+)
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass of a backbone or tagger gives. Every field is optional.
+
+    Shapes (B = batch): ``logits (B,C)``, ``features (B,D)`` pooled, ``tokens (B,N,Dt)`` spatial
+    tokens, ``tag_probs (B,T)``, ``tag_attention (B,T,N)`` attention of each tag over the N tokens
+    (or ``(B,k,N)`` for the tags listed in ``tag_ids (B,k)`` when a tagger only returns its top-k),
+    ``block_norms (B,nb)``. Arrays are numpy (float32) or torch tensors, per the producer's doc.
+    """
+
+    logits: Any = None
+    features: Any = None
+    tokens: Any = None
+    tag_probs: Any = None
+    tag_attention: Any = None
+    tag_ids: Any = None
+    block_norms: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def present(self) -> list[str]:
+        """Names of the fields that are set."""
+        return [f.name for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None]
+
+
+@dataclass
+class TokenSet:
+    """A ragged batch of token sets: sample ``i`` owns ``values[offsets[i]:offsets[i+1]]``.
+
+    ``positions`` (same length as ``values``) is each token's spatial index in the model's token
+    grid (e.g. 0..48 for a 7x7 map, 0..144 for RAM's pooled token + 12x12 patches), so a subset of
+    tokens keeps where it came from.
+    """
+
+    values: np.ndarray  # (sum_n, D)
+    offsets: np.ndarray  # (N+1,) int64, offsets[0] == 0, offsets[-1] == len(values)
+    positions: np.ndarray  # (sum_n,) int64
+
+    def __post_init__(self) -> None:
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        self.positions = np.asarray(self.positions, dtype=np.int64)
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
+            raise ValueError("TokenSet.offsets must be 1-D and start at 0")
+        if self.offsets[-1] != len(self.values) or len(self.positions) != len(self.values):
+            raise ValueError(
+                f"TokenSet sizes disagree: offsets end at {self.offsets[-1]}, "
+                f"{len(self.values)} values, {len(self.positions)} positions"
+            )
+        if np.any(np.diff(self.offsets) < 0):
+            raise ValueError("TokenSet.offsets must be non-decreasing")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def dim(self) -> int:
+        return int(self.values.shape[1])
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and spatial positions of sample ``i``."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.values[a:b], self.positions[a:b]
+
+    def select(self, idx: np.ndarray) -> "TokenSet":
+        """A new TokenSet holding samples ``idx`` in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        lens = self.lengths[idx]
+        starts = self.offsets[idx]
+        gather = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]) if len(idx) else np.zeros(0, np.int64)
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        return TokenSet(self.values[gather], offsets, self.positions[gather])
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray) -> "TokenSet":
+        """All tokens of a dense ``(N, n, D)`` array, positions ``0..n-1``."""
+        n_samples, n, d = dense.shape
+        offsets = np.arange(n_samples + 1, dtype=np.int64) * n
+        positions = np.tile(np.arange(n, dtype=np.int64), n_samples)
+        return cls(dense.reshape(n_samples * n, d), offsets, positions)
+
+    @classmethod
+    def concat(cls, parts: list["TokenSet"]) -> "TokenSet":
+        if not parts:
+            raise ValueError("TokenSet.concat needs at least one part")
+        values = np.concatenate([p.values for p in parts])
+        positions = np.concatenate([p.positions for p in parts])
+        lens = np.concatenate([p.lengths for p in parts])
+        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        return cls(values, offsets, positions)
+
+    def pad(self, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dense padded view: ``tokens (N,L,D)``, ``positions (N,L)``, ``mask (N,L)`` (True = real)."""
+        lens = self.lengths
+        L = int(max_len if max_len is not None else (lens.max() if len(lens) else 0))
+        n = len(self)
+        out = np.zeros((n, L, self.dim), dtype=self.values.dtype)
+        pos = np.zeros((n, L), dtype=np.int64)
+        mask = np.zeros((n, L), dtype=bool)
+        row = np.repeat(np.arange(n), lens)
+        col = np.arange(len(self.values)) - np.repeat(self.offsets[:-1], lens)
+        keep = col < L
+        out[row[keep], col[keep]] = self.values[keep]
+        pos[row[keep], col[keep]] = self.positions[keep]
+        mask[row[keep], col[keep]] = True
+        return out, pos, mask
+
+
+@dataclass
+class TagAttention:
+    """Attention maps of each sample's top-k tags over its N tokens.
+
+    ``ids (S,k)`` tag indices (into the tagger's vocabulary), sorted by descending probability;
+    ``maps (S,k,N)`` the raw (un-normalised) attention of each of those tags over the tokens
+    (CAM: class activation map; RAM: cross-attention summed over heads; CLIP: patch-text
+    similarity). Token order matches ``FeatureSet.tokens`` positions.
+    """
+
+    ids: np.ndarray
+    maps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ImageStream(Protocol):
+    """Preprocessed images of a split, in sample order, for methods that need the pixels (ODIN)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Yield float32 arrays ``(b, 3, H, W)`` already preprocessed for the backbone."""
+        ...
+
+
+@dataclass
+class FeatureSet:
+    """Everything cached for one split (IND train, IND test, or one OOD set), sample-aligned.
+
+    Fields are optional; a detector declares which it needs. Arrays are numpy; they may be
+    memory-mapped views of the feature cache.
+    """
+
+    labels: np.ndarray | None = None  # (N,) int64, -1 = unknown / OOD
+    logits: np.ndarray | None = None
+    features: np.ndarray | None = None
+    tokens: TokenSet | None = None
+    tag_probs: np.ndarray | None = None
+    tag_attention: TagAttention | None = None
+    block_norms: np.ndarray | None = None
+    images: ImageStream | None = None
+    image_embeds: np.ndarray | None = None
+    patch_embeds: TokenSet | None = None
+    paths: list[str] | None = None
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        for name in ("labels", "logits", "features", "tag_probs", "block_norms", "image_embeds"):
+            v = getattr(self, name)
+            if v is not None:
+                return len(v)
+        for name in ("tokens", "tag_attention", "patch_embeds", "images"):
+            v = getattr(self, name)
+            if v is not None:
+                return len(v)
+        return len(self.paths) if self.paths is not None else 0
+
+    def has(self, name: str) -> bool:
+        return getattr(self, name, None) is not None or name in self.extra
+
+    def require(self, names: frozenset[str] | set[str] | tuple[str, ...], who: str) -> None:
+        """Raise a clear error if any of ``names`` is missing."""
+        missing = [n for n in names if not self.has(n)]
+        if missing:
+            raise ValueError(
+                f"{who} needs inputs {sorted(missing)} but the feature set '{self.name}' only has "
+                f"{sorted(n for n in INPUT_FIELDS if self.has(n))}; extract them with a backbone that provides them"
+            )
+
+    def with_(self, **kw: Any) -> "FeatureSet":
+        return replace(self, **kw)
+
+
+@dataclass
+class LinearHead:
+    """A linear classifier ``logits = features @ weight.T + bias`` over IND classes."""
+
+    weight: np.ndarray  # (C, D)
+    bias: np.ndarray  # (C,)
+    class_names: list[str] | None = None
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features, dtype=np.float32) @ self.weight.T.astype(np.float32) + self.bias.astype(np.float32)
+
+
+@dataclass
+class Context:
+    """Side information a detector may use at fit time (and keep for scoring).
+
+    * ``head``: the IND linear head (ReAct, ASH, ViM, LHAct recompute logits from edited features).
+    * ``model``: a differentiable ``torch`` callable images -> IND logits (ODIN input perturbation).
+    * ``pseudo_ood``: a FeatureSet of pseudo-OOD images built from IND train (FeatureNorm's jigsaw).
+    * ``class_names``: IND class names (VLM methods build prompts from them).
+    * ``text_encoder`` / ``dual_encoder``: for vision-language methods.
+    * ``device``: torch device string for methods that train or run torch.
+    """
+
+    head: LinearHead | None = None
+    model: Callable[..., Any] | None = None
+    pseudo_ood: FeatureSet | None = None
+    class_names: list[str] | None = None
+    dual_encoder: Any = None
+    device: str = "cpu"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A feature extractor / tagger that the extraction pipeline can run.
+
+    ``id`` names the architecture, ``weights_hash`` the exact weights (sha256 prefix),
+    ``transform_id`` the preprocessing; the three key the feature cache.
+    """
+
+    id: str
+    weights_hash: str
+    transform_id: str
+    outputs: tuple[str, ...]
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """PIL RGB image -> float32 array ``(3, H, W)``."""
+        ...
+
+    def forward(self, batch: np.ndarray) -> ModelOutput:
+        """Preprocessed batch ``(B,3,H,W)`` -> ModelOutput of numpy arrays."""
+        ...
