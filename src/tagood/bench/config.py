@@ -1,0 +1,146 @@
+"""Benchmark configuration: built-in benchmarks and TOML config files.
+
+A benchmark names an IND train split, an IND test split, one or more OOD sets, a backbone and
+the detectors to score. A config file (TOML) looks like::
+
+    name = "my-benchmark"
+    methods = ["msp", "energy", "knn", "vim", "tagood"]
+    seed = 0
+    [backbone]
+    name = "efficientnet-lite0"
+    [train]
+    type = "folder"            # or "list", "fashion_mnist", "mnist5k", "digits", ...
+    root = "data/train"        # relative paths are relative to the config file
+    per_class = 200            # optional seeded per-class subsample
+    [test]
+    type = "folder"
+    root = "data/val"
+    [ood.textures]
+    type = "folder"
+    root = "data/dtd"
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Classic detectors of the foundation issue, in the order the tables list them.
+CLASSIC = ["msp", "maxlogit", "energy", "odin", "react", "ash", "lhact", "featurenorm", "knn", "mahalanobis", "vim"]
+#: TagOOD and its ablations (TagOOD paper Tables 3-5).
+TAGOOD = ["tagscore", "cs", "ce+cs", "tagood"]
+TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood[test_tokens=all]", "tagood[score=chunk]", "tagood[score=euclid]", "tagood[score=kl]"]
+#: Vision-language methods (on the offline dual encoder here, on CLIP for ImageNet).
+VLM = ["mcm", "glmcm", "neglabel", "locoop", "krnft"]
+
+
+class ConfigError(Exception):
+    """A benchmark config is invalid; the message names the file and the key."""
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run needs."""
+
+    name: str
+    train: dict[str, Any]
+    test: dict[str, Any]
+    ood: dict[str, dict[str, Any]]
+    methods: list[str]
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "efficientnet-lite0"})
+    seed: int = 0
+    batch_size: int = 64
+    pseudo_ood: dict[str, Any] | None = field(default_factory=lambda: {"type": "jigsaw", "of": "train", "n": 600})
+    base_dir: Path = field(default_factory=Path.cwd)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "train": self.train,
+            "test": self.test,
+            "ood": self.ood,
+            "methods": self.methods,
+            "backbone": self.backbone,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "pseudo_ood": self.pseudo_ood,
+            "options": self.options,
+        }
+
+
+def _fashion(quick: bool) -> BenchConfig:
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (300, 100, 600)
+    return BenchConfig(
+        name="fashion",
+        train={"type": "fashion_mnist", "split": "train", "classes": [0, 1, 2, 3, 4, 5], "per_class": n_train},
+        test={"type": "fashion_mnist", "split": "test", "classes": [0, 1, 2, 3, 4, 5], "per_class": n_test},
+        ood={
+            "fashion-near": {"type": "fashion_mnist", "split": "test", "classes": [6, 7, 8, 9], "per_class": n_ood // 4, "relabel": False},
+            "mnist": {"type": "mnist5k", "n": n_ood},
+            "digits": {"type": "digits", "n": n_ood},
+        },
+        methods=CLASSIC + TAGOOD + VLM,
+        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 600},
+    )
+
+
+def _fashion_clutter(quick: bool) -> BenchConfig:
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (300, 100, 600)
+    spec = {"type": "fashion_clutter", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
+    return BenchConfig(
+        name="fashion-clutter",
+        train={**spec, "part": "train"},
+        test={**spec, "part": "test"},
+        ood={"clutter-near": {**spec, "part": "clutter-near"}, "clutter-only": {**spec, "part": "clutter-only"}},
+        methods=CLASSIC + TAGOOD + VLM,
+        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 600},
+    )
+
+
+BUILTIN = {"fashion": _fashion, "fashion-clutter": _fashion_clutter}
+
+
+def builtin(name: str, quick: bool = False) -> BenchConfig:
+    """A built-in benchmark: ``fashion`` or ``fashion-clutter`` (``quick`` = a smaller subset for CI)."""
+    if name not in BUILTIN:
+        raise ConfigError(f"unknown benchmark '{name}'; built-in: {', '.join(sorted(BUILTIN))} (or pass a config file to `tagood bench`)")
+    cfg = BUILTIN[name](quick)
+    cfg.options["quick"] = quick
+    return cfg
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    """Read a TOML benchmark config; relative paths in it are relative to the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    if "benchmark" in d:  # `benchmark = "fashion"` starts from a built-in and overrides keys
+        base = builtin(d.pop("benchmark"), quick=bool(d.pop("quick", False)))
+        d = {**base.to_json(), **d}
+    for key in ("train", "test", "ood"):
+        if key not in d:
+            raise ConfigError(f"{path}: missing [{key}] section (see `tagood bench --help`)")
+    if not isinstance(d["ood"], dict) or not d["ood"]:
+        raise ConfigError(f"{path}: [ood.<name>] needs at least one OOD set")
+    methods = d.get("methods") or CLASSIC
+    return BenchConfig(
+        name=str(d.get("name", path.stem)),
+        train=dict(d["train"]),
+        test=dict(d["test"]),
+        ood={k: dict(v) for k, v in d["ood"].items()},
+        methods=list(methods),
+        backbone=dict(d.get("backbone", {"name": "efficientnet-lite0"})),
+        seed=int(d.get("seed", 0)),
+        batch_size=int(d.get("batch_size", 64)),
+        pseudo_ood=copy.deepcopy(d.get("pseudo_ood", {"type": "jigsaw", "of": "train", "n": 600})),
+        base_dir=path.parent.resolve(),
+        options=dict(d.get("options", {})),
+    )

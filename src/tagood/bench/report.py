@@ -1,0 +1,124 @@
+"""Result writers: ``results.json`` (DESIGN section 3), ``results.md`` (TagOOD Table 1 layout), ``results.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tagood.cache import atomic_write_json
+
+METRICS = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+
+
+def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One ``"ood": "average"`` row per method: the mean of each metric over its OOD sets."""
+    out: list[dict[str, Any]] = []
+    methods: list[str] = []
+    for r in rows:
+        if r["ood"] != "average" and r["method"] not in methods:
+            methods.append(r["method"])
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m and r["ood"] != "average"]
+        avg: dict[str, Any] = {"method": m, "ood": "average"}
+        for k in METRICS:
+            avg[k] = sum(r[k] for r in mine) / len(mine)
+        out.append(avg)
+    return out
+
+
+def build_results(rows: list[dict[str, Any]], id_accuracy: float | None, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The results document: per-(method, OOD set) rows in percent plus average rows."""
+    return {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + average_rows(rows)}
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def ood_sets(results: Mapping[str, Any]) -> list[str]:
+    sets: list[str] = []
+    for r in results["rows"]:
+        if r["ood"] not in sets and r["ood"] != "average":
+            sets.append(r["ood"])
+    return sets + ["average"]
+
+
+def methods(results: Mapping[str, Any]) -> list[str]:
+    ms: list[str] = []
+    for r in results["rows"]:
+        if r["method"] not in ms:
+            ms.append(r["method"])
+    return ms
+
+
+def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
+    """TagOOD Table 1 layout: one row per method; AUROC (higher is better) and FPR95 (lower is better) per OOD set, then Average."""
+    sets = ood_sets(results)
+    idx = {(r["method"], r["ood"]): r for r in results["rows"]}
+    buf = io.StringIO()
+    if title:
+        buf.write(f"### {title}\n\n")
+    head = "| Method | " + " | ".join(f"{s} AUROC↑ | {s} FPR95↓" for s in sets) + " |\n"
+    buf.write(head)
+    buf.write("|---|" + "---:|" * (2 * len(sets)) + "\n")
+    for m in methods(results):
+        cells = []
+        for s in sets:
+            r = idx.get((m, s))
+            cells += [_fmt(r["auroc"]) if r else "-", _fmt(r["fpr95"]) if r else "-"]
+        buf.write(f"| {m} | " + " | ".join(cells) + " |\n")
+    acc = results.get("id_accuracy")
+    buf.write("\nFPR95 is the IND-positive convention (FPR of OOD at 95% TPR of IND; TagOOD/MCM papers). ")
+    buf.write("Values in percent.")
+    if acc is not None:
+        buf.write(f" IND classification accuracy of the linear head: {acc:.2f}%.")
+    buf.write("\n")
+    return buf.getvalue()
+
+
+def to_csv(results: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "ood", *METRICS])
+    for r in results["rows"]:
+        w.writerow([r["method"], r["ood"], *(f"{r[k]:.6f}" for k in METRICS)])
+    return buf.getvalue()
+
+
+def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """Write results.json / results.md / results.csv into ``out_dir`` (created); returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "md": out / "results.md", "csv": out / "results.csv"}
+    atomic_write_json(paths["json"], results)
+    paths["md"].write_text(to_markdown(results, title))
+    paths["csv"].write_text(to_csv(results))
+    return paths
+
+
+def rich_table(results: Mapping[str, Any], title: str = ""):
+    """A rich Table of AUROC / FPR95 per OOD set (for the terminal)."""
+    from rich.table import Table
+
+    sets = ood_sets(results)
+    idx = {(r["method"], r["ood"]): r for r in results["rows"]}
+    t = Table(title=title or None, show_lines=False)
+    t.add_column("Method", style="bold")
+    for s in sets:
+        t.add_column(f"{s}\nAUROC↑", justify="right")
+        t.add_column(f"{s}\nFPR95↓", justify="right")
+    for m in methods(results):
+        cells = []
+        for s in sets:
+            r = idx.get((m, s))
+            cells += [_fmt(r["auroc"]) if r else "-", _fmt(r["fpr95"]) if r else "-"]
+        t.add_row(m, *cells)
+    return t
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

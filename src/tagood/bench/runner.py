@@ -1,0 +1,241 @@
+"""The benchmark runner: extract every split once into the feature cache, fit the IND linear head,
+fit and score every detector on the same features, compute the metrics, write the results.
+
+Scores follow the project convention (higher = more OOD); metrics are those of
+:func:`tagood.metrics.ood_metrics`, reported in percent.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import tagood
+from tagood import detectors as det_registry
+from tagood.bench.config import BenchConfig
+from tagood.bench.models import build_backbone, build_dual_encoder
+from tagood.bench.sources import build_source
+from tagood.cache import CacheReader
+from tagood.data.source import ImageSource
+from tagood.extract import CachedImageStream, extract_split
+from tagood.metrics import ood_metrics
+from tagood.types import Context, FeatureSet
+
+log = logging.getLogger(__name__)
+
+#: Inputs that come straight from the backbone into the cache.
+_BACKBONE_FIELDS = ("features", "tokens", "tag_probs", "tag_attention", "block_norms")
+_VLM_FIELDS = ("image_embeds", "patch_embeds")
+
+
+@dataclass
+class Split:
+    """One split of a benchmark: its source, its cache entry and its feature set."""
+
+    name: str
+    source: ImageSource
+    reader: CacheReader | None = None
+    features: FeatureSet | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunState:
+    """What a run has built so far (handy for tests and notebooks)."""
+
+    config: BenchConfig
+    backbone: Any = None
+    splits: dict[str, Split] = field(default_factory=dict)
+    context: Context | None = None
+    id_accuracy: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[list[str], list[str], bool]:
+    """(fields every split needs, fields the pseudo-OOD split needs, whether images are needed)."""
+    need: set[str] = set()
+    pseudo: set[str] = set()
+    images = False
+    for d in dets:
+        req = set(d.requires) | set(d.fit_requires or ())
+        for r in req:
+            if r == "logits":
+                need.add("features")
+            elif r == "images":
+                images = True
+            elif r in _BACKBONE_FIELDS:
+                need.add(r)
+            elif r in _VLM_FIELDS:
+                need.update(("features", "tokens"))
+        if "pseudo_ood" in d.context_requires:
+            pseudo.update(r for r in d.requires if r in _BACKBONE_FIELDS)
+    need.add("features")  # the linear head and the reported IND accuracy
+    have = set(backbone.outputs)
+    missing = sorted((need | pseudo) - have)
+    if missing:
+        raise ValueError(f"backbone {backbone.id} cannot provide {missing}; drop the detectors that need them")
+    return sorted(need), sorted(pseudo), images
+
+
+def _featureset(reader: CacheReader, fields: list[str], name: str) -> FeatureSet:
+    return reader.to_featureset(fields, name=name)
+
+
+def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str = "cpu", progress: bool = True,
+            methods: list[str] | None = None, backbone: Any = None) -> tuple[RunState, list[det_registry.Detector]]:
+    """Build sources, detectors and the backbone; extract all splits; fit the head; build the context."""
+    state = RunState(cfg)
+    specs = methods or cfg.methods
+    dets = [det_registry.create(m) for m in specs]
+    t0 = time.perf_counter()
+    state.backbone = backbone or build_backbone(cfg.backbone, device=device)
+    state.timings["load_backbone_s"] = time.perf_counter() - t0
+    fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
+
+    sources = {"train": build_source(cfg.train, cfg.base_dir, cfg.seed, name="train"),
+               "test": build_source(cfg.test, cfg.base_dir, cfg.seed, name="test")}
+    for name, spec in cfg.ood.items():
+        sources[name] = build_source(spec, cfg.base_dir, cfg.seed, name=name)
+    if pseudo_fields and cfg.pseudo_ood:
+        from tagood.data import JigsawSource, subsample
+
+        of = sources[cfg.pseudo_ood.get("of", "train")]
+        n = min(int(cfg.pseudo_ood.get("n", 600)), len(of))
+        sources["pseudo-ood"] = JigsawSource(subsample(of, n, seed=cfg.seed), seed=cfg.seed)
+
+    for name, src in sources.items():
+        t = time.perf_counter()
+        f = pseudo_fields if name == "pseudo-ood" else fields
+        reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
+                               batch_size=cfg.batch_size, progress=progress)
+        fs = _featureset(reader, f, name)
+        if need_images and name != "pseudo-ood":
+            fs.images = CachedImageStream(src, state.backbone, reader.indices)
+        state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
+        state.timings[f"extract_{name}_s"] = state.splits[name].seconds
+
+    from tagood.head import fit_linear_head, head_accuracy
+
+    t = time.perf_counter()
+    train = state.splits["train"].features
+    assert train is not None and train.features is not None
+    class_names = sources["train"].class_names
+    head = fit_linear_head(train.features, train.labels, seed=cfg.seed, device=device)
+    head.class_names = class_names
+    state.timings["fit_head_s"] = time.perf_counter() - t
+    test = state.splits["test"].features
+    state.id_accuracy = 100.0 * head_accuracy(head, test.features, test.labels)
+    log.info("IND accuracy of the linear head: %.2f%%", state.id_accuracy)
+    for sp in state.splits.values():
+        if sp.features is not None and sp.features.features is not None:
+            sp.features.logits = head(sp.features.features)
+
+    ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
+    ctx.extra["tag_names"] = getattr(state.backbone, "tag_names", None)
+    if "pseudo-ood" in state.splits:
+        ctx.pseudo_ood = state.splits["pseudo-ood"].features
+    if need_images:
+        ctx.model = _classifier_model(state.backbone, head, device)
+    if any(set(d.requires) & set(_VLM_FIELDS) for d in dets):
+        t = time.perf_counter()
+        dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=device)
+        ctx.dual_encoder = dual
+        for name, sp in state.splits.items():
+            if name != "pseudo-ood":
+                dual.attach(sp.features, sp.source)
+        state.timings["dual_encoder_s"] = time.perf_counter() - t
+    state.context = ctx
+    return state, dets
+
+
+def _classifier_model(backbone: Any, head: Any, device: str) -> Callable[..., Any]:
+    """Differentiable images -> IND logits (backbone features through the IND linear head), for ODIN."""
+    import torch
+
+    feat = backbone.torch_module()
+    lin = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(head.weight, dtype=torch.float32))
+        lin.bias.copy_(torch.as_tensor(head.bias, dtype=torch.float32))
+    return torch.nn.Sequential(feat, lin).to(device).eval()
+
+
+def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | Path | None = None, device: str = "cpu",
+        progress: bool = True, methods: list[str] | None = None, backbone: Any = None) -> tuple[dict[str, Any], RunState]:
+    """Run a benchmark end to end; returns ``(results, state)`` and writes the result files when ``out_dir`` is given."""
+    from tagood.bench import report
+
+    t_all = time.perf_counter()
+    state, dets = prepare(cfg, cache_root, device, progress, methods, backbone)
+    ctx = state.context
+    assert ctx is not None
+    train = state.splits["train"].features
+    test = state.splits["test"].features
+    rows: list[dict[str, Any]] = []
+    for d in dets:
+        spec = getattr(d, "spec", d.name)
+        t = time.perf_counter()
+        try:
+            d.fit(train, ctx)
+            t_fit = time.perf_counter() - t
+            s_id = d.score(test)
+            per = {"test": s_id}
+            for name in cfg.ood:
+                per[name] = d.score(state.splits[name].features)
+            t_score = time.perf_counter() - t - t_fit
+        except Exception as e:  # one broken detector must not lose the others' results
+            log.exception("detector %s failed", spec)
+            state.errors[spec] = f"{type(e).__name__}: {e}"
+            continue
+        state.scores[spec] = per
+        state.timings[f"{spec}_fit_s"] = t_fit
+        state.timings[f"{spec}_score_s"] = t_score
+        for name in cfg.ood:
+            m = ood_metrics(s_id, per[name])
+            rows.append({"method": spec, "ood": name, **{k: 100.0 * v for k, v in m.items()}})
+        log.info("%s done in %.1fs", spec, time.perf_counter() - t)
+    state.timings["total_s"] = time.perf_counter() - t_all
+    results = report.build_results(rows, state.id_accuracy, _meta(state))
+    if out_dir is not None:
+        report.write_all(results, out_dir, title=f"{cfg.name} ({state.backbone.id})")
+    return results, state
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"tagood": tagood.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "numpy", "onnxruntime", "safetensors", "transformers", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _meta(state: RunState) -> dict[str, Any]:
+    bb = state.backbone
+    return {
+        "benchmark": state.config.name,
+        "config": state.config.to_json(),
+        "versions": _versions(),
+        "backbone": {"id": bb.id, "weights_hash": bb.weights_hash, "transform": bb.transform_id},
+        "timings": {k: round(v, 3) for k, v in state.timings.items()},
+        "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
+        "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
+        "errors": state.errors,
+        "metric_conventions": {
+            "fpr95": "FPR of OOD at 95% TPR of IND (IND positive; TagOOD/MCM/KNN papers)",
+            "fpr95_ood_pos": "FPR of IND at 95% TPR of OOD (OOD positive; OpenOOD v1.5)",
+            "score_sign": "higher = more OOD",
+        },
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,147 @@
+"""The ``tagood`` command line (typer). Scores everywhere: higher = more OOD."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
+convert_app = typer.Typer(no_args_is_help=True, help="Convert official checkpoints into tagood's compact format.")
+app.add_typer(convert_app, name="convert")
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("onnxruntime", "transformers", "PIL", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _methods_opt(methods: Optional[str]) -> list[str] | None:
+    """Split 'a,b[x=1,y=2],c' on the commas outside brackets."""
+    return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()] if methods else None
+
+
+def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str]) -> None:
+    from tagood.bench import report
+    from tagood.bench.runner import run
+
+    results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=_methods_opt(methods))
+    console.print(report.rich_table(results, title=f"{cfg.name}: OOD detection (percent; higher = more OOD scores)"))
+    if results["id_accuracy"] is not None:
+        console.print(f"IND accuracy of the linear head: [bold]{results['id_accuracy']:.2f}%[/]")
+    failed = results["meta"]["failed_images"]
+    for split, items in failed.items():
+        console.print(f"[yellow]{split}: {len(items)} image(s) could not be decoded and were skipped[/]: "
+                      + ", ".join(f["ident"] for f in items[:5]) + (" ..." if len(items) > 5 else ""))
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'} "
+                  f"in {results['meta']['timings']['total_s']:.0f}s")
+    if state.errors:
+        for spec, err in state.errors.items():
+            console.print(f"[red]{spec} failed: {err}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    benchmark: str = typer.Option("fashion", help="Built-in benchmark: fashion or fashion-clutter."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller subset (for CI)."),
+    out: Path = typer.Option(Path("runs/demo"), help="Directory for results.json / results.md / results.csv."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache directory (default $TAGOOD_CACHE or ~/.cache/tagood/features)."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda:0."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
+    from tagood.bench.config import builtin
+
+    _setup_logging(verbose)
+    _run_and_report(builtin(benchmark, quick=quick), out, cache, device, methods)
+
+
+@app.command()
+def bench(
+    config: Path = typer.Argument(..., help="TOML benchmark config (see README 'Your own benchmark')."),
+    out: Path = typer.Option(Path("runs/bench"), help="Output directory."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    device: str = typer.Option("cpu", help="torch device."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (overrides the config)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Run a benchmark described by a config file."""
+    from tagood.bench.config import ConfigError, load_config
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2)
+    _run_and_report(cfg, out, cache, device, methods)
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the registered detectors and the inputs each needs."""
+    from rich.table import Table
+
+    from tagood import detectors
+
+    t = Table(title="detectors (score: higher = more OOD)")
+    t.add_column("name", style="bold")
+    t.add_column("needs")
+    t.add_column("description")
+    for name in detectors.available():
+        cls = detectors.get_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        needs = sorted(set(cls.requires) | set(cls.context_requires))
+        t.add_row(name, ", ".join(needs), doc)
+    console.print(t)
+
+
+@app.command()
+def extract(
+    root: Path = typer.Argument(..., help="Image folder (class subfolders) or, with --list, the root of the list's paths."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path [label]' lines relative to ROOT."),
+    split: str = typer.Option("images", help="Name of this split in the cache."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    backbone: str = typer.Option("efficientnet-lite0", help="Backbone: efficientnet-lite0 (ram / clip via `tagood bench`)."),
+    fields: Optional[str] = typer.Option(None, help="Comma-separated fields to store (default: all the backbone gives)."),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("cpu"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
+    from tagood import data
+    from tagood.bench.models import build_backbone
+    from tagood.extract import extract_split
+
+    _setup_logging(verbose)
+    try:
+        src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
+    except data.DataSourceError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2)
+    bb = build_backbone({"name": backbone}, device=device)
+    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
+    console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
