@@ -1,0 +1,1 @@
+"""Feature extractors and taggers, one module per family (efficientnet, ram, clip)."""
