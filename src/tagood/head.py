@@ -47,7 +47,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int |
         return loss
 
     loss = opt.step(closure)
-    log.debug("linear head: final loss %.4f", float(loss))
+    log.debug("linear head: final loss %.4f", float(loss.detach()))
     W = w.detach().cpu().numpy().astype(np.float64) / sd  # fold standardisation
     B = b.detach().cpu().numpy().astype(np.float64) - W @ mu
     return LinearHead(W.astype(np.float32), B.astype(np.float32))

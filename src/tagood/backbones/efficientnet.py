@@ -100,7 +100,7 @@ class _PooledOnly(nn.Module):
         self.f = feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x)[1]
+        return self.f(x.contiguous(memory_format=torch.channels_last))[1]
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -217,7 +217,7 @@ class EfficientNetLite0:
 
     def torch_module(self) -> nn.Module:
         """A differentiable copy: images (B,3,224,224) -> pooled features (B,1280), in eval mode, on ``device``."""
-        fresh = Lite0Features(load_lite0()).eval().to(self.device)
+        fresh = Lite0Features(load_lite0()).eval().to(self.device, memory_format=torch.channels_last)
         return _PooledOnly(fresh)
 
 

@@ -1,0 +1,23 @@
+"""Energy score (Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tagood.detectors._common import energy_score
+from tagood.detectors.base import Detector, register
+from tagood.types import FeatureSet
+
+
+@register("energy")
+class Energy(Detector):
+    """Free energy E(x) = -T logsumexp(logits / T), T = 1 (paper default). Score = E(x) (higher = more OOD)."""
+
+    requires = frozenset({"logits"})
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__(temperature=temperature)
+        self.temperature = float(temperature)
+
+    def _score(self, data: FeatureSet) -> np.ndarray:
+        return energy_score(data.logits, self.temperature)
