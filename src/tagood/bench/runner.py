@@ -140,6 +140,9 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
 
     ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
     ctx.extra["tag_names"] = getattr(state.backbone, "tag_names", None)
+    for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
+        if getattr(state.backbone, attr, None) is not None and key not in ctx.extra:
+            ctx.extra[key] = getattr(state.backbone, attr)
     if "pseudo-ood" in state.splits:
         ctx.pseudo_ood = state.splits["pseudo-ood"].features
     if need_images:
