@@ -123,12 +123,17 @@ def extract_split(
     done = 0
     with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
         for k, (idx, batch, failed) in enumerate(_batches(source, backbone, start, batch_size, workers)):
-            for i, reason in failed:
-                log.warning("skipping %s: %s", samples[i].ident, reason)
-                writer.skip(i, samples[i].ident, reason)
-            if batch is not None:
-                arrays = _select(backbone.forward(batch), fields)
-                writer.add(np.array(idx), np.array([samples[i].label for i in idx]), [samples[i].ident for i in idx], arrays)
+            arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
+            row = {i: j for j, i in enumerate(idx)}
+            reasons = dict(failed)
+            for i in sorted(row.keys() | reasons.keys()):  # source order, so shards stay contiguous
+                if i in reasons:
+                    log.warning("skipping %s: %s", samples[i].ident, reasons[i])
+                    writer.skip(i, samples[i].ident, reasons[i])
+                else:
+                    j = row[i]
+                    writer.add(np.array([i]), np.array([samples[i].label]), [samples[i].ident],
+                               {k: v[j : j + 1] for k, v in arrays.items()})
             done += len(idx) + len(failed)
             advance(len(idx) + len(failed))
             if max_batches is not None and k + 1 >= max_batches:

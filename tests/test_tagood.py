@@ -1,0 +1,162 @@
+"""TagOOD: vocabulary, decomposition, projector masking, EMA centres, training, scores, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from tagood import detectors
+from tagood.tagood import (NO_TAG_SCORE, Projector, TagRule, Vocabulary, build_vocabulary, centre_score, ema_update,
+                           mean_tokens, select_tokens, token_mask)
+from tagood.tagood.train import PRESETS, train_projector
+from tagood.types import Context, FeatureSet, TagAttention, TokenSet
+
+
+def test_vocabulary_majority_collisions_and_file(tmp_path):
+    kept = [np.array([5, 7]), np.array([5]), np.array([7, 9]), np.array([9]), np.array([9, 5])]
+    labels = np.array([0, 0, 1, 1, 1])
+    v = build_vocabulary(kept, labels, 2, class_names=["a", "b"], tag_names=[f"t{i}" for i in range(10)])
+    assert v.class_tags == [[5], [9]] and v.freq == [[2], [3]] and v.collisions == {}
+    v2 = build_vocabulary(kept, labels, 2, per_class=2)
+    assert v2.class_tags == [[5, 7], [9, 5]] and v2.collisions == {5: [0, 1]}
+    p = v.save(tmp_path / "vocab.tsv")
+    text = p.read_text()
+    assert "t5" in text and "t9" in text
+    back = Vocabulary.load(p, 2)
+    assert back.class_tags == v.class_tags
+    p.write_text("class\tclass_name\ttag_id\ttag_name\tfrequency\n0\ta\t\tt7\t\n1\tb\t3\t\t\n")  # user edit by tag name
+    edited = Vocabulary.load(p, 2, tag_names=[f"t{i}" for i in range(10)])
+    assert edited.class_tags == [[7], [3]]
+    with pytest.raises(ValueError, match="none of its"):
+        build_vocabulary([np.array([], int)], np.array([0]), 1)
+
+
+def test_decomposition_by_hand():
+    maps = np.array([[[0.0, 1.0, 2.0, 4.0], [4.0, 3.0, 0.0, 0.0]]])  # 1 image, 2 tags, 4 tokens
+    keep = np.array([[True, True]])
+    mask, has = token_mask(maps, keep, tau=0.5)
+    # tag0 -> [0, .25, .5, 1], tag1 -> [1, .75, 0, 0]; max -> [1, .75, .5, 1]; > 0.5 keeps 0, 1, 3
+    assert mask.tolist() == [[True, True, False, True]] and has.tolist() == [True]
+    mask0, _ = token_mask(maps, np.array([[True, False]]), tau=0.0)
+    assert mask0.tolist() == [[False, True, True, True]]
+    none_mask, none_has = token_mask(maps, np.array([[False, False]]), tau=0.5)
+    assert none_has.tolist() == [False] and none_mask.all()
+    toks = TokenSet.from_dense(np.arange(8, dtype=np.float32).reshape(1, 4, 2))
+    sel = select_tokens(toks, mask)
+    assert sel.positions.tolist() == [0, 1, 3]  # spatial positions survive
+    np.testing.assert_array_equal(mean_tokens(sel), [[(0 + 2 + 6) / 3, (1 + 3 + 7) / 3]])
+
+
+def test_tag_rule_threshold_topk_and_vocab():
+    attn = TagAttention(np.array([[3, 1, 2]]), np.zeros((1, 3, 4)))
+    probs = np.array([[0.0, 0.3, 0.05, 0.6]])
+    assert TagRule(0.1, 3).kept(attn, probs).tolist() == [[True, True, False]]
+    assert TagRule(0.1, 1).kept(attn, probs).tolist() == [[True, False, False]]
+    assert TagRule(0.0, 3).kept(attn, probs, allowed=np.array([1, 2])).tolist() == [[False, True, True]]
+    per_tag = np.array([0.9, 0.9, 0.01, 0.7])
+    assert TagRule(per_tag, 3).kept(attn, probs).tolist() == [[False, False, True]]
+
+
+def test_padding_masks_make_features_batch_independent():
+    torch.manual_seed(0)
+    m = Projector(6, 3, num_positions=10, dim=16, depth=2, heads=4, mlp=32, dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    lens = [2, 5, 1]
+    ts = TokenSet(rng.normal(size=(sum(lens), 6)).astype(np.float32), np.r_[0, np.cumsum(lens)], rng.integers(0, 10, sum(lens)))
+    x, p, mask = ts.pad()
+    with torch.no_grad():
+        batch = m.features(torch.as_tensor(x), torch.as_tensor(p), torch.as_tensor(mask))
+        for i in range(3):
+            xi, pi, mi = ts.select(np.array([i])).pad()
+            alone = m.features(torch.as_tensor(xi), torch.as_tensor(pi), torch.as_tensor(mi))
+            torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_ema_uses_batch_mean_per_class():
+    c = torch.zeros(3, 2)
+    f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 2])
+    ema_update(c, f, y, momentum=0.9)
+    torch.testing.assert_close(c, torch.tensor([[0.2, 0.1], [0.0, 0.0], [0.5, 0.5]]))
+
+
+def _toy(n_per=40, seed=0, ood=False):
+    """Token sets whose object tokens carry the class (block of 4 dims); background tokens are noise;
+    tag attention points at the object tokens; tag k (ids 10+k) stands for class k."""
+    rng = np.random.default_rng(seed)
+    c, ntok, d = 3, 9, 16
+    labels = np.repeat(np.arange(c), n_per)
+    toks = rng.normal(0, 1.0, (len(labels), ntok, d)).astype(np.float32)
+    maps = rng.random((len(labels), 2, ntok)).astype(np.float32)
+    ids = np.zeros((len(labels), 2), np.int64)
+    probs = np.full((len(labels), 20), 0.01)
+    for i, k in enumerate(labels):
+        obj = rng.choice(ntok, 3, replace=False)
+        block = 3 if ood else k  # OOD objects use an unseen block (dims 12-15)
+        toks[i, obj, 4 * block : 4 * block + 4] += 4.0
+        maps[i, 0, obj] += 5.0
+        ids[i] = [10 + k, 19]
+        probs[i, 10 + k] = 0.8
+    return FeatureSet(labels=labels, tokens=TokenSet.from_dense(toks), tag_probs=probs, tag_attention=TagAttention(ids, maps))
+
+
+def test_tagood_separates_and_saves(tmp_path):
+    train, test, ood = _toy(seed=0), _toy(n_per=20, seed=1), _toy(n_per=20, seed=2, ood=True)
+    ctx = Context(seed=0)
+    det = detectors.create("tagood[epochs=8,dim=32,mlp=64,batch_size=32,per_class=1]").fit(train, ctx)
+    assert det.vocab.class_tags == [[10], [11], [12]]
+    s_in, s_out = det.score(test), det.score(ood)
+    assert roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out]) > 0.9
+    det.save(tmp_path / "det")
+    back = type(det).load(tmp_path / "det")
+    np.testing.assert_allclose(back.score(ood), s_out, rtol=1e-5, atol=1e-6)
+    again = detectors.create("tagood[epochs=8,dim=32,mlp=64,batch_size=32,per_class=1]").fit(train, ctx)
+    np.testing.assert_array_equal(again.score(ood), s_out)  # seeded and deterministic on CPU
+
+
+def test_no_tag_images_are_most_ood():
+    train, test = _toy(seed=0), _toy(n_per=5, seed=1)
+    test.tag_probs[:3] = 0.0  # first 3 images keep no tag
+    for spec in ("cs[per_class=1]", "tagood[epochs=1,dim=16,mlp=32,per_class=1]", "tagood[epochs=1,dim=16,mlp=32,per_class=1,test_tokens=all]"):
+        s = detectors.create(spec).fit(train, Context()).score(test)
+        assert np.all(s[:3] == NO_TAG_SCORE) and np.all(s[3:] < NO_TAG_SCORE)
+
+
+def test_one_forward_pass_per_training_step():
+    train = _toy(n_per=10)
+    calls = {"n": 0}
+    orig = Projector.forward
+
+    def counting(self, *a):
+        calls["n"] += 1
+        return orig(self, *a)
+
+    Projector.forward = counting
+    try:
+        cfg = PRESETS["small"].with_(epochs=2, batch_size=8, dim=16, mlp=32)
+        train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
+    finally:
+        Projector.forward = orig
+    assert calls["n"] == 2 * int(np.ceil(30 / 8))
+
+
+def test_scores_by_hand():
+    centres = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    f = np.array([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    np.testing.assert_allclose(centre_score(f, centres, "cosine"), [-1.0, 0.0])
+    np.testing.assert_allclose(centre_score(f, centres, "euclid"), [1.0, np.sqrt(2)])
+    np.testing.assert_allclose(centre_score(f, centres, "chunk", tag_prob=np.array([0.5, 1.0]), chunks=2), [-0.25, -0.0])  # chunk 1 cos 1, chunk 2 (all zeros) 0 -> 0.5 x prob 0.5
+    kl = centre_score(f, centres, "kl")
+    assert kl[0] < kl[1] and centre_score(centres, centres, "kl") == pytest.approx([0.0, 0.0], abs=1e-12)
+    with pytest.raises(ValueError):
+        centre_score(f, centres, "manhattan")
+
+
+def test_ablation_detectors_registered():
+    names = detectors.available()
+    assert {"tagood", "tagscore", "cs", "ce+cs"} <= set(names)
+    assert detectors.create("tagood[tau=0.25,score=euclid]").tau == 0.25
+    with pytest.raises(ValueError, match="unknown TagOOD options"):
+        detectors.create("tagood[epoch=3]")
