@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert official checkpoints into tagood's compact format.")
@@ -87,7 +88,7 @@ def bench(
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     _run_and_report(cfg, out, cache, device, methods)
 
@@ -132,11 +133,59 @@ def extract(
     try:
         src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
     except data.DataSourceError as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     bb = build_backbone({"name": backbone}, device=device)
     reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
     console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
+
+
+@app.command()
+def fit(
+    folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
+    out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
+    method: str = typer.Option("tagood", help="tagood, cs or ce+cs, with options, e.g. 'tagood[tau=0.25,epochs=30]'."),
+    backbone: str = typer.Option("efficientnet-lite0"),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
+    device: str = typer.Option("cpu"),
+    seed: int = typer.Option(0),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Fit TagOOD on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
+    from tagood.fitscore import fit_folder
+
+    _setup_logging(verbose)
+    try:
+        meta = fit_folder(folder, out, method, backbone, cache, device, seed)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+    console.print(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
+                  f"threshold {meta['threshold']:.4f} (95% of held-out IND images score below it)")
+
+
+@app.command()
+def score(
+    detector: Path = typer.Argument(..., help="A directory written by `tagood fit`."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders to score."),
+    out: Path = typer.Option(Path("scores.csv"), help="CSV of path, score, is_ood."),
+    cache: Optional[Path] = typer.Option(None),
+    device: str = typer.Option("cpu"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Score new images with a fitted detector (higher = more OOD)."""
+    from tagood.fitscore import score_images
+
+    _setup_logging(verbose)
+    try:
+        rows, failed = score_images(detector, list(inputs), out, cache, device)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+    n_ood = sum(r["is_ood"] for r in rows)
+    console.print(f"scored {len(rows)} images: {n_ood} flagged OOD; wrote {out}")
+    for f in failed:
+        console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -101,3 +101,19 @@ class ListFileSource(_FileSource):
     @property
     def samples(self) -> list[Sample]:
         return self._samples
+
+
+class FilesSource(_FileSource):
+    """An explicit list of image files (unlabelled)."""
+
+    def __init__(self, paths: Sequence[str | Path], name: str = "files", min_size: int | None = 256) -> None:
+        if not paths:
+            raise DataSourceError("no image files given")
+        self.name = name
+        self.min_size = min_size
+        self.class_names = None
+        self._samples = [Sample(str(Path(p)), -1) for p in paths]
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self._samples

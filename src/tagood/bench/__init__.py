@@ -1,0 +1,1 @@
+"""Benchmark harness: configs, split sources, runner, report writers."""

@@ -1,0 +1,103 @@
+"""The `tagood` command line end to end on real images and the real backbone."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tagood import data
+from tagood.cli import app
+
+runner = CliRunner()
+
+
+def _folder(root: Path, classes: dict[str, int], n: int, split: str = "test", offset: int = 0) -> Path:
+    src = data.fashion_mnist(split)
+    for name, label in classes.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        idx = [i for i, s in enumerate(src.samples) if s.label == label][offset : offset + n]
+        for j, i in enumerate(idx):
+            src.load(i).save(d / f"{j:03d}.png")
+    return root
+
+
+def test_methods_lists_every_detector():
+    r = runner.invoke(app, ["methods"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    for name in ("msp", "odin", "featurenorm", "vim", "tagood", "ce+cs"):
+        assert name in r.output
+
+
+def test_demo_quick_writes_results(tmp_path, tagood_home):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                            "--methods", "msp,energy,knn,featurenorm,tagood[epochs=2]"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    methods = {"msp", "energy", "knn", "featurenorm", "tagood[epochs=2]"}
+    sets = {"fashion-near", "mnist", "digits"}
+    assert {(row["method"], row["ood"]) for row in res["rows"]} == {(m, s) for m in methods for s in sets | {"average"}}
+    assert 0 <= res["id_accuracy"] <= 100 and res["id_accuracy"] > 50
+    for row in res["rows"]:
+        assert 0 <= row["auroc"] <= 100 and 0 <= row["fpr95"] <= 100
+    md = (out / "results.md").read_text()
+    assert "| msp |" in md and "average AUROC" in md
+    assert len(list(csv.reader((out / "results.csv").open()))) == 1 + len(res["rows"])
+    assert res["meta"]["sizes"]["train"] == 360 and res["meta"]["versions"]["torch"]
+
+
+def test_bench_config_with_folders_and_a_corrupt_file(tmp_path, tagood_home):
+    _folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 20, "train")
+    _folder(tmp_path / "test", {"trouser": 1, "bag": 8}, 10)
+    _folder(tmp_path / "ood", {"sneaker": 7}, 10)
+    (tmp_path / "ood" / "sneaker" / "zz_broken.png").write_bytes(b"not a png")
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text('name = "mine"\nmethods = ["msp", "mahalanobis"]\n[train]\ntype = "folder"\nroot = "train"\n'
+                   '[test]\ntype = "folder"\nroot = "test"\n[ood.sneakers]\ntype = "folder"\nroot = "ood"\n')
+    r = runner.invoke(app, ["bench", str(cfg), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "zz_broken.png" in r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [f["ident"].endswith("zz_broken.png") for f in res["meta"]["failed_images"]["sneakers"]] == [True]
+    assert res["meta"]["sizes"]["sneakers"] == 10
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('name = "x"\n[train]\ntype = "folder"\nroot = "a"\n')
+    r = runner.invoke(app, ["bench", str(cfg)], terminal_width=200)
+    assert r.exit_code == 2 and "missing [test]" in r.output
+
+
+def test_fit_then_score(tmp_path, tagood_home):
+    _folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 30, "train")
+    _folder(tmp_path / "new", {"trouser": 1}, 5, offset=100)
+    (tmp_path / "new" / "broken.jpg").write_text("nope")
+    det = tmp_path / "det"
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", "tagood[epochs=3]",
+                            "--cache", str(tmp_path / "c")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert (det / "weights.safetensors").exists() and json.loads((det / "tagood.json").read_text())["classes"] == ["bag", "sandal", "trouser"]
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "new"), "--out", str(tmp_path / "s.csv"), "--cache", str(tmp_path / "c")],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == 5 and all(float(x["score"]) == float(x["score"]) for x in rows)
+    assert "broken.jpg" in r.output
+
+
+def test_fit_refuses_unsaveable_method(tmp_path):
+    _folder(tmp_path / "train", {"bag": 8}, 2, "train")
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d"), "--method", "msp"])
+    assert r.exit_code == 2 and "cannot be saved" in r.output
+
+
+@pytest.mark.slow
+def test_full_quick_demo_all_methods(tmp_path, tagood_home):
+    r = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")], terminal_width=200)
+    assert r.exit_code == 0, r.output
