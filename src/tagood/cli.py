@@ -19,6 +19,10 @@ app.add_typer(convert_app, name="convert")
 console = Console()
 
 
+def _error(msg: str) -> None:
+    console.print(f"[red]{escape(msg)}[/]", soft_wrap=True)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -88,7 +92,7 @@ def bench(
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
+        _error(str(e))
         raise typer.Exit(2)
     _run_and_report(cfg, out, cache, device, methods)
 
@@ -133,7 +137,7 @@ def extract(
     try:
         src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
     except data.DataSourceError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
+        _error(str(e))
         raise typer.Exit(2)
     bb = build_backbone({"name": backbone}, device=device)
     reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
@@ -158,7 +162,7 @@ def fit(
     try:
         meta = fit_folder(folder, out, method, backbone, cache, device, seed)
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]{escape(str(e))}[/]")
+        _error(str(e))
         raise typer.Exit(2)
     console.print(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
                   f"threshold {meta['threshold']:.4f} (95% of held-out IND images score below it)")
@@ -180,7 +184,7 @@ def score(
     try:
         rows, failed = score_images(detector, list(inputs), out, cache, device)
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]{escape(str(e))}[/]")
+        _error(str(e))
         raise typer.Exit(2)
     n_ood = sum(r["is_ood"] for r in rows)
     console.print(f"scored {len(rows)} images: {n_ood} flagged OOD; wrote {out}")
