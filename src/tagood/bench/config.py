@@ -37,6 +37,14 @@ TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood
 VLM = ["mcm", "glmcm", "neglabel", "locoop", "krnft"]
 
 
+def default_methods() -> list[str]:
+    """Every method of the built-in benchmarks: classic baselines, TagOOD and its ablations, and the
+    vision-language methods once their package (``tagood.vlm``) is installed."""
+    import importlib.util
+
+    return CLASSIC + TAGOOD + (VLM if importlib.util.find_spec("tagood.vlm") else [])
+
+
 class ConfigError(Exception):
     """A benchmark config is invalid; the message names the file and the key."""
 
@@ -73,7 +81,7 @@ class BenchConfig:
 
 
 def _fashion(quick: bool) -> BenchConfig:
-    n_train, n_test, n_ood = (60, 40, 160) if quick else (300, 100, 600)
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
     return BenchConfig(
         name="fashion",
         train={"type": "fashion_mnist", "split": "train", "classes": [0, 1, 2, 3, 4, 5], "per_class": n_train},
@@ -83,21 +91,21 @@ def _fashion(quick: bool) -> BenchConfig:
             "mnist": {"type": "mnist5k", "n": n_ood},
             "digits": {"type": "digits", "n": n_ood},
         },
-        methods=CLASSIC + TAGOOD + VLM,
-        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 600},
+        methods=default_methods(),
+        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 300},
     )
 
 
 def _fashion_clutter(quick: bool) -> BenchConfig:
-    n_train, n_test, n_ood = (60, 40, 160) if quick else (300, 100, 600)
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
     spec = {"type": "fashion_clutter", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
     return BenchConfig(
         name="fashion-clutter",
         train={**spec, "part": "train"},
         test={**spec, "part": "test"},
         ood={"clutter-near": {**spec, "part": "clutter-near"}, "clutter-only": {**spec, "part": "clutter-only"}},
-        methods=CLASSIC + TAGOOD + VLM,
-        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 600},
+        methods=default_methods(),
+        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 300},
     )
 
 

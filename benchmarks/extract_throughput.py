@@ -1,0 +1,95 @@
+"""Benchmark: images/s of the full extraction pipeline vs bare onnxruntime on the same model and batch.
+
+Pipeline: ``tagood.extract.extract_split`` over a folder of real image files (JPEG photos from
+scikit-learn at their native 427x640 and random crops of them, Fashion-MNIST items as PNG):
+decode, resize + crop, EfficientNet-Lite0 forward (all outputs: logits, features, 49 tokens,
+top-10 CAMs, block norms) and the fp16 safetensors cache write.
+Baseline: an onnxruntime session of the same model, exported to ONNX inside this benchmark,
+running on the already-preprocessed images in batches of the same size (no decode, no write).
+Prints both throughputs and the ratio pipeline / bare last (target >= 0.8).
+
+    python benchmarks/extract_throughput.py [--n 512] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from tagood import data
+from tagood.backbones.efficientnet import EfficientNetLite0, Lite0Features, export_onnx, load_lite0
+from tagood.extract import extract_split
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    photos = [load_sample_image(p) for p in ("china.jpg", "flower.jpg")]
+    fashion = data.fashion_mnist("test")
+    (root / "photo").mkdir(parents=True)
+    (root / "fashion").mkdir(parents=True)
+    for i in range(n):
+        if i % 2 == 0:
+            a = photos[i % 4 // 2]
+            h = int(rng.integers(300, a.shape[0] + 1))
+            w = int(rng.integers(300, a.shape[1] + 1))
+            y, x = int(rng.integers(0, a.shape[0] - h + 1)), int(rng.integers(0, a.shape[1] - w + 1))
+            Image.fromarray(a[y : y + h, x : x + w]).save(root / "photo" / f"{i:05d}.jpg", quality=90)
+        else:
+            fashion.load(int(rng.integers(len(fashion)))).save(root / "fashion" / f"{i:05d}.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_p = Path(tmp)
+        make_images(tmp_p / "imgs", args.n)
+        os.environ.setdefault("TAGOOD_HOME", str(tmp_p / "home"))
+        bb = EfficientNetLite0()
+        src = data.FolderSource(tmp_p / "imgs")
+
+        # baseline: bare onnxruntime on the same preprocessed batch, model exported here
+        import onnxruntime as ort
+
+        onnx_path = tmp_p / "bare.onnx"
+        export_onnx(Lite0Features(load_lite0()), onnx_path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = bb.num_threads
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        batch = np.stack([bb.preprocess(src.load(i)) for i in range(len(src))])
+        sess.run(None, {"images": batch[: args.batch_size]})  # warm-up
+
+        def bare() -> float:
+            t = time.perf_counter()
+            for a in range(0, len(batch), args.batch_size):
+                sess.run(None, {"images": batch[a : a + args.batch_size]})
+            return time.perf_counter() - t
+
+        def pipeline(k: int) -> float:
+            t = time.perf_counter()
+            r = extract_split(src, bb, tmp_p / f"cache{k}", split="bench", batch_size=args.batch_size, progress=False)
+            dt = time.perf_counter() - t
+            assert len(r) == args.n
+            return dt
+
+        t_bare = min(bare() for _ in range(args.repeats))
+        t_pipe = min(pipeline(k) for k in range(args.repeats))
+        ips_bare, ips_pipe = args.n / t_bare, args.n / t_pipe
+        print(f"images: {args.n} (half JPEG photos ~300-640 px, half Fashion-MNIST PNG), batch {args.batch_size}, threads {bb.num_threads}")
+        print(f"bare onnxruntime forward : {ips_bare:7.1f} images/s")
+        print(f"full extraction pipeline : {ips_pipe:7.1f} images/s (decode, resize, forward, CAMs, fp16 cache write)")
+        print(f"pipeline_vs_bare_onnxruntime: {ips_pipe / ips_bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()
