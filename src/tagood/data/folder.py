@@ -18,6 +18,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 class _FileSource(ImageSource):
     min_size: int | None = None
+    _samples: list[Sample]
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self._samples
 
     def _load(self, i: int) -> Image.Image:
         return open_image(self.samples[i].ident, min_size=self.min_size)
@@ -55,10 +60,6 @@ class FolderSource(_FileSource):
         if not samples:
             raise DataSourceError(f"no images ({', '.join(sorted(exts))}) found under {self.root}")
         self._samples = samples
-
-    @property
-    def samples(self) -> list[Sample]:
-        return self._samples
 
 
 class ListFileSource(_FileSource):
@@ -98,10 +99,6 @@ class ListFileSource(_FileSource):
             raise DataSourceError(f"list file {self.list_file} lists no images")
         self._samples = samples
 
-    @property
-    def samples(self) -> list[Sample]:
-        return self._samples
-
 
 class FilesSource(_FileSource):
     """An explicit list of image files (unlabelled)."""
@@ -113,7 +110,3 @@ class FilesSource(_FileSource):
         self.min_size = min_size
         self.class_names = None
         self._samples = [Sample(str(Path(p)), -1) for p in paths]
-
-    @property
-    def samples(self) -> list[Sample]:
-        return self._samples
