@@ -26,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=512, help="projector width (paper: 512)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     lens = rng.integers(8, 146, size=args.n)  # kept tokens per image out of 145
@@ -33,10 +34,15 @@ def main() -> None:
     positions = np.concatenate([np.sort(rng.choice(145, size=k, replace=False)) for k in lens])
     ts = TokenSet(values, np.r_[0, np.cumsum(lens)], positions)
     torch.manual_seed(0)
-    model = Projector(512, 1000, 145, dim=args.dim, mlp=4 * args.dim, dropout=0.0).eval()
+    dev = torch.device(args.device)
+    model = Projector(512, 1000, 145, dim=args.dim, mlp=4 * args.dim, dropout=0.0).to(dev).eval()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    embed(model, ts.select(np.arange(min(256, args.n))), batch_size=256, device=args.device)  # warm-up
 
+    sync()
     t = time.perf_counter()
-    batched, _ = embed(model, ts, batch_size=256)
+    batched, _ = embed(model, ts, batch_size=256, device=args.device)
+    sync()
     t_batched = time.perf_counter() - t
 
     single = np.zeros_like(batched)
@@ -44,8 +50,10 @@ def main() -> None:
     with torch.inference_mode():
         for i in range(args.n):
             v, p = ts.get(i)
-            f = model.features(torch.as_tensor(v)[None], torch.as_tensor(p)[None], torch.ones(1, len(v), dtype=torch.bool))
-            single[i] = f[0].numpy()
+            f = model.features(torch.as_tensor(v, device=dev)[None], torch.as_tensor(p, device=dev)[None],
+                               torch.ones(1, len(v), dtype=torch.bool, device=dev))
+            single[i] = f[0].cpu().numpy()
+    sync()
     t_single = time.perf_counter() - t
     err = float(np.abs(batched - single).max())
     if err > 1e-3:
@@ -54,10 +62,11 @@ def main() -> None:
     labels = rng.integers(0, 1000, size=args.n)
     cfg = PRESETS["paper"].with_(epochs=1, dim=args.dim, mlp=4 * args.dim)
     t = time.perf_counter()
-    train_projector(ts, labels, 1000, 145, cfg, progress=False)
+    train_projector(ts, labels, 1000, 145, cfg, device=args.device, progress=False)
+    sync()
     t_train = time.perf_counter() - t
 
-    print(f"{args.n} images, {lens.mean():.0f} kept tokens/image on average, projector dim {args.dim}, max |diff| {err:.1e}")
+    print(f"device {dev}, {args.n} images, {lens.mean():.0f} kept tokens/image on average, projector dim {args.dim}, max |diff| {err:.1e}")
     print(f"single (public-code style): {args.n / t_single:8.1f} images/s")
     print(f"batched + masked          : {args.n / t_batched:8.1f} images/s")
     print(f"training throughput       : {args.n / t_train:8.1f} samples/s (batch 256, one forward per step)")

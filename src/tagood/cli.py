@@ -16,7 +16,7 @@ from rich.markup import escape
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert official checkpoints into tagood's compact format.")
 app.add_typer(convert_app, name="convert")
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _error(msg: str) -> None:
@@ -67,13 +67,17 @@ def demo(
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory (default $TAGOOD_CACHE or ~/.cache/tagood/features)."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda:0."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
+    ablations: bool = typer.Option(False, "--ablations", help="Add TagOOD's ablation rows: tau sweep, test tokens, scores, GT tag, CS tau sweep."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
-    from tagood.bench.config import builtin
+    from tagood.bench.config import TAGOOD_SWEEP, builtin
 
     _setup_logging(verbose)
-    _run_and_report(builtin(benchmark, quick=quick), out, cache, device, methods)
+    cfg = builtin(benchmark, quick=quick)
+    if ablations:
+        cfg.methods = cfg.methods + TAGOOD_SWEEP
+    _run_and_report(cfg, out, cache, device, methods)
 
 
 @app.command()

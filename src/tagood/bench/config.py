@@ -32,7 +32,9 @@ from typing import Any
 CLASSIC = ["msp", "maxlogit", "energy", "odin", "react", "ash", "lhact", "featurenorm", "knn", "mahalanobis", "vim"]
 #: TagOOD and its ablations (TagOOD paper Tables 3-5).
 TAGOOD = ["tagscore", "cs", "ce+cs", "tagood"]
-TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood[test_tokens=all]", "tagood[score=chunk]", "tagood[score=euclid]", "tagood[score=kl]"]
+TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood[test_tokens=all]", "tagood[score=chunk]",
+                "tagood[score=euclid]", "tagood[score=kl]", "tagood[tags=gt]", "cs[tau=0]", "cs[tau=0.25]", "cs[tau=0.75]",
+                "cs[test_tokens=all]"]
 #: Vision-language methods (on the offline dual encoder here, on CLIP for ImageNet).
 VLM = ["mcm", "glmcm", "neglabel", "locoop", "krnft"]
 

@@ -107,10 +107,10 @@ def rich_table(results: Mapping[str, Any], title: str = ""):
     sets = ood_sets(results)
     idx = {(r["method"], r["ood"]): r for r in results["rows"]}
     t = Table(title=title or None, show_lines=False)
-    t.add_column("Method", style="bold")
+    t.add_column("Method", style="bold", overflow="fold")
     for s in sets:
-        t.add_column(f"{s}\nAUROC↑", justify="right")
-        t.add_column(f"{s}\nFPR95↓", justify="right")
+        t.add_column(f"{s}\nAUROC↑", justify="right", overflow="fold")
+        t.add_column(f"{s}\nFPR95↓", justify="right", overflow="fold")
     for m in methods(results):
         cells = []
         for s in sets:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up tagood on a fresh Debian machine: data packages, a virtualenv, the CPU torch build, the package.
+# Idempotent: re-running only checks what is there. Usage: ./scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages holding the offline data: Fashion-MNIST (IDX files) and WordNet (NegLabel's label pool).
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/index.noun ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base >/dev/null; }
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# torch first and pinned: on this kind of machine 2.13.0 is a local CPU wheel; an unpinned torch would pull a 5.5 GB CUDA build.
+# GPU users: install the torch build for your CUDA first (`pip install torch`), then `pip install -e .`.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/pip install -q "torch==${TAGOOD_TORCH_VERSION:-2.13.0}"
+fi
+.venv/bin/pip install -q -e ".[test]"
+.venv/bin/python -c "import tagood, torch, onnxruntime; print('tagood', tagood.__version__, '| torch', torch.__version__)"
