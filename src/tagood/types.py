@@ -95,10 +95,9 @@ class TokenSet:
         """A new TokenSet holding samples ``idx`` in that order."""
         idx = np.asarray(idx, dtype=np.int64)
         lens = self.lengths[idx]
-        starts = self.offsets[idx]
-        gather = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lens)]) if len(idx) else np.zeros(0, np.int64)
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
+        gather = np.repeat(self.offsets[idx] - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64)
         return TokenSet(self.values[gather], offsets, self.positions[gather])
 
     @classmethod

@@ -65,9 +65,25 @@ def ema_update(centres: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
 
 
 def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    t, p, m = tokens.select(idx).pad()
-    return (torch.as_tensor(t, dtype=torch.float32, device=device), torch.as_tensor(p, device=device),
-            torch.as_tensor(m, device=device))
+    """Padded batch of samples ``idx`` on ``device``: the kept tokens are gathered on the host (one
+    fancy-index), moved in one transfer and scattered into the padded tensor on the device."""
+    lens = tokens.lengths[idx]
+    b, width = len(idx), int(lens.max()) if len(idx) else 0
+    starts = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(lens, out=starts[1:])
+    col = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lens)
+    row = np.repeat(np.arange(b, dtype=np.int64), lens)
+    src = np.repeat(tokens.offsets[idx], lens) + col
+    vals = torch.as_tensor(np.asarray(tokens.values[src], dtype=np.float32)).to(device, non_blocking=True)
+    pos_v = torch.as_tensor(tokens.positions[src]).to(device, non_blocking=True)
+    r, c = torch.as_tensor(row).to(device), torch.as_tensor(col).to(device)
+    x = torch.zeros(b, width, tokens.dim, dtype=torch.float32, device=device)
+    pos = torch.zeros(b, width, dtype=torch.long, device=device)
+    mask = torch.zeros(b, width, dtype=torch.bool, device=device)
+    x[r, c] = vals
+    pos[r, c] = pos_v
+    mask[r, c] = True
+    return x, pos, mask
 
 
 def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_positions: int, cfg: TrainConfig,
