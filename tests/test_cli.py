@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tagood import data
@@ -97,7 +96,12 @@ def test_fit_refuses_unsaveable_method(tmp_path):
     assert r.exit_code == 2 and "cannot be saved" in r.output
 
 
-@pytest.mark.slow
 def test_full_quick_demo_all_methods(tmp_path, tagood_home):
+    """Every default method of the built-in benchmark, ODIN's input perturbation included (~2 min on 2 cores)."""
     r = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")], terminal_width=200)
     assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    from tagood.bench.config import default_methods
+
+    assert {row["method"] for row in res["rows"]} == set(default_methods())
+    assert not res["meta"]["errors"]
