@@ -199,6 +199,32 @@ class Manifest:
             raise CacheError(f"corrupt cache manifest {path}: {e}; delete {path.parent} and re-extract") from e
 
 
+def _rows(arr: Any, sl: slice) -> Any:
+    """Rows ``sl`` of a dense array, a TokenSet, or a list of per-sample (tokens, positions) pairs."""
+    if isinstance(arr, TokenSet):
+        return arr.select(np.arange(len(arr))[sl])
+    return arr[sl]
+
+
+def _to_storage(name: str, rows: Any) -> Any:
+    """Dense rows -> ndarray in storage dtype; ragged rows -> (values, lengths, positions)."""
+    fp = np.float16 if name in FP16_FIELDS else np.float32
+    if isinstance(rows, TokenSet):
+        v = np.asarray(rows.values)
+        return (v.astype(fp) if v.dtype.kind == "f" else v, rows.lengths.astype(np.int64), np.asarray(rows.positions, np.int64))
+    if isinstance(rows, list):
+        vals = [np.asarray(t) for t, _ in rows]
+        v = np.concatenate(vals) if vals else np.zeros((0, 0))
+        return (v.astype(fp) if v.dtype.kind == "f" else v, np.array([len(t) for t in vals], np.int64),
+                np.concatenate([np.asarray(p, np.int64) for _, p in rows]) if rows else np.zeros(0, np.int64))
+    a = np.asarray(rows)
+    return a.astype(fp) if a.dtype.kind == "f" else a
+
+
+def _nbytes(v: Any) -> int:
+    return sum(x.nbytes for x in v) if isinstance(v, tuple) else int(v.nbytes)
+
+
 class CacheWriter:
     """Append samples to a cache entry, committing a shard every ``shard_size`` samples.
 
@@ -213,8 +239,10 @@ class CacheWriter:
         self.manifest = manifest
         self.shard_size = shard_size
         self.shard_mb = shard_mb
-        self._buf: list[dict[str, Any]] = []
+        self._buf: list[dict[str, Any]] = []  # blocks of rows, already in storage dtype
         self._buf_failed: list[dict[str, Any]] = []
+        self._buffered = 0
+        self._row_nbytes: int | None = None
         self._covered_to = manifest.next_index
 
     # -- construction -----------------------------------------------------------------------
@@ -261,18 +289,20 @@ class CacheWriter:
 
     # -- writing ----------------------------------------------------------------------------
     def add(self, indices: np.ndarray, labels: np.ndarray, idents: list[str], arrays: Mapping[str, Any]) -> None:
+        """Append a batch (source indices increasing); fields are converted to their storage dtype once per batch."""
         indices = np.asarray(indices, dtype=np.int64)
-        for j, idx in enumerate(indices):
-            row: dict[str, Any] = {"index": int(idx), "label": int(labels[j]), "ident": idents[j]}
+        labels = np.asarray(labels, dtype=np.int64)
+        n, start = len(indices), 0
+        while start < n:
+            take = min(self._room(arrays, n), n - start)
+            sl = slice(start, start + take)
+            block: dict[str, Any] = {"index": indices[sl], "label": labels[sl], "ident": list(idents[sl])}
             for name, arr in arrays.items():
-                if isinstance(arr, TokenSet):
-                    row[name] = arr.get(j)
-                elif isinstance(arr, list):
-                    row[name] = arr[j]
-                else:
-                    row[name] = np.asarray(arr[j])
-            self._buf.append(row)
-            self._covered_to = int(idx) + 1
+                block[name] = _to_storage(name, _rows(arr, sl))
+            self._buf.append(block)
+            self._buffered += take
+            self._covered_to = int(indices[start + take - 1]) + 1
+            start += take
             if self._shard_full():
                 self._commit()
 
@@ -281,55 +311,50 @@ class CacheWriter:
         self._buf_failed.append({"index": int(index), "ident": ident, "reason": reason})
         self._covered_to = int(index) + 1
 
-    def _row_bytes(self, row: dict[str, Any]) -> int:
-        n = 0
-        for k, v in row.items():
-            if isinstance(v, tuple):
-                n += v[0].size * 2
-            elif isinstance(v, np.ndarray):
-                n += v.size * (2 if k in FP16_FIELDS else v.itemsize)
-        return n
+    def _room(self, arrays: Mapping[str, Any], n: int) -> int:
+        """Rows that still fit in the current shard."""
+        if self.shard_size is not None:
+            return max(1, self.shard_size - self._buffered)
+        if self._row_nbytes is None:
+            probe = {k: _to_storage(k, _rows(v, slice(0, 1))) for k, v in arrays.items()}
+            self._row_nbytes = max(1, sum(_nbytes(v) for v in probe.values()))
+        return max(1, int(self.shard_mb * 2**20 // self._row_nbytes) - self._buffered)
 
     def _shard_full(self) -> bool:
-        if not self._buf:
+        if self._buffered == 0:
             return False
         if self.shard_size is not None:
-            return len(self._buf) >= self.shard_size
-        return len(self._buf) * self._row_bytes(self._buf[0]) >= self.shard_mb * 2**20
+            return self._buffered >= self.shard_size
+        return self._buffered * (self._row_nbytes or 1) >= self.shard_mb * 2**20
 
     def _commit(self) -> None:
         if not self._buf and not self._buf_failed:
             return
-        rows = self._buf
+        blocks = self._buf
         i = len(self.manifest.shards)
         name = f"shard-{i:05d}.safetensors"
         tensors: dict[str, np.ndarray] = {
-            "index": np.array([r["index"] for r in rows], dtype=np.int64),
-            "label": np.array([r["label"] for r in rows], dtype=np.int64),
+            "index": np.concatenate([b["index"] for b in blocks]) if blocks else np.zeros(0, np.int64),
+            "label": np.concatenate([b["label"] for b in blocks]) if blocks else np.zeros(0, np.int64),
         }
-        fields = [k for k in (rows[0] if rows else {}) if k not in ("index", "label", "ident")]
+        idents = [x for b in blocks for x in b["ident"]]
         specs = self.manifest.fields
-        for f in fields:
-            first = rows[0][f]
-            if isinstance(first, tuple):  # ragged
-                vals = [r[f][0] for r in rows]
-                pos = [np.asarray(r[f][1], dtype=np.int64) for r in rows]
-                lens = np.array([len(v) for v in vals], dtype=np.int64)
-                offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        for f in (k for k in (blocks[0] if blocks else {}) if k not in ("index", "label", "ident")):
+            parts = [b[f] for b in blocks]
+            if isinstance(parts[0], tuple):  # ragged: (values, lengths, positions)
+                vals = np.concatenate([p[0] for p in parts])
+                lens = np.concatenate([p[1] for p in parts])
+                offsets = np.zeros(len(lens) + 1, dtype=np.int64)
                 np.cumsum(lens, out=offsets[1:])
-                dt = np.float16 if f in FP16_FIELDS else np.asarray(vals[0]).dtype
-                d = int(np.asarray(vals[0]).shape[1]) if np.asarray(vals[0]).ndim == 2 else 0
-                tensors[f"{f}.values"] = (np.concatenate(vals) if len(vals) else np.zeros((0, d))).astype(dt)
+                tensors[f"{f}.values"] = vals
                 tensors[f"{f}.offsets"] = offsets
-                tensors[f"{f}.positions"] = np.concatenate(pos) if pos else np.zeros(0, np.int64)
-                specs.setdefault(f, {"kind": "ragged", "dtype": np.dtype(dt).name, "dim": d})
+                tensors[f"{f}.positions"] = np.concatenate([p[2] for p in parts])
+                specs.setdefault(f, {"kind": "ragged", "dtype": vals.dtype.name, "dim": int(vals.shape[1]) if vals.ndim == 2 else 0})
             else:
-                arr = np.stack([r[f] for r in rows])
-                if arr.dtype.kind == "f":
-                    arr = arr.astype(np.float16 if f in FP16_FIELDS else np.float32)
+                arr = np.concatenate(parts)
                 tensors[f] = arr
                 specs.setdefault(f, {"kind": "dense", "dtype": arr.dtype.name, "shape": list(arr.shape[1:])})
-        if not rows:  # a shard holding only failures still needs the field arrays (empty)
+        if not blocks:  # a shard holding only failures still needs the field arrays (empty)
             for f, spec in specs.items():
                 if spec["kind"] == "ragged":
                     tensors[f"{f}.values"] = np.zeros((0, spec["dim"]), dtype=spec["dtype"])
@@ -339,11 +364,11 @@ class CacheWriter:
                     tensors[f] = np.zeros((0, *spec["shape"]), dtype=spec["dtype"])
         start = self.manifest.next_index
         _atomic_save_safetensors(self.dir / name, tensors)
-        atomic_write_json((self.dir / name).with_suffix(".json"), [r["ident"] for r in rows])
-        self.manifest.shards.append(ShardInfo(file=name, start=start, stop=self._covered_to, count=len(rows)))
+        atomic_write_json((self.dir / name).with_suffix(".json"), idents)
+        self.manifest.shards.append(ShardInfo(file=name, start=start, stop=self._covered_to, count=len(idents)))
         self.manifest.failed.extend(self._buf_failed)
         atomic_write_json(self.dir / MANIFEST, self.manifest.to_json())
-        self._buf, self._buf_failed = [], []
+        self._buf, self._buf_failed, self._buffered = [], [], 0
 
     def finish(self, meta: Mapping[str, Any] | None = None) -> "CacheReader":
         """Commit the last shard, mark the entry complete and return a reader."""

@@ -76,6 +76,32 @@ def _select(out: ModelOutput, fields: Sequence[str]) -> dict[str, Any]:
     return arrays
 
 
+def _write_in_order(writer: CacheWriter, samples: Sequence[Any], idx: list[int], arrays: Mapping[str, np.ndarray],
+                    failed: Mapping[int, str]) -> None:
+    """Write a batch's decoded rows and its failures in source order (so shards stay contiguous):
+    runs of decoded rows between failures go in as one block each."""
+    events = sorted([(i, j) for j, i in enumerate(idx)] + [(i, -1) for i in failed])
+    run: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        if run:
+            rows = [j for _, j in run]
+            ids = np.array([i for i, _ in run])
+            sl = slice(rows[0], rows[-1] + 1)  # decoded rows of a batch are consecutive
+            writer.add(ids, np.array([samples[i].label for i in ids]), [samples[i].ident for i in ids],
+                       {k: v[sl] for k, v in arrays.items()})
+            run.clear()
+
+    for i, j in events:
+        if j < 0:
+            flush()
+            log.warning("skipping %s: %s", samples[i].ident, failed[i])
+            writer.skip(i, samples[i].ident, failed[i])
+        else:
+            run.append((i, j))
+    flush()
+
+
 def extract_split(
     source: ImageSource,
     backbone: Backbone,
@@ -124,16 +150,7 @@ def extract_split(
     with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
         for k, (idx, batch, failed) in enumerate(_batches(source, backbone, start, batch_size, workers)):
             arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
-            row = {i: j for j, i in enumerate(idx)}
-            reasons = dict(failed)
-            for i in sorted(row.keys() | reasons.keys()):  # source order, so shards stay contiguous
-                if i in reasons:
-                    log.warning("skipping %s: %s", samples[i].ident, reasons[i])
-                    writer.skip(i, samples[i].ident, reasons[i])
-                else:
-                    j = row[i]
-                    writer.add(np.array([i]), np.array([samples[i].label]), [samples[i].ident],
-                               {k: v[j : j + 1] for k, v in arrays.items()})
+            _write_in_order(writer, samples, idx, arrays, dict(failed))
             done += len(idx) + len(failed)
             advance(len(idx) + len(failed))
             if max_batches is not None and k + 1 >= max_batches:

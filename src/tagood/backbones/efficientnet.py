@@ -185,6 +185,8 @@ class EfficientNetLite0:
         so.intra_op_num_threads = self.num_threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # no busy-waiting between ops: the decode threads of the pipeline need those cycles
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -206,8 +208,10 @@ class EfficientNetLite0:
         tokens = fmap.reshape(len(fmap), fmap.shape[1], -1).transpose(0, 2, 1)  # (B,49,1280)
         probs = _softmax(logits)
         k = min(self.top_k_tags, probs.shape[1])
-        ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return ModelOutput(logits=logits, features=pooled, tokens=np.ascontiguousarray(tokens), tag_probs=probs,
+        top = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < probs.shape[1] else np.tile(np.arange(k), (len(probs), 1))
+        order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(top, order, axis=1)
+        return ModelOutput(logits=logits, features=pooled, tokens=tokens, tag_probs=probs,
                            tag_ids=ids.astype(np.int64), tag_attention=self.cam(tokens, ids), block_norms=norms)
 
     def cam(self, tokens: np.ndarray, tag_ids: np.ndarray) -> np.ndarray:
