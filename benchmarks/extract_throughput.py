@@ -1,7 +1,7 @@
 """Benchmark: images/s of the full extraction pipeline vs bare onnxruntime on the same model and batch.
 
 Pipeline: ``tagood.extract.extract_split`` over a folder of real image files (JPEG photos from
-scikit-learn at their native 427x640 and random crops of them, Fashion-MNIST items as PNG):
+scikit-learn at their native 427x640 and random crops of them, 28x28 scikit-learn digits as PNG):
 decode, resize + crop, EfficientNet-Lite0 forward (all outputs: logits, features, 49 tokens,
 top-10 CAMs, block norms) and the fp16 safetensors cache write.
 Baseline: an onnxruntime session of the same model, exported to ONNX inside this benchmark,
@@ -31,9 +31,9 @@ from tagood.extract import extract_split
 def make_images(root: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     photos = [load_sample_image(p) for p in ("china.jpg", "flower.jpg")]
-    fashion = data.fashion_mnist("test")
+    digits = data.sklearn_digits()
     (root / "photo").mkdir(parents=True)
-    (root / "fashion").mkdir(parents=True)
+    (root / "small").mkdir(parents=True)
     for i in range(n):
         if i % 2 == 0:
             a = photos[i % 4 // 2]
@@ -42,7 +42,7 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
             y, x = int(rng.integers(0, a.shape[0] - h + 1)), int(rng.integers(0, a.shape[1] - w + 1))
             Image.fromarray(a[y : y + h, x : x + w]).save(root / "photo" / f"{i:05d}.jpg", quality=90)
         else:
-            fashion.load(int(rng.integers(len(fashion)))).save(root / "fashion" / f"{i:05d}.png")
+            digits.load(int(rng.integers(len(digits)))).resize((28, 28), Image.BILINEAR).save(root / "small" / f"{i:05d}.png")
 
 
 def main() -> None:
@@ -50,12 +50,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads for both paths (default: all cores)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_p = Path(tmp)
         make_images(tmp_p / "imgs", args.n)
         os.environ.setdefault("TAGOOD_HOME", str(tmp_p / "home"))
-        bb = EfficientNetLite0()
+        bb = EfficientNetLite0(num_threads=args.threads)
         src = data.FolderSource(tmp_p / "imgs")
 
         # baseline: bare onnxruntime on the same preprocessed batch, model exported here
@@ -85,7 +86,7 @@ def main() -> None:
         t_bare = min(bare() for _ in range(args.repeats))
         t_pipe = min(pipeline(k) for k in range(args.repeats))
         ips_bare, ips_pipe = args.n / t_bare, args.n / t_pipe
-        print(f"images: {args.n} (half JPEG photos ~300-640 px, half Fashion-MNIST PNG), batch {args.batch_size}, threads {bb.num_threads}")
+        print(f"images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, threads {bb.num_threads}")
         print(f"bare onnxruntime forward : {ips_bare:7.1f} images/s")
         print(f"full extraction pipeline : {ips_pipe:7.1f} images/s (decode, resize, forward, CAMs, fp16 cache write)")
         print(f"pipeline_vs_bare_onnxruntime: {ips_pipe / ips_bare:.2f}")

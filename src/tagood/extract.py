@@ -148,14 +148,23 @@ def extract_split(
     t0 = time.perf_counter()
     done = 0
     with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
-        for k, (idx, batch, failed) in enumerate(_batches(source, backbone, start, batch_size, workers)):
-            arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
-            _write_in_order(writer, samples, idx, arrays, dict(failed))
-            done += len(idx) + len(failed)
-            advance(len(idx) + len(failed))
-            if max_batches is not None and k + 1 >= max_batches:
-                writer._commit()
-                return CacheReader(d)
+        # the cache write (dtype conversion, shard commit) of batch k runs in a writer thread while
+        # the model runs batch k+1; numpy and file I/O release the GIL
+        with ThreadPoolExecutor(max_workers=1) as write_pool:
+            pending: Future | None = None
+            for k, (idx, batch, failed) in enumerate(_batches(source, backbone, start, batch_size, workers)):
+                arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
+                if pending is not None:
+                    pending.result()
+                pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed))
+                done += len(idx) + len(failed)
+                advance(len(idx) + len(failed))
+                if max_batches is not None and k + 1 >= max_batches:
+                    pending.result()
+                    writer._commit()
+                    return CacheReader(d)
+            if pending is not None:
+                pending.result()
     elapsed = time.perf_counter() - t0
     reader = writer.finish(meta={"seconds": elapsed, "images_per_s": done / elapsed if elapsed > 0 else None})
     if reader.failed:
