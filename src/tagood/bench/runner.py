@@ -85,10 +85,6 @@ def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[li
     return sorted(need), sorted(pseudo), images
 
 
-def _featureset(reader: CacheReader, fields: list[str], name: str) -> FeatureSet:
-    return reader.to_featureset(fields, name=name)
-
-
 def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str = "cpu", progress: bool = True,
             methods: list[str] | None = None, backbone: Any = None) -> tuple[RunState, list[det_registry.Detector]]:
     """Build sources, detectors and the backbone; extract all splits; fit the head; build the context."""
@@ -116,7 +112,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
                                batch_size=cfg.batch_size, progress=progress)
-        fs = _featureset(reader, f, name)
+        fs = reader.to_featureset(f, name=name)
         if need_images and name != "pseudo-ood":
             fs.images = CachedImageStream(src, state.backbone, reader.indices)
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
