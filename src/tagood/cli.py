@@ -148,6 +148,29 @@ def extract(
     console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
 
 
+@convert_app.command("ram")
+def convert_ram_cmd(
+    checkpoint: Path = typer.Argument(..., help="Official RAM / RAM++ checkpoint (.pth, {'model': state_dict})."),
+    out: Path = typer.Option(..., help="Output directory: model.safetensors + config.json + tags.txt (+ thresholds.txt)."),
+    tags: Path = typer.Option(..., help="RAM tag list (ram_tag_list.txt)."),
+    thresholds: Optional[Path] = typer.Option(None, help="Per-tag thresholds (ram_tag_list_threshold.txt)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store weights in fp16 (half the size)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Keep only the tagger's weights of an official RAM checkpoint (drops the text encoder/decoder)."""
+    from tagood.backbones.ram import RAMCheckpointError, convert_ram
+
+    _setup_logging(verbose)
+    try:
+        d = convert_ram(checkpoint, out, tags, thresholds, fp16=fp16)
+    except (RAMCheckpointError, FileNotFoundError, ValueError) as e:
+        _error(str(e))
+        raise typer.Exit(2)
+    size_in = checkpoint.stat().st_size
+    size_out = sum(f.stat().st_size for f in Path(d).iterdir())
+    console.print(f"wrote {d}: {size_out / 2**20:.1f} MiB (from {size_in / 2**20:.1f} MiB); load it with backbone name 'ram', checkpoint = {d}")
+
+
 @app.command()
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 
-def build_backbone(spec: Mapping[str, Any], device: str = "cpu") -> Any:
-    """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "ram", "checkpoint": ..., "tags": ...}``
-    or ``{"name": "clip", "path": ...}``; remaining keys are passed to the constructor/loader."""
+#: spec keys holding file paths (resolved against the config file's folder)
+PATH_KEYS = ("checkpoint", "tag_list", "thresholds", "path", "vocabulary")
+
+
+def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path | None = None) -> Any:
+    """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
+    "tag_list": TXT, "thresholds": TXT, "attention_layer": 0}`` or ``{"name": "clip", "path": HF_DIR,
+    "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``."""
     kw = {k: v for k, v in spec.items() if k != "name"}
+    for k in PATH_KEYS:
+        if k in kw and isinstance(kw[k], str) and base_dir is not None and not Path(kw[k]).expanduser().is_absolute():
+            kw[k] = str(base_dir / kw[k])
     name = spec.get("name", "efficientnet-lite0")
     if name == "efficientnet-lite0":
         from tagood.backbones.efficientnet import EfficientNetLite0

@@ -92,7 +92,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     specs = methods or cfg.methods
     dets = [det_registry.create(m) for m in specs]
     t0 = time.perf_counter()
-    state.backbone = backbone or build_backbone(cfg.backbone, device=device)
+    state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
 
