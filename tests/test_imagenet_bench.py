@@ -88,3 +88,18 @@ def test_convert_ram_cli(mini):
     a = load_ram(mini / "ram" / "ram_tiny.pth", mini / "ram" / "ram_tag_list.txt", mini / "ram" / "ram_tag_list_threshold.txt")
     b = load_ram(out)
     assert a.weights_hash == b.weights_hash
+
+
+def test_bench_imagenet_command_with_ram_flags(mini, tagood_home):
+    out = mini / "out-flags"
+    r = runner.invoke(app, ["bench", "imagenet", "--root", str(mini / "data"), "--tagger", "ram",
+                            "--checkpoint", str(mini / "ram" / "ram_tiny.pth"), "--tags", str(mini / "ram" / "ram_tag_list.txt"),
+                            "--thresholds", str(mini / "ram" / "ram_tag_list_threshold.txt"),
+                            "--methods", "msp,vim,cs[tag_threshold=0.001]", "--out", str(out), "--cache", str(mini / "cache")],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert {row["ood"] for row in res["rows"]} == {"inaturalist", "textures", "average"}
+    assert res["meta"]["backbone"]["id"].startswith("ram")
+    bad = runner.invoke(app, ["bench", "imagenet", "--root", str(mini / "data"), "--tagger", "ram"], terminal_width=200)
+    assert bad.exit_code == 2 and "--checkpoint" in bad.output

@@ -82,19 +82,42 @@ def demo(
 
 @app.command()
 def bench(
-    config: Path = typer.Argument(..., help="TOML benchmark config (see README 'Your own benchmark')."),
+    config: str = typer.Argument(..., help="A TOML benchmark config, or 'imagenet' (needs --root and a tagger)."),
     out: Path = typer.Option(Path("runs/bench"), help="Output directory."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     device: str = typer.Option("cpu", help="torch device."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (overrides the config)."),
+    root: Optional[Path] = typer.Option(None, help="imagenet: folder holding imagenet/ and the OOD sets."),
+    tagger: str = typer.Option("ram", help="imagenet: ram or clip."),
+    checkpoint: Optional[Path] = typer.Option(None, help="imagenet + ram: RAM .pth or a `tagood convert ram` folder."),
+    tags: Optional[Path] = typer.Option(None, help="imagenet + ram: ram_tag_list.txt."),
+    thresholds: Optional[Path] = typer.Option(None, help="imagenet + ram: ram_tag_list_threshold.txt."),
+    clip: Optional[Path] = typer.Option(None, help="imagenet + clip: a Hugging Face CLIP directory."),
+    train_per_class: Optional[int] = typer.Option(None, help="imagenet: seeded subsample of the IND train images per class."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Run a benchmark described by a config file."""
-    from tagood.bench.config import ConfigError, load_config
+    """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
+    from tagood.bench.config import ConfigError, imagenet, load_config
 
     _setup_logging(verbose)
     try:
-        cfg = load_config(config)
+        if config == "imagenet":
+            if root is None:
+                raise ConfigError("`tagood bench imagenet` needs --root (see README 'Reproduce the TagOOD paper')")
+            if tagger == "ram":
+                if checkpoint is None:
+                    raise ConfigError("--tagger ram needs --checkpoint (and --tags unless it is a converted folder)")
+                spec = {"name": "ram", "checkpoint": str(checkpoint), **({"tag_list": str(tags)} if tags else {}),
+                        **({"thresholds": str(thresholds)} if thresholds else {})}
+            elif tagger == "clip":
+                if clip is None:
+                    raise ConfigError("--tagger clip needs --clip DIR (a Hugging Face CLIP directory)")
+                spec = {"name": "clip", "path": str(clip)}
+            else:
+                raise ConfigError("--tagger must be ram or clip")
+            cfg = imagenet(root, spec, train_per_class)
+        else:
+            cfg = load_config(config)
     except ConfigError as e:
         _error(str(e))
         raise typer.Exit(2)

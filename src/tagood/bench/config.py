@@ -111,6 +111,28 @@ def _fashion_clutter(quick: bool) -> BenchConfig:
     )
 
 
+#: Methods that run on any tagger's cached outputs (no per-block norms, no differentiable backbone needed).
+IMAGENET_METHODS = ["msp", "maxlogit", "energy", "react", "ash", "lhact", "knn[k=1000]", "mahalanobis", "vim",
+                    "tagscore", "cs", "ce+cs[preset=paper]", "tagood[preset=paper]"]
+
+
+def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | None = None, quick: bool = False) -> BenchConfig:
+    """The TagOOD paper's benchmark: IND ImageNet-1K (train -> fit, val -> test); OOD iNaturalist, SUN,
+    Places, Textures, OpenImage-O, ImageNet-O (those present under ``root``; see tagood.data.imagenet)."""
+    from tagood.data.imagenet import available_ood_sets
+
+    root = Path(root).expanduser().resolve()
+    sets = available_ood_sets(root)
+    if not sets:
+        raise ConfigError(f"no OOD set found under {root}; see `tagood.data.imagenet` for the expected layout")
+    train: dict[str, Any] = {"type": "imagenet", "root": str(root), "part": "train"}
+    if train_per_class or quick:
+        train["per_class"] = int(train_per_class or 2)
+    spec = lambda part: {"type": "imagenet", "root": str(root), "part": part}  # noqa: E731
+    return BenchConfig(name="imagenet", train=train, test=spec("val"), ood={s: spec(s) for s in sets},
+                       methods=list(IMAGENET_METHODS), backbone=backbone, batch_size=32, pseudo_ood=None)
+
+
 BUILTIN = {"fashion": _fashion, "fashion-clutter": _fashion_clutter}
 
 
