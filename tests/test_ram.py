@@ -263,8 +263,11 @@ def test_convert_round_trip(files, tagger: RAMTagger, tmp_path: Path, fp16: bool
         assert t2.weights_hash != tagger.weights_hash
         assert (out_dir / "model.safetensors").stat().st_size < 0.6 * sum(v.numel() * 4 for v in stored.values())
     else:
-        for f in ("tokens", "tag_probs", "tag_attention", "tag_ids"):
-            np.testing.assert_array_equal(getattr(b, f), getattr(a, f))
+        # same fp32 tensors; BLAS may pick other kernels for memory-mapped vs. allocated weights, so
+        # outputs agree to float32 rounding (not necessarily bit for bit)
+        for f in ("tokens", "tag_probs", "tag_attention"):
+            np.testing.assert_allclose(getattr(b, f), getattr(a, f), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(b.tag_ids, a.tag_ids)
         assert t2.weights_hash == tagger.weights_hash  # same tensors, same cache key
     with pytest.raises(RAMCheckpointError, match="not empty"):
         convert_ram(files.checkpoint, out_dir, files.tag_list)
