@@ -278,7 +278,7 @@ def test_convert_ram_plus_round_trip(files_plus, tmp_path: Path) -> None:
     t1 = load_ram(files_plus.checkpoint, files_plus.tag_list)
     t2 = load_ram(d)
     x = _images(2)
-    np.testing.assert_array_equal(t1.forward(x).tag_probs, t2.forward(x).tag_probs)
+    np.testing.assert_allclose(t1.forward(x).tag_probs, t2.forward(x).tag_probs, rtol=1e-5, atol=1e-6)  # float32 rounding
     assert not (d / "thresholds.txt").exists() and t2.cfg.variant == "ram_plus"
 
 
