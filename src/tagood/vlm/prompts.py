@@ -1,0 +1,43 @@
+"""Prompt templates and prompt encoding shared by the vision-language OOD methods.
+
+MCM (Ming et al., NeurIPS 2022), GL-MCM (Miyai et al., 2023), NegLabel (Jiang et al., ICLR 2024)
+and KR-NFT (Zhu et al., ACM MM 2025) all use CLIP's single prompt ``"a photo of a {}."``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: CLIP's zero-shot single prompt, used by MCM / GL-MCM / NegLabel / KR-NFT.
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def clean_name(name: str) -> str:
+    """A class name as prompt text: underscores to spaces, surrounding space stripped."""
+    return str(name).replace("_", " ").strip()
+
+
+def fill(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """``template`` filled with each (cleaned) name; the template needs a ``{}`` placeholder."""
+    if "{}" not in template:
+        raise ValueError(f"prompt template {template!r} needs a '{{}}' placeholder")
+    return [template.format(clean_name(n)) for n in names]
+
+
+def encode_prompts(encoder: Any, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
+    """One L2-normalised text embedding per name: templates filled, encoded, averaged, renormalised.
+
+    Uses ``encoder.encode_texts`` (the :class:`tagood.vlm.protocol.DualEncoder` protocol).
+    """
+    templates = list(templates)
+    if not templates:
+        raise ValueError("encode_prompts needs at least one template")
+    for tpl in templates:
+        if "{}" not in tpl:
+            raise ValueError(f"prompt template {tpl!r} needs a '{{}}' placeholder")
+    texts = [tpl.format(clean_name(n)) for n in names for tpl in templates]
+    e = np.asarray(encoder.encode_texts(texts), dtype=np.float64).reshape(len(names), len(templates), -1).mean(axis=1)
+    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)

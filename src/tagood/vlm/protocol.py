@@ -1,0 +1,139 @@
+"""The dual-encoder protocol the vision-language OOD methods build on, and helpers that attach
+dual-encoder embeddings to a cached :class:`tagood.types.FeatureSet`.
+
+A dual encoder maps images and texts into one space where cosine similarity measures agreement
+(CLIP: Radford et al., ICML 2021). Implementations: :class:`tagood.backbones.clip.CLIPDualEncoder`
+(real CLIP from the user's disk, wrapped by :class:`EncoderAdapter`) and
+:class:`tagood.vlm.offline.OfflineDualEncoder` (EfficientNet-Lite0 + MiniLM stand-in that ships
+with the package).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tagood.progress import progress_bar
+from tagood.types import FeatureSet, TokenSet
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class DualEncoder(Protocol):
+    """Image and text encoders into one embedding space of size ``embed_dim``.
+
+    * ``encode_images(batch (B,3,H,W)) -> (B,E)`` L2-normalised float32;
+    * ``encode_texts(texts) -> (T,E)`` L2-normalised float32;
+    * ``logit_scale``: the temperature inverse (100 for released CLIP models);
+    * ``preprocess(pil) -> (3,H,W)``; ``id``, ``weights_hash``, ``transform_id`` key cached embeddings;
+    * optional ``patch_tokens(batch) -> (B,P,E)`` local features in the same space (GL-MCM, LoCoOp).
+    """
+
+    id: str
+    weights_hash: str
+    transform_id: str
+    embed_dim: int
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def preprocess(self, image: Any) -> np.ndarray: ...
+
+    def encode_images(self, batch: Any) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+class SourceImageStream:
+    """Preprocessed images of ``source`` samples ``indices`` (an :class:`tagood.types.ImageStream`),
+    decoded on demand with ``preprocess`` (the dual encoder's own transform)."""
+
+    def __init__(self, source: Any, indices: np.ndarray, preprocess: Any) -> None:
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        for a in range(0, len(self.indices), batch_size):
+            yield np.stack([self.preprocess(self.source.load(int(i))) for i in self.indices[a : a + batch_size]])
+
+
+def source_indices(fs: FeatureSet, source: Any) -> np.ndarray:
+    """Indices into ``source`` of the samples of ``fs`` (matched by identifier when ``fs.paths`` is set)."""
+    if fs.paths is None:
+        if len(fs) != len(source):
+            raise ValueError(f"feature set '{fs.name}' has {len(fs)} samples and no identifiers, source '{source.name}' has "
+                             f"{len(source)}; cannot align them")
+        return np.arange(len(source), dtype=np.int64)
+    where = {s.ident: i for i, s in enumerate(source.samples)}
+    missing = [p for p in fs.paths if p not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} samples of '{fs.name}' (e.g. {missing[0]}) are not in source '{source.name}'")
+    return np.asarray([where[p] for p in fs.paths], dtype=np.int64)
+
+
+def embed_stream(encoder: Any, stream: Any, batch_size: int = 64, patches: bool = False,
+                 desc: str = "dual-encoder embeddings") -> tuple[np.ndarray, TokenSet | None]:
+    """Image embeddings ``(N,E)`` (and patch embeddings as a TokenSet, L2-normalised) of a stream."""
+    imgs: list[np.ndarray] = []
+    pts: list[np.ndarray] = []
+    with progress_bar(desc, len(stream)) as advance:
+        for batch in stream.batches(batch_size):
+            if patches and hasattr(encoder, "encode_images_and_patches"):
+                i, p = encoder.encode_images_and_patches(batch)
+            else:
+                i = encoder.encode_images(batch)
+                p = encoder.patch_tokens(batch) if patches else None
+            imgs.append(l2n(i))
+            if p is not None:
+                pts.append(l2n(p))
+            advance(len(batch))
+    e = np.concatenate(imgs) if imgs else np.zeros((0, encoder.embed_dim), np.float32)
+    return e, (TokenSet.from_dense(np.concatenate(pts)) if pts else None)
+
+
+class EncoderAdapter:
+    """Wraps a dual encoder that lacks ``id`` / ``attach`` (e.g. :class:`tagood.backbones.clip.CLIPDualEncoder`)
+    so it satisfies :class:`DualEncoder`; every other attribute is delegated."""
+
+    def __init__(self, encoder: Any, batch_size: int = 64, patches: bool = True) -> None:
+        self.encoder = encoder
+        self.id = str(getattr(encoder, "id", None) or getattr(encoder, "name", type(encoder).__name__))
+        self.batch_size = batch_size
+        self.patches = patches and hasattr(encoder, "patch_tokens")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["encoder"], name)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.encoder.logit_scale)
+
+    def encode_images_and_patches(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        if hasattr(self.encoder, "encode_images_and_patches"):
+            i, p = self.encoder.encode_images_and_patches(batch)
+        else:
+            i, p = self.encoder.encode_images(batch), self.encoder.patch_tokens(batch)
+        return l2n(i), l2n(p)
+
+    def attach(self, fs: FeatureSet, source: Any) -> FeatureSet:
+        """Compute ``image_embeds`` / ``patch_embeds`` of ``fs``'s samples from ``source`` and set
+        ``fs.images`` to a stream with this encoder's preprocessing (for crop-based training)."""
+        stream = SourceImageStream(source, source_indices(fs, source), self.encoder.preprocess)
+        fs.image_embeds, fs.patch_embeds = embed_stream(self, stream, self.batch_size, self.patches,
+                                                        desc=f"{self.id} embeddings: {fs.name}")
+        fs.images = stream
+        return fs
