@@ -1,117 +1,201 @@
 """Exact OOD-detection metrics (DESIGN section 4). Scores are OOD scores: higher = more OOD.
 
-All five metrics come from **one** sort of the pooled scores and cumulative counts over groups of
-equal scores, so ties are handled exactly and the cost is O(N log N):
+IND is "accepted" by a threshold ``t`` when its score is ``<= t`` and OOD is "rejected" when its
+score is ``>= t`` (scikit-learn's ``roc_curve`` rule, score >= threshold predicts the positive).
 
-* ``auroc``: P(OOD score > IND score) + 1/2 P(equal) — equals scikit-learn's ``roc_auc_score``
-  with OOD as the positive class.
-* ``fpr95`` (IND positive; TagOOD, MCM, NegLabel, KNN papers): fraction of OOD samples *accepted*
-  (score <= t) at the smallest threshold t whose IND acceptance rate is >= 0.95. Tie rule: every
-  sample whose score equals t is accepted, so a tie group is never split.
-* ``fpr95_ood_pos`` (OpenOOD v1.5, KR-NFT code): fraction of IND samples *rejected* (score >= t)
-  at the largest threshold t whose OOD rejection rate is >= 0.95; the same tie rule mirrored.
-* ``aupr_in`` / ``aupr_out``: average precision (scikit-learn ``average_precision_score``
-  semantics: sum over thresholds of (R_k - R_{k-1}) P_k, no interpolation) with IND / OOD as the
-  positive class; IND samples are ranked by the negated OOD score.
+* ``auroc``: P(OOD score > IND score) + 1/2 P(OOD score == IND score); equals scikit-learn's
+  ``roc_auc_score(is_ood, score)``.
+* ``fpr95`` -- IND positive, the convention of TagOOD (Li et al., ACM MM 2024), MCM (Ming et al.,
+  NeurIPS 2022), NegLabel (Jiang et al., ICLR 2024) and KNN (Sun et al., ICML 2022): the fraction
+  of OOD samples accepted (score <= t) at the **smallest** threshold ``t`` whose IND acceptance
+  rate is >= 0.95. No interpolation. Tie rule: every sample whose score equals ``t`` is accepted,
+  so a group of equal scores is never split (the first point of ``roc_curve(is_id, -score)`` with
+  TPR >= 0.95).
+* ``fpr95_ood_pos`` -- OOD positive, the convention of OpenOOD v1.5 (Zhang et al., arXiv 2306.09301, 2023) and the
+  KR-NFT code (Zhu et al., 2025): the fraction of IND samples rejected (score >= t) at the
+  **largest** threshold ``t`` whose OOD rejection rate is >= 0.95; mirrored tie rule: every sample
+  whose score equals ``t`` is rejected (the first point of ``roc_curve(is_ood, score)`` with
+  TPR >= 0.95). Swapping the two sets and negating every score turns one FPR into the other.
+* ``aupr_in`` / ``aupr_out``: average precision with IND / OOD as the positive class, with
+  scikit-learn ``average_precision_score`` semantics (sum over distinct thresholds of
+  ``(R_k - R_{k-1}) * P_k``, no interpolation); IND is ranked by the negated OOD score.
 
-Values are float64 fractions in [0, 1]; NaN or infinite scores raise ``ValueError``.
+How: each set is sorted once (``np.sort``), collapsed into runs of equal scores, and the two run
+lists are merged with one ``np.searchsorted``; every metric is then a vectorised expression over
+the runs. Cost O(N log N), exact with ties, float64 results in [0, 1]. NaN/inf scores or empty
+arrays raise ``ValueError`` naming the array.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-METRIC_NAMES = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES: tuple[str, ...] = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
 
 
-def _check(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64).reshape(-1)
+def check_scores(scores: Any, name: str) -> np.ndarray:
+    """Return ``scores`` as a 1-D float64 array; ``ValueError`` (naming ``name``) if empty, not 1-D or non-finite."""
+    a = np.asarray(scores, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of per-sample OOD scores, got shape {a.shape}; "
+                         "reduce each sample to one score first")
     if a.size == 0:
         raise ValueError(f"{name} is empty: need at least one score")
-    bad = ~np.isfinite(a)
-    if bad.any():
-        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf score(s) (first at index {int(np.flatnonzero(bad)[0])}); "
-                         "scores must be finite — fix the detector instead of dropping samples")
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"{name} holds {bad.size} NaN/inf score(s) (first at index {int(bad[0])}, value {a[bad[0]]!r}); "
+                         "scores must be finite: fix the detector instead of dropping samples")
     return a
 
 
-def _groups(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per distinct score value in ascending order: (#IND, #OOD) holding that score."""
-    n_id = len(id_scores)
-    scores = np.concatenate([id_scores, ood_scores])
-    order = np.argsort(scores, kind="stable")
-    s = scores[order]
-    is_ood = order >= n_id
-    # boundaries of tie groups
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    ood_cum = np.concatenate(([0], np.cumsum(is_ood, dtype=np.int64)))
-    ends = np.concatenate((starts[1:], [len(s)]))
-    ood_g = ood_cum[ends] - ood_cum[starts]
-    id_g = (ends - starts) - ood_g
-    return id_g, ood_g
+def _check_tpr(tpr: float) -> float:
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+    return float(tpr)
 
 
-def _ap(pos_desc: np.ndarray, neg_desc: np.ndarray) -> float:
-    """Average precision from per-group positive/negative counts in *descending* score order."""
-    tp = np.cumsum(pos_desc, dtype=np.float64)
-    fp = np.cumsum(neg_desc, dtype=np.float64)
-    total = tp[-1]
-    if total == 0:
-        return 0.0
-    precision = tp / (tp + fp)
-    recall_step = pos_desc / total
-    return float(np.sum(recall_step * precision))
+def _runs(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of an ascending array and how often each occurs (int64)."""
+    n = sorted_scores.size
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new[1:])
+    if new.all():  # no ties: every value is its own run
+        return sorted_scores, np.ones(n, dtype=np.int64)
+    starts = np.flatnonzero(new)
+    counts = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = n - starts[-1]
+    return sorted_scores[starts], counts
 
 
-def _from_groups(id_g: np.ndarray, ood_g: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
-    n_id = float(id_g.sum())
-    n_ood = float(ood_g.sum())
-    id_le = np.cumsum(id_g)  # IND accepted at threshold = group value (score <= t)
-    ood_le = np.cumsum(ood_g)
-    # AUROC: for each OOD group, IND strictly below + half the IND tied
-    id_below = id_le - id_g
-    auroc = float(np.sum(ood_g * (id_below + 0.5 * id_g)) / (n_id * n_ood))
-    # fpr95 (IND positive): smallest threshold with IND acceptance >= tpr
-    k = int(np.searchsorted(id_le, tpr * n_id - 1e-9 * n_id, side="left"))
-    k = min(k, len(id_le) - 1)
-    fpr95 = float(ood_le[k] / n_ood)
-    # fpr95_ood_pos: largest threshold with OOD rejection (score >= t) >= tpr
-    ood_ge = n_ood - (ood_le - ood_g)  # OOD with score >= group value
-    id_ge = n_id - (id_le - id_g)
-    ok = np.flatnonzero(ood_ge >= tpr * n_ood - 1e-9 * n_ood)
-    j = int(ok[-1]) if len(ok) else 0
-    fpr95_ood_pos = float(id_ge[j] / n_id)
-    aupr_out = _ap(ood_g[::-1], id_g[::-1])  # OOD positive, rank by descending OOD score
-    aupr_in = _ap(id_g, ood_g)  # IND positive, rank by descending -score = ascending score
-    return {"auroc": auroc, "fpr95": fpr95, "fpr95_ood_pos": fpr95_ood_pos, "aupr_in": aupr_in, "aupr_out": aupr_out}
+@dataclass(frozen=True)
+class ScoreGroups:
+    """IND and OOD scores collapsed into runs of equal values, with their cross counts.
+
+    ``id_values``/``id_counts`` and ``ood_values``/``ood_counts`` are the distinct scores of each
+    set in ascending order and their multiplicities. ``id_below[j]`` / ``id_equal[j]`` count IND
+    scores strictly below / equal to ``ood_values[j]``; ``ood_at_or_below[i]`` counts OOD scores
+    ``<= id_values[i]``. Every metric in this module is a closed-form expression over these.
+    """
+
+    id_values: np.ndarray
+    id_counts: np.ndarray
+    ood_values: np.ndarray
+    ood_counts: np.ndarray
+    id_below: np.ndarray
+    id_equal: np.ndarray
+    ood_at_or_below: np.ndarray
+
+    @property
+    def n_id(self) -> int:
+        return int(self.id_counts.sum())
+
+    @property
+    def n_ood(self) -> int:
+        return int(self.ood_counts.sum())
+
+    def auroc(self) -> float:
+        """P(OOD > IND) + 1/2 P(tie), computed in exact integer arithmetic then divided once."""
+        twice_wins = 2 * int(np.dot(self.ood_counts, self.id_below)) + int(np.dot(self.ood_counts, self.id_equal))
+        return twice_wins / (2 * self.n_id * self.n_ood)
+
+    def fpr_id_positive(self, tpr: float = 0.95) -> float:
+        """TagOOD/MCM FPR: OOD accepted at the smallest threshold accepting >= ``tpr`` of IND."""
+        tpr = _check_tpr(tpr)
+        accepted = np.cumsum(self.id_counts) / self.n_id  # IND acceptance at t = id_values[i]
+        i = int(np.searchsorted(accepted, tpr, side="left"))  # first i with accepted[i] >= tpr
+        return float(self.ood_at_or_below[min(i, accepted.size - 1)] / self.n_ood)
+
+    def fpr_ood_positive(self, tpr: float = 0.95) -> float:
+        """OpenOOD v1.5 FPR: IND rejected at the largest threshold rejecting >= ``tpr`` of OOD."""
+        tpr = _check_tpr(tpr)
+        n_ood = self.n_ood
+        rejected = (n_ood - (np.cumsum(self.ood_counts) - self.ood_counts)) / n_ood  # OOD >= ood_values[j]
+        j = max(int(np.count_nonzero(rejected >= tpr)) - 1, 0)  # non-increasing, rejected[0] == 1
+        return float((self.n_id - self.id_below[j]) / self.n_id)
+
+    def aupr_in(self) -> float:
+        """Average precision with IND positive, thresholds at IND runs in ascending score order."""
+        tp = np.cumsum(self.id_counts)
+        precision = tp / (tp + self.ood_at_or_below)
+        return float(np.dot(self.id_counts, precision) / self.n_id)
+
+    def aupr_out(self) -> float:
+        """Average precision with OOD positive, thresholds at OOD runs in descending score order."""
+        n_ood = self.n_ood
+        tp = n_ood - (np.cumsum(self.ood_counts) - self.ood_counts)  # OOD >= ood_values[j]
+        fp = self.n_id - self.id_below  # IND >= ood_values[j]
+        return float(np.dot(self.ood_counts, tp / (tp + fp)) / n_ood)
+
+    def metrics(self, tpr: float = 0.95) -> dict[str, float]:
+        """All five metrics (keys :data:`METRIC_NAMES`) as float fractions."""
+        return {
+            "auroc": self.auroc(),
+            "fpr95": self.fpr_id_positive(tpr),
+            "fpr95_ood_pos": self.fpr_ood_positive(tpr),
+            "aupr_in": self.aupr_in(),
+            "aupr_out": self.aupr_out(),
+        }
+
+
+def score_groups(id_scores: Any, ood_scores: Any) -> ScoreGroups:
+    """Validate, sort each set once and merge their runs of equal scores (see :class:`ScoreGroups`)."""
+    id_values, id_counts = _runs(np.sort(check_scores(id_scores, "id_scores")))
+    ood_values, ood_counts = _runs(np.sort(check_scores(ood_scores, "ood_scores")))
+    # pos[j] = number of distinct IND values strictly below ood_values[j] (ood_values ascending)
+    pos = np.searchsorted(id_values, ood_values, side="left")
+    id_cum = np.concatenate(([0], np.cumsum(id_counts)))
+    id_below = id_cum[pos]
+    at = np.minimum(pos, id_values.size - 1)
+    id_equal = np.where(id_values[at] == ood_values, id_counts[at], 0)
+    # ood_values[j] <= id_values[i]  <=>  pos[j] <= i, so OOD counts land on IND run pos[j]
+    landed = np.bincount(np.repeat(pos, ood_counts), minlength=id_values.size + 1)[: id_values.size]
+    ood_at_or_below = np.cumsum(landed, dtype=np.int64)
+    logger.debug("metrics: %d IND scores in %d runs, %d OOD scores in %d runs",
+                 int(id_cum[-1]), id_values.size, int(ood_counts.sum()), ood_values.size)
+    return ScoreGroups(id_values, id_counts, ood_values, ood_counts, id_below, id_equal, ood_at_or_below)
 
 
 def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> dict[str, float]:
-    """All five metrics of DESIGN section 4 for IND and OOD *OOD scores* (higher = more OOD).
+    """All five metrics of DESIGN section 4 for per-sample OOD scores (higher = more OOD).
 
-    Returns fractions in [0, 1]: ``auroc``, ``fpr95``, ``fpr95_ood_pos``, ``aupr_in``, ``aupr_out``.
-    ``tpr`` changes the 95% operating point of both FPR metrics (keys keep their names).
+    Returns float fractions in [0, 1] keyed ``auroc``, ``fpr95`` (IND positive; TagOOD/MCM),
+    ``fpr95_ood_pos`` (OOD positive; OpenOOD v1.5), ``aupr_in`` and ``aupr_out``; see the module
+    docstring for the exact definitions and tie rules. ``tpr`` moves the operating point of both
+    FPRs (the keys keep their names). Raises ``ValueError`` for empty, non-1-D or non-finite input.
     """
-    a = _check(id_scores, "id_scores")
-    b = _check(ood_scores, "ood_scores")
-    return _from_groups(*_groups(a, b), tpr=tpr)
+    return score_groups(id_scores, ood_scores).metrics(tpr)
 
 
 def auroc(id_scores: Any, ood_scores: Any) -> float:
-    """P(OOD score > IND score) + 1/2 P(tie)."""
-    return ood_metrics(id_scores, ood_scores)["auroc"]
+    """AUROC with OOD positive: P(OOD score > IND score) + 1/2 P(tie) (= sklearn ``roc_auc_score``)."""
+    return score_groups(id_scores, ood_scores).auroc()
 
 
 def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95, positive: str = "id") -> float:
     """FPR at the given TPR. ``positive="id"``: TagOOD/MCM ``fpr95``; ``"ood"``: OpenOOD ``fpr95_ood_pos``."""
-    m = ood_metrics(id_scores, ood_scores, tpr=tpr)
     if positive not in ("id", "ood"):
-        raise ValueError("positive must be 'id' or 'ood'")
-    return m["fpr95"] if positive == "id" else m["fpr95_ood_pos"]
+        raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
+    groups = score_groups(id_scores, ood_scores)
+    return groups.fpr_id_positive(tpr) if positive == "id" else groups.fpr_ood_positive(tpr)
+
+
+def aupr(id_scores: Any, ood_scores: Any, positive: str = "ood") -> float:
+    """Average precision (sklearn semantics) with ``positive`` = ``"id"`` (aupr_in) or ``"ood"`` (aupr_out)."""
+    if positive not in ("id", "ood"):
+        raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
+    groups = score_groups(id_scores, ood_scores)
+    return groups.aupr_in() if positive == "id" else groups.aupr_out()
 
 
 def to_percent(metrics: dict[str, float]) -> dict[str, float]:
-    """Multiply every metric by 100 (tables report percent)."""
-    return {k: 100.0 * v for k, v in metrics.items()}
+    """Copy of ``metrics`` with every value multiplied by 100 (papers' tables report percent)."""
+    return {k: 100.0 * float(v) for k, v in metrics.items()}
