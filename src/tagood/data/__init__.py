@@ -1,16 +1,52 @@
 """Image sources: folders, list files, packaged offline sets, subsets, jigsaw and cluttered scenes."""
 
-from tagood.data.arrays import FASHION_CLASSES, ArraySource, fashion_mnist, mnist5k, read_idx, sklearn_digits
+from tagood.data.arrays import (
+    FASHION_CLASSES,
+    ArraySource,
+    fashion_mnist,
+    mnist5k,
+    read_idx,
+    sklearn_digits,
+)
 from tagood.data.clutter import ClutterSource, fashion_clutter_splits
 from tagood.data.decode import open_image, to_rgb
-from tagood.data.folder import IMAGE_EXTENSIONS, FilesSource, FolderSource, ListFileSource
+from tagood.data.folder import (
+    IMAGE_EXTENSIONS,
+    FilesSource,
+    FolderSource,
+    ListFileSource,
+)
 from tagood.data.jigsaw import JigsawSource
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource, Sample
-from tagood.data.subset import SubsetSource, select_classes, subsample, subsample_per_class
+from tagood.data.subset import (
+    SubsetSource,
+    select_classes,
+    subsample,
+    subsample_per_class,
+)
 
 __all__ = [
-    "ArraySource", "ClutterSource", "DataSourceError", "FilesSource", "FASHION_CLASSES", "FolderSource", "IMAGE_EXTENSIONS",
-    "ImageDecodeError", "ImageSource", "JigsawSource", "ListFileSource", "Sample", "SubsetSource",
-    "fashion_clutter_splits", "fashion_mnist", "mnist5k", "open_image", "read_idx", "select_classes",
-    "sklearn_digits", "subsample", "subsample_per_class", "to_rgb",
+    "FASHION_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "ArraySource",
+    "ClutterSource",
+    "DataSourceError",
+    "FilesSource",
+    "FolderSource",
+    "ImageDecodeError",
+    "ImageSource",
+    "JigsawSource",
+    "ListFileSource",
+    "Sample",
+    "SubsetSource",
+    "fashion_clutter_splits",
+    "fashion_mnist",
+    "mnist5k",
+    "open_image",
+    "read_idx",
+    "select_classes",
+    "sklearn_digits",
+    "subsample",
+    "subsample_per_class",
+    "to_rgb",
 ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -58,12 +58,21 @@ class FolderSource(_FileSource):
             if f.suffix.lower() in exts and f.is_file():
                 samples.append(Sample(str(f), -1))
         if not samples:
-            raise DataSourceError(f"no images ({', '.join(sorted(exts))}) found under {self.root}")
+            raise DataSourceError(
+                f"no images ({', '.join(sorted(exts))}) found under {self.root}; put the images in one sub-folder "
+                "per class (root/<class>/<image>) or pass extensions=... for other file types"
+            )
         self._samples = samples
 
 
 class ListFileSource(_FileSource):
-    """A text file of ``path [label]`` lines, paths relative to ``root``; ``#`` comments and blank lines ignored."""
+    """A text file of ``path [label]`` lines, paths relative to ``root``; ``#`` comments and blank lines ignored.
+
+    The label is the last whitespace-separated token; lines without one get label -1. A label that
+    is not an integer, is below -1 or (when ``class_names`` is given) names no class is an error
+    naming ``file:line``. Listed files are not checked here: a missing or corrupt one fails only
+    when loaded (:class:`ImageDecodeError`), so the extraction can skip and report it.
+    """
 
     def __init__(self, list_file: str | Path, root: str | Path, class_names: Sequence[str] | None = None,
                  min_size: int | None = 256) -> None:
@@ -93,6 +102,9 @@ class ListFileSource(_FileSource):
                     ) from None
             else:
                 path = parts[0]
+            if label < -1 or (self.class_names is not None and label >= len(self.class_names)):
+                top = f"0..{len(self.class_names) - 1}" if self.class_names is not None else "an integer >= 0"
+                raise DataSourceError(f"{self.list_file}:{n}: label {label} out of range (use {top}, or -1 / no label for unlabelled)")
             p = Path(path)
             samples.append(Sample(str(p if p.is_absolute() else self.root / p), label))
         if not samples:

@@ -1,9 +1,13 @@
 """Jigsaw-shuffled images: pseudo-OOD built from IND images.
 
-FeatureNorm (Yu et al., "Block Selection Method for Using Feature Norm in Out-of-Distribution
-Detection", CVPR 2023) selects the block whose feature norm best separates IND training images from
-jigsaw-puzzle versions of them (the image cut into a grid of patches, shuffled). The paper uses a
-3x3 grid; ``grid`` is a parameter.
+FeatureNorm (Yu, Shin, Lee, Jun and Lee, "Block Selection Method for Using Feature Norm in
+Out-of-Distribution Detection", CVPR 2023) selects the block whose feature norm best separates IND
+training images from jigsaw-puzzle versions of them (NormRatio). The authors' code cuts each
+training image into a 3x3 grid of equal tiles and shuffles the 9 tiles with a random permutation,
+so ``grid=3`` is the default. Two deliberate differences: the image is first resized to a multiple
+of ``grid`` (their integer tile size leaves the last rows/columns black when the side is not a
+multiple of 3), and the identity permutation is never used (a random draw gives it with
+probability 1/9, which would put unshuffled IND images into the pseudo-OOD set).
 """
 
 from __future__ import annotations
