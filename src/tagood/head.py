@@ -1,4 +1,4 @@
-"""The IND linear head: a multinomial logistic regression on IND training features.
+"""The IND linear head: multinomial logistic regression on IND training features.
 
 The embedded benchmarks' IND classes are not the backbone's ImageNet classes, so logit-based
 detectors (MSP, Energy, ODIN, ReAct, ...) score with the logits of a linear head fitted on IND
@@ -18,27 +18,39 @@ log = logging.getLogger(__name__)
 
 
 def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None, weight_decay: float = 1e-3,
-                    max_iter: int = 200, device: str = "cpu", seed: int = 0) -> LinearHead:
-    """Fit softmax regression (L2 penalty ``weight_decay``) with full-batch L-BFGS; deterministic.
+                    epochs: int = 200, device: str = "cpu", seed: int = 0) -> LinearHead:
+    """Fit softmax regression with an L2 penalty by full-batch L-BFGS (strong-Wolfe line search).
 
-    Features are standardised for the optimisation; the standardisation is folded into the
-    returned weight and bias, so the head acts on raw features.
+    Loss: mean cross-entropy + ``weight_decay / 2 * ||W||^2`` on standardised features (zero mean,
+    unit variance per dimension; constant dimensions are left unscaled). ``epochs``: the most
+    L-BFGS iterations (each is one or a few full passes over the data). The standardisation is
+    folded into the returned weight and bias, so the head acts on **raw** features:
+    ``W_raw = W / sd``, ``b_raw = b - W_raw @ mu``. The problem is convex and starts from zero, so
+    the result is deterministic (``seed`` fixes torch's RNG for any nondeterministic kernels).
+    ``num_classes`` defaults to ``labels.max() + 1``; classes without training samples get
+    near-zero weights and a bias pushed down, so they are not predicted.
     """
     x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"fit_linear_head: {len(x)} features, {len(y)} labels")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit_linear_head needs features (N,D) and labels (N,) with N > 0; got {x.shape} and {y.shape}")
     if (y < 0).any():
-        raise ValueError("fit_linear_head: labels must be >= 0 (IND classes)")
-    c = int(num_classes or y.max() + 1)
+        raise ValueError("fit_linear_head: labels must be >= 0 (IND classes); drop unlabelled (-1) samples first")
+    if not np.isfinite(x).all():
+        raise ValueError("fit_linear_head: features contain NaN or inf")
+    c = int(num_classes if num_classes is not None else y.max() + 1)
+    if y.max() >= c:
+        raise ValueError(f"fit_linear_head: label {int(y.max())} >= num_classes={c}")
     mu = x.mean(0)
-    sd = x.std(0) + 1e-6
-    g = torch.Generator().manual_seed(seed)
+    sd = x.std(0)
+    sd = np.where(sd > 1e-8 * max(1.0, float(np.abs(mu).max(initial=0.0))), sd, 1.0)
+    torch.manual_seed(seed)
     xt = torch.as_tensor((x - mu) / sd, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, device=device)
-    w = (torch.randn(c, x.shape[1], generator=g) * 0.01).to(device).requires_grad_(True)
+    w = torch.zeros(c, x.shape[1], device=device, requires_grad=True)
     b = torch.zeros(c, device=device, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(epochs), history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -47,13 +59,16 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int |
         return loss
 
     loss = opt.step(closure)
-    log.debug("linear head: final loss %.4f", float(loss.detach()))
-    W = w.detach().cpu().numpy().astype(np.float64) / sd  # fold standardisation
+    log.debug("linear head: %d samples, %d classes, final loss %.4f", len(x), c, float(loss.detach()))
+    W = w.detach().cpu().numpy().astype(np.float64) / sd  # fold the standardisation
     B = b.detach().cpu().numpy().astype(np.float64) - W @ mu
     return LinearHead(W.astype(np.float32), B.astype(np.float32))
 
 
 def head_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy (fraction) of ``head`` on labelled features."""
+    """Top-1 accuracy (fraction in [0, 1]) of ``head`` on labelled features."""
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) == 0:
+        raise ValueError("head_accuracy: no samples")
     pred = head(features).argmax(1)
-    return float((pred == np.asarray(labels)).mean())
+    return float((pred == labels).mean())
