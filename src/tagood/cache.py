@@ -30,7 +30,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -410,14 +410,18 @@ class CacheReader:
         """Samples that could not be decoded: ``{"index", "ident", "reason"}``."""
         return self.manifest.failed
 
-    def shard(self, i: int) -> dict[str, np.ndarray]:
+    def shard(self, i: int, keep: bool = True) -> dict[str, np.ndarray]:
+        """Shard ``i`` memory-mapped; ``keep=False`` does not keep the mapping open in this reader."""
         info = self.manifest.shards[i]
-        if info.file not in self._shards:
-            path = self.dir / info.file
-            if not path.exists():
-                raise CacheError(f"cache shard {path} is missing; delete {self.dir} and re-extract")
-            self._shards[info.file] = mmap_safetensors(path)
-        return self._shards[info.file]
+        if info.file in self._shards:
+            return self._shards[info.file]
+        path = self.dir / info.file
+        if not path.exists():
+            raise CacheError(f"cache shard {path} is missing; delete {self.dir} and re-extract")
+        arrays = mmap_safetensors(path)
+        if keep:
+            self._shards[info.file] = arrays
+        return arrays
 
     def _nonempty(self) -> list[int]:
         return [i for i, s in enumerate(self.manifest.shards) if s.count > 0]
@@ -474,14 +478,56 @@ class CacheReader:
             out.extend(json.loads((self.dir / s.file).with_suffix(".json").read_text()))
         return out
 
-    def to_featureset(self, fields: list[str] | None = None, name: str = "") -> FeatureSet:
-        """A FeatureSet of the requested fields (default: all). ``tag_ids``+``tag_attention`` become a TagAttention."""
-        fields = list(self.fields) if fields is None else fields
-        kw: dict[str, Any] = {}
+    def nbytes(self) -> int:
+        """Bytes of the stored shards (fp16 on disk: loading a field as float32 takes about twice this)."""
+        return sum((self.dir / s.file).stat().st_size for s in self.manifest.shards if (self.dir / s.file).exists())
+
+    def _check_fields(self, fields: list[str]) -> None:
         for f in fields:
             if f not in self.fields:
                 raise KeyError(f"cache {self.dir} has no field '{f}' (has {sorted(self.fields)})")
+
+    def _shard_featureset(self, raw: dict[str, np.ndarray], fields: list[str]) -> FeatureSet:
+        """One shard's samples as a FeatureSet: dense fields as float32, ragged ones memory-mapped (fp16)."""
+        dec = self._decode(raw)
+        kw: dict[str, Any] = {}
+        for f in fields:
             if f == "tag_ids":
+                continue
+            if f == "tag_attention":
+                kw[f] = TagAttention(np.asarray(dec["tag_ids"]).astype(np.int64), np.asarray(dec[f], dtype=np.float32))
+            elif isinstance(dec[f], TokenSet) or f not in FeatureSet.__dataclass_fields__:
+                kw[f] = dec[f]
+            elif f in ("tokens", "patch_embeds"):  # stored dense (every image has all its tokens)
+                kw[f] = TokenSet.from_dense(np.asarray(dec[f]))
+            else:
+                kw[f] = np.asarray(dec[f], dtype=np.float32)
+        extra = {f: kw.pop(f) for f in list(kw) if f not in FeatureSet.__dataclass_fields__}
+        return FeatureSet(labels=np.asarray(dec["label"]), extra=extra, **kw)
+
+    def iter_featuresets(self, fields: list[str]) -> Iterator[tuple[int, FeatureSet]]:
+        """Stream the requested fields shard by shard: ``(first sample, FeatureSet of that shard)``.
+
+        Only one shard's dense fields are in memory at a time; token sets stay memory-mapped fp16."""
+        self._check_fields(fields)
+        start = 0
+        for i in self._nonempty():
+            fs = self._shard_featureset(self.shard(i, keep=False), fields)
+            yield start, fs
+            start += len(fs.labels)
+
+    def to_featureset(self, fields: list[str] | None = None, name: str = "", stream: Iterable[str] = ()) -> FeatureSet:
+        """A FeatureSet of the requested fields (default: all). ``tag_ids``+``tag_attention`` become a TagAttention.
+
+        Fields named in ``stream`` are not loaded: the FeatureSet streams them shard by shard
+        (:meth:`tagood.types.FeatureSet.iter_chunks`), so a split larger than memory (ImageNet
+        train's tokens) can be used; see :func:`heavy_fields` for the usual choice."""
+        fields = list(self.fields) if fields is None else fields
+        self._check_fields(fields)
+        streamed = [f for f in fields if f in set(stream) and f != "tag_ids"]
+        kw: dict[str, Any] = {}
+        for f in fields:
+            if f == "tag_ids" or f in streamed:
                 continue
             if f == "tag_attention":
                 kw["tag_attention"] = TagAttention(self.array("tag_ids", None).astype(np.int64), self.array("tag_attention"))
@@ -489,5 +535,26 @@ class CacheReader:
                 kw[f] = self.tokens(f)
             elif f in FeatureSet.__dataclass_fields__:
                 kw[f] = self.array(f)
-        extra = {f: self.array(f) for f in fields if f not in FeatureSet.__dataclass_fields__ and f != "tag_ids"}
-        return FeatureSet(labels=self.labels, paths=self.idents, name=name or self.manifest.split, extra=extra, **kw)
+        extra = {f: self.array(f) for f in fields if f not in FeatureSet.__dataclass_fields__ and f != "tag_ids" and f not in streamed}
+        fs = FeatureSet(labels=self.labels, paths=self.idents, name=name or self.manifest.split, extra=extra, **kw)
+        if streamed:
+            chunk_fields = streamed + (["tag_ids"] if "tag_attention" in streamed else [])
+            fs.chunks = lambda: self.iter_featuresets(chunk_fields)
+            fs.streamed = frozenset(streamed)
+            log.info("cache %s: streaming %s shard by shard (%d samples)", self.dir.name, streamed, len(self))
+        return fs
+
+
+#: Fields that grow with tokens or tag vocabulary per image: the ones worth streaming.
+HEAVY_FIELDS: frozenset[str] = frozenset({"tokens", "patch_embeds", "tag_probs", "tag_attention"})
+
+
+def heavy_fields(reader: CacheReader, fields: list[str], max_gb: float | None) -> list[str]:
+    """The fields of ``fields`` to stream: the heavy ones (:data:`HEAVY_FIELDS`) when loading the split
+    as float32 would take more than ``max_gb`` GiB (about twice its fp16 size on disk); ``None``
+    never streams, ``0`` always does."""
+    if max_gb is None:
+        return []
+    if 2 * reader.nbytes() <= max_gb * 2**30 and max_gb > 0:
+        return []
+    return [f for f in fields if f in HEAVY_FIELDS]

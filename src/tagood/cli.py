@@ -94,6 +94,10 @@ def bench(
     thresholds: Optional[Path] = typer.Option(None, help="imagenet + ram: ram_tag_list_threshold.txt."),
     clip: Optional[Path] = typer.Option(None, help="imagenet + clip: a Hugging Face CLIP directory."),
     train_per_class: Optional[int] = typer.Option(None, help="imagenet: seeded subsample of the IND train images per class."),
+    stream_above_gb: Optional[float] = typer.Option(
+        None, help="Stream a split's tokens / tag maps shard by shard from the cache when loading them as float32 "
+                   "would exceed this many GiB (default 8; 0 = always; -1 = never). TagOOD then trains from an "
+                   "on-disk object-token store under the cache."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
@@ -121,6 +125,8 @@ def bench(
     except ConfigError as e:
         _error(str(e))
         raise typer.Exit(2)
+    if stream_above_gb is not None:
+        cfg.options["stream_above_gb"] = stream_above_gb
     _run_and_report(cfg, out, cache, device, methods)
 
 

@@ -184,6 +184,12 @@ class FeatureSet:
     paths: list[str] | None = None
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: A streamed split (too large for memory, e.g. ImageNet train's tokens): the fields named in
+    #: ``streamed`` are not loaded (they are ``None`` here) and ``chunks()`` yields
+    #: ``(start, FeatureSet)`` for consecutive sample ranges holding them (memory-mapped from the
+    #: cache). Use :meth:`iter_chunks`, which adds the loaded fields to each chunk.
+    chunks: Callable[[], Iterator[tuple[int, "FeatureSet"]]] | None = None
+    streamed: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         for name in ("labels", "logits", "features", "tag_probs", "block_norms", "image_embeds"):
@@ -197,7 +203,70 @@ class FeatureSet:
         return len(self.paths) if self.paths is not None else 0
 
     def has(self, name: str) -> bool:
-        return getattr(self, name, None) is not None or name in self.extra
+        return getattr(self, name, None) is not None or name in self.extra or name in self.streamed
+
+    def is_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None) -> bool:
+        """True if any of ``names`` (default: any field) is streamed rather than loaded."""
+        if self.chunks is None or not self.streamed:
+            return False
+        return True if names is None else bool(self.streamed & set(names))
+
+    def iter_chunks(self) -> Iterator["FeatureSet"]:
+        """Consecutive chunks of this split in sample order, each holding every field (the streamed
+        ones from the cache, the loaded ones sliced). A split that is not streamed is one chunk."""
+        if not self.is_streamed():
+            yield self
+            return
+        assert self.chunks is not None
+        n = len(self)
+        done = 0
+        for start, part in self.chunks():
+            stop = start + len(part)
+            if start != done or stop > n:
+                raise RuntimeError(f"feature set '{self.name}': chunk [{start}, {stop}) out of order (expected start {done}, {n} samples)")
+            kw: dict[str, Any] = {}
+            for f in fields(self):
+                if f.name in ("chunks", "streamed", "extra", "name") or f.name in self.streamed:
+                    continue
+                v = getattr(self, f.name)
+                if v is None or getattr(part, f.name) is not None:
+                    continue
+                if f.name == "paths":
+                    kw[f.name] = v[start:stop]
+                elif f.name == "tag_attention":
+                    kw[f.name] = TagAttention(v.ids[start:stop], v.maps[start:stop])
+                elif isinstance(v, TokenSet):
+                    kw[f.name] = v.select(np.arange(start, stop))
+                elif isinstance(v, np.ndarray):
+                    kw[f.name] = v[start:stop]
+            extra = {k: v[start:stop] if isinstance(v, np.ndarray) and len(v) == n else v for k, v in self.extra.items()}
+            done = stop
+            yield part.with_(name=self.name, extra={**extra, **part.extra}, chunks=None, streamed=frozenset(), **kw)
+        if done != n:
+            raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
+
+    def load_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None) -> "FeatureSet":
+        """This split with the streamed fields ``names`` (default: all) concatenated into memory."""
+        want = set(self.streamed if names is None else set(names) & self.streamed)
+        if not want or self.chunks is None:
+            return self
+        parts: dict[str, list[Any]] = {f: [] for f in want}
+        for _, part in self.chunks():
+            for f in want:
+                parts[f].append(getattr(part, f))
+        kw: dict[str, Any] = {}
+        for f, vs in parts.items():
+            if not vs:
+                continue
+            if isinstance(vs[0], TokenSet):
+                ts = TokenSet.concat(vs)
+                kw[f] = TokenSet(ts.values.astype(np.float32), ts.offsets, ts.positions)
+            elif isinstance(vs[0], TagAttention):
+                kw[f] = TagAttention(np.concatenate([v.ids for v in vs]), np.concatenate([v.maps for v in vs]))
+            else:
+                kw[f] = np.concatenate(vs)
+        rest = self.streamed - want
+        return self.with_(streamed=frozenset(rest), chunks=self.chunks if rest else None, **kw)
 
     def require(self, names: frozenset[str] | set[str] | tuple[str, ...], who: str) -> None:
         """Raise a clear error if any of ``names`` is missing."""

@@ -21,9 +21,9 @@ from tagood import detectors as det_registry
 from tagood.bench.config import BenchConfig
 from tagood.bench.models import build_backbone, build_dual_encoder
 from tagood.bench.sources import build_source
-from tagood.cache import CacheReader
+from tagood.cache import CacheReader, heavy_fields
 from tagood.data.source import ImageSource
-from tagood.extract import CachedImageStream, extract_split
+from tagood.extract import CachedImageStream, default_cache_root, extract_split
 from tagood.metrics import ood_metrics
 from tagood.types import Context, FeatureSet
 
@@ -111,8 +111,9 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         t = time.perf_counter()
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
-                               batch_size=cfg.batch_size, progress=progress)
-        fs = reader.to_featureset(f, name=name)
+                               batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.get("shard_size"))
+        stream = heavy_fields(reader, f, stream_above_gb(cfg)) if name != "pseudo-ood" else []
+        fs = reader.to_featureset(f, name=name, stream=stream)
         if need_images and name != "pseudo-ood":
             fs.images = CachedImageStream(src, state.backbone, reader.indices)
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
@@ -135,6 +136,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
             sp.features.logits = head(sp.features.features)
 
     ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
+    ctx.extra["work_dir"] = str(Path(cache_root if cache_root is not None else default_cache_root()) / "work")
     ctx.extra["tag_names"] = getattr(state.backbone, "tag_names", None)
     for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
         if getattr(state.backbone, attr, None) is not None and key not in ctx.extra:
@@ -147,12 +149,31 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         t = time.perf_counter()
         dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=device)
         ctx.dual_encoder = dual
+        needs_patches = [getattr(d, "spec", d.name) for d in dets if "patch_embeds" in d.requires]
         for name, sp in state.splits.items():
-            if name != "pseudo-ood":
-                dual.attach(sp.features, sp.source)
+            if name == "pseudo-ood":
+                continue
+            if needs_patches and sp.features is not None and sp.features.is_streamed({"tokens"}):
+                raise ValueError(f"{needs_patches} need the patch embeddings of split '{name}' in memory, but the split is "
+                                 f"streamed (larger than stream_above_gb); raise --stream-above-gb, subsample "
+                                 f"(--train-per-class), or run these methods separately")
+            dual.attach(sp.features, sp.source)
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx
     return state, dets
+
+
+#: Default of the ``stream_above_gb`` option: splits whose float32 size would exceed this stream.
+STREAM_ABOVE_GB = 8.0
+
+
+def stream_above_gb(cfg: BenchConfig) -> float | None:
+    """The config's ``stream_above_gb`` option (GiB; ``none``/negative: never stream, 0: always)."""
+    v = cfg.options.get("stream_above_gb", STREAM_ABOVE_GB)
+    if v is None or (isinstance(v, str) and v.lower() in ("none", "never")):
+        return None
+    v = float(v)
+    return None if v < 0 else v
 
 
 def _classifier_model(backbone: Any, head: Any, device: str) -> Callable[..., Any]:

@@ -8,14 +8,17 @@ the inputs it needs in ``requires`` so the benchmark runner extracts each input 
 from __future__ import annotations
 
 import importlib
-from abc import ABC, abstractmethod
+import logging
 import pkgutil
+from abc import ABC, abstractmethod
 import re
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from tagood.types import Context, FeatureSet
+
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type["Detector"]] = {}
 D = TypeVar("D", bound=type["Detector"])
@@ -47,6 +50,9 @@ class Detector(ABC):
     fit_requires: ClassVar[frozenset[str] | None] = None
     #: Context entries needed at fit time, e.g. {"head"}, {"model"}, {"pseudo_ood"}.
     context_requires: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``_fit`` takes a streamed training split itself (``FeatureSet.iter_chunks``);
+    #: otherwise the streamed fields it needs are loaded into memory first (with a warning).
+    streaming_fit: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams = hparams
@@ -57,7 +63,12 @@ class Detector(ABC):
         """Fit on IND training data. Returns ``self``."""
         context = context or Context()
         train = self._coerce(train)
-        train.require(self.fit_requires if self.fit_requires is not None else self.requires, f"{self.name}.fit")
+        need = self.fit_requires if self.fit_requires is not None else self.requires
+        train.require(need, f"{self.name}.fit")
+        if train.is_streamed(need) and not self.streaming_fit:
+            log.warning("%s trains in memory: loading the streamed fields %s of '%s' (%d samples)",
+                        self.name, sorted(train.streamed & set(need)), train.name, len(train))
+            train = train.load_streamed(set(need))
         missing = [c for c in self.context_requires if getattr(context, c, None) is None and c not in context.extra]
         if missing:
             raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.types.Context)")
@@ -71,7 +82,11 @@ class Detector(ABC):
             raise RuntimeError(f"{self.name}: call fit() before score()")
         data = self._coerce(data)
         data.require(self.requires, f"{self.name}.score")
-        s = np.asarray(self._score(data), dtype=np.float64).reshape(-1)
+        if data.is_streamed(self.requires):  # scores are per sample: score the split chunk by chunk
+            parts = [np.asarray(self._score(c), dtype=np.float64).reshape(-1) for c in data.iter_chunks()]
+            s = np.concatenate(parts) if parts else np.zeros(0)
+        else:
+            s = np.asarray(self._score(data), dtype=np.float64).reshape(-1)
         if len(s) != len(data):
             raise RuntimeError(f"{self.name} returned {len(s)} scores for {len(data)} samples")
         return s

@@ -80,9 +80,15 @@ def select_tokens(tokens: TokenSet, mask: np.ndarray) -> TokenSet:
     return TokenSet(tokens.values[flat], offsets, tokens.positions[flat])
 
 
-def mean_tokens(tokens: TokenSet) -> np.ndarray:
-    """Mean of each image's token set (N,D)."""
-    cs = np.zeros((len(tokens.values) + 1, tokens.dim), dtype=np.float64)
-    np.cumsum(np.asarray(tokens.values, dtype=np.float64), axis=0, out=cs[1:])
-    sums = cs[tokens.offsets[1:]] - cs[tokens.offsets[:-1]]
-    return sums / np.maximum(tokens.lengths, 1)[:, None]
+def mean_tokens(tokens: TokenSet, chunk: int = 4096) -> np.ndarray:
+    """Mean of each image's token set (N,D), float64; ``chunk`` images at a time (bounded memory
+    for memory-mapped token sets)."""
+    out = np.zeros((len(tokens), tokens.dim), dtype=np.float64)
+    for a in range(0, len(tokens), chunk):
+        b = min(a + chunk, len(tokens))
+        lo, hi = int(tokens.offsets[a]), int(tokens.offsets[b])
+        cs = np.zeros((hi - lo + 1, tokens.dim), dtype=np.float64)
+        np.cumsum(np.asarray(tokens.values[lo:hi], dtype=np.float64), axis=0, out=cs[1:])
+        off = tokens.offsets[a : b + 1] - lo
+        out[a:b] = (cs[off[1:]] - cs[off[:-1]]) / np.maximum(np.diff(off), 1)[:, None]
+    return out

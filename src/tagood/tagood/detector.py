@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +22,13 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from tagood.detectors.base import Detector, register
+from tagood.ragged import TokenSetSink
 from tagood.tagood.decompose import TagRule, mean_tokens, select_tokens, token_mask
 from tagood.tagood.projector import Projector
 from tagood.tagood.scores import NO_TAG_SCORE, SCORES, centre_score
 from tagood.tagood.train import PRESETS, TrainConfig, config_dict, embed, train_projector
 from tagood.tagood.vocabulary import Vocabulary, build_vocabulary
-from tagood.types import Context, FeatureSet, TagAttention
+from tagood.types import Context, FeatureSet, TagAttention, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class _TagBase(Detector):
 
     requires = frozenset({"tokens", "tag_probs", "tag_attention"})
     fit_requires = frozenset({"tokens", "tag_probs", "tag_attention", "labels"})
+    streaming_fit = True  # the vocabulary and the decomposition run chunk by chunk
 
     def __init__(self, tau: float = 0.5, tag_threshold: float = 0.0, tag_top_k: int = 10, per_class: int | str = "auto",
                  coverage: float = 0.97, vocabulary: str | None = None, **kw: Any) -> None:
@@ -60,9 +63,11 @@ class _TagBase(Detector):
         if self.vocab_path:
             v = Vocabulary.load(self.vocab_path, num_classes, names)
         else:
-            attn = train.tag_attention
-            keep = self.rule.kept(attn, train.tag_probs)
-            kept = [attn.ids[i][keep[i]] for i in range(len(attn))]
+            kept: list[np.ndarray] = []
+            for chunk in train.iter_chunks():
+                attn = chunk.tag_attention
+                keep = self.rule.kept(attn, chunk.tag_probs)
+                kept.extend(attn.ids[i][keep[i]] for i in range(len(attn)))
             m = self.per_class if self.per_class != "auto" else self._auto_per_class(kept, train.labels, num_classes, context.seed)
             v = build_vocabulary(kept, train.labels, num_classes, m, context.class_names, names)
         log.info("IND vocabulary: %s", {v._cls(c): [v._tag(t) for t in ts] for c, ts in enumerate(v.class_tags)})
@@ -179,27 +184,45 @@ class TagOOD(_TagBase):
         keep = slot | (missing[:, None] & self.kept_tags(train))
         return train, keep
 
+    def _decompose_train(self, train: FeatureSet, context: Context, directory: str | None) -> tuple[TokenSet, np.ndarray, int]:
+        """(object tokens, has_tag, number of token positions) of the training split, chunk by chunk.
+
+        A streamed split writes its object tokens to ``directory`` (memory-mapped for training)."""
+        sink = TokenSetSink(directory if train.is_streamed() else None, name="train-object-tokens")
+        has_parts: list[np.ndarray] = []
+        n_pos = 0
+        for chunk in train.iter_chunks():
+            source, keep = self._train_keep(chunk, context.extra.get("attend"))
+            mask, has = token_mask(source.tag_attention.maps, keep, self.tau)
+            sink.append(select_tokens(chunk.tokens, mask))
+            has_parts.append(has)
+            n_pos = max(n_pos, int(chunk.tokens.positions.max()) + 1)
+        return sink.finish(), np.concatenate(has_parts), n_pos
+
     def _fit(self, train: FeatureSet, context: Context) -> None:
         self.rule = self._rule_for(context)
         self.device = context.device
         self.vocab = self._build_vocab(train, context)
-        source, keep = self._train_keep(train, context.extra.get("attend"))
-        obj, has = self.decompose(source, keep)
-        log.info("TagOOD training decomposition: %.1f tokens/image kept (tau=%s), %d of %d images without a kept IND tag use all tokens",
-                 float(obj.tokens.lengths.mean()), self.tau, int((~has).sum()), len(has))
-        labels = np.asarray(train.labels)
-        num_classes = int(labels.max()) + 1
-        if self.use_projector:
-            cfg = self.train_cfg.with_(seed=context.seed)
-            n_pos = int(train.tokens.positions.max()) + 1
-            self.model, centres, self.history = train_projector(obj.tokens, labels, num_classes, n_pos, cfg, self.device)
-            if self.centres_from == "ema":
-                self.centres = centres.cpu().numpy().astype(np.float32)
+        work = context.extra.get("work_dir")
+        if work is not None:
+            Path(work).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tagood-train-", dir=work) as tmp:
+            obj_tokens, has, n_pos = self._decompose_train(train, context, tmp)
+            log.info("TagOOD training decomposition: %.1f tokens/image kept (tau=%s), %d of %d images without a kept IND tag use all tokens",
+                     float(obj_tokens.lengths.mean()), self.tau, int((~has).sum()), len(has))
+            labels = np.asarray(train.labels)
+            num_classes = int(labels.max()) + 1
+            if self.use_projector:
+                cfg = self.train_cfg.with_(seed=context.seed)
+                self.model, centres, self.history = train_projector(obj_tokens, labels, num_classes, n_pos, cfg, self.device)
+                if self.centres_from == "ema":
+                    self.centres = centres.cpu().numpy().astype(np.float32)
+                else:
+                    feats, _ = embed(self.model, obj_tokens, device=self.device)
+                    self.centres = _class_means(feats, labels, num_classes)
             else:
-                feats, _ = embed(self.model, obj.tokens, device=self.device)
-                self.centres = _class_means(feats, labels, num_classes)
-        else:
-            self.centres = _class_means(mean_tokens(obj.tokens), labels, num_classes)
+                self.centres = _class_means(mean_tokens(obj_tokens), labels, num_classes)
+            del obj_tokens  # release the memory-maps before the directory goes
 
     # -- scoring -------------------------------------------------------------------------------
     def features(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

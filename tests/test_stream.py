@@ -1,0 +1,99 @@
+"""Streamed splits (issue 4: ImageNet train does not fit in memory): a benchmark run that streams the
+tokens / tag maps shard by shard from the cache scores exactly like the in-memory run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tagood.bench import runner
+from tagood.bench.config import builtin
+from tagood.cache import CacheReader, heavy_fields
+from tagood.ragged import TokenSetSink
+from tagood.tagood.decompose import mean_tokens
+from tagood.types import FeatureSet, TokenSet
+
+METHODS = ["msp", "knn", "tagscore", "cs", "tagood[epochs=2]", "ce+cs[epochs=1]"]
+
+
+def _cfg(stream: float | None):
+    cfg = builtin("fashion", quick=True)
+    cfg.ood = {"mnist": cfg.ood["mnist"]}
+    cfg.options.update({"shard_size": 64, "stream_above_gb": stream})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, backbone):
+    cache = tmp_path_factory.mktemp("stream-cache")
+    _, mem = runner.run(_cfg(None), cache_root=cache, methods=METHODS, progress=False, backbone=backbone)
+    _, streamed = runner.run(_cfg(0), cache_root=cache, methods=METHODS, progress=False, backbone=backbone)
+    return cache, mem, streamed
+
+
+def test_streamed_run_scores_like_in_memory(runs):
+    cache, mem, streamed = runs
+    train = streamed.splits["train"].features
+    assert train.is_streamed() and train.tokens is None and train.tag_probs is None
+    assert {"tokens", "tag_probs", "tag_attention"} <= train.streamed
+    assert len(list(train.chunks())) > 1  # several shards, so chunk boundaries are exercised
+    assert not mem.splits["train"].features.is_streamed()
+    assert not streamed.errors and not mem.errors
+    for m in METHODS:
+        for split in ("test", "mnist"):
+            np.testing.assert_allclose(streamed.scores[m][split], mem.scores[m][split], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{m} on {split}")
+    # the temporary object-token store of the streamed TagOOD training is gone
+    work = cache / "work"
+    assert work.is_dir() and not any(work.iterdir())
+
+
+def test_iter_chunks_adds_loaded_fields_and_covers_every_sample(runs):
+    _, _, streamed = runs
+    fs = streamed.splits["test"].features
+    chunks = list(fs.iter_chunks())
+    assert sum(len(c) for c in chunks) == len(fs)
+    assert np.array_equal(np.concatenate([c.logits for c in chunks]), fs.logits)
+    assert np.array_equal(np.concatenate([c.labels for c in chunks]), fs.labels)
+    assert all(c.tokens is not None and c.tag_attention is not None and not c.is_streamed() for c in chunks)
+    loaded = fs.load_streamed()
+    assert not loaded.is_streamed() and len(loaded.tokens) == len(fs)
+
+
+def test_heavy_fields_threshold(runs):
+    cache, _, streamed = runs
+    reader = streamed.splits["train"].reader
+    fields = ["features", "tokens", "tag_probs", "tag_attention"]
+    assert heavy_fields(reader, fields, None) == []
+    assert heavy_fields(reader, fields, 1000.0) == []
+    assert heavy_fields(reader, fields, 0) == ["tokens", "tag_probs", "tag_attention"]
+    assert isinstance(reader, CacheReader) and reader.nbytes() > 0
+
+
+def test_chunks_out_of_order_is_an_error():
+    ts = TokenSet.from_dense(np.zeros((4, 2, 3), np.float32))
+    part = FeatureSet(tokens=ts.select(np.arange(2)), labels=np.zeros(2, np.int64))
+    fs = FeatureSet(labels=np.zeros(4, np.int64), chunks=lambda: iter([(0, part), (0, part)]), streamed=frozenset({"tokens"}))
+    with pytest.raises(RuntimeError, match="out of order"):
+        list(fs.iter_chunks())
+
+
+def test_token_sink_on_disk_equals_in_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = []
+    for n in (3, 5, 1):
+        lens = rng.integers(0, 6, n)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        parts.append(TokenSet(rng.normal(size=(offsets[-1], 4)).astype(np.float16), offsets, rng.integers(0, 49, offsets[-1])))
+    mem, disk = TokenSetSink(None), TokenSetSink(tmp_path / "store")
+    for p in parts:
+        mem.append(p)
+        disk.append(p)
+    a, b = mem.finish(), disk.finish()
+    assert isinstance(b.values, np.memmap)
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.values, b.values) and np.array_equal(a.positions, b.positions)
+    np.testing.assert_allclose(mean_tokens(b, chunk=2), mean_tokens(a), rtol=1e-12)
+    sink = TokenSetSink(None)
+    sink.append(parts[0])
+    with pytest.raises(ValueError, match="dim"):
+        sink.append(TokenSet(np.zeros((1, 5)), [0, 1], [0]))
