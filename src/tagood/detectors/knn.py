@@ -10,8 +10,11 @@ from tagood.detectors.base import Detector, register
 from tagood.types import Context, FeatureSet
 
 
-def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu") -> np.ndarray:
-    """Exact Euclidean distance of each (L2-normalised) query to its k-th nearest row of ``bank``, in chunks."""
+def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu",
+                           max_bytes: float = 2**30) -> np.ndarray:
+    """Exact Euclidean distance of each (L2-normalised) query to its k-th nearest row of ``bank``, in chunks
+    of queries whose similarity block stays under ``max_bytes`` (1.28M ImageNet rows: ~200 queries)."""
+    chunk = int(max(1, min(chunk, max_bytes // (4 * max(1, len(bank))))))
     b = torch.as_tensor(bank, dtype=torch.float32, device=device)
     out = []
     for i in range(0, len(queries), chunk):
