@@ -103,3 +103,24 @@ def test_bench_imagenet_command_with_ram_flags(mini, tagood_home):
     assert res["meta"]["backbone"]["id"].startswith("ram")
     bad = runner.invoke(app, ["bench", "imagenet", "--root", str(mini / "data"), "--tagger", "ram"], terminal_width=200)
     assert bad.exit_code == 2 and "--checkpoint" in bad.output
+
+
+def test_bench_imagenet_streamed_equals_in_memory(mini, tagood_home):
+    """`--stream-above-gb 0` streams every split from the cache (as ImageNet train would be): same table."""
+    args = ["bench", "imagenet", "--root", str(mini / "data"), "--tagger", "ram",
+            "--checkpoint", str(mini / "ram" / "ram_tiny.pth"), "--tags", str(mini / "ram" / "ram_tag_list.txt"),
+            "--thresholds", str(mini / "ram" / "ram_tag_list_threshold.txt"),
+            "--methods", "energy,tagscore[tag_threshold=0.001],cs[tag_threshold=0.001],tagood[tag_threshold=0.001,epochs=2]",
+            "--cache", str(mini / "cache-stream")]
+    tables = {}
+    for flag in ("-1", "0"):
+        out = mini / f"out-stream{flag}"
+        r = runner.invoke(app, [*args, "--out", str(out), "--stream-above-gb", flag], terminal_width=200)
+        assert r.exit_code == 0, r.output
+        res = json.loads((out / "results.json").read_text())
+        assert not res["meta"].get("errors")
+        assert bool(res["meta"]["streamed"]) == (flag == "0")
+        tables[flag] = {(row["method"], row["ood"]): (row["auroc"], row["fpr95"]) for row in res["rows"]}
+    assert tables["0"].keys() == tables["-1"].keys() and len(tables["0"]) == 4 * 3
+    for key, (auroc, fpr) in tables["-1"].items():
+        assert tables["0"][key] == pytest.approx((auroc, fpr), abs=1e-6), key

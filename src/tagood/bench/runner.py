@@ -252,6 +252,7 @@ def _meta(state: RunState) -> dict[str, Any]:
         "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
         "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
         "errors": state.errors,
+        "streamed": {n: sorted(sp.features.streamed) for n, sp in state.splits.items() if sp.features is not None and sp.features.streamed},
         "metric_conventions": {
             "fpr95": "FPR of OOD at 95% TPR of IND (IND positive; TagOOD/MCM/KNN papers)",
             "fpr95_ood_pos": "FPR of IND at 95% TPR of OOD (OOD positive; OpenOOD v1.5)",
