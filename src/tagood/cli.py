@@ -201,6 +201,55 @@ def convert_ram_cmd(
 
 
 @app.command()
+def selftest(
+    kind: str = typer.Argument(..., help="ram, clip or efficientnet."),
+    checkpoint: Optional[Path] = typer.Option(None, help="ram: official .pth or a `tagood convert ram` folder; clip: a Hugging Face CLIP directory."),
+    tags: Optional[Path] = typer.Option(None, help="ram: ram_tag_list.txt (not needed for a converted folder)."),
+    thresholds: Optional[Path] = typer.Option(None, help="ram: ram_tag_list_threshold.txt."),
+    arch: Optional[str] = typer.Option(None, help="clip: open_clip architecture when CHECKPOINT is an open_clip file."),
+    device: str = typer.Option("cpu"),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Check real weights after download: shapes, determinism, attention and zero-shot sense on two real photos."""
+    from rich.table import Table
+
+    from tagood.backbones import selftest as st
+
+    _setup_logging(verbose)
+    try:
+        if kind == "ram":
+            from tagood.backbones.ram import load_ram
+
+            if checkpoint is None:
+                raise ValueError("selftest ram needs --checkpoint (and --tags unless it is a converted folder)")
+            checks = st.selftest_tagger(load_ram(checkpoint, tags, thresholds, device=device))
+        elif kind == "clip":
+            from tagood.backbones.clip import load_clip
+
+            if checkpoint is None:
+                raise ValueError("selftest clip needs --checkpoint DIR (a Hugging Face CLIP directory or an open_clip file)")
+            checks = st.selftest_dual_encoder(load_clip(checkpoint, arch=arch, device=device))
+        elif kind == "efficientnet":
+            from tagood.backbones.efficientnet import EfficientNetLite0
+
+            checks = st.selftest_tagger(EfficientNetLite0(device=device))
+        else:
+            raise ValueError("selftest KIND must be ram, clip or efficientnet")
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        _error(str(e))
+        raise typer.Exit(2)
+    t = Table(title=f"self-test: {kind}")
+    for col in ("check", "result", "detail"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail))
+    console.print(t)
+    if not all(c.passed for c in checks):
+        _error("self-test failed: the weights, tag list or preprocessing do not behave like the published model")
+        raise typer.Exit(1)
+
+
+@app.command()
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
     out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
