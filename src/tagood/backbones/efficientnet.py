@@ -38,6 +38,7 @@ from tagood.types import ModelOutput
 __all__ = [
     "EfficientNetLite0",
     "Lite0Features",
+    "Lite0Tagger",
     "export_onnx",
     "file_sha256",
     "load_lite0",
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 RESIZE, CROP = 256, 224
 N_BLOCK_NORMS = 17  # 16 MBConv blocks + the head convolution
 _ONNX_OUTPUTS = ("fmap", "pooled", "logits", "block_norms")
+_TAGGER_OUTPUTS = ("tokens", "pooled", "logits", "tag_probs", "tag_ids", "tag_attention", "block_norms")
 
 
 @lru_cache(maxsize=8)
@@ -121,6 +123,29 @@ class Lite0Features(nn.Module):
         return fmap, pooled, logits, torch.stack(norms, dim=1)
 
 
+class Lite0Tagger(nn.Module):
+    """:class:`Lite0Features` plus the CAM tagger's post-processing, as one graph (exported to ONNX
+    whole, so softmax, top-k and the CAMs run inside onnxruntime's parts, outside the GIL).
+
+    images (B,3,224,224) -> tokens (B,49,1280) row-major 7x7, pooled (B,1280), logits (B,1000),
+    tag_probs = softmax(logits), tag_ids (B,k) top-k by probability (descending), tag_attention
+    (B,k,49) = CAM_c = w_c . token (Zhou et al., CVPR 2016; raw, no bias), block_norms (B,17).
+    """
+
+    def __init__(self, features: Lite0Features, top_k: int) -> None:
+        super().__init__()
+        self.f = features
+        self.k = int(top_k)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fmap, pooled, logits, norms = self.f(x)
+        tokens = fmap.flatten(2).transpose(1, 2)
+        probs = torch.softmax(logits, dim=1)
+        ids = torch.topk(probs, self.k, dim=1).indices
+        cam = torch.bmm(self.f.m._fc.weight[ids], tokens.transpose(1, 2))
+        return tokens, pooled, logits, probs, ids, cam, norms
+
+
 class _PooledOnly(nn.Module):
     def __init__(self, feats: Lite0Features) -> None:
         super().__init__()
@@ -131,8 +156,9 @@ class _PooledOnly(nn.Module):
 
 
 def export_onnx(module: nn.Module, path: Path) -> None:
-    """Export a :class:`Lite0Features` module to ONNX at ``path`` atomically (dynamic batch axis)."""
-    _export(module, Path(path), (1, 3, CROP, CROP), "images", _ONNX_OUTPUTS)
+    """Export a :class:`Lite0Features` or :class:`Lite0Tagger` module to ONNX at ``path`` atomically (dynamic batch axis)."""
+    names = _TAGGER_OUTPUTS if isinstance(module, Lite0Tagger) else _ONNX_OUTPUTS
+    _export(module, Path(path), (1, 3, CROP, CROP), "images", names)
 
 
 class EfficientNetLite0:
@@ -162,8 +188,8 @@ class EfficientNetLite0:
         self.num_threads = int(num_threads) if num_threads else physical_cores()
         path = weights_path()
         self.weights_hash = file_sha256(path)
-        self.module = Lite0Features(load_lite0(path)).eval()
-        fc = self.module.m._fc
+        self.module = Lite0Tagger(Lite0Features(load_lite0(path)), self.top_k_tags).eval()
+        fc = self.module.f.m._fc
         self._fc_w = np.ascontiguousarray(fc.weight.detach().numpy(), dtype=np.float32)
         self._fc_b = np.ascontiguousarray(fc.bias.detach().numpy(), dtype=np.float32)
         if engine == "auto":
@@ -218,13 +244,13 @@ class EfficientNetLite0:
     # -- engines -------------------------------------------------------------------------------
     def onnx_path(self) -> Path:
         """Where the ONNX export of these weights lives (keyed by the weights hash)."""
-        return self.cache_dir / f"efficientnet-lite0-{self.weights_hash}-v1.onnx"
+        return self.cache_dir / f"efficientnet-lite0-{self.weights_hash}-tagger-top{self.top_k_tags}-v2.onnx"
 
     def _torch_run(self, batch: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
             x = torch.as_tensor(batch, dtype=torch.float32, device=self.device).contiguous(memory_format=torch.channels_last)
             outs = self.module(x)
-        return [o.float().cpu().numpy() for o in outs]
+        return [(o if o.dtype == torch.int64 else o.float()).cpu().numpy() for o in outs]
 
     def forward(self, batch: np.ndarray) -> ModelOutput:
         """Preprocessed batch (B,3,224,224) -> ModelOutput of float32 numpy arrays.
@@ -256,23 +282,16 @@ class EfficientNetLite0:
         return out
 
     def _postprocess(self, out: ModelOutput, s: int, raw: list[np.ndarray]) -> None:
-        """Fill rows ``s:s+b`` of ``out`` from the engine's (fmap, pooled, logits, block_norms)."""
-        fmap, pooled, logits, norms = raw
-        e = s + len(fmap)
-        tokens = out.tokens[s:e]
-        np.copyto(tokens, fmap.reshape(len(fmap), fmap.shape[1], -1).transpose(0, 2, 1))
+        """Copy one engine call's outputs (:class:`Lite0Tagger` order) into rows ``s:s+b`` of ``out``."""
+        tokens, pooled, logits, probs, ids, cam, norms = raw
+        e = s + len(tokens)
+        out.tokens[s:e] = tokens
         out.features[s:e] = pooled
         out.logits[s:e] = logits
-        out.block_norms[s:e] = norms
-        z = logits - logits.max(axis=1, keepdims=True)
-        p = np.exp(z, out=out.tag_probs[s:e])
-        p /= p.sum(axis=1, keepdims=True)
-        k = self.top_k_tags
-        top = np.argpartition(-p, k - 1, axis=1)[:, :k] if k < p.shape[1] else np.tile(np.arange(k), (len(p), 1))
-        order = np.argsort(-np.take_along_axis(p, top, axis=1), axis=1, kind="stable")
-        ids = np.take_along_axis(top, order, axis=1)
+        out.tag_probs[s:e] = probs
         out.tag_ids[s:e] = ids
-        out.tag_attention[s:e] = self.cam(tokens, ids)
+        out.tag_attention[s:e] = cam
+        out.block_norms[s:e] = norms
 
     def cam(self, tokens: np.ndarray, tag_ids: np.ndarray) -> np.ndarray:
         """Class activation maps (B,k,N) of tags ``tag_ids (B,k)`` from tokens (B,N,1280): CAM_c = w_c . token (no bias).
