@@ -104,4 +104,5 @@ def test_full_quick_demo_all_methods(tmp_path, tagood_home):
     from tagood.bench.config import default_methods
 
     assert {row["method"] for row in res["rows"]} == set(default_methods())
+    assert {"mcm", "glmcm", "locoop"} <= {row["method"] for row in res["rows"]}
     assert not res["meta"]["errors"]

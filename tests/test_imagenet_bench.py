@@ -124,3 +124,23 @@ def test_bench_imagenet_streamed_equals_in_memory(mini, tagood_home):
     assert tables["0"].keys() == tables["-1"].keys() and len(tables["0"]) == 4 * 3
     for key, (auroc, fpr) in tables["-1"].items():
         assert tables["0"][key] == pytest.approx((auroc, fpr), abs=1e-6), key
+
+
+def test_bench_imagenet_runs_the_vision_language_methods_on_clip(mini, tagood_home):
+    """`--tagger clip`: MCM, GL-MCM, NegLabel, LoCoOp and KR-NFT score with the CLIP from disk (tiny, random)."""
+    from tagood.bench.config import VLM, imagenet
+
+    cfg = imagenet(mini / "data", {"name": "clip", "path": str(mini / "clip")})
+    assert set(VLM) <= set(cfg.methods) and cfg.options["dual_encoder"]["name"] == "clip"
+    assert not set(VLM) & set(imagenet(mini / "data", {"name": "ram", "checkpoint": "x"}).methods)  # no CLIP, no VLM rows
+    methods = ("mcm,glmcm,neglabel[max_candidates=300,n_neg=50],locoop[epochs=2],"
+               "krnft[max_candidates=300,n_neg=50,n_crops=4,k_in=1,k_out=1,epochs=1]")
+    out = mini / "out-vlm"
+    r = runner.invoke(app, ["bench", "imagenet", "--root", str(mini / "data"), "--tagger", "clip", "--clip", str(mini / "clip"),
+                            "--methods", methods, "--out", str(out), "--cache", str(mini / "cache")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert not res["meta"]["errors"], res["meta"]["errors"]
+    got = {row["method"].split("[")[0] for row in res["rows"]}
+    assert got == set(VLM)
+    assert all(0.0 <= row["auroc"] <= 100.0 for row in res["rows"])

@@ -92,7 +92,8 @@ def bench(
     checkpoint: Optional[Path] = typer.Option(None, help="imagenet + ram: RAM .pth or a `tagood convert ram` folder."),
     tags: Optional[Path] = typer.Option(None, help="imagenet + ram: ram_tag_list.txt."),
     thresholds: Optional[Path] = typer.Option(None, help="imagenet + ram: ram_tag_list_threshold.txt."),
-    clip: Optional[Path] = typer.Option(None, help="imagenet + clip: a Hugging Face CLIP directory."),
+    clip: Optional[Path] = typer.Option(None, help="imagenet: a Hugging Face CLIP directory (the tagger with --tagger clip; "
+                                                  "with --tagger ram the encoder of the vision-language methods)."),
     train_per_class: Optional[int] = typer.Option(None, help="imagenet: seeded subsample of the IND train images per class."),
     stream_above_gb: Optional[float] = typer.Option(
         None, help="Stream a split's tokens / tag maps shard by shard from the cache when loading them as float32 "
@@ -119,7 +120,7 @@ def bench(
                 spec = {"name": "clip", "path": str(clip)}
             else:
                 raise ConfigError("--tagger must be ram or clip")
-            cfg = imagenet(root, spec, train_per_class)
+            cfg = imagenet(root, spec, train_per_class, clip=clip)
         else:
             cfg = load_config(config)
     except ConfigError as e:

@@ -90,7 +90,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     """Build sources, detectors and the backbone; extract all splits; fit the head; build the context."""
     state = RunState(cfg)
     specs = methods or cfg.methods
-    dets = [det_registry.create(m) for m in specs]
+    dets = [create_detector(m, cfg) for m in specs]
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
     state.timings["load_backbone_s"] = time.perf_counter() - t0
@@ -161,6 +161,14 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx
     return state, dets
+
+
+def create_detector(spec: str, cfg: BenchConfig) -> det_registry.Detector:
+    """``create(spec)`` with the benchmark's ``options["method_defaults"][name]`` as defaults (the spec's own options win)."""
+    base, opts = det_registry.parse_name(spec)
+    defaults = dict(cfg.options.get("method_defaults", {}).get(base, {}))
+    det = det_registry.create(spec, **{k: v for k, v in defaults.items() if k not in opts})
+    return det
 
 
 #: Default of the ``stream_above_gb`` option: splits whose float32 size would exceed this stream.
