@@ -97,3 +97,30 @@ def test_token_sink_on_disk_equals_in_memory(tmp_path):
     sink.append(parts[0])
     with pytest.raises(ValueError, match="dim"):
         sink.append(TokenSet(np.zeros((1, 5)), [0, 1], [0]))
+
+
+def test_subset_of_streamed_split_equals_subset_of_loaded(runs):
+    _, mem, streamed = runs
+    idx = np.array([0, 5, 63, 64, 65, 200, len(mem.splits["train"].features) - 1])
+    a = mem.splits["train"].features.subset(idx)
+    b = streamed.splits["train"].features.subset(idx)
+    assert not b.is_streamed() and len(b) == len(idx)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.tokens.values, np.asarray(b.tokens.values, dtype=np.float32))
+    np.testing.assert_array_equal(a.tag_attention.ids, b.tag_attention.ids)
+    np.testing.assert_array_equal(a.tag_probs, b.tag_probs)
+    assert a.paths == b.paths == [mem.splits["train"].features.paths[i] for i in idx]
+    with pytest.raises(ValueError, match="sorted"):
+        a.subset(np.array([3, 1]))
+
+
+def test_vision_language_methods_dual_encode_only_their_few_shot_picks(tmp_path, backbone):
+    pytest.importorskip("transformers")
+    cfg = _cfg(None)
+    methods = ["mcm", "krnft[shots=2,n_crops=4,k_in=1,k_out=1,epochs=1]"]
+    _, state = runner.run(cfg, cache_root=tmp_path / "c", methods=methods, progress=False, backbone=backbone)
+    assert not state.errors, state.errors
+    vt = state.vlm_train
+    assert len(vt) == 2 * 6 and np.array_equal(np.bincount(vt.labels), [2] * 6)
+    assert vt.image_embeds is not None and len(vt.image_embeds) == len(vt)
+    assert state.splits["train"].features.image_embeds is None  # the full train split is never dual-encoded

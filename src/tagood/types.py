@@ -245,6 +245,52 @@ class FeatureSet:
         if done != n:
             raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
 
+    def subset(self, idx: np.ndarray) -> "FeatureSet":
+        """Samples ``idx`` (sorted, unique) as an in-memory FeatureSet; streamed fields are gathered
+        chunk by chunk, so only the selected rows are ever loaded."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= len(self)):
+            raise ValueError(f"subset of '{self.name}': indices must be sorted, unique and in [0, {len(self)})")
+
+        def take(v: Any, rows: np.ndarray, n: int) -> Any:
+            if isinstance(v, TokenSet):
+                return v.select(rows)
+            if isinstance(v, TagAttention):
+                return TagAttention(np.asarray(v.ids)[rows], np.asarray(v.maps)[rows])
+            if isinstance(v, list):
+                return [v[int(i)] for i in rows]
+            if isinstance(v, np.ndarray) and len(v) == n:
+                return np.asarray(v)[rows]
+            return None
+
+        kw: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("chunks", "streamed", "extra", "name") or f.name in self.streamed:
+                continue
+            v = getattr(self, f.name)
+            if v is not None:
+                kw[f.name] = take(v, idx, len(self))
+        extra = {k: take(v, idx, len(self)) if isinstance(v, np.ndarray) and len(v) == len(self) else v for k, v in self.extra.items()}
+        out = FeatureSet(name=self.name, extra=extra, **kw)
+        if self.is_streamed():
+            assert self.chunks is not None
+            parts: dict[str, list[Any]] = {f: [] for f in self.streamed}
+            for start, part in self.chunks():
+                rows = idx[(idx >= start) & (idx < start + len(part))] - start
+                if len(rows):
+                    for f in self.streamed:
+                        parts[f].append(take(getattr(part, f), rows, len(part)))
+            for f, vs in parts.items():
+                if not vs:
+                    continue
+                if isinstance(vs[0], TokenSet):
+                    setattr(out, f, TokenSet.concat(vs))
+                elif isinstance(vs[0], TagAttention):
+                    setattr(out, f, TagAttention(np.concatenate([v.ids for v in vs]), np.concatenate([v.maps for v in vs])))
+                else:
+                    setattr(out, f, np.concatenate(vs))
+        return out
+
     def load_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None) -> "FeatureSet":
         """This split with the streamed fields ``names`` (default: all) concatenated into memory."""
         want = set(self.streamed if names is None else set(names) & self.streamed)

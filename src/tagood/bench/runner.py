@@ -57,6 +57,8 @@ class RunState:
     timings: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: the IND training samples of the vision-language methods (their few-shot picks), dual-encoded
+    vlm_train: FeatureSet | None = None
 
 
 def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[list[str], list[str], bool]:
@@ -150,17 +152,38 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=device)
         ctx.dual_encoder = dual
         needs_patches = [getattr(d, "spec", d.name) for d in dets if "patch_embeds" in d.requires]
+        state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
+        dual.attach(state.vlm_train, state.splits["train"].source)
         for name, sp in state.splits.items():
-            if name == "pseudo-ood":
+            if name in ("pseudo-ood", "train"):  # the VLM methods train on state.vlm_train
                 continue
-            if needs_patches and sp.features is not None and sp.features.is_streamed({"tokens"}):
-                raise ValueError(f"{needs_patches} need the patch embeddings of split '{name}' in memory, but the split is "
-                                 f"streamed (larger than stream_above_gb); raise --stream-above-gb, subsample "
-                                 f"(--train-per-class), or run these methods separately")
+            if needs_patches and sp.features is not None and sp.features.is_streamed({"tokens"}) and \
+                    getattr(dual, "patches_from_tokens", False):
+                log.warning("%s need patch embeddings of split '%s', which this dual encoder derives from the cached "
+                            "tokens, but the split is streamed (larger than stream_above_gb): they will fail on it; "
+                            "raise --stream-above-gb to score them", needs_patches, name)
             dual.attach(sp.features, sp.source)
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx
     return state, dets
+
+
+def _is_vlm(d: det_registry.Detector) -> bool:
+    return bool(set(d.requires) & set(_VLM_FIELDS))
+
+
+def _vlm_train(train: Split, vlm: list[det_registry.Detector], seed: int) -> FeatureSet:
+    """The IND training samples the vision-language methods use: the union of each method's seeded
+    few-shot pick (``shots``/``seed``, as the method itself draws it; one per class for zero-shot
+    methods). Only these get a second (dual-encoder) pass, not the whole train split (1.28M on ImageNet)."""
+    from tagood.vlm.base import few_shot_indices
+
+    fs = train.features
+    assert fs is not None and fs.labels is not None
+    picks = [few_shot_indices(fs.labels, d.shots, getattr(d, "seed", seed)) for d in vlm if hasattr(d, "shots")]
+    idx = np.unique(np.concatenate(picks)) if picks else few_shot_indices(fs.labels, 1, seed)
+    log.info("vision-language methods train on %d of %d IND training images (their few-shot picks)", len(idx), len(fs))
+    return fs.subset(idx)
 
 
 def create_detector(spec: str, cfg: BenchConfig) -> det_registry.Detector:
@@ -212,7 +235,7 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         spec = getattr(d, "spec", d.name)
         t = time.perf_counter()
         try:
-            d.fit(train, ctx)
+            d.fit(state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)
             t_fit = time.perf_counter() - t
             s_id = d.score(test)
             per = {"test": s_id}

@@ -169,6 +169,9 @@ class OfflineDualEncoder:
         out = self.backbone.forward(np.asarray(batch, dtype=np.float32))
         return self.embed_features(out.features, out.logits), self.embed_tokens(out.tokens)
 
+    #: ``attach`` derives patch embeddings from the cached backbone tokens (not from the images).
+    patches_from_tokens = True
+
     def attach(self, fs: FeatureSet, source: Any = None) -> FeatureSet:
         """Set ``fs.image_embeds`` / ``fs.patch_embeds`` from its cached EfficientNet ``features`` /
         ``tokens`` (no second forward pass) and, with a ``source``, ``fs.images`` for crop training."""
