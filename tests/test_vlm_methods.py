@@ -182,6 +182,24 @@ def test_batched_nft_equals_per_image(b: int, k: int, m: int, seed: int) -> None
     torch.testing.assert_close(kr, explicit_kr, atol=1e-6, rtol=0)
 
 
+@settings(max_examples=15, deadline=None)
+@given(b=st.integers(1, 6), k=st.integers(1, 7), m=st.integers(0, 9), seed=st.integers(0, 10_000))
+def test_krnft_batched_confidence_equals_per_image_softmax(b: int, k: int, m: int, seed: int) -> None:
+    """The scoring path (fused, in place, chunked) == softmax over the per-image tuned rows, summed over IND rows."""
+    from tagood.vlm.krnft import KRNFT
+
+    nft = _random_nft(12, 5, seed).float()
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(b, 12, generator=g)
+    tp = torch.nn.functional.normalize(torch.randn(k, 12, generator=g), dim=1)
+    tn = torch.nn.functional.normalize(torch.randn(m, 12, generator=g), dim=1)
+    det = KRNFT(score_batch=4)
+    det.nft, det.text, det.neg_text, det.logit_scale, det.fitted = nft, tp.numpy(), tn.numpy(), 30.0, True
+    with torch.no_grad():
+        ref = torch.softmax(30.0 * per_image_cosines(nft, v, tp, tn).double(), dim=1)[:, :k].sum(1).numpy()
+    np.testing.assert_allclose(det.confidence(v.numpy()), ref, atol=1e-5, rtol=0)
+
+
 def test_nft_is_identity_and_kr_loss_zero_at_init() -> None:
     torch.manual_seed(0)
     nft = NFT(16, 8)

@@ -191,9 +191,9 @@ class KRNFT(VLMDetector):
                 ap, cp, an, cn = self.nft.factors(v)
                 zp = scaled_cosines_inference(v, tp, cat_p, ap, cp, self.logit_scale)  # (B,K) IND rows
                 zn = scaled_cosines_inference(v, tn, cat_n, an, cn, self.logit_scale)  # (B,M) negative rows
-                m = torch.maximum(zp.amax(1), zn.amax(1))[:, None]
-                s_in = zp.sub_(m).exp_().sum(1, dtype=torch.float64)  # float32 exp; sums in float64
-                s_out = zn.sub_(m).exp_().sum(1, dtype=torch.float64)
+                m = zp.amax(1) if zn.shape[1] == 0 else torch.maximum(zp.amax(1), zn.amax(1))
+                s_in = zp.sub_(m[:, None]).exp_().sum(1, dtype=torch.float64)  # float32 exp; sums in float64
+                s_out = zn.sub_(m[:, None]).exp_().sum(1, dtype=torch.float64)
                 out[a : a + len(v)] = (s_in / (s_in + s_out)).cpu().numpy()
         return out
 
