@@ -5,6 +5,13 @@ Default: 2000 image embeddings, 1000 IND + 10,000 negative rows, E = 512, random
 meta-networks. Checks the two give equal scores, then prints the ratio last:
 ``batched_vs_single: <ratio>x``. The single path is timed on a subset (``--single``) and scaled;
 each path runs ``--repeats`` times and its best time is used. ``--device cuda`` runs both on a GPU.
+
+Allocator: both paths allocate (R,E)- or (B,R)-sized float32 buffers (20-45 MB here) on every
+image / chunk. With glibc's default dynamic thresholds such buffers are sometimes returned to the
+kernel and page-faulted back on the next allocation, which made the batch-size-1 time vary 2-3x
+between processes (7 to 22 ms per image measured, tracking the minor-fault count). By default
+(``--malloc steady``) the benchmark first tells glibc (``mallopt``) to keep freed memory, so neither
+path is timed on page faults; ``--malloc default`` leaves the allocator alone.
 """
 
 from __future__ import annotations
@@ -34,6 +41,23 @@ def single_confidence(nft: NFT, v: torch.Tensor, tp: torch.Tensor, tn: torch.Ten
     return out
 
 
+def steady_malloc() -> bool:
+    """Ask glibc to serve large buffers from the heap and keep freed memory (no page faults per
+    allocation). Returns False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        # mmap only above 32 MiB (glibc's ceiling for this threshold); never trim the heap top below 1 GiB
+        ok_mmap = libc.mallopt(m_mmap_threshold, ctypes.c_int(32 << 20))
+        ok_trim = libc.mallopt(m_trim_threshold, ctypes.c_int(1 << 30))
+        return bool(ok_mmap) and bool(ok_trim)
+    except (OSError, AttributeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=2000)
@@ -45,9 +69,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path; the best of each is used")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="steady: glibc keeps freed memory (see the module docstring); default: leave it alone")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.malloc == "steady" and not steady_malloc():
+        log.info("mallopt unavailable (not glibc): allocator left at its defaults")
     torch.set_num_threads(a.threads)
+    torch.manual_seed(0)  # the meta-networks' first layers
     g = torch.Generator().manual_seed(0)
     nft = NFT(a.dim, 32)
     with torch.no_grad():
@@ -74,7 +103,10 @@ def main() -> None:
         single = single_confidence(nft, v_d[:m], tp_d, tn_d, 100.0)
         t_single = min(t_single, (time.perf_counter() - t0) * a.n / m)
     err = float(np.abs(single - batched[:m]).max())
-    log.info("images %d, rows %d IND + %d neg, E=%d, threads %d", a.n, a.ind, a.neg, a.dim, a.threads)
+    from tagood.vlm.nft import RowBank
+
+    log.info("images %d, rows %d IND + %d neg, E=%d, threads %d, products: %s, malloc: %s", a.n, a.ind, a.neg, a.dim,
+             a.threads, RowBank(tn[:2].to(dev)).backend, a.malloc)
     log.info("batched (chunks of %d): %.3f s  (%.0f img/s)", a.batch, t_batched, a.n / t_batched)
     log.info("batch size 1 (%d images timed, scaled): %.3f s  (%.0f img/s)", m, t_single, a.n / t_single)
     log.info("max |score difference| on the %d shared images: %.2e", m, err)

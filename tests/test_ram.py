@@ -156,8 +156,10 @@ def test_loaded_tagger_equals_in_memory_model(files, tagger: RAMTagger, caplog: 
     with torch.no_grad():
         tokens = files.model.image_tokens(torch.from_numpy(x))
         probs = torch.sigmoid(files.model.tag_logits(tokens)[0])
-    np.testing.assert_allclose(out.tokens, tokens.numpy(), atol=1e-6)
-    np.testing.assert_allclose(out.tag_probs, probs.numpy(), atol=1e-6)
+    # sub-batches of 2 vs one batch of 3 take different BLAS kernels: float32 rounding through the Swin stack
+    # (3e-6 measured on an Intel Xeon); a wrong weight or layout would differ by orders of magnitude more
+    np.testing.assert_allclose(out.tokens, tokens.numpy(), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(out.tag_probs, probs.numpy(), atol=1e-5)
     assert out.tokens.shape == (3, 5, 16) and out.features.shape == (3, 16)
     np.testing.assert_array_equal(out.features, out.tokens[:, 0])
     assert out.tag_probs.shape == (3, 20) and out.tag_ids.shape == (3, 4) and out.tag_attention.shape == (3, 4, 5)

@@ -197,7 +197,55 @@ def test_krnft_batched_confidence_equals_per_image_softmax(b: int, k: int, m: in
     det.nft, det.text, det.neg_text, det.logit_scale, det.fitted = nft, tp.numpy(), tn.numpy(), 30.0, True
     with torch.no_grad():
         ref = torch.softmax(30.0 * per_image_cosines(nft, v, tp, tn).double(), dim=1)[:, :k].sum(1).numpy()
-    np.testing.assert_allclose(det.confidence(v.numpy()), ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(det.confidence(v.numpy()), ref, atol=1e-6, rtol=0)
+
+
+def test_row_bank_closed_form_equals_per_image_in_float64() -> None:
+    """The scoring algebra (transposed products, fused norm, scale folded into the factor, per-image terms as
+    the product's bias) equals the explicit per-image rows exactly (float64: torch.addmm path)."""
+    from tagood.vlm.nft import RowBank
+
+    nft = _random_nft(24, 6, 3)
+    g = torch.Generator().manual_seed(3)
+    tp = torch.nn.functional.normalize(torch.randn(7, 24, generator=g, dtype=torch.float64), dim=1)
+    tn = torch.nn.functional.normalize(torch.randn(50, 24, generator=g, dtype=torch.float64), dim=1)
+    v = torch.randn(9, 24, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        ap, cp, an, cn = nft.factors(v)
+        got = torch.cat([RowBank(tp).scaled_cosines(v, ap, cp, 100.0), RowBank(tn).scaled_cosines(v, an, cn, 100.0)], 1)
+        want = 100.0 * per_image_cosines(nft, v, tp, tn)
+        assert RowBank(tn).backend == "torch.addmm" and RowBank(tn[:0]).scaled_cosines(v, an, cn, 1.0).shape == (9, 0)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_krnft_scoring_equals_per_image_at_clip_scale(onednn: bool, monkeypatch) -> None:
+    """CLIP-like sizes (E = 512, logit scale 100, 3,100 rows, two chunks): the float32 batched scoring path,
+    through oneDNN or torch.addmm, equals the float32 batch-size-1 computation (the public code's) to 1e-6."""
+    from tagood.vlm.krnft import KRNFT
+    from tagood.vlm.nft import RowBank
+
+    if not onednn:
+        monkeypatch.setenv("TAGOOD_NO_ONEDNN", "1")
+    torch.manual_seed(0)
+    nft = NFT(512, 16)
+    with torch.no_grad():
+        for p in nft.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    tp = torch.nn.functional.normalize(torch.randn(100, 512, generator=g), dim=1)
+    tn = torch.nn.functional.normalize(torch.randn(3000, 512, generator=g), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(60, 512, generator=g), dim=1)
+    det = KRNFT(score_batch=32)
+    det.nft, det.text, det.neg_text, det.logit_scale, det.fitted = nft, tp.numpy(), tn.numpy(), 100.0, True
+    backend = RowBank(tn).backend
+    assert backend == ("onednn" if onednn and torch.backends.mkldnn.is_available() else "torch.addmm")
+    with torch.no_grad():
+        single = torch.softmax(100.0 * per_image_cosines(nft, v, tp, tn).double(), dim=1)[:, :100].sum(1).numpy()
+    got = det.confidence(v.numpy())
+    assert det._banks is not None and det._banks[2].backend == backend
+    np.testing.assert_allclose(got, single, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(det.confidence(v.numpy()), got)  # the cached row banks give the same scores
 
 
 def test_nft_is_identity_and_kr_loss_zero_at_init() -> None:
@@ -227,10 +275,38 @@ def test_krnft_save_load_round_trip(world, tmp_path: Path) -> None:
     assert back.neg_words == det.neg_words and back.class_names == CLASSES
 
 
-def test_krnft_without_images_or_crops_says_what_to_do(world) -> None:
+class _ArrayStream:
+    """An ImageStream over an in-memory (N,3,H,W) array."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch_size: int):
+        for a in range(0, len(self.x), batch_size):
+            yield self.x[a : a + batch_size]
+
+
+def test_krnft_declares_its_inputs_and_names_what_is_missing(world) -> None:
     enc, text, train, test, ood, ctx, words = world
-    with pytest.raises(ValueError, match="train.images"):
+    assert KRNFT.requires == {"image_embeds"} and {"image_embeds", "labels"} <= KRNFT.fit_requires
+    assert KRNFT.FIT_IMAGES == "images"
+    assert "labels" in detectors.create("locoop").fit_requires
+    with pytest.raises(ValueError, match=r"needs inputs \['images'\].*train.images.*crop_embeds"):
         KRNFT(neg_words=words[:5], epochs=1).fit(train, ctx)
+    with pytest.raises(ValueError, match=r"needs inputs \['images', 'labels'\]"):
+        KRNFT(neg_words=words[:5], epochs=1).fit(train.with_(labels=None), ctx)
+    crops = np.repeat(train.image_embeds[:, None, :], 2, axis=1)
+    with pytest.raises(ValueError, match=r"needs inputs \['labels'\]"):  # precomputed crops stand in for the images
+        KRNFT(neg_words=words[:5], epochs=1).fit(train.with_(labels=None, extra={"crop_embeds": crops}), ctx)
+    # the pixels alone suffice: crops are cut from train.images and encoded with the dual encoder
+    rng = np.random.default_rng(3)
+    imgs = rng.standard_normal((len(train), 3, 8, 8)).astype(np.float32)
+    det = KRNFT(neg_words=words[:5], epochs=1, shots=2, n_crops=4, k_in=1, k_out=1)
+    det.fit(train.with_(images=_ArrayStream(imgs)), ctx)
+    assert det.fitted and np.isfinite(det.score(test)).all()
 
 
 def test_vlm_detectors_need_dual_encoder_and_names(world) -> None:

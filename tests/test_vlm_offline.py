@@ -48,11 +48,16 @@ def test_protocol_and_cached_bridge(offline, tagood_home) -> None:
 
 
 def test_zero_shot_accuracy_above_chance(offline, fm_test) -> None:
-    """Measured on these 600 images: posterior 25.0%, ridge 17.2% (chance 1/6 = 16.7%)."""
+    """Measured on these 600 IND test images (chance 1/6 = 16.7%): posterior bridge with the single prompt
+    25.0%, with CLIP's 7-template ensemble 33.8%; ridge bridge 17.2% (single prompt)."""
+    from tagood.vlm.prompts import CLIP_ENSEMBLE_7
+
     src, idx, x, y, out = fm_test
-    text = encode_prompts(offline, src.class_names[:6])
-    acc = float(((offline.embed_features(out.features, out.logits) @ text.T).argmax(1) == y).mean())
-    assert acc > 0.21
+    img = offline.embed_features(out.features, out.logits)
+    single = float(((img @ encode_prompts(offline, src.class_names[:6]).T).argmax(1) == y).mean())
+    ensemble = float(((img @ encode_prompts(offline, src.class_names[:6], CLIP_ENSEMBLE_7).T).argmax(1) == y).mean())
+    print(f"zero-shot accuracy: single prompt {single:.3f}, clip7 ensemble {ensemble:.3f}")
+    assert single > 0.21 and ensemble > 0.29 and ensemble > single
 
 
 def test_attach_uses_cached_features_and_matches_encode(offline, fm_test) -> None:

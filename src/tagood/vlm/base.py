@@ -9,7 +9,7 @@ import numpy as np
 
 from tagood.detectors.base import Detector
 from tagood.types import Context, FeatureSet
-from tagood.vlm.prompts import DEFAULT_TEMPLATE, encode_prompts
+from tagood.vlm.prompts import DEFAULT_TEMPLATE, encode_prompts, resolve_templates
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -36,15 +36,16 @@ class VLMDetector(Detector):
 
     Fit needs ``context.dual_encoder`` (a :class:`tagood.vlm.protocol.DualEncoder`) and
     ``context.class_names``; the prompt embeddings are kept, so scoring needs only ``image_embeds``.
-    Hyperparameter ``template`` (default ``"a photo of a {}."``); ``templates`` (a list) overrides it.
+    Hyperparameter ``template`` (default ``"a photo of a {}."``); ``templates`` (a list, or a name such as
+    ``"clip7"``, CLIP's 7-template ensemble, see :mod:`tagood.vlm.prompts`) overrides it.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"image_embeds"})
     context_requires: ClassVar[frozenset[str]] = frozenset({"dual_encoder", "class_names"})
 
-    def __init__(self, template: str = DEFAULT_TEMPLATE, templates: list[str] | None = None, **hparams: Any) -> None:
+    def __init__(self, template: str = DEFAULT_TEMPLATE, templates: str | list[str] | None = None, **hparams: Any) -> None:
         super().__init__(template=template, templates=templates, **hparams)
-        self.templates = list(templates) if templates else [template]
+        self.templates = resolve_templates(templates, template)
         self.text: np.ndarray | None = None
         self.class_names: list[str] = []
         self.logit_scale = 100.0

@@ -81,6 +81,7 @@ class LoCoOp(VLMDetector):
     """
 
     requires = frozenset({"image_embeds", "patch_embeds"})
+    fit_requires = frozenset({"image_embeds", "patch_embeds", "labels"})
 
     def __init__(self, n_ctx: int = 16, lam: float = 0.25, top_k: int | None = None, shots: int | None = 16, epochs: int = 20,
                  lr: float = 2e-3, batch_size: int = 32, score: str = "glmcm", context: str = "auto", seed: int = 0,

@@ -11,12 +11,25 @@ last layer, so at initialisation ``t' = t``.
 ``v.(a*t + c) / ||a*t + c||`` with ``v.(a*t+c) = (v*a).t + v.c`` and
 ``||a*t + c||^2 = (t^2).(a^2) + 2 t.(a*c) + ||c||^2`` -- three ``(B,E) x (E,R)`` matrix products.
 The public code materialises ``t'`` per image and runs at batch size 1.
+
+Scoring (:class:`RowBank`) runs the two products per row kind through oneDNN on a CPU
+(``torch.ops.mkldnn._linear_pointwise`` against the rows reordered once): oneDNN's JIT kernels use
+AVX-512 on any x86 vendor, while the MKL ``sgemm`` behind ``torch.matmul`` takes its AVX2 path on
+AMD CPUs -- 2.3x the float32 throughput measured on 2 AMD EPYC (Zen 5) cores; on 2 Intel Xeon
+cores (AVX-512, where MKL uses it too) 1.17x (58 vs 69 ms for 10,000 rows x 512 images x E = 512).
+Same float32 arithmetic either way. Elsewhere (GPU, no oneDNN, or a failed self-check at construction) it uses
+``torch.addmm``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def meta_net(dim: int, hidden: int) -> nn.Sequential:
@@ -49,15 +62,71 @@ def nft_self_cosine(t: torch.Tensor, a: torch.Tensor, c: torch.Tensor, eps: floa
     return num / (norm2.clamp_min(eps * eps).sqrt() * tn)
 
 
-def scaled_cosines_inference(v: torch.Tensor, t: torch.Tensor, t_sq_t: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
-                             scale: float, eps: float = 1e-12) -> torch.Tensor:
-    """``scale * nft_cosine(v, t, a, c)`` for scoring (no autograd): the same closed form with the two
-    norm products fused into one matrix product against ``t_sq_t = cat([t*t, t], 1)`` (R,2E) and
-    the elementwise steps done in place (about 25% faster than :func:`nft_cosine` on a CPU)."""
-    vn = v / v.norm(dim=1, keepdim=True).clamp_min(eps)
-    num = torch.addmm((vn * c).sum(1, keepdim=True), vn * a, t.T)
-    norm2 = torch.addmm((c * c).sum(1, keepdim=True), torch.cat([a * a, 2 * a * c], 1), t_sq_t.T)
-    return num.mul_(norm2.clamp_min_(eps * eps).rsqrt_()).mul_(scale)
+def _onednn_linear(rows: torch.Tensor):
+    """``(w (B,D), bias (B,)) -> rows @ w.T + bias`` (R,B) through oneDNN, or None when unavailable (not a
+    CPU float32 tensor, no oneDNN, ``TAGOOD_NO_ONEDNN`` set, or a self-check against ``torch.addmm`` fails).
+
+    The text rows are oneDNN's source and the per-image factors its (small, per-batch) weights, so the
+    per-image terms ride in the product as its bias: no separate pass over the (R,B) result."""
+    if (rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.numel() == 0 or os.environ.get("TAGOOD_NO_ONEDNN")
+            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return None
+    op = torch.ops.mkldnn._linear_pointwise
+    src = rows.contiguous()
+
+    def lin(w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return op(src, w.contiguous(), bias.contiguous(), "none", [], "")
+
+    try:
+        probe = torch.linspace(-1.0, 1.0, 3 * rows.shape[1]).reshape(3, -1)
+        pb = torch.tensor([0.5, -1.0, 2.0])
+        ref = torch.addmm(pb, src, probe.T)
+        if not torch.allclose(lin(probe, pb), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max().clamp_min(1.0))):
+            log.warning("oneDNN matrix product disagrees with torch.addmm; KR-NFT scoring uses torch.addmm")
+            return None
+    except (RuntimeError, AttributeError, NotImplementedError) as e:  # an unusual torch build
+        log.debug("oneDNN matrix product unavailable (%s); using torch.addmm", e)
+        return None
+    return lin
+
+
+class RowBank:
+    """Text rows ``t`` (R,E) prepared for batched scoring: ``t`` and ``cat([t*t, t], 1)`` (R,2E), the
+    left operands of :func:`nft_cosine`'s two products in transposed form (``(R,B)`` results; oneDNN
+    on a CPU, see the module docstring). Built once per detector and reused for every batch."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t.contiguous()
+        self.t_sq_t = torch.cat([t * t, t], 1)
+        self._lin_t = _onednn_linear(self.t)
+        self._lin_cat = _onednn_linear(self.t_sq_t) if self._lin_t is not None else None
+        self.backend = "onednn" if self._lin_cat is not None else "torch.addmm"
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def _prod(self, w: torch.Tensor, bias: torch.Tensor, cat: bool) -> torch.Tensor:
+        """``rows @ w.T + bias`` (R,B) with rows = ``cat([t*t, t], 1)`` if ``cat`` else ``t``."""
+        lin = self._lin_cat if cat else self._lin_t
+        if lin is not None:
+            return lin(w, bias)
+        return torch.addmm(bias, self.t_sq_t if cat else self.t, w.T)
+
+    def scaled_cosines_t(self, v: torch.Tensor, a: torch.Tensor, c: torch.Tensor, scale: float,
+                         eps: float = 1e-12) -> torch.Tensor:
+        """``(scale * nft_cosine(v, t, a, c)).T`` (R,B), no autograd: the norm's two products fused into one
+        against ``cat([t*t, t], 1)``, ``scale`` folded into the (B,E) factor, the elementwise steps in place."""
+        vn = v / v.norm(dim=1, keepdim=True).clamp_min(eps)
+        if len(self.t) == 0:
+            return v.new_zeros((0, len(v)))
+        num = self._prod(vn * (a * scale), (vn * c).sum(1).mul_(scale), False)
+        norm2 = self._prod(torch.cat([a * a, 2 * a * c], 1), (c * c).sum(1), True)
+        return num.mul_(norm2.clamp_min_(eps * eps).rsqrt_())
+
+    def scaled_cosines(self, v: torch.Tensor, a: torch.Tensor, c: torch.Tensor, scale: float,
+                       eps: float = 1e-12) -> torch.Tensor:
+        """``scale * nft_cosine(v, t, a, c)`` (B,R) (a transposed view of :meth:`scaled_cosines_t`)."""
+        return self.scaled_cosines_t(v, a, c, scale, eps).T
 
 
 class NFT(nn.Module):
