@@ -339,3 +339,14 @@ def test_wordnet_and_word_list_errors(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(WordNetError, match="no labels"):
         read_word_list(tmp_path / "empty.txt")
+
+
+def test_named_template_lists_in_method_specs() -> None:
+    from tagood.vlm.prompts import CLIP_ENSEMBLE_7, DEFAULT_TEMPLATE
+
+    assert detectors.create("mcm[templates=clip7]").templates == list(CLIP_ENSEMBLE_7)
+    assert detectors.create("mcm").templates == [DEFAULT_TEMPLATE]
+    assert detectors.create("mcm", templates=["a {}.", "art of a {}."]).templates == ["a {}.", "art of a {}."]
+    assert detectors.create("glmcm[templates=itap of a {}.]").templates == ["itap of a {}."]
+    with pytest.raises(ValueError, match="unknown template list 'foo'.*clip7"):
+        detectors.create("mcm[templates=foo]")
