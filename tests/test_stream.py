@@ -124,3 +124,31 @@ def test_vision_language_methods_dual_encode_only_their_few_shot_picks(tmp_path,
     assert len(vt) == 2 * 6 and np.array_equal(np.bincount(vt.labels), [2] * 6)
     assert vt.image_embeds is not None and len(vt.image_embeds) == len(vt)
     assert state.splits["train"].features.image_embeds is None  # the full train split is never dual-encoded
+
+
+def test_train_logits_only_when_a_detector_reads_them(runs):
+    """No built-in detector learns from IND-head logits of the training split (on ImageNet they would be 5 GB):
+    the run computes them for the scored splits only, unless a detector declares it needs them at fit."""
+    from tagood.detectors.base import Detector
+
+    cache, mem, streamed = runs
+    assert mem.splits["train"].features.logits is None
+    assert mem.splits["test"].features.logits is not None and mem.splits["mnist"].features.logits is not None
+
+    class FitsOnLogits(Detector):
+        requires = frozenset({"features"})
+        fit_requires = frozenset({"logits", "labels"})
+
+        def _score(self, data):
+            return np.zeros(len(data))
+
+    class ScoresLogits(Detector):
+        requires = frozenset({"logits"})
+        fit_requires = frozenset()
+
+        def _score(self, data):
+            return np.zeros(len(data))
+
+    assert runner._needs_logits([FitsOnLogits()]) == (True, False)
+    assert runner._needs_logits([ScoresLogits()]) == (False, True)
+    assert runner._needs_logits([runner.det_registry.create(m) for m in ("knn", "vim", "tagood", "msp")]) == (False, True)

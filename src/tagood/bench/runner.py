@@ -133,8 +133,11 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     test = state.splits["test"].features
     state.id_accuracy = 100.0 * head_accuracy(head, test.features, test.labels)
     log.info("IND accuracy of the linear head: %.2f%%", state.id_accuracy)
-    for sp in state.splits.values():
-        if sp.features is not None and sp.features.features is not None:
+    fit_logits, score_logits = _needs_logits(dets)
+    for name, sp in state.splits.items():
+        # IND-head logits only where a detector reads them: on ImageNet the train split's would be
+        # 1.28M x 1000 float32 (5 GB) that no built-in detector uses
+        if (fit_logits if name == "train" else score_logits) and sp.features is not None and sp.features.features is not None:
             sp.features.logits = head(sp.features.features)
 
     ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
@@ -166,6 +169,12 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx
     return state, dets
+
+
+def _needs_logits(dets: list[det_registry.Detector]) -> tuple[bool, bool]:
+    """(some detector reads IND-head logits of the training split at fit, some reads them when scoring)."""
+    fit = any("logits" in (d.fit_requires if d.fit_requires is not None else d.requires) for d in dets)
+    return fit, any("logits" in d.requires for d in dets)
 
 
 def _is_vlm(d: det_registry.Detector) -> bool:

@@ -14,6 +14,7 @@ class Energy(Detector):
     """Free energy E(x) = -T logsumexp(logits / T), T = 1 (paper default). Score = E(x) (higher = more OOD)."""
 
     requires = frozenset({"logits"})
+    fit_requires = frozenset()  # nothing is learned from the training split
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__(temperature=temperature)

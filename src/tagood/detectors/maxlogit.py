@@ -13,6 +13,7 @@ class MaxLogit(Detector):
     """Maximum logit. Score = -max_c logits_c (higher = more OOD). No hyperparameters."""
 
     requires = frozenset({"logits"})
+    fit_requires = frozenset()  # nothing is learned from the training split
 
     def _score(self, data: FeatureSet) -> np.ndarray:
         return -np.asarray(data.logits, dtype=np.float64).max(axis=1)

@@ -15,6 +15,7 @@ class MSP(Detector):
     """Maximum softmax probability. Score = -max_c softmax(logits)_c (higher = more OOD). No hyperparameters."""
 
     requires = frozenset({"logits"})
+    fit_requires = frozenset()  # nothing is learned from the training split
 
     def _score(self, data: FeatureSet) -> np.ndarray:
         return -softmax(data.logits).max(axis=1)
