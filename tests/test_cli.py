@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tagood import data
 from tagood.cli import app
+from image_folders import fashion_folder
 
 runner = CliRunner()
-
-
-def _folder(root: Path, classes: dict[str, int], n: int, split: str = "test", offset: int = 0) -> Path:
-    src = data.fashion_mnist(split)
-    for name, label in classes.items():
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        idx = [i for i, s in enumerate(src.samples) if s.label == label][offset : offset + n]
-        for j, i in enumerate(idx):
-            src.load(i).save(d / f"{j:03d}.png")
-    return root
 
 
 def test_methods_lists_every_detector():
@@ -51,9 +39,9 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
 
 
 def test_bench_config_with_folders_and_a_corrupt_file(tmp_path, tagood_home):
-    _folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 20, "train")
-    _folder(tmp_path / "test", {"trouser": 1, "bag": 8}, 10)
-    _folder(tmp_path / "ood", {"sneaker": 7}, 10)
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 20, "train")
+    fashion_folder(tmp_path / "test", {"trouser": 1, "bag": 8}, 10)
+    fashion_folder(tmp_path / "ood", {"sneaker": 7}, 10)
     (tmp_path / "ood" / "sneaker" / "zz_broken.png").write_bytes(b"not a png")
     cfg = tmp_path / "bench.toml"
     cfg.write_text('name = "mine"\nmethods = ["msp", "mahalanobis"]\n[train]\ntype = "folder"\nroot = "train"\n'
@@ -74,8 +62,8 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_fit_then_score(tmp_path, tagood_home):
-    _folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 30, "train")
-    _folder(tmp_path / "new", {"trouser": 1}, 5, offset=100)
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 30, "train")
+    fashion_folder(tmp_path / "new", {"trouser": 1}, 5, offset=100)
     (tmp_path / "new" / "broken.jpg").write_text("nope")
     det = tmp_path / "det"
     r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", "tagood[epochs=3]",
@@ -91,7 +79,7 @@ def test_fit_then_score(tmp_path, tagood_home):
 
 
 def test_fit_refuses_unsaveable_method(tmp_path):
-    _folder(tmp_path / "train", {"bag": 8}, 2, "train")
+    fashion_folder(tmp_path / "train", {"bag": 8}, 2, "train")
     r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d"), "--method", "msp"])
     assert r.exit_code == 2 and "cannot be saved" in r.output
 

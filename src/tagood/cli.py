@@ -250,28 +250,67 @@ def selftest(
         raise typer.Exit(1)
 
 
+def _backbone_files(checkpoint: Optional[Path], tags: Optional[Path], thresholds: Optional[Path], clip: Optional[Path],
+                    vocabulary: Optional[Path]) -> dict[str, str]:
+    """The backbone spec keys of the file options that were given."""
+    given = {"checkpoint": checkpoint, "tag_list": tags, "thresholds": thresholds, "path": clip, "vocabulary": vocabulary}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
+_CHECKPOINT_HELP = "ram: RAM / RAM++ .pth or a `tagood convert ram` folder."
+_TAGS_HELP = "ram: ram_tag_list.txt (not needed for a converted folder)."
+_THRESHOLDS_HELP = "ram: ram_tag_list_threshold.txt (per-tag thresholds)."
+_CLIP_HELP = "clip: a Hugging Face CLIP directory."
+_VOCAB_HELP = "clip: a text file of tag names, one per line (default: the 1000 ImageNet class names)."
+_STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by shard when loading them as float32 would "
+                "exceed this many GiB (default 8; 0 = always; -1 = never).")
+
+
+def _stream_limit(v: Optional[float]) -> Optional[float]:
+    from tagood.fitscore import STREAM_ABOVE_GB
+
+    return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """Errors of bad user input in `tagood fit` / `tagood score` (exit code 2 with the message)."""
+    from tagood.backbones.clip import CLIPLoadError
+    from tagood.backbones.ram_convert import RAMCheckpointError
+
+    return ValueError, FileNotFoundError, RAMCheckpointError, CLIPLoadError
+
+
 @app.command()
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
     out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
     method: str = typer.Option("tagood", help="tagood, cs or ce+cs, with options, e.g. 'tagood[tau=0.25,epochs=30]'."),
-    backbone: str = typer.Option("efficientnet-lite0"),
+    backbone: str = typer.Option("efficientnet-lite0", help="The tagger: efficientnet-lite0 (built in), ram or clip."),
+    checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
+    tags: Optional[Path] = typer.Option(None, help=_TAGS_HELP),
+    thresholds: Optional[Path] = typer.Option(None, help=_THRESHOLDS_HELP),
+    clip: Optional[Path] = typer.Option(None, help=_CLIP_HELP),
+    vocabulary: Optional[Path] = typer.Option(None, help=_VOCAB_HELP),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     device: str = typer.Option("cpu"),
     seed: int = typer.Option(0),
+    stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Fit TagOOD on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
     from tagood.fitscore import fit_folder
 
     _setup_logging(verbose)
+    spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
     try:
-        meta = fit_folder(folder, out, method, backbone, cache, device, seed)
-    except (ValueError, FileNotFoundError) as e:
+        meta = fit_folder(folder, out, method, spec, cache, device, seed, stream_above_gb=_stream_limit(stream_above_gb))
+    except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
     console.print(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
                   f"threshold {meta['threshold']:.4f} (95% of held-out IND images score below it)")
+    for f in meta["failed_images"]:
+        console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 
 
 @app.command()
@@ -279,17 +318,25 @@ def score(
     detector: Path = typer.Argument(..., help="A directory written by `tagood fit`."),
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders to score."),
     out: Path = typer.Option(Path("scores.csv"), help="CSV of path, score, is_ood."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Where the fit-time RAM checkpoint is now, if it moved."),
+    tags: Optional[Path] = typer.Option(None, help="Where the fit-time RAM tag list is now, if it moved."),
+    thresholds: Optional[Path] = typer.Option(None, help="Where the fit-time RAM thresholds are now, if they moved."),
+    clip: Optional[Path] = typer.Option(None, help="Where the fit-time CLIP directory is now, if it moved."),
+    vocabulary: Optional[Path] = typer.Option(None, help="Where the fit-time CLIP vocabulary is now, if it moved."),
     cache: Optional[Path] = typer.Option(None),
     device: str = typer.Option("cpu"),
+    stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Score new images with a fitted detector (higher = more OOD)."""
+    """Score new images with a fitted detector (higher = more OOD); the tagger is the one it was fitted with."""
     from tagood.fitscore import score_images
 
     _setup_logging(verbose)
     try:
-        rows, failed = score_images(detector, list(inputs), out, cache, device)
-    except (ValueError, FileNotFoundError) as e:
+        rows, failed = score_images(detector, list(inputs), out, cache, device,
+                                    backbone=_backbone_files(checkpoint, tags, thresholds, clip, vocabulary),
+                                    stream_above_gb=_stream_limit(stream_above_gb))
+    except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
     n_ood = sum(r["is_ood"] for r in rows)

@@ -11,13 +11,14 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from tagood import detectors
-from tagood.bench.models import build_backbone
-from tagood.data import FilesSource, FolderSource, ImageSource, SubsetSource
+from tagood.bench.models import PATH_KEYS, build_backbone, tagger_context
+from tagood.cache import heavy_fields
+from tagood.data import FilesSource, FolderSource, ImageSource
 from tagood.extract import extract_split
 from tagood.types import Context
 
@@ -25,53 +26,77 @@ log = logging.getLogger(__name__)
 
 SAVEABLE = ("tagood", "cs", "ce+cs")
 FIELDS = ["features", "tokens", "tag_probs", "tag_attention"]
+#: default of ``stream_above_gb``: a folder whose tokens / tag maps would take more float32 GiB than
+#: this is streamed shard by shard from the feature cache (``None``: never, 0: always)
+STREAM_ABOVE_GB = 8.0
+#: the `tagood fit` / `tagood score` option of each backbone file
+_OPTION = {"checkpoint": "--checkpoint", "tag_list": "--tags", "thresholds": "--thresholds", "path": "--clip",
+           "vocabulary": "--vocabulary"}
 
 
-def _context(backbone: Any, class_names: list[str] | None, device: str, seed: int) -> Context:
-    ctx = Context(class_names=class_names, device=device, seed=seed)
-    ctx.extra["tag_names"] = getattr(backbone, "tag_names", None)
-    if hasattr(backbone, "cam"):
-        ctx.extra["attend"] = backbone.cam
-    return ctx
+def backbone_spec(backbone: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A backbone name (``"efficientnet-lite0"``) or spec (``{"name": "ram", "checkpoint": ...}``, see
+    :func:`tagood.bench.models.build_backbone`) with its file paths made absolute, as saved in ``tagood.json``."""
+    spec = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
+    spec.setdefault("name", "efficientnet-lite0")
+    for k in PATH_KEYS:
+        if isinstance(spec.get(k), (str, Path)):
+            spec[k] = str(Path(spec[k]).expanduser().resolve())
+    return spec
 
 
-def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", backbone: str = "efficientnet-lite0",
-               cache: str | Path | None = None, device: str = "cpu", seed: int = 0, holdout: float = 0.1) -> dict[str, Any]:
-    """Fit ``method`` on ``folder/<class>/*`` and save it with its threshold to ``out``."""
+def _load_split(src: ImageSource, bb: Any, cache: str | Path | None, split: str, stream_above_gb: float | None) -> tuple[Any, Any]:
+    """Extract ``src`` (resumable, cached) and return (reader, feature set); the heavy fields stay in the
+    memory-mapped cache when the split is larger than ``stream_above_gb``."""
+    reader = extract_split(src, bb, cache, split=split, fields=FIELDS)
+    stream = heavy_fields(reader, FIELDS, stream_above_gb)
+    if stream:
+        log.info("%s: %d images, streaming %s from the cache shard by shard", split, len(reader), stream)
+    return reader, reader.to_featureset(FIELDS, name=split, stream=stream)
+
+
+def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", backbone: str | Mapping[str, Any] = "efficientnet-lite0",
+               cache: str | Path | None = None, device: str = "cpu", seed: int = 0, holdout: float = 0.1,
+               stream_above_gb: float | None = STREAM_ABOVE_GB) -> dict[str, Any]:
+    """Fit ``method`` on ``folder/<class>/*`` and save it with its threshold to ``out``.
+
+    ``backbone``: a name or a spec with the tagger's files (RAM: ``checkpoint``, ``tag_list``,
+    ``thresholds``; CLIP: ``path``), saved (paths made absolute) so that :func:`score_images` rebuilds
+    the same tagger. Scores are higher = more OOD."""
     base, _ = detectors.parse_name(method)
     if base not in SAVEABLE:
         raise ValueError(f"`tagood fit` saves {', '.join(SAVEABLE)} detectors; '{base}' cannot be saved yet")
     src = FolderSource(folder)
     if not src.class_names:
         raise ValueError(f"{folder}: `tagood fit` needs one sub-folder per IND class")
-    bb = build_backbone({"name": backbone}, device=device)
-    fs = extract_split(src, bb, cache, split="fit", fields=FIELDS).to_featureset(FIELDS)
+    spec = backbone_spec(backbone)
+    bb = build_backbone(spec, device=device)
+    reader, fs = _load_split(src, bb, cache, "fit", stream_above_gb)
     rng = np.random.default_rng(seed)
     held = np.zeros(len(fs), bool)
     held[rng.choice(len(fs), size=max(1, int(holdout * len(fs))), replace=False)] = True
     fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     det = detectors.create(method)
-    det.fit(_subset(fs, fit_idx), _context(bb, src.class_names, device, seed))
-    s_held = det.score(_subset(fs, held_idx))
+    ctx = Context(class_names=src.class_names, device=device, seed=seed)
+    ctx.extra.update(tagger_context(bb, cache))
+    det.fit(fs.subset(fit_idx), ctx)
+    s_held = det.score(fs.subset(held_idx))
     threshold = float(np.quantile(s_held, 0.95, method="higher"))
     d = det.save(out)
-    meta = {"method": method, "backbone": {"name": backbone, "id": bb.id, "weights_hash": bb.weights_hash},
-            "classes": src.class_names, "threshold": threshold, "n_train": int(len(fit_idx)), "n_heldout": int(len(held_idx))}
+    meta = {"method": method, "backbone": {"name": spec["name"], "id": bb.id, "weights_hash": bb.weights_hash, "spec": spec},
+            "classes": src.class_names, "threshold": threshold, "n_train": int(len(fit_idx)), "n_heldout": int(len(held_idx)),
+            "streamed": sorted(fs.streamed), "failed_images": reader.failed}
     (Path(d) / "tagood.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def _subset(fs: Any, idx: np.ndarray) -> Any:
-    from tagood.types import TagAttention
-
-    return fs.with_(labels=fs.labels[idx], features=fs.features[idx], tokens=fs.tokens.select(idx), tag_probs=fs.tag_probs[idx],
-                    tag_attention=TagAttention(fs.tag_attention.ids[idx], fs.tag_attention.maps[idx]),
-                    paths=[fs.paths[i] for i in idx] if fs.paths else None)
-
-
 def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None, cache: str | Path | None = None,
-                 device: str = "cpu") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Score image files / folders with a saved detector; returns (rows, failed) and writes a CSV when ``out`` is given."""
+                 device: str = "cpu", backbone: Mapping[str, Any] | None = None,
+                 stream_above_gb: float | None = STREAM_ABOVE_GB) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Score image files / folders with a saved detector (higher = more OOD); returns (rows, failed) and
+    writes a CSV when ``out`` is given. The tagger is rebuilt from the spec saved by :func:`fit_folder`;
+    ``backbone`` overrides keys of it (e.g. ``{"checkpoint": NEW_PATH}`` when the weights moved) and the
+    weights must hash the same as at fit time."""
     from tagood.tagood.detector import TagOOD
 
     d = Path(detector_dir)
@@ -80,7 +105,14 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
         raise FileNotFoundError(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
     meta = json.loads(meta_path.read_text())
     det = TagOOD.load(d, device=device)
-    bb = build_backbone({"name": meta["backbone"]["name"]}, device=device)
+    saved = meta["backbone"].get("spec", {"name": meta["backbone"]["name"]})
+    spec = backbone_spec({**saved, **(backbone or {})})
+    gone = [f"{k} {spec[k]}" for k in PATH_KEYS if k in spec and not Path(spec[k]).exists()]
+    if gone:
+        raise FileNotFoundError(f"{d} was fitted with the {spec['name']} tagger loaded from files that are not there now: "
+                                f"{'; '.join(gone)}. Give their new location (`tagood score` options "
+                                f"{', '.join(_OPTION.get(k, k) for k in PATH_KEYS if k in spec)})")
+    bb = build_backbone(spec, device=device)
     if bb.weights_hash != meta["backbone"]["weights_hash"]:
         raise ValueError(f"{d} was fitted with backbone weights {meta['backbone']['weights_hash']}, these are {bb.weights_hash}")
     files: list[str] = []
@@ -90,8 +122,7 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
         else:
             files.append(str(p))
     src: ImageSource = FilesSource(files)
-    reader = extract_split(src, bb, cache, split="score", fields=FIELDS)
-    fs = reader.to_featureset(FIELDS)
+    reader, fs = _load_split(src, bb, cache, "score", stream_above_gb)
     scores = det.score(fs) if len(fs) else np.zeros(0)
     rows = [{"path": p, "score": float(s), "is_ood": bool(s > meta["threshold"])} for p, s in zip(fs.paths or [], scores)]
     if out is not None:

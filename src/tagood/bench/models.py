@@ -34,6 +34,21 @@ def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path 
     raise ValueError(f"unknown backbone '{name}'; use efficientnet-lite0, ram or clip")
 
 
+def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """The ``Context.extra`` entries a tagging detector (TagOOD, CS, TagScore) takes from the tagger: its
+    tag names, ``attend`` (the tag-attention function: ``cam`` of the CAM tagger, ``attend`` of RAM),
+    its per-tag thresholds (RAM's ``ram_tag_list_threshold.txt``) and the work directory under the
+    feature cache where TagOOD keeps its temporary object-token store."""
+    from tagood.extract import default_cache_root
+
+    extra: dict[str, Any] = {"work_dir": str(Path(cache_root if cache_root is not None else default_cache_root()) / "work"),
+                             "tag_names": getattr(backbone, "tag_names", None)}
+    for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
+        if getattr(backbone, attr, None) is not None and key not in extra:
+            extra[key] = getattr(backbone, attr)
+    return extra
+
+
 def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any, device: str = "cpu") -> Any:
     """The dual encoder for vision-language methods: the offline EfficientNet-Lite0 + MiniLM stand-in by default."""
     from tagood.vlm import build_dual_encoder as _build

@@ -19,11 +19,11 @@ import numpy as np
 import tagood
 from tagood import detectors as det_registry
 from tagood.bench.config import BenchConfig
-from tagood.bench.models import build_backbone, build_dual_encoder
+from tagood.bench.models import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.sources import build_source
 from tagood.cache import CacheReader, heavy_fields
 from tagood.data.source import ImageSource
-from tagood.extract import CachedImageStream, default_cache_root, extract_split
+from tagood.extract import CachedImageStream, extract_split
 from tagood.metrics import ood_metrics
 from tagood.types import Context, FeatureSet
 
@@ -141,11 +141,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
             sp.features.logits = head(sp.features.features)
 
     ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
-    ctx.extra["work_dir"] = str(Path(cache_root if cache_root is not None else default_cache_root()) / "work")
-    ctx.extra["tag_names"] = getattr(state.backbone, "tag_names", None)
-    for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
-        if getattr(state.backbone, attr, None) is not None and key not in ctx.extra:
-            ctx.extra[key] = getattr(state.backbone, attr)
+    ctx.extra.update(tagger_context(state.backbone, cache_root))
     if "pseudo-ood" in state.splits:
         ctx.pseudo_ood = state.splits["pseudo-ood"].features
     if need_images:
