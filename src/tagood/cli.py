@@ -59,13 +59,45 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
         raise typer.Exit(1)
 
 
+def _backbone_files(checkpoint: Optional[Path], tags: Optional[Path], thresholds: Optional[Path], clip: Optional[Path],
+                    vocabulary: Optional[Path]) -> dict[str, str]:
+    """The backbone spec keys of the file options that were given."""
+    given = {"checkpoint": checkpoint, "tag_list": tags, "thresholds": thresholds, "path": clip, "vocabulary": vocabulary}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
+_CHECKPOINT_HELP = "ram: RAM / RAM++ .pth or a `tagood convert ram` folder."
+_TAGS_HELP = "ram: ram_tag_list.txt (not needed for a converted folder)."
+_THRESHOLDS_HELP = "ram: ram_tag_list_threshold.txt (per-tag thresholds)."
+_CLIP_HELP = "clip: a Hugging Face CLIP directory."
+_VOCAB_HELP = "clip: a text file of tag names, one per line (default: the 1000 ImageNet class names)."
+_DEVICE_HELP = ("torch device: cpu, cuda:0; for extraction also a list, cuda:0,cuda:1 or cuda:all (one model "
+                "replica per device, batches split between them; the rest runs on the first)")
+_STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by shard when loading them as float32 would "
+                "exceed this many GiB (default 8; 0 = always; -1 = never).")
+
+
+def _stream_limit(v: Optional[float]) -> Optional[float]:
+    from tagood.fitscore import STREAM_ABOVE_GB
+
+    return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """Errors of bad user input in `tagood fit` / `tagood score` (exit code 2 with the message)."""
+    from tagood.backbones.clip import CLIPLoadError
+    from tagood.backbones.ram_convert import RAMCheckpointError
+
+    return ValueError, FileNotFoundError, RAMCheckpointError, CLIPLoadError
+
+
 @app.command()
 def demo(
     benchmark: str = typer.Option("fashion", help="Built-in benchmark: fashion or fashion-clutter."),
     quick: bool = typer.Option(False, "--quick", help="A smaller subset (for CI)."),
     out: Path = typer.Option(Path("runs/demo"), help="Directory for results.json / results.md / results.csv."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory (default $TAGOOD_CACHE or ~/.cache/tagood/features)."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda:0."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
     ablations: bool = typer.Option(False, "--ablations", help="Add TagOOD's ablation rows: tau sweep, test tokens, scores, GT tag, CS tau sweep."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -85,7 +117,7 @@ def bench(
     config: str = typer.Argument(..., help="A TOML benchmark config, or 'imagenet' (needs --root and a tagger)."),
     out: Path = typer.Option(Path("runs/bench"), help="Output directory."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (overrides the config)."),
     root: Optional[Path] = typer.Option(None, help="imagenet: folder holding imagenet/ and the OOD sets."),
     tagger: str = typer.Option("ram", help="imagenet: ram or clip."),
@@ -153,13 +185,18 @@ def list_methods() -> None:
 @app.command()
 def extract(
     root: Path = typer.Argument(..., help="Image folder (class subfolders) or, with --list, the root of the list's paths."),
-    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path [label]' lines relative to ROOT."),
+    list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path \\[label]' lines relative to ROOT."),
     split: str = typer.Option("images", help="Name of this split in the cache."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    backbone: str = typer.Option("efficientnet-lite0", help="Backbone: efficientnet-lite0 (ram / clip via `tagood bench`)."),
+    backbone: str = typer.Option("efficientnet-lite0", help="The tagger: efficientnet-lite0 (built in), ram or clip."),
+    checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
+    tags: Optional[Path] = typer.Option(None, help=_TAGS_HELP),
+    thresholds: Optional[Path] = typer.Option(None, help=_THRESHOLDS_HELP),
+    clip: Optional[Path] = typer.Option(None, help=_CLIP_HELP),
+    vocabulary: Optional[Path] = typer.Option(None, help=_VOCAB_HELP),
     fields: Optional[str] = typer.Option(None, help="Comma-separated fields to store (default: all the backbone gives)."),
-    batch_size: int = typer.Option(64),
-    device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(64, help="Images per batch (per device with a device list)."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
@@ -173,8 +210,13 @@ def extract(
     except data.DataSourceError as e:
         _error(str(e))
         raise typer.Exit(2)
-    bb = build_backbone({"name": backbone}, device=device)
-    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
+    try:
+        bb = build_backbone({"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}, device=device)
+    except _load_errors() as e:
+        _error(str(e))
+        raise typer.Exit(2)
+    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None,
+                           batch_size=batch_size * getattr(bb, "n_devices", 1))
     console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
 
 
@@ -250,36 +292,6 @@ def selftest(
         raise typer.Exit(1)
 
 
-def _backbone_files(checkpoint: Optional[Path], tags: Optional[Path], thresholds: Optional[Path], clip: Optional[Path],
-                    vocabulary: Optional[Path]) -> dict[str, str]:
-    """The backbone spec keys of the file options that were given."""
-    given = {"checkpoint": checkpoint, "tag_list": tags, "thresholds": thresholds, "path": clip, "vocabulary": vocabulary}
-    return {k: str(v) for k, v in given.items() if v is not None}
-
-
-_CHECKPOINT_HELP = "ram: RAM / RAM++ .pth or a `tagood convert ram` folder."
-_TAGS_HELP = "ram: ram_tag_list.txt (not needed for a converted folder)."
-_THRESHOLDS_HELP = "ram: ram_tag_list_threshold.txt (per-tag thresholds)."
-_CLIP_HELP = "clip: a Hugging Face CLIP directory."
-_VOCAB_HELP = "clip: a text file of tag names, one per line (default: the 1000 ImageNet class names)."
-_STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by shard when loading them as float32 would "
-                "exceed this many GiB (default 8; 0 = always; -1 = never).")
-
-
-def _stream_limit(v: Optional[float]) -> Optional[float]:
-    from tagood.fitscore import STREAM_ABOVE_GB
-
-    return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)
-
-
-def _load_errors() -> tuple[type[BaseException], ...]:
-    """Errors of bad user input in `tagood fit` / `tagood score` (exit code 2 with the message)."""
-    from tagood.backbones.clip import CLIPLoadError
-    from tagood.backbones.ram_convert import RAMCheckpointError
-
-    return ValueError, FileNotFoundError, RAMCheckpointError, CLIPLoadError
-
-
 @app.command()
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
@@ -292,7 +304,7 @@ def fit(
     clip: Optional[Path] = typer.Option(None, help=_CLIP_HELP),
     vocabulary: Optional[Path] = typer.Option(None, help=_VOCAB_HELP),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     seed: int = typer.Option(0),
     stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -324,7 +336,7 @@ def score(
     clip: Optional[Path] = typer.Option(None, help="Where the fit-time CLIP directory is now, if it moved."),
     vocabulary: Optional[Path] = typer.Option(None, help="Where the fit-time CLIP vocabulary is now, if it moved."),
     cache: Optional[Path] = typer.Option(None),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tagood import detectors
+from tagood.backbones.multi import primary_device
 from tagood.bench.models import PATH_KEYS, build_backbone, tagger_context
 from tagood.cache import heavy_fields
 from tagood.data import FilesSource, FolderSource, ImageSource
@@ -48,7 +49,7 @@ def backbone_spec(backbone: str | Mapping[str, Any]) -> dict[str, Any]:
 def _load_split(src: ImageSource, bb: Any, cache: str | Path | None, split: str, stream_above_gb: float | None) -> tuple[Any, Any]:
     """Extract ``src`` (resumable, cached) and return (reader, feature set); the heavy fields stay in the
     memory-mapped cache when the split is larger than ``stream_above_gb``."""
-    reader = extract_split(src, bb, cache, split=split, fields=FIELDS)
+    reader = extract_split(src, bb, cache, split=split, fields=FIELDS, batch_size=64 * getattr(bb, "n_devices", 1))
     stream = heavy_fields(reader, FIELDS, stream_above_gb)
     if stream:
         log.info("%s: %d images, streaming %s from the cache shard by shard", split, len(reader), stream)
@@ -77,7 +78,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     held[rng.choice(len(fs), size=max(1, int(holdout * len(fs))), replace=False)] = True
     fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     det = detectors.create(method)
-    ctx = Context(class_names=src.class_names, device=device, seed=seed)
+    ctx = Context(class_names=src.class_names, device=primary_device(device), seed=seed)
     ctx.extra.update(tagger_context(bb, cache))
     det.fit(fs.subset(fit_idx), ctx)
     s_held = det.score(fs.subset(held_idx))
@@ -104,7 +105,7 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
     if not meta_path.exists():
         raise FileNotFoundError(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
     meta = json.loads(meta_path.read_text())
-    det = TagOOD.load(d, device=device)
+    det = TagOOD.load(d, device=primary_device(device))
     saved = meta["backbone"].get("spec", {"name": meta["backbone"]["name"]})
     spec = backbone_spec({**saved, **(backbone or {})})
     gone = [f"{k} {spec[k]}" for k in PATH_KEYS if k in spec and not Path(spec[k]).exists()]

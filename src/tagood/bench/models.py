@@ -13,7 +13,15 @@ PATH_KEYS = ("checkpoint", "tag_list", "thresholds", "path", "vocabulary")
 def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path | None = None) -> Any:
     """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
     "tag_list": TXT, "thresholds": TXT, "attention_layer": 0}`` or ``{"name": "clip", "path": HF_DIR,
-    "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``."""
+    "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``.
+    ``device`` may list several devices (``"cuda:0,cuda:1"``, ``"cuda:all"``): one replica is loaded on each and
+    extraction batches are split between them (:mod:`tagood.backbones.multi`)."""
+    from tagood.backbones.multi import build_on_devices
+
+    return build_on_devices(lambda d: _build_one(spec, d, base_dir), device)
+
+
+def _build_one(spec: Mapping[str, Any], device: str, base_dir: Path | None) -> Any:
     kw = {k: v for k, v in spec.items() if k != "name"}
     for k in PATH_KEYS:
         if k in kw and isinstance(kw[k], str) and base_dir is not None and not Path(kw[k]).expanduser().is_absolute():

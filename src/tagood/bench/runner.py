@@ -19,6 +19,7 @@ import numpy as np
 import tagood
 from tagood import detectors as det_registry
 from tagood.bench.config import BenchConfig
+from tagood.backbones.multi import primary_device
 from tagood.bench.models import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.sources import build_source
 from tagood.cache import CacheReader, heavy_fields
@@ -95,6 +96,8 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     dets = [create_detector(m, cfg) for m in specs]
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
+    n_devices = getattr(state.backbone, "n_devices", 1)
+    device = primary_device(device)  # a device list (cuda:0,cuda:1) is for extraction only
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
 
@@ -113,7 +116,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         t = time.perf_counter()
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
-                               batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.get("shard_size"))
+                               batch_size=cfg.batch_size * n_devices, progress=progress, shard_size=cfg.options.get("shard_size"))
         stream = heavy_fields(reader, f, stream_above_gb(cfg)) if name != "pseudo-ood" else []
         fs = reader.to_featureset(f, name=name, stream=stream)
         if need_images and name != "pseudo-ood":

@@ -1,0 +1,109 @@
+"""Data-parallel extraction on several devices: one backbone replica per device, each batch split
+between them.
+
+``--device cuda:0,cuda:1`` (or ``cuda:all``) makes :func:`tagood.bench.models.build_backbone` load
+one replica per device and wrap them in :class:`MultiDeviceBackbone`. A batch is cut into one
+contiguous part per replica; the parts run at the same time in threads (torch releases the GIL
+while a device computes) and their outputs are joined in order, so the feature cache is the same
+as with one device (same cache key: same architecture, weights and preprocessing). Everything
+after extraction (IND head, detector training, ODIN's gradients, the dual encoder) runs on the
+first device, :func:`primary_device`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tagood.types import ModelOutput
+
+log = logging.getLogger(__name__)
+
+
+def parse_devices(device: str) -> list[str]:
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``; ``"cuda:all"`` -> every visible CUDA device;
+    a single device -> a list of one. Raises ``ValueError`` for an empty entry or no visible GPU."""
+    parts = [p.strip() for p in str(device).split(",")]
+    if any(not p for p in parts):
+        raise ValueError(f"bad device list {device!r}: use e.g. 'cuda:0,cuda:1' or 'cuda:all'")
+    if parts == ["cuda:all"]:
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ValueError("--device cuda:all: no CUDA device is visible")
+        return [f"cuda:{i}" for i in range(n)]
+    return parts
+
+
+def primary_device(device: str) -> str:
+    """The device that runs everything but the extraction: the first of a device list."""
+    return parse_devices(device)[0]
+
+
+class MultiDeviceBackbone:
+    """The :class:`tagood.types.Backbone` protocol over replicas of one backbone on several devices.
+
+    Attributes other than the protocol's (``tag_names``, ``cam``, ``attend``, ``tag_thresholds``,
+    ``torch_module``, ...) come from the first replica."""
+
+    def __init__(self, replicas: Sequence[Any]) -> None:
+        if not replicas:
+            raise ValueError("MultiDeviceBackbone needs at least one replica")
+        first = replicas[0]
+        for r in replicas[1:]:
+            if (r.id, r.weights_hash, r.transform_id, tuple(r.outputs)) != (first.id, first.weights_hash, first.transform_id,
+                                                                              tuple(first.outputs)):
+                raise ValueError("MultiDeviceBackbone replicas must be the same backbone (id, weights, preprocessing, outputs)")
+        self.replicas = list(replicas)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="tagood-device")
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.replicas)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "replicas":  # not set yet (during unpickling / a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.replicas[0], name)
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        return self.replicas[0].preprocess(image)
+
+    def forward(self, batch: np.ndarray) -> ModelOutput:
+        """``(B,3,H,W)`` -> the replicas' outputs for contiguous parts of the batch, joined in order."""
+        bounds = np.linspace(0, len(batch), min(len(self.replicas), max(len(batch), 1)) + 1).astype(int)
+        jobs = [self._pool.submit(r.forward, batch[a:b]) for r, a, b in zip(self.replicas, bounds[:-1], bounds[1:]) if b > a]
+        outs = [j.result() for j in jobs]
+        if len(outs) == 1:
+            return outs[0]
+        return join_outputs(outs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def join_outputs(outs: Sequence[ModelOutput]) -> ModelOutput:
+    """Concatenate ModelOutputs of consecutive parts of a batch along the batch axis (fields and ``extra``)."""
+    def cat(values: list[Any]) -> Any:
+        if values[0] is None:
+            return None
+        return np.concatenate([np.asarray(v) for v in values])
+
+    fields = {name: cat([getattr(o, name) for o in outs]) for name in outs[0].present()}
+    extra = {k: cat([o.extra[k] for o in outs]) for k in outs[0].extra}
+    return ModelOutput(**fields, extra=extra)
+
+
+def build_on_devices(build: Callable[[str], Any], device: str) -> Any:
+    """``build(device)`` for one device, or a :class:`MultiDeviceBackbone` of one replica per device."""
+    devices = parse_devices(device)
+    if len(devices) == 1:
+        return build(devices[0])
+    if len(set(devices)) != len(devices):
+        log.warning("device list %s names a device twice: its replicas share that device", devices)
+    log.info("loading one backbone replica on each of %s", ", ".join(devices))
+    return MultiDeviceBackbone([build(d) for d in devices])
