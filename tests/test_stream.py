@@ -152,3 +152,25 @@ def test_train_logits_only_when_a_detector_reads_them(runs):
     assert runner._needs_logits([FitsOnLogits()]) == (True, False)
     assert runner._needs_logits([ScoresLogits()]) == (False, True)
     assert runner._needs_logits([runner.det_registry.create(m) for m in ("knn", "vim", "tagood", "msp")]) == (False, True)
+
+
+def test_offline_patch_embeddings_of_a_streamed_split(runs):
+    """GL-MCM and LoCoOp read patch embeddings, which the offline dual encoder derives from the cached tokens:
+    on a streamed split they are derived chunk by chunk and score like the in-memory run."""
+    pytest.importorskip("transformers")
+    cache, _, _ = runs
+    methods = ["glmcm", "locoop[epochs=2,shots=4]"]
+    _, mem = runner.run(_cfg(None), cache_root=cache, methods=methods, progress=False)
+    _, streamed = runner.run(_cfg(0), cache_root=cache, methods=methods, progress=False)
+    test = streamed.splits["test"].features
+    assert test.patch_embeds is None and {"tokens", "patch_embeds"} <= test.streamed
+    assert not mem.errors and not streamed.errors, (mem.errors, streamed.errors)
+    for m in methods:
+        for split in ("test", "mnist"):
+            np.testing.assert_allclose(streamed.scores[m][split], mem.scores[m][split], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{m} on {split}")
+
+
+def test_derive_streamed_needs_a_streamed_split():
+    with pytest.raises(ValueError, match="not streamed"):
+        FeatureSet(labels=np.zeros(3)).derive_streamed("patch_embeds", lambda part: None)

@@ -245,6 +245,22 @@ class FeatureSet:
         if done != n:
             raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
 
+    def derive_streamed(self, name: str, fn: Callable[["FeatureSet"], Any]) -> "FeatureSet":
+        """Add field ``name`` computed chunk by chunk from a streamed split, ``fn(chunk)`` (e.g. patch
+        embeddings from the streamed tokens): it becomes a streamed field itself, computed again on each
+        pass, never held for the whole split. In place; returns ``self``."""
+        if not self.is_streamed() or self.chunks is None:
+            raise ValueError(f"feature set '{self.name}' is not streamed; set '{name}' directly")
+        base = self.chunks
+
+        def chunks() -> Iterator[tuple[int, "FeatureSet"]]:
+            for start, part in base():
+                yield start, part.with_(**{name: fn(part)})
+
+        self.chunks = chunks
+        self.streamed = self.streamed | {name}
+        return self
+
     def subset(self, idx: np.ndarray) -> "FeatureSet":
         """Samples ``idx`` (sorted, unique) as an in-memory FeatureSet; streamed fields are gathered
         chunk by chunk, so only the selected rows are ever loaded."""

@@ -153,17 +153,11 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         t = time.perf_counter()
         dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=device)
         ctx.dual_encoder = dual
-        needs_patches = [getattr(d, "spec", d.name) for d in dets if "patch_embeds" in d.requires]
         state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
         dual.attach(state.vlm_train, state.splits["train"].source)
         for name, sp in state.splits.items():
             if name in ("pseudo-ood", "train"):  # the VLM methods train on state.vlm_train
                 continue
-            if needs_patches and sp.features is not None and sp.features.is_streamed({"tokens"}) and \
-                    getattr(dual, "patches_from_tokens", False):
-                log.warning("%s need patch embeddings of split '%s', which this dual encoder derives from the cached "
-                            "tokens, but the split is streamed (larger than stream_above_gb): they will fail on it; "
-                            "raise --stream-above-gb to score them", needs_patches, name)
             dual.attach(sp.features, sp.source)
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx

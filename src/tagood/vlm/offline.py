@@ -183,17 +183,21 @@ class OfflineDualEncoder:
         out = self.backbone.forward(np.asarray(batch, dtype=np.float32))
         return self.embed_features(out.features, out.logits), self.embed_tokens(out.tokens)
 
-    #: ``attach`` derives patch embeddings from the cached backbone tokens (not from the images).
-    patches_from_tokens = True
+    def _patches(self, fs: FeatureSet) -> TokenSet:
+        assert fs.tokens is not None
+        return TokenSet(self.embed_tokens(fs.tokens.values), fs.tokens.offsets, fs.tokens.positions)
 
     def attach(self, fs: FeatureSet, source: Any = None) -> FeatureSet:
         """Set ``fs.image_embeds`` / ``fs.patch_embeds`` from its cached EfficientNet ``features`` /
-        ``tokens`` (no second forward pass) and, with a ``source``, ``fs.images`` for crop training."""
+        ``tokens`` (no second forward pass; on a streamed split the patch embeddings are derived chunk
+        by chunk) and, with a ``source``, ``fs.images`` for crop training."""
         if fs.features is None:
             raise ValueError(f"feature set '{fs.name}' has no pooled 'features'; extract it with EfficientNet-Lite0 first")
         fs.image_embeds = self.embed_features(fs.features)
         if fs.tokens is not None:
-            fs.patch_embeds = TokenSet(self.embed_tokens(fs.tokens.values), fs.tokens.offsets, fs.tokens.positions)
+            fs.patch_embeds = self._patches(fs)
+        elif fs.is_streamed({"tokens"}):  # a split too large for memory: patch embeddings chunk by chunk
+            fs.derive_streamed("patch_embeds", self._patches)
         if source is not None:
             fs.images = SourceImageStream(source, source_indices(fs, source), self.preprocess)
         return fs
