@@ -37,6 +37,25 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     assert len(list(csv.reader((out / "results.csv").open()))) == 1 + len(res["rows"])
     assert res["meta"]["sizes"]["train"] == 360 and res["meta"]["versions"]["torch"]
 
+    # per-sample scores: the table is a function of them, recomputed without the models by `tagood metrics`
+    from tagood.bench.scores import load_scores
+
+    scores, ids = load_scores(out)
+    assert set(scores) == methods and all(set(per) == sets | {"test"} for per in scores.values())
+    for split in sets | {"test"}:
+        assert len(ids[split]) == res["meta"]["sizes"][split] == len(scores["msp"][split]) and len(set(ids[split])) == len(ids[split])
+    r = runner.invoke(app, ["metrics", str(out), "--out", str(tmp_path / "again"), "--methods", "msp,tagood[epochs=2]"],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    want = {(x["method"], x["ood"]): x for x in res["rows"] if x["method"] in ("msp", "tagood[epochs=2]")}
+    assert {(x["method"], x["ood"]) for x in again["rows"]} == set(want)
+    for x in again["rows"]:
+        for k in ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out"):
+            assert abs(x[k] - want[(x["method"], x["ood"])][k]) < 1e-9, (x, k)
+    r = runner.invoke(app, ["metrics", str(out), "--methods", "nope"], terminal_width=200)
+    assert r.exit_code == 2 and "no scores for ['nope']" in r.output
+
 
 def test_bench_config_with_folders_and_a_corrupt_file(tmp_path, tagood_home):
     fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 20, "train")

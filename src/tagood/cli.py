@@ -51,7 +51,7 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
     for split, items in failed.items():
         console.print(f"[yellow]{split}: {len(items)} image(s) could not be decoded and were skipped[/]: "
                       + ", ".join(f["ident"] for f in items[:5]) + (" ..." if len(items) > 5 else ""))
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'} "
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'} "
                   f"in {results['meta']['timings']['total_s']:.0f}s")
     if state.errors:
         for spec, err in state.errors.items():
@@ -161,6 +161,35 @@ def bench(
     if stream_above_gb is not None:
         cfg.options["stream_above_gb"] = stream_above_gb
     _run_and_report(cfg, out, cache, device, methods)
+
+
+@app.command("metrics")
+def metrics_cmd(
+    scores: Path = typer.Argument(..., help="A run directory (holding scores.npz) or a scores .npz file."),
+    out: Optional[Path] = typer.Option(None, help="Write results.json / .md / .csv here."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods to keep (default: all in the file)."),
+    ind: str = typer.Option("test", help="The IND split's name in the file."),
+) -> None:
+    """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
+    from tagood.bench import report
+    from tagood.bench.scores import load_scores, rows_from_scores
+
+    try:
+        per, _ = load_scores(scores)
+        keep = _methods_opt(methods)
+        if keep:
+            unknown = sorted(set(keep) - set(per))
+            if unknown:
+                raise ValueError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
+            per = {m: per[m] for m in keep}
+        results = report.build_results(rows_from_scores(per, ind), None, {"source": str(scores), "ind_split": ind})
+    except (ValueError, FileNotFoundError) as e:
+        _error(str(e))
+        raise typer.Exit(2)
+    console.print(report.rich_table(results, title=f"{scores}: OOD detection (percent)"))
+    if out is not None:
+        report.write_all(results, out, title=str(scores))
+        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}")
 
 
 @app.command("methods")

@@ -21,11 +21,11 @@ from tagood import detectors as det_registry
 from tagood.bench.config import BenchConfig
 from tagood.backbones.multi import primary_device
 from tagood.bench.models import build_backbone, build_dual_encoder, tagger_context
+from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
 from tagood.bench.sources import build_source
 from tagood.cache import CacheReader, heavy_fields
 from tagood.data.source import ImageSource
 from tagood.extract import CachedImageStream, extract_split
-from tagood.metrics import ood_metrics
 from tagood.types import Context, FeatureSet
 
 log = logging.getLogger(__name__)
@@ -251,15 +251,24 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         state.scores[spec] = per
         state.timings[f"{spec}_fit_s"] = t_fit
         state.timings[f"{spec}_score_s"] = t_score
-        for name in cfg.ood:
-            m = ood_metrics(s_id, per[name])
-            rows.append({"method": spec, "ood": name, **{k: 100.0 * v for k, v in m.items()}})
+        rows += metric_rows(spec, s_id, {name: per[name] for name in cfg.ood})
         log.info("%s done in %.1fs", spec, time.perf_counter() - t)
     state.timings["total_s"] = time.perf_counter() - t_all
     results = report.build_results(rows, state.id_accuracy, _meta(state))
     if out_dir is not None:
         report.write_all(results, out_dir, title=f"{cfg.name} ({state.backbone.id})")
+        save_scores(Path(out_dir) / SCORES_FILE, state.scores, {n: _sample_ids(state.splits[n]) for n in ["test", *cfg.ood]})
     return results, state
+
+
+def _sample_ids(sp: Split) -> list[str] | None:
+    """The samples' file paths (or source identifiers), in the split's order."""
+    if sp.features is not None and sp.features.paths is not None:
+        return list(sp.features.paths)
+    if sp.reader is not None:
+        samples = sp.source.samples
+        return [samples[int(i)].ident for i in sp.reader.indices]
+    return None
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,86 @@
+"""Per-sample OOD scores of a benchmark run, ``scores.npz`` beside ``results.json``.
+
+Keys: ``score/<method>/<split>`` (float64, higher = more OOD; ``split`` is ``test`` for the IND test
+set or an OOD set's name) and ``id/<split>`` (the samples' file paths or source identifiers, in
+score order). The metric rows of ``results.json`` are a function of these arrays
+(:func:`metric_rows`), so tables can be recomputed, re-split or tested for significance later
+without touching the models (``tagood metrics RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tagood.metrics import ood_metrics
+
+SCORES_FILE = "scores.npz"
+IND_SPLIT = "test"
+
+
+def metric_rows(method: str, s_id: np.ndarray, s_ood: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One results row per OOD set: every metric of :func:`tagood.metrics.ood_metrics`, in percent."""
+    return [{"method": method, "ood": name, **{k: 100.0 * v for k, v in ood_metrics(s_id, s).items()}}
+            for name, s in s_ood.items()]
+
+
+def save_scores(path: str | Path, scores: Mapping[str, Mapping[str, np.ndarray]],
+                ids: Mapping[str, Sequence[str] | None] | None = None) -> Path:
+    """Write ``scores[method][split]`` and ``ids[split]`` to ``path`` atomically (temp file + rename)."""
+    arrays: dict[str, np.ndarray] = {}
+    for method, per in scores.items():
+        for split, s in per.items():
+            if "/" in split or not split:
+                raise ValueError(f"split name {split!r}: must be non-empty and without '/'")
+            arrays[f"score/{method}/{split}"] = np.asarray(s, dtype=np.float64)
+    for split, names in (ids or {}).items():
+        if names is not None:
+            arrays[f"id/{split}"] = np.asarray([str(n) for n in names], dtype=str)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def load_scores(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
+    """``(scores[method][split], ids[split])`` from a file written by :func:`save_scores` (or a run
+    directory holding ``scores.npz``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / SCORES_FILE
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no per-sample scores here (benchmark runs write {SCORES_FILE} beside results.json)")
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    ids: dict[str, list[str]] = {}
+    with np.load(p, allow_pickle=False) as z:
+        for key in z.files:
+            kind, _, rest = key.partition("/")
+            if kind == "score":
+                method, _, split = rest.rpartition("/")
+                scores.setdefault(method, {})[split] = z[key]
+            elif kind == "id":
+                ids[rest] = [str(x) for x in z[key]]
+    if not scores:
+        raise ValueError(f"{p} holds no 'score/<method>/<split>' arrays")
+    return scores, ids
+
+
+def rows_from_scores(scores: Mapping[str, Mapping[str, np.ndarray]], ind: str = IND_SPLIT) -> list[dict[str, Any]]:
+    """The metric rows of every method: its ``ind`` scores against each of its other splits."""
+    rows: list[dict[str, Any]] = []
+    for method, per in scores.items():
+        if ind not in per:
+            raise ValueError(f"method {method!r} has no scores on the IND split {ind!r} (splits: {sorted(per)})")
+        rows += metric_rows(method, per[ind], {k: v for k, v in per.items() if k != ind})
+    return rows
