@@ -169,6 +169,9 @@ def metrics_cmd(
     out: Optional[Path] = typer.Option(None, help="Write results.json / .md / .csv here."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods to keep (default: all in the file)."),
     ind: str = typer.Option("test", help="The IND split's name in the file."),
+    bootstrap: int = typer.Option(0, help="Add percentile-bootstrap intervals from this many replicates (e.g. 1000)."),
+    level: float = typer.Option(0.95, help="Confidence level of the bootstrap intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
 ) -> None:
     """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
     from tagood.bench import report
@@ -183,6 +186,10 @@ def metrics_cmd(
                 raise ValueError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
             per = {m: per[m] for m in keep}
         results = report.build_results(rows_from_scores(per, ind), None, {"source": str(scores), "ind_split": ind})
+        if bootstrap:
+            from tagood.bench.intervals import add_intervals
+
+            add_intervals(results, per, bootstrap, level, seed, ind)
     except (ValueError, FileNotFoundError) as e:
         _error(str(e))
         raise typer.Exit(2)

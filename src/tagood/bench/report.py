@@ -39,6 +39,16 @@ def _fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def _cell(r: Mapping[str, Any] | None, k: str) -> str:
+    """A table cell: the value, with its bootstrap interval ``[low, high]`` when the row has one."""
+    if not r:
+        return "-"
+    ci = r.get("ci")
+    if ci and k in ci:
+        return f"{_fmt(r[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}]"
+    return _fmt(r[k])
+
+
 def ood_sets(results: Mapping[str, Any]) -> list[str]:
     sets: list[str] = []
     for r in results["rows"]:
@@ -69,11 +79,14 @@ def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
         cells = []
         for s in sets:
             r = idx.get((m, s))
-            cells += [_fmt(r["auroc"]) if r else "-", _fmt(r["fpr95"]) if r else "-"]
+            cells += [_cell(r, "auroc"), _cell(r, "fpr95")]
         buf.write(f"| {m} | " + " | ".join(cells) + " |\n")
     acc = results.get("id_accuracy")
     buf.write("\nFPR95 is the IND-positive convention (FPR of OOD at 95% TPR of IND; TagOOD/MCM papers). ")
     buf.write("Values in percent.")
+    ci = next((r["ci"] for r in results["rows"] if r.get("ci")), None)
+    if ci:
+        buf.write(f" Brackets: {100 * ci['level']:.0f}% percentile-bootstrap intervals ({ci['n_boot']} replicates).")
     if acc is not None:
         buf.write(f" IND classification accuracy of the linear head: {acc:.2f}%.")
     buf.write("\n")
@@ -83,9 +96,13 @@ def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
 def to_csv(results: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "ood", *METRICS])
+    with_ci = any(r.get("ci") for r in results["rows"])
+    ci_cols = [f"{k}_ci_{e}" for k in METRICS for e in ("low", "high")] if with_ci else []
+    w.writerow(["method", "ood", *METRICS, *ci_cols])
     for r in results["rows"]:
-        w.writerow([r["method"], r["ood"], *(f"{r[k]:.6f}" for k in METRICS)])
+        ci = r.get("ci") or {}
+        bounds = [f"{ci[k][i]:.6f}" if k in ci else "" for k in METRICS for i in (0, 1)] if with_ci else []
+        w.writerow([r["method"], r["ood"], *(f"{r[k]:.6f}" for k in METRICS), *bounds])
     return buf.getvalue()
 
 
@@ -115,7 +132,7 @@ def rich_table(results: Mapping[str, Any], title: str = ""):
         cells = []
         for s in sets:
             r = idx.get((m, s))
-            cells += [_fmt(r["auroc"]) if r else "-", _fmt(r["fpr95"]) if r else "-"]
+            cells += [_cell(r, "auroc"), _cell(r, "fpr95")]
         t.add_row(m, *cells)
     return t
 
