@@ -7,7 +7,7 @@ this module sits below all of them and depends on numpy only (torch is optional 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -397,3 +397,30 @@ class Backbone(Protocol):
     def forward(self, batch: np.ndarray) -> ModelOutput:
         """Preprocessed batch ``(B,3,H,W)`` -> ModelOutput of numpy arrays."""
         ...
+
+
+@runtime_checkable
+class DualEncoder(Protocol):
+    """Image and text encoders into one embedding space of size ``embed_dim`` (CLIP: Radford et al.,
+    ICML 2021), what the vision-language OOD methods build on.
+
+    * ``encode_images(batch (B,3,H,W)) -> (B,E)`` L2-normalised float32;
+    * ``encode_texts(texts) -> (T,E)`` L2-normalised float32;
+    * ``logit_scale``: the temperature inverse (100 for released CLIP models);
+    * ``preprocess(pil) -> (3,H,W)``; ``id``, ``weights_hash``, ``transform_id`` key cached embeddings;
+    * optional ``patch_tokens(batch) -> (B,P,E)`` local features in the same space (GL-MCM, LoCoOp).
+    """
+
+    id: str
+    weights_hash: str
+    transform_id: str
+    embed_dim: int
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def preprocess(self, image: Any) -> np.ndarray: ...
+
+    def encode_images(self, batch: Any) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from PIL import Image
 
 from tagood.backbones.weights_hash import state_hash
 from tagood.progress import progress_bar
+from tagood.types import DualEncoder
+
+__all__ = ["CLIPDualEncoder", "CLIPLoadError", "ClipTransform", "DualEncoder", "OpenCLIPDualEncoder", "load_clip",
+           "load_clip_tagger", "load_open_clip"]
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +51,6 @@ _PIL_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image
 
 class CLIPLoadError(RuntimeError):
     """A CLIP checkpoint could not be loaded; the message names the path and what to do."""
-
-
-@runtime_checkable
-class DualEncoder(Protocol):
-    """What vision-language methods need from an image-text model.
-
-    ``encode_images`` / ``encode_texts`` return L2-normalised float32 arrays in a shared space of
-    dimension ``embed_dim``; cosine similarity times ``logit_scale`` gives CLIP's logits.
-    Encoders that have spatial tokens also offer ``patch_tokens(batch) -> (B,P,E)``.
-    """
-
-    embed_dim: int
-
-    @property
-    def logit_scale(self) -> float: ...
-
-    def preprocess(self, image: Any) -> np.ndarray: ...
-
-    def encode_images(self, batch: Any) -> np.ndarray: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -152,7 +135,29 @@ def _as_tensor(batch: Any, device: torch.device, dtype: torch.dtype) -> torch.Te
     return x.to(device=device, dtype=dtype)
 
 
-class CLIPDualEncoder:
+class _EncoderIdentity:
+    """``id`` / ``transform_id`` / ``logit_scale`` of a CLIP-family encoder holding ``name``, ``transform``, ``model``."""
+
+    name: str
+    transform: ClipTransform
+    model: Any
+
+    @property
+    def id(self) -> str:
+        """The model's name (``clip-hf:<dir>``, ``open_clip:<arch>``); with ``weights_hash`` and ``transform_id`` it keys caches."""
+        return self.name
+
+    @property
+    def transform_id(self) -> str:
+        return self.transform.id
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(learned log temperature); 100 for the released OpenAI CLIP models."""
+        return float(self.model.logit_scale.detach().exp().cpu())
+
+
+class CLIPDualEncoder(_EncoderIdentity):
     """A Hugging Face ``CLIPModel`` as a :class:`DualEncoder` (inference only, batched, on ``device``).
 
     Build it with :meth:`from_pretrained` (a local directory) or from an in-memory model.
@@ -218,15 +223,6 @@ class CLIPDualEncoder:
         return enc
 
     # -- properties ------------------------------------------------------------------------------
-    @property
-    def logit_scale(self) -> float:
-        """exp(learned log temperature); 100 for the released OpenAI CLIP models."""
-        return float(self.model.logit_scale.detach().exp().cpu())
-
-    @property
-    def transform_id(self) -> str:
-        return self.transform.id
-
     @property
     def n_patches(self) -> int:
         h, w = self.transform.size
@@ -340,7 +336,7 @@ class CLIPDualEncoder:
         return img, pt
 
 
-class OpenCLIPDualEncoder:
+class OpenCLIPDualEncoder(_EncoderIdentity):
     """An open_clip model as a :class:`DualEncoder` (needs the optional ``open_clip`` package).
 
     ``patch_tokens`` returns the last-layer patch tokens after ``ln_post`` and the visual
@@ -359,13 +355,6 @@ class OpenCLIPDualEncoder:
         with torch.inference_mode():
             self.embed_dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
 
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().cpu())
-
-    @property
-    def transform_id(self) -> str:
-        return self.transform.id
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.transform(image)

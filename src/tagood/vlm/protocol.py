@@ -11,41 +11,17 @@ with the package).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from tagood.progress import progress_bar
-from tagood.types import FeatureSet, TokenSet
+from tagood.types import DualEncoder, FeatureSet, TokenSet
+
+__all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "l2n"]
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class DualEncoder(Protocol):
-    """Image and text encoders into one embedding space of size ``embed_dim``.
-
-    * ``encode_images(batch (B,3,H,W)) -> (B,E)`` L2-normalised float32;
-    * ``encode_texts(texts) -> (T,E)`` L2-normalised float32;
-    * ``logit_scale``: the temperature inverse (100 for released CLIP models);
-    * ``preprocess(pil) -> (3,H,W)``; ``id``, ``weights_hash``, ``transform_id`` key cached embeddings;
-    * optional ``patch_tokens(batch) -> (B,P,E)`` local features in the same space (GL-MCM, LoCoOp).
-    """
-
-    id: str
-    weights_hash: str
-    transform_id: str
-    embed_dim: int
-
-    @property
-    def logit_scale(self) -> float: ...
-
-    def preprocess(self, image: Any) -> np.ndarray: ...
-
-    def encode_images(self, batch: Any) -> np.ndarray: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
