@@ -113,3 +113,10 @@ def test_full_quick_demo_all_methods(tmp_path, tagood_home):
     assert {row["method"] for row in res["rows"]} == set(default_methods())
     assert {"mcm", "glmcm", "locoop"} <= {row["method"] for row in res["rows"]}
     assert not res["meta"]["errors"]
+
+
+def test_bad_method_spec_fails_before_extraction(tmp_path):
+    r = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+                            "--methods", "msp,knn[k=abc]"], terminal_width=200)
+    assert r.exit_code == 2 and "option k is a number" in r.output
+    assert not (tmp_path / "c").exists()  # nothing was extracted

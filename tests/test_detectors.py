@@ -193,3 +193,16 @@ def test_unfitted_and_missing_inputs_are_clear_errors():
         detectors.create("vim").fit(FeatureSet(features=np.ones((3, 2))))
     with pytest.raises(KeyError, match="unknown detector"):
         detectors.create("nope")
+
+
+def test_create_rejects_bad_options_before_any_work():
+    with pytest.raises(ValueError, match=r"detector 'knn' has no option zz; its options: k, alpha"):
+        detectors.create("knn[zz=1]")
+    with pytest.raises(ValueError, match=r"option k is a number \(default 50\), got 'abc'"):
+        detectors.create("knn[k=abc]")
+    with pytest.raises(ValueError, match="unknown TagOOD options"):
+        detectors.create("tagood[epochz=3]")
+    with pytest.raises(KeyError, match="unknown detector 'nosuch'"):
+        detectors.create("nosuch")
+    assert detectors.create("react[percentile=95]").hparams["percentile"] == 95
+    assert detectors.create("tagood[tau=0,per_class=1]").tau == 0  # an int where the default is a float or a word

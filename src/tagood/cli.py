@@ -41,8 +41,14 @@ def _methods_opt(methods: Optional[str]) -> list[str] | None:
 
 def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str]) -> None:
     from tagood.bench import report
-    from tagood.bench.runner import run
+    from tagood.bench.runner import create_detector, run
 
+    try:  # every method spec is checked before any extraction starts
+        for spec in _methods_opt(methods) or cfg.methods:
+            create_detector(spec, cfg)
+    except (KeyError, ValueError) as e:
+        _error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+        raise typer.Exit(2)
     results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=_methods_opt(methods))
     console.print(report.rich_table(results, title=f"{cfg.name}: OOD detection (percent; higher = more OOD scores)"))
     if results["id_accuracy"] is not None:
@@ -88,7 +94,9 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     from tagood.backbones.clip import CLIPLoadError
     from tagood.backbones.ram_convert import RAMCheckpointError
 
-    return ValueError, FileNotFoundError, RAMCheckpointError, CLIPLoadError
+    from tagood.data import DataSourceError
+
+    return ValueError, FileNotFoundError, DataSourceError, RAMCheckpointError, CLIPLoadError
 
 
 @app.command()
