@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from tagood.cli import app
@@ -80,3 +81,45 @@ def test_streamed_fit_and_score_equal_in_memory(tmp_path, tagood_home):
     assert out["stream"][0] == out["mem"][0]
     assert out["stream"][1].keys() == out["mem"][1].keys()
     np.testing.assert_allclose(list(out["stream"][1].values()), list(out["mem"][1].values()), rtol=1e-5, atol=1e-5)
+
+
+KRNFT_SMALL = "krnft[max_candidates=300,n_neg=40,epochs=1,shots=4,n_crops=4,k_in=1,k_out=1]"
+
+
+def test_fit_and_score_krnft_on_the_offline_dual_encoder(tmp_path, tagood_home):
+    """KR-NFT deployed like TagOOD: fitted on a folder (its few-shot picks dual-encoded), saved, and scoring
+    new images from their files; the saved detector scores exactly like the fitted one."""
+    pytest.importorskip("transformers")
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 12, "train")
+    fashion_folder(tmp_path / "new", {"trouser": 1, "coat": 4}, 3, offset=50)
+    det, cache = tmp_path / "det", tmp_path / "c"
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", KRNFT_SMALL, "--cache", str(cache)],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((det / "tagood.json").read_text())
+    assert meta["dual_encoder"] == {"name": "offline"} and meta["n_train"] == 3 * 4  # the few-shot picks only
+    assert (det / "krnft.safetensors").exists()
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "new"), "--out", str(tmp_path / "k.csv"), "--cache", str(cache)],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    got = _scores(tmp_path / "k.csv")
+    assert len(got) == 6 and all(-1.0 <= v <= 0.0 for v in got.values())  # minus the IND probability mass
+
+    # the same images scored in Python with the loaded detector and the offline encoder
+    from tagood.bench.models import build_backbone
+    from tagood.data import FolderSource
+    from tagood.extract import extract_split
+    from tagood.vlm import build_dual_encoder
+    from tagood.vlm.krnft import KRNFT
+
+    src = FolderSource(tmp_path / "new")
+    fs = extract_split(src, build_backbone({}), tmp_path / "c2", split="x", fields=["features"], progress=False).to_featureset(["features"])
+    build_dual_encoder(None).attach(fs, src)
+    want = dict(zip(fs.paths, KRNFT.load(det).score(fs)))
+    assert {Path(k).name + Path(k).parent.name for k in got} == {Path(k).name + Path(k).parent.name for k in want}
+    for k, v in got.items():
+        assert abs(v - next(w for p, w in want.items() if Path(p).parts[-2:] == Path(k).parts[-2:])) < 1e-6
+
+    bad = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d2"), "--method", "krnft",
+                              "--backbone", "ram", "--checkpoint", str(tmp_path / "x.pth")], terminal_width=200)
+    assert bad.exit_code == 2 and "need a dual encoder" in bad.output

@@ -340,7 +340,7 @@ def selftest(
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
     out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
-    method: str = typer.Option("tagood", help="tagood, cs or ce+cs, with options, e.g. 'tagood[tau=0.25,epochs=30]'."),
+    method: str = typer.Option("tagood", help="tagood, cs, ce+cs or krnft, with options, e.g. 'tagood[tau=0.25,epochs=30]' (krnft: on CLIP with --backbone clip --clip DIR, else on the offline dual encoder)."),
     backbone: str = typer.Option("efficientnet-lite0", help="The tagger: efficientnet-lite0 (built in), ram or clip."),
     checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
     tags: Optional[Path] = typer.Option(None, help=_TAGS_HELP),
@@ -353,7 +353,7 @@ def fit(
     stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Fit TagOOD on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
+    """Fit TagOOD (or KR-NFT) on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
     from tagood.fitscore import fit_folder
 
     _setup_logging(verbose)
