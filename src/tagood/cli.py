@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -77,6 +77,12 @@ _TAGS_HELP = "ram: ram_tag_list.txt (not needed for a converted folder)."
 _THRESHOLDS_HELP = "ram: ram_tag_list_threshold.txt (per-tag thresholds)."
 _CLIP_HELP = "clip: a Hugging Face CLIP directory."
 _VOCAB_HELP = "clip: a text file of tag names, one per line (default: the 1000 ImageNet class names)."
+_BackboneOpt = Annotated[str, typer.Option(help="The tagger: efficientnet-lite0 (built in), ram or clip.")]
+_CheckpointOpt = Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)]
+_TagsOpt = Annotated[Optional[Path], typer.Option(help=_TAGS_HELP)]
+_ThresholdsOpt = Annotated[Optional[Path], typer.Option(help=_THRESHOLDS_HELP)]
+_ClipOpt = Annotated[Optional[Path], typer.Option(help=_CLIP_HELP)]
+_VocabOpt = Annotated[Optional[Path], typer.Option(help=_VOCAB_HELP)]
 _DEVICE_HELP = ("torch device: cpu, cuda:0; for extraction also a list, cuda:0,cuda:1 or cuda:all (one model "
                 "replica per device, batches split between them; the rest runs on the first)")
 _STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by shard when loading them as float32 would "
@@ -232,12 +238,12 @@ def extract(
     list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path \\[label]' lines relative to ROOT."),
     split: str = typer.Option("images", help="Name of this split in the cache."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
-    backbone: str = typer.Option("efficientnet-lite0", help="The tagger: efficientnet-lite0 (built in), ram or clip."),
-    checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
-    tags: Optional[Path] = typer.Option(None, help=_TAGS_HELP),
-    thresholds: Optional[Path] = typer.Option(None, help=_THRESHOLDS_HELP),
-    clip: Optional[Path] = typer.Option(None, help=_CLIP_HELP),
-    vocabulary: Optional[Path] = typer.Option(None, help=_VOCAB_HELP),
+    backbone: _BackboneOpt = "efficientnet-lite0",
+    checkpoint: _CheckpointOpt = None,
+    tags: _TagsOpt = None,
+    thresholds: _ThresholdsOpt = None,
+    clip: _ClipOpt = None,
+    vocabulary: _VocabOpt = None,
     fields: Optional[str] = typer.Option(None, help="Comma-separated fields to store (default: all the backbone gives)."),
     batch_size: int = typer.Option(64, help="Images per batch (per device with a device list)."),
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
@@ -341,12 +347,12 @@ def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
     out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
     method: str = typer.Option("tagood", help="tagood, cs, ce+cs or krnft, with options, e.g. 'tagood[tau=0.25,epochs=30]' (krnft: on CLIP with --backbone clip --clip DIR, else on the offline dual encoder)."),
-    backbone: str = typer.Option("efficientnet-lite0", help="The tagger: efficientnet-lite0 (built in), ram or clip."),
-    checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
-    tags: Optional[Path] = typer.Option(None, help=_TAGS_HELP),
-    thresholds: Optional[Path] = typer.Option(None, help=_THRESHOLDS_HELP),
-    clip: Optional[Path] = typer.Option(None, help=_CLIP_HELP),
-    vocabulary: Optional[Path] = typer.Option(None, help=_VOCAB_HELP),
+    backbone: _BackboneOpt = "efficientnet-lite0",
+    checkpoint: _CheckpointOpt = None,
+    tags: _TagsOpt = None,
+    thresholds: _ThresholdsOpt = None,
+    clip: _ClipOpt = None,
+    vocabulary: _VocabOpt = None,
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
     seed: int = typer.Option(0),
