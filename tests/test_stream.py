@@ -113,6 +113,18 @@ def test_subset_of_streamed_split_equals_subset_of_loaded(runs):
     with pytest.raises(ValueError, match="sorted"):
         a.subset(np.array([3, 1]))
 
+    # lazy: the selection stays streamed (chunks of the selected rows) and holds the same samples
+    lazy = streamed.splits["train"].features.subset(idx, lazy=True)
+    assert lazy.is_streamed() and lazy.tokens is None and len(lazy) == len(idx)
+    parts = list(lazy.iter_chunks())
+    assert len(parts) > 1 and sum(len(p) for p in parts) == len(idx)
+    np.testing.assert_array_equal(np.concatenate([p.labels for p in parts]), a.labels)
+    np.testing.assert_array_equal(np.concatenate([p.tag_probs for p in parts]), a.tag_probs)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(p.tokens.values, np.float32) for p in parts]), a.tokens.values)
+    assert [x for p in parts for x in p.paths] == a.paths
+    again = lazy.subset(np.array([1, 4, 6]))  # an eager subset of a lazy one
+    np.testing.assert_array_equal(again.tag_probs, a.tag_probs[[1, 4, 6]])
+
 
 def test_vision_language_methods_dual_encode_only_their_few_shot_picks(tmp_path, backbone):
     pytest.importorskip("transformers")

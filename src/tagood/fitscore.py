@@ -106,7 +106,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     held[rng.choice(len(fs), size=max(1, int(holdout * len(fs))), replace=False)] = True
     fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
     ctx = Context(class_names=src.class_names, device=primary_device(device), seed=seed)
-    train, test = fs.subset(fit_idx), fs.subset(held_idx)
+    train, test = fs.subset(fit_idx, lazy=True), fs.subset(held_idx, lazy=True)  # a streamed folder stays streamed
     if dual_spec is None:
         ctx.extra.update(tagger_context(bb, cache))
     else:  # dual-encode only the detector's own few-shot picks of the training images, and the held-out ones
@@ -123,7 +123,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     meta = {"method": method, "backbone": {"name": spec["name"], "id": bb.id, "weights_hash": bb.weights_hash, "spec": spec},
             "dual_encoder": dual_spec,
             "classes": src.class_names, "threshold": threshold, "n_train": int(len(train)), "n_heldout": int(len(held_idx)),
-            "streamed": sorted(fs.streamed), "failed_images": reader.failed}
+            "streamed": sorted(train.streamed), "failed_images": reader.failed}
     (Path(d) / "tagood.json").write_text(json.dumps(meta, indent=1))
     return meta
 

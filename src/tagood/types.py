@@ -261,9 +261,11 @@ class FeatureSet:
         self.streamed = self.streamed | {name}
         return self
 
-    def subset(self, idx: np.ndarray) -> "FeatureSet":
-        """Samples ``idx`` (sorted, unique) as an in-memory FeatureSet; streamed fields are gathered
-        chunk by chunk, so only the selected rows are ever loaded."""
+    def subset(self, idx: np.ndarray, lazy: bool = False) -> "FeatureSet":
+        """Samples ``idx`` (sorted, unique). By default an in-memory FeatureSet: streamed fields are
+        gathered chunk by chunk, so only the selected rows are ever loaded. ``lazy=True`` keeps a
+        streamed split streamed: its chunks yield the selected rows of each cache chunk (for a large
+        selection, e.g. all but a held-out part)."""
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= len(self)):
             raise ValueError(f"subset of '{self.name}': indices must be sorted, unique and in [0, {len(self)})")
@@ -288,6 +290,22 @@ class FeatureSet:
                 kw[f.name] = take(v, idx, len(self))
         extra = {k: take(v, idx, len(self)) if isinstance(v, np.ndarray) and len(v) == len(self) else v for k, v in self.extra.items()}
         out = FeatureSet(name=self.name, extra=extra, **kw)
+        if self.is_streamed() and lazy:
+            assert self.chunks is not None
+            base = self.chunks
+
+            def chunks() -> Iterator[tuple[int, "FeatureSet"]]:
+                pos = 0
+                for start, part in base():
+                    rows = idx[(idx >= start) & (idx < start + len(part))] - start
+                    if len(rows):
+                        picked = {f.name: take(getattr(part, f.name), rows, len(part)) for f in fields(part)
+                                  if f.name not in ("chunks", "streamed", "extra", "name") and getattr(part, f.name) is not None}
+                        yield pos, FeatureSet(name=part.name, **{k: v for k, v in picked.items() if v is not None})
+                        pos += len(rows)
+
+            out.chunks, out.streamed = chunks, self.streamed
+            return out
         if self.is_streamed():
             assert self.chunks is not None
             parts: dict[str, list[Any]] = {f: [] for f in self.streamed}
