@@ -39,7 +39,14 @@ def _methods_opt(methods: Optional[str]) -> list[str] | None:
     return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()] if methods else None
 
 
-def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str]) -> None:
+def _write_plots(results: dict, scores: dict, out: Path, ind: str = "test") -> None:
+    from tagood.bench.plots import write_plots
+
+    paths = write_plots(results, scores, out, ind)
+    console.print(f"wrote {len(paths)} figures to {out}")
+
+
+def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str], plots: bool = False) -> None:
     from tagood.bench import report
     from tagood.bench.runner import create_detector, run
 
@@ -59,6 +66,8 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
                       + ", ".join(f["ident"] for f in items[:5]) + (" ..." if len(items) > 5 else ""))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'} "
                   f"in {results['meta']['timings']['total_s']:.0f}s")
+    if plots:
+        _write_plots(results, state.scores, out / "plots")
     if state.errors:
         for spec, err in state.errors.items():
             console.print(f"[red]{spec} failed: {err}[/]")
@@ -114,6 +123,7 @@ def demo(
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
     ablations: bool = typer.Option(False, "--ablations", help="Add TagOOD's ablation rows: tau sweep, test tokens, scores, GT tag, CS tau sweep."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
@@ -123,7 +133,7 @@ def demo(
     cfg = builtin(benchmark, quick=quick)
     if ablations:
         cfg.methods = cfg.methods + TAGOOD_SWEEP
-    _run_and_report(cfg, out, cache, device, methods)
+    _run_and_report(cfg, out, cache, device, methods, plots)
 
 
 @app.command()
@@ -145,6 +155,7 @@ def bench(
         None, help="Stream a split's tokens / tag maps shard by shard from the cache when loading them as float32 "
                    "would exceed this many GiB (default 8; 0 = always; -1 = never). TagOOD then trains from an "
                    "on-disk object-token store under the cache."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
@@ -174,7 +185,7 @@ def bench(
         raise typer.Exit(2)
     if stream_above_gb is not None:
         cfg.options["stream_above_gb"] = stream_above_gb
-    _run_and_report(cfg, out, cache, device, methods)
+    _run_and_report(cfg, out, cache, device, methods, plots)
 
 
 @app.command("metrics")
@@ -186,6 +197,8 @@ def metrics_cmd(
     bootstrap: int = typer.Option(0, help="Add percentile-bootstrap intervals from this many replicates (e.g. 1000)."),
     level: float = typer.Option(0.95, help="Confidence level of the bootstrap intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method and an overview "
+                                                      "(PNG files in OUT/plots, or RUN_DIR/plots without --out)."),
 ) -> None:
     """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
     from tagood.bench import report
@@ -211,6 +224,8 @@ def metrics_cmd(
     if out is not None:
         report.write_all(results, out, title=str(scores))
         console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}")
+    if plots:
+        _write_plots(results, per, (out if out is not None else (scores if scores.is_dir() else scores.parent)) / "plots", ind)
 
 
 @app.command("methods")
