@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from math import erf, sqrt
 
 import numpy as np
@@ -63,3 +64,41 @@ def test_metrics_command_adds_intervals(tmp_path) -> None:
     md = (tmp_path / "o" / "results.md").read_text()
     assert f"{row['auroc']:.2f} [{row['ci']['auroc'][0]:.2f}, " in md and "percentile-bootstrap" in md
     assert "auroc_ci_low" in (tmp_path / "o" / "results.csv").read_text().splitlines()[0]
+
+
+def test_paired_difference() -> None:
+    from tagood.bench.intervals import paired_difference
+
+    rng = np.random.default_rng(3)
+    s_id, near, far = rng.normal(0, 1, 300), rng.normal(0.8, 1, 200), rng.normal(2, 1, 200)
+    noise = {k: rng.normal(0, 1.5, n) for k, n in (("test", 300), ("near", 200), ("far", 200))}
+    good = {"test": s_id, "near": near, "far": far}
+    worse = {k: v + noise[k] for k, v in good.items()}  # the same samples, scores blurred: lower AUROC
+    same = paired_difference(good, good, n_boot=200)
+    assert all(d["diff"] == d["low"] == d["high"] == 0.0 and d["p"] == 1.0 for by in same.values() for d in by.values())
+    res = paired_difference(good, worse, n_boot=400)
+    for k in ("near", "far", "average"):
+        d = res[k]["auroc"]
+        assert d["diff"] == pytest.approx(d["a"] - d["b"]) and d["diff"] > 0 and d["low"] > 0 and d["p"] < 0.01, (k, d)
+    flipped = paired_difference(worse, good, n_boot=400)
+    assert flipped["far"]["auroc"]["diff"] == pytest.approx(-res["far"]["auroc"]["diff"])
+    assert flipped["far"]["auroc"]["low"] == pytest.approx(-res["far"]["auroc"]["high"])
+    with pytest.raises(ValueError, match="same samples"):
+        paired_difference(good, {**good, "far": far[:10]})
+
+
+def test_metrics_compare_command(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    s_id, s_ood = _draw(rng, 150, 1.0)
+    save_scores(tmp_path / "scores.npz", {"a": {"test": s_id, "x": s_ood}, "b[k=2]": {"test": s_id + rng.normal(0, 2, 150), "x": s_ood}})
+    r = CliRunner().invoke(app, ["metrics", str(tmp_path), "--compare", "a,b[k=2]", "--bootstrap", "200", "--out", str(tmp_path / "o")],
+                           terminal_width=250)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "o" / "comparison.json").read_text())
+    assert res["a"] == "a" and res["b"] == "b[k=2]" and set(res["sets"]) == {"x", "average"}
+    assert "a minus b[k=2]" in r.output
+    table = CliRunner().invoke(app, ["metrics", str(tmp_path), "--bootstrap", "50"], terminal_width=250)
+    assert table.exit_code == 0 and "b[k=2]" in table.output  # variant options are not eaten as rich markup
+    assert re.search(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", table.output)  # value [low, high] in the terminal too
+    bad = CliRunner().invoke(app, ["metrics", str(tmp_path), "--compare", "a"], terminal_width=250)
+    assert bad.exit_code == 2 and "two methods" in bad.output

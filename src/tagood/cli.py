@@ -188,6 +188,36 @@ def bench(
     _run_and_report(cfg, out, cache, device, methods, plots)
 
 
+def _compare(per: dict, pair: str, n_boot: int, level: float, seed: int, ind: str, out: Optional[Path]) -> None:
+    """Print (and with ``out`` write ``comparison.json``) the paired bootstrap of two methods."""
+    from rich.table import Table
+
+    from tagood.bench.intervals import paired_difference
+    from tagood.cache import atomic_write_json
+
+    names = _methods_opt(pair) or []
+    if len(names) != 2:
+        raise ValueError(f"--compare takes two methods 'A,B', got {pair!r}")
+    missing = [m for m in names if m not in per]
+    if missing:
+        raise ValueError(f"no scores for {missing}; the file has {sorted(per)}")
+    res = paired_difference(per[names[0]], per[names[1]], n_boot, level, seed, ind)
+    t = Table(title=escape(f"{names[0]} minus {names[1]} (paired bootstrap, {n_boot} replicates, {100 * level:.0f}% intervals)"))
+    for col in ("OOD set", "metric", names[0], names[1], "difference", "interval", "p"):
+        t.add_column(escape(col), justify="left" if col in ("OOD set", "metric") else "right")
+    for k, by_metric in res.items():
+        for m in ("auroc", "fpr95"):
+            d = by_metric[m]
+            t.add_row(escape(k), m, f"{d['a']:.2f}", f"{d['b']:.2f}", f"{d['diff']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]",
+                      f"{d['p']:.3f}" if d["p"] > 0 else f"<{1 / n_boot:.2g}")
+    console.print(t)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "comparison.json", {"a": names[0], "b": names[1], "n_boot": n_boot, "level": level,
+                                                    "seed": seed, "ind_split": ind, "sets": res})
+        console.print(f"wrote {out / 'comparison.json'}")
+
+
 @app.command("metrics")
 def metrics_cmd(
     scores: Path = typer.Argument(..., help="A run directory (holding scores.npz) or a scores .npz file."),
@@ -199,6 +229,9 @@ def metrics_cmd(
     seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
     plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method and an overview "
                                                       "(PNG files in OUT/plots, or RUN_DIR/plots without --out)."),
+    compare: Optional[str] = typer.Option(None, help="'A,B': paired bootstrap of method A minus method B on the same samples "
+                                                     "(difference, interval, p-value per OOD set; --bootstrap replicates, "
+                                                     "1000 if not given)."),
 ) -> None:
     """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
     from tagood.bench import report
@@ -206,6 +239,9 @@ def metrics_cmd(
 
     try:
         per, _ = load_scores(scores)
+        if compare:
+            _compare(per, compare, bootstrap or 1000, level, seed, ind, out)
+            return
         keep = _methods_opt(methods)
         if keep:
             unknown = sorted(set(keep) - set(per))

@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals for the OOD metrics (percentile bootstrap, Efron & Tibshirani 1993).
+"""Bootstrap confidence intervals for the OOD metrics (percentile bootstrap, Efron & Tibshirani 1993),
+and the paired comparison of two methods scored on the same samples.
 
 Each replicate resamples the IND test scores and every OOD set's scores with replacement,
 independently and with their own sizes, and computes every metric of
@@ -53,3 +54,43 @@ def add_intervals(results: dict[str, Any], scores: Mapping[str, Mapping[str, np.
             if row["method"] == method and row["ood"] in ci:
                 row["ci"] = {"level": level, "n_boot": n_boot, **{k: list(v) for k, v in ci[row["ood"]].items()}}
     return results
+
+
+def paired_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], n_boot: int = 1000, level: float = 0.95,
+                      seed: int = 0, ind: str = "test") -> dict[str, dict[str, dict[str, float]]]:
+    """Method A minus method B on the same samples: ``{ood_set or "average": {metric: {"a", "b", "diff", "low",
+    "high", "p"}}}`` in percent. Each replicate draws one set of sample indices per split and applies it to
+    both methods' scores (a paired bootstrap), so what the two share cancels out; ``p`` is the two-sided
+    bootstrap p-value of "no difference" (twice the smaller tail of the replicates' differences around 0)."""
+    if set(a) != set(b) or ind not in a:
+        raise ValueError(f"the two methods must be scored on the same splits including {ind!r}: {sorted(a)} vs {sorted(b)}")
+    for k in a:
+        if len(a[k]) != len(b[k]):
+            raise ValueError(f"split {k!r}: {len(a[k])} vs {len(b[k])} scores; a paired comparison needs the same samples")
+    if n_boot < 2 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 2 and 0 < level < 1, got {n_boot}, {level}")
+    sets = [k for k in a if k != ind]
+    if not sets:
+        raise ValueError("no OOD set to compare on")
+
+    def metrics(per: Mapping[str, np.ndarray], take: Mapping[str, np.ndarray] | None) -> np.ndarray:
+        def pick(k: str) -> np.ndarray:
+            v = np.asarray(per[k], np.float64)
+            return v if take is None else v[take[k]]
+
+        rows = [[100.0 * ood_metrics(pick(ind), pick(k))[m] for m in METRICS] for k in sets]
+        return np.vstack([rows, np.mean(rows, axis=0)])  # (sets + average, metrics)
+
+    point_a, point_b = metrics(a, None), metrics(b, None)
+    rng = np.random.default_rng(seed)
+    reps = np.empty((n_boot, len(sets) + 1, len(METRICS)))
+    for r in range(n_boot):
+        take = {k: rng.integers(0, len(a[k]), len(a[k])) for k in a}
+        reps[r] = metrics(a, take) - metrics(b, take)
+    lo, hi = np.quantile(reps, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    p = np.minimum(1.0, 2.0 * np.minimum((reps <= 0).mean(0), (reps >= 0).mean(0)))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for i, k in enumerate([*sets, "average"]):
+        out[k] = {m: {"a": float(point_a[i, j]), "b": float(point_b[i, j]), "diff": float(point_a[i, j] - point_b[i, j]),
+                      "low": float(lo[i, j]), "high": float(hi[i, j]), "p": float(p[i, j])} for j, m in enumerate(METRICS)}
+    return out

@@ -119,21 +119,22 @@ def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") 
 
 def rich_table(results: Mapping[str, Any], title: str = ""):
     """A rich Table of AUROC / FPR95 per OOD set (for the terminal)."""
+    from rich.markup import escape
     from rich.table import Table
 
     sets = ood_sets(results)
     idx = {(r["method"], r["ood"]): r for r in results["rows"]}
-    t = Table(title=title or None, show_lines=False)
+    t = Table(title=escape(title) if title else None, show_lines=False)
     t.add_column("Method", style="bold", overflow="fold")
     for s in sets:
-        t.add_column(f"{s}\nAUROC↑", justify="right", overflow="fold")
-        t.add_column(f"{s}\nFPR95↓", justify="right", overflow="fold")
+        t.add_column(f"{escape(s)}\nAUROC↑", justify="right", overflow="fold")
+        t.add_column(f"{escape(s)}\nFPR95↓", justify="right", overflow="fold")
     for m in methods(results):
         cells = []
         for s in sets:
             r = idx.get((m, s))
-            cells += [_cell(r, "auroc"), _cell(r, "fpr95")]
-        t.add_row(m, *cells)
+            cells += [escape(_cell(r, "auroc")), escape(_cell(r, "fpr95"))]
+        t.add_row(escape(m), *cells)  # method variants such as tagood[tau=0.25] are not markup
     return t
 
 
