@@ -63,14 +63,14 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
     failed = results["meta"]["failed_images"]
     for split, items in failed.items():
         console.print(f"[yellow]{split}: {len(items)} image(s) could not be decoded and were skipped[/]: "
-                      + ", ".join(f["ident"] for f in items[:5]) + (" ..." if len(items) > 5 else ""))
+                      + ", ".join(escape(f["ident"]) for f in items[:5]) + (" ..." if len(items) > 5 else ""))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'} "
                   f"in {results['meta']['timings']['total_s']:.0f}s")
     if plots:
         _write_plots(results, state.scores, out / "plots")
     if state.errors:
         for spec, err in state.errors.items():
-            console.print(f"[red]{spec} failed: {err}[/]")
+            console.print(f"[red]{escape(spec)} failed: {escape(err)}[/]")
         raise typer.Exit(1)
 
 
@@ -420,7 +420,7 @@ def fit(
     except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
-    console.print(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
+    console.print(f"saved {escape(meta['method'])} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
                   f"threshold {meta['threshold']:.4f} (95% of held-out IND images score below it)")
     for f in meta["failed_images"]:
         console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
