@@ -105,3 +105,23 @@ def test_benchmark_run_on_a_device_list_scores_like_one_device(tmp_path, tagood_
     assert two.backbone.n_devices == 2 and two.context.device == "cpu" and not two.errors
     for m in ("msp", "knn"):
         np.testing.assert_allclose(two.scores[m]["mnist"], one.scores[m]["mnist"], atol=1e-4, err_msg=m)
+
+
+def test_clip_dual_encoder_on_a_device_list_equals_one_device(tmp_path) -> None:
+    """CLIP for the vision-language methods on `cpu,cpu`: image and patch embeddings split between the replicas
+    equal one device's; texts go to the first replica."""
+    pytest.importorskip("transformers")
+    from tiny_models import write_tiny_clip
+
+    from tagood.vlm import build_dual_encoder
+
+    path = write_tiny_clip(tmp_path / "clip")
+    one = build_dual_encoder({"name": "clip", "path": str(path)}, device="cpu")
+    two = build_dual_encoder({"name": "clip", "path": str(path)}, device="cpu,cpu")
+    assert two.encoder.n_devices == 2 and two.id == one.id and two.batch_size == 2 * one.batch_size
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    (i1, p1), (i2, p2) = one.encode_images_and_patches(x), two.encode_images_and_patches(x)
+    np.testing.assert_allclose(i2, i1, atol=1e-5)
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+    np.testing.assert_allclose(two.encode_images(x), one.encode_images(x), atol=1e-5)
+    np.testing.assert_allclose(two.encode_texts(["a photo of a cat."]), one.encode_texts(["a photo of a cat."]), atol=1e-6)

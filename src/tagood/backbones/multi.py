@@ -7,7 +7,8 @@ contiguous part per replica; the parts run at the same time in threads (torch re
 while a device computes) and their outputs are joined in order, so the feature cache is the same
 as with one device (same cache key: same architecture, weights and preprocessing). Everything
 after extraction (IND head, detector training, ODIN's gradients, the dual encoder) runs on the
-first device, :func:`primary_device`.
+first device, :func:`primary_device`, except a CLIP dual encoder's image passes, which are split the
+same way (:class:`MultiDeviceEncoder`).
 """
 
 from __future__ import annotations
@@ -73,17 +74,48 @@ class MultiDeviceBackbone:
     def preprocess(self, image: Any) -> np.ndarray:
         return self.replicas[0].preprocess(image)
 
+    def _split(self, method: str, batch: Any, **kw: Any) -> list[Any]:
+        """``replica.method(part, **kw)`` for contiguous parts of ``batch``, one per replica, run at the
+        same time; the results in batch order."""
+        bounds = np.linspace(0, len(batch), min(len(self.replicas), max(len(batch), 1)) + 1).astype(int)
+        jobs = [self._pool.submit(getattr(r, method), batch[a:b], **kw)
+                for r, a, b in zip(self.replicas, bounds[:-1], bounds[1:]) if b > a]
+        return [j.result() for j in jobs]
+
     def forward(self, batch: np.ndarray) -> ModelOutput:
         """``(B,3,H,W)`` -> the replicas' outputs for contiguous parts of the batch, joined in order."""
-        bounds = np.linspace(0, len(batch), min(len(self.replicas), max(len(batch), 1)) + 1).astype(int)
-        jobs = [self._pool.submit(r.forward, batch[a:b]) for r, a, b in zip(self.replicas, bounds[:-1], bounds[1:]) if b > a]
-        outs = [j.result() for j in jobs]
-        if len(outs) == 1:
-            return outs[0]
-        return join_outputs(outs)
+        outs = self._split("forward", batch)
+        return outs[0] if len(outs) == 1 else join_outputs(outs)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class MultiDeviceEncoder(MultiDeviceBackbone):
+    """A dual encoder (:class:`tagood.types.DualEncoder`) over replicas on several devices: image batches
+    (``encode_images``, ``patch_tokens``, ``encode_images_and_patches``) are split between them; texts
+    and everything else go to the first replica."""
+
+    def __init__(self, replicas: Sequence[Any]) -> None:
+        if not replicas:
+            raise ValueError("MultiDeviceEncoder needs at least one replica")
+        first = replicas[0]
+        for r in replicas[1:]:
+            if (getattr(r, "id", None), r.weights_hash, r.transform_id) != (getattr(first, "id", None), first.weights_hash,
+                                                                          first.transform_id):
+                raise ValueError("MultiDeviceEncoder replicas must be the same encoder (id, weights, preprocessing)")
+        self.replicas = list(replicas)
+        self._pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="tagood-device")
+
+    def encode_images(self, batch: Any) -> np.ndarray:
+        return np.concatenate(self._split("encode_images", batch))
+
+    def patch_tokens(self, batch: Any, **kw: Any) -> np.ndarray:
+        return np.concatenate(self._split("patch_tokens", batch, **kw))
+
+    def encode_images_and_patches(self, batch: Any, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        parts = self._split("encode_images_and_patches", batch, **kw)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def join_outputs(outs: Sequence[ModelOutput]) -> ModelOutput:
@@ -98,12 +130,13 @@ def join_outputs(outs: Sequence[ModelOutput]) -> ModelOutput:
     return ModelOutput(**fields, extra=extra)
 
 
-def build_on_devices(build: Callable[[str], Any], device: str) -> Any:
-    """``build(device)`` for one device, or a :class:`MultiDeviceBackbone` of one replica per device."""
+def build_on_devices(build: Callable[[str], Any], device: str, wrap: Callable[[list[Any]], Any] = MultiDeviceBackbone) -> Any:
+    """``build(device)`` for one device, or ``wrap`` (:class:`MultiDeviceBackbone`, :class:`MultiDeviceEncoder`)
+    of one replica per device."""
     devices = parse_devices(device)
     if len(devices) == 1:
         return build(devices[0])
     if len(set(devices)) != len(devices):
         log.warning("device list %s names a device twice: its replicas share that device", devices)
-    log.info("loading one backbone replica on each of %s", ", ".join(devices))
-    return MultiDeviceBackbone([build(d) for d in devices])
+    log.info("loading one replica on each of %s", ", ".join(devices))
+    return wrap([build(d) for d in devices])

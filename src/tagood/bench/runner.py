@@ -97,7 +97,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
     n_devices = getattr(state.backbone, "n_devices", 1)
-    device = primary_device(device)  # a device list (cuda:0,cuda:1) is for extraction only
+    devices, device = device, primary_device(device)  # a device list (cuda:0,cuda:1): extraction and dual encoding
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
 
@@ -151,7 +151,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         ctx.model = _classifier_model(state.backbone, head, device)
     if any(set(d.requires) & set(_VLM_FIELDS) for d in dets):
         t = time.perf_counter()
-        dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=device)
+        dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=devices)
         ctx.dual_encoder = dual
         state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
         dual.attach(state.vlm_train, state.splits["train"].source)

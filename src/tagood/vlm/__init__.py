@@ -20,8 +20,11 @@ def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any = None, dev
 
     ``None`` or ``{"name": "offline"}`` (+ ``mode``, ``logit_scale``, ...): the EfficientNet-Lite0 +
     MiniLM stand-in (:class:`tagood.vlm.offline.OfflineDualEncoder`), reusing ``backbone`` when it is
-    EfficientNet-Lite0; ``{"name": "clip", "path": HF_DIR_OR_FILE, "arch": ...}``: CLIP from disk.
+    EfficientNet-Lite0; ``{"name": "clip", "path": HF_DIR_OR_FILE, "arch": ...}``: CLIP from disk, one replica per
+    device of a device list (``"cuda:0,cuda:1"``) with image batches split between them.
     """
+    from tagood.backbones.multi import MultiDeviceEncoder, build_on_devices, parse_devices, primary_device
+
     spec = dict(spec or {})
     name = spec.pop("name", "offline")
     if name == "offline":
@@ -29,15 +32,16 @@ def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any = None, dev
         from tagood.vlm.offline import OfflineDualEncoder
 
         bb = backbone if isinstance(backbone, EfficientNetLite0) else None
-        return OfflineDualEncoder(backbone=bb, device=device, **spec)
+        return OfflineDualEncoder(backbone=bb, device=primary_device(device), **spec)
     if name == "clip":
         from tagood.backbones.clip import load_clip
 
         if "path" not in spec:
             raise ValueError("dual_encoder {'name': 'clip'} needs 'path' (a Hugging Face CLIP folder or an open_clip file)")
         batch = int(spec.pop("batch_size", 64))
-        return EncoderAdapter(load_clip(spec.pop("path"), arch=spec.pop("arch", None), device=device, batch_size=batch),
-                              batch_size=batch)
+        path, arch = spec.pop("path"), spec.pop("arch", None)
+        enc = build_on_devices(lambda d: load_clip(path, arch=arch, device=d, batch_size=batch), device, wrap=MultiDeviceEncoder)
+        return EncoderAdapter(enc, batch_size=batch * len(parse_devices(device)))
     raise ValueError(f"unknown dual encoder '{name}'; use 'offline' or 'clip'")
 
 
