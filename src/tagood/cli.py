@@ -316,8 +316,7 @@ def extract(
     except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
-    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None,
-                           batch_size=batch_size * getattr(bb, "n_devices", 1))
+    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
     console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
 
 

@@ -120,9 +120,11 @@ def extract_split(
 
     Returns a :class:`~tagood.cache.CacheReader`. Re-running with the same source, backbone and
     options returns the cached entry without work; an interrupted run resumes. ``max_batches``
-    stops early without marking the entry complete (used to test resumption).
+    stops early without marking the entry complete (used to test resumption). ``batch_size`` is per
+    device when ``backbone`` holds replicas on a device list (:mod:`tagood.backbones.multi`).
     """
     fields = list(fields or backbone.outputs)
+    batch_size *= getattr(backbone, "n_devices", 1)  # replicas on a device list each get batch_size images
     if "tag_attention" in fields and "tag_ids" not in fields:
         fields.append("tag_ids")
     root = Path(cache_root) if cache_root is not None else default_cache_root()

@@ -55,7 +55,7 @@ def _load_split(src: ImageSource, bb: Any, cache: str | Path | None, split: str,
                 fields: list[str] = FIELDS) -> tuple[Any, Any]:
     """Extract ``src`` (resumable, cached) and return (reader, feature set); the heavy fields stay in the
     memory-mapped cache when the split is larger than ``stream_above_gb``."""
-    reader = extract_split(src, bb, cache, split=split, fields=fields, batch_size=64 * getattr(bb, "n_devices", 1))
+    reader = extract_split(src, bb, cache, split=split, fields=fields)
     stream = heavy_fields(reader, fields, stream_above_gb)
     if stream:
         log.info("%s: %d images, streaming %s from the cache shard by shard", split, len(reader), stream)

@@ -96,7 +96,6 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     dets = [create_detector(m, cfg) for m in specs]
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
-    n_devices = getattr(state.backbone, "n_devices", 1)
     devices, device = device, primary_device(device)  # a device list (cuda:0,cuda:1): extraction and dual encoding
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
@@ -116,7 +115,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         t = time.perf_counter()
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
-                               batch_size=cfg.batch_size * n_devices, progress=progress, shard_size=cfg.options.get("shard_size"))
+                               batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.get("shard_size"))
         stream = heavy_fields(reader, f, stream_above_gb(cfg)) if name != "pseudo-ood" else []
         fs = reader.to_featureset(f, name=name, stream=stream)
         if need_images and name != "pseudo-ood":
