@@ -51,16 +51,19 @@ class MultiDeviceBackbone:
     Attributes other than the protocol's (``tag_names``, ``cam``, ``attend``, ``tag_thresholds``,
     ``torch_module``, ...) come from the first replica."""
 
+    #: what the replicas are, and the attributes they must share (one model on several devices)
+    KIND, SAME = "backbone", ("id", "weights_hash", "transform_id", "outputs")
+
     def __init__(self, replicas: Sequence[Any]) -> None:
         if not replicas:
-            raise ValueError("MultiDeviceBackbone needs at least one replica")
-        first = replicas[0]
-        for r in replicas[1:]:
-            if (r.id, r.weights_hash, r.transform_id, tuple(r.outputs)) != (first.id, first.weights_hash, first.transform_id,
-                                                                              tuple(first.outputs)):
-                raise ValueError("MultiDeviceBackbone replicas must be the same backbone (id, weights, preprocessing, outputs)")
+            raise ValueError(f"{type(self).__name__} needs at least one replica")
+        if any(self._identity(r) != self._identity(replicas[0]) for r in replicas[1:]):
+            raise ValueError(f"{type(self).__name__} replicas must be the same {self.KIND} ({', '.join(self.SAME)})")
         self.replicas = list(replicas)
         self._pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="tagood-device")
+
+    def _identity(self, replica: Any) -> tuple[Any, ...]:
+        return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(replica, a, None) for a in self.SAME))
 
     @property
     def n_devices(self) -> int:
@@ -96,16 +99,7 @@ class MultiDeviceEncoder(MultiDeviceBackbone):
     (``encode_images``, ``patch_tokens``, ``encode_images_and_patches``) are split between them; texts
     and everything else go to the first replica."""
 
-    def __init__(self, replicas: Sequence[Any]) -> None:
-        if not replicas:
-            raise ValueError("MultiDeviceEncoder needs at least one replica")
-        first = replicas[0]
-        for r in replicas[1:]:
-            if (getattr(r, "id", None), r.weights_hash, r.transform_id) != (getattr(first, "id", None), first.weights_hash,
-                                                                          first.transform_id):
-                raise ValueError("MultiDeviceEncoder replicas must be the same encoder (id, weights, preprocessing)")
-        self.replicas = list(replicas)
-        self._pool = ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="tagood-device")
+    KIND, SAME = "encoder", ("id", "weights_hash", "transform_id")
 
     def encode_images(self, batch: Any) -> np.ndarray:
         return np.concatenate(self._split("encode_images", batch))
