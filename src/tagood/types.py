@@ -290,43 +290,26 @@ class FeatureSet:
                 kw[f.name] = take(v, idx, len(self))
         extra = {k: take(v, idx, len(self)) if isinstance(v, np.ndarray) and len(v) == len(self) else v for k, v in self.extra.items()}
         out = FeatureSet(name=self.name, extra=extra, **kw)
-        if self.is_streamed() and lazy:
-            assert self.chunks is not None
-            base = self.chunks
-
-            def chunks() -> Iterator[tuple[int, "FeatureSet"]]:
-                pos = 0
-                for start, part in base():
-                    rows = idx[(idx >= start) & (idx < start + len(part))] - start
-                    if len(rows):
-                        picked = {f.name: take(getattr(part, f.name), rows, len(part)) for f in fields(part)
-                                  if f.name not in ("chunks", "streamed", "extra", "name") and getattr(part, f.name) is not None}
-                        yield pos, FeatureSet(name=part.name, **{k: v for k, v in picked.items() if v is not None})
-                        pos += len(rows)
-
-            out.chunks, out.streamed = chunks, self.streamed
+        if not self.is_streamed():
             return out
-        if self.is_streamed():
-            assert self.chunks is not None
-            parts: dict[str, list[Any]] = {f: [] for f in self.streamed}
-            for start, part in self.chunks():
+        assert self.chunks is not None
+        base, streamed = self.chunks, self.streamed
+
+        def chunks() -> Iterator[tuple[int, "FeatureSet"]]:  # the selected rows of each chunk, renumbered
+            pos = 0
+            for start, part in base():
                 rows = idx[(idx >= start) & (idx < start + len(part))] - start
                 if len(rows):
-                    for f in self.streamed:
-                        parts[f].append(take(getattr(part, f), rows, len(part)))
-            for f, vs in parts.items():
-                if not vs:
-                    continue
-                if isinstance(vs[0], TokenSet):
-                    setattr(out, f, TokenSet.concat(vs))
-                elif isinstance(vs[0], TagAttention):
-                    setattr(out, f, TagAttention(np.concatenate([v.ids for v in vs]), np.concatenate([v.maps for v in vs])))
-                else:
-                    setattr(out, f, np.concatenate(vs))
-        return out
+                    picked = {f: take(getattr(part, f), rows, len(part)) for f in streamed}
+                    yield pos, FeatureSet(name=part.name, **{k: v for k, v in picked.items() if v is not None})
+                    pos += len(rows)
 
-    def load_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None) -> "FeatureSet":
-        """This split with the streamed fields ``names`` (default: all) concatenated into memory."""
+        out.chunks, out.streamed = chunks, streamed
+        return out if lazy else out.load_streamed(cast=False)
+
+    def load_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None, cast: bool = True) -> "FeatureSet":
+        """This split with the streamed fields ``names`` (default: all) concatenated into memory; token
+        values as float32 unless ``cast=False`` (then in their stored dtype, e.g. fp16 from the cache)."""
         want = set(self.streamed if names is None else set(names) & self.streamed)
         if not want or self.chunks is None:
             return self
@@ -340,7 +323,7 @@ class FeatureSet:
                 continue
             if isinstance(vs[0], TokenSet):
                 ts = TokenSet.concat(vs)
-                kw[f] = TokenSet(ts.values.astype(np.float32), ts.offsets, ts.positions)
+                kw[f] = TokenSet(ts.values.astype(np.float32), ts.offsets, ts.positions) if cast else ts
             elif isinstance(vs[0], TagAttention):
                 kw[f] = TagAttention(np.concatenate([v.ids for v in vs]), np.concatenate([v.maps for v in vs]))
             else:
