@@ -18,31 +18,35 @@ from tagood.bench.report import METRICS
 from tagood.metrics import ood_metrics
 
 
-def bootstrap_intervals(s_id: np.ndarray, s_ood: Mapping[str, np.ndarray], n_boot: int = 1000, level: float = 0.95,
-                        seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{ood_set or "average": {metric: (low, high)}}`` in percent (like the results rows)."""
+def _check(n_boot: int, level: float, n_sets: int) -> None:
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if not s_ood:
+    if not n_sets:
         raise ValueError("no OOD set to bootstrap")
+
+
+def _metric_table(s_id: np.ndarray, s_ood: list[np.ndarray]) -> np.ndarray:
+    """``(len(s_ood) + 1, len(METRICS))`` in percent: one row per OOD set, then their average."""
+    rows = [[100.0 * m[name] for name in METRICS] for m in (ood_metrics(s_id, s) for s in s_ood)]
+    return np.vstack([rows, np.mean(rows, axis=0)])
+
+
+def bootstrap_intervals(s_id: np.ndarray, s_ood: Mapping[str, np.ndarray], n_boot: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{ood_set or "average": {metric: (low, high)}}`` in percent (like the results rows)."""
+    _check(n_boot, level, len(s_ood))
     rng = np.random.default_rng(seed)
     s_id = np.asarray(s_id, dtype=np.float64)
-    sets = {k: np.asarray(v, dtype=np.float64) for k, v in s_ood.items()}
-    reps = {k: np.empty((n_boot, len(METRICS))) for k in [*sets, "average"]}
+    sets = [np.asarray(v, dtype=np.float64) for v in s_ood.values()]
+    reps = np.empty((n_boot, len(sets) + 1, len(METRICS)))
     for b in range(n_boot):
         rid = s_id[rng.integers(0, len(s_id), len(s_id))]
-        for k, s in sets.items():
-            m = ood_metrics(rid, s[rng.integers(0, len(s), len(s))])
-            reps[k][b] = [100.0 * m[name] for name in METRICS]
-        reps["average"][b] = np.mean([reps[k][b] for k in sets], axis=0)
-    lo_q, hi_q = (1.0 - level) / 2.0, (1.0 + level) / 2.0
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for k, r in reps.items():
-        lo, hi = np.quantile(r, [lo_q, hi_q], axis=0)
-        out[k] = {name: (float(lo[i]), float(hi[i])) for i, name in enumerate(METRICS)}
-    return out
+        reps[b] = _metric_table(rid, [s[rng.integers(0, len(s), len(s))] for s in sets])
+    lo, hi = np.quantile(reps, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    return {k: {name: (float(lo[i, j]), float(hi[i, j])) for j, name in enumerate(METRICS)}
+            for i, k in enumerate([*s_ood, "average"])}
 
 
 def add_intervals(results: dict[str, Any], scores: Mapping[str, Mapping[str, np.ndarray]], n_boot: int = 1000,
@@ -67,19 +71,15 @@ def paired_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], 
     for k in a:
         if len(a[k]) != len(b[k]):
             raise ValueError(f"split {k!r}: {len(a[k])} vs {len(b[k])} scores; a paired comparison needs the same samples")
-    if n_boot < 2 or not 0.0 < level < 1.0:
-        raise ValueError(f"need n_boot >= 2 and 0 < level < 1, got {n_boot}, {level}")
     sets = [k for k in a if k != ind]
-    if not sets:
-        raise ValueError("no OOD set to compare on")
+    _check(n_boot, level, len(sets))
 
     def metrics(per: Mapping[str, np.ndarray], take: Mapping[str, np.ndarray] | None) -> np.ndarray:
         def pick(k: str) -> np.ndarray:
             v = np.asarray(per[k], np.float64)
             return v if take is None else v[take[k]]
 
-        rows = [[100.0 * ood_metrics(pick(ind), pick(k))[m] for m in METRICS] for k in sets]
-        return np.vstack([rows, np.mean(rows, axis=0)])  # (sets + average, metrics)
+        return _metric_table(pick(ind), [pick(k) for k in sets])
 
     point_a, point_b = metrics(a, None), metrics(b, None)
     rng = np.random.default_rng(seed)
