@@ -241,6 +241,15 @@ class EfficientNetLite0:
         out *= np.float32(1.0 / 128.0)  # a power of two: exact, same as dividing
         return out
 
+    def token_geometry(self, width: int, height: int) -> tuple[tuple[float, float, float, float], tuple[int, int], int]:
+        """Where the tokens of an image of ``width x height`` pixels come from: ``(box, (rows, cols),
+        n_prefix)``: ``box = (left, top, right, bottom)``, the source-pixel region that
+        :meth:`preprocess` keeps (the centre crop); the tokens after ``n_prefix`` leading non-spatial
+        ones (none here) are its ``rows x cols`` grid cells, row-major. Used to map pixel masks onto tokens."""
+        side = CROP * min(width, height) / RESIZE
+        left, top = (width - side) / 2.0, (height - side) / 2.0
+        return (left, top, left + side, top + side), (7, 7), 0
+
     # -- engines -------------------------------------------------------------------------------
     def onnx_path(self) -> Path:
         """Where the ONNX export of these weights lives (keyed by the weights hash)."""
