@@ -30,9 +30,14 @@ def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def build_results(rows: list[dict[str, Any]], id_accuracy: float | None, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The results document: per-(method, OOD set) rows in percent plus average rows."""
-    return {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + average_rows(rows)}
+def build_results(rows: list[dict[str, Any]], id_accuracy: float | None, meta: Mapping[str, Any],
+                  diagnostics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The results document: per-(method, OOD set) rows in percent plus average rows, and (when given) the
+    decomposition diagnostics of the tag-based methods (:mod:`tagood.bench.diagnostics`, fractions in [0, 1])."""
+    out = {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + average_rows(rows)}
+    if diagnostics is not None:
+        out["diagnostics"] = diagnostics
+    return out
 
 
 def _fmt(v: float) -> str:
@@ -89,6 +94,42 @@ def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
         buf.write(f" Brackets: {100 * ci['level']:.0f}% percentile-bootstrap intervals ({ci['n_boot']} replicates).")
     if acc is not None:
         buf.write(f" IND classification accuracy of the linear head: {acc:.2f}%.")
+    buf.write("\n")
+    buf.write(diagnostics_markdown(results.get("diagnostics") or []))
+    warnings = (results.get("meta") or {}).get("warnings") or []
+    if warnings:
+        buf.write("\n#### Warnings\n\n" + "".join(f"* {w}\n" for w in warnings))
+    return buf.getvalue()
+
+
+#: diagnostics columns shown in results.md: (key, header); fractions are shown in percent
+DIAG_COLUMNS = (("no_tag_fraction", "no tag %"), ("tokens_per_image", "tokens/image"), ("token_fraction", "tokens %"),
+                ("object_fraction", "with object %"), ("mask_precision", "mask precision %"), ("mask_recall", "mask recall %"),
+                ("mask_iou", "mask IoU %"), ("distractor_fraction", "on distractors %"))
+
+
+def diagnostics_markdown(diag: Sequence[Mapping[str, Any]]) -> str:
+    """The decomposition diagnostics as a table (one row per method and split); mask columns only when
+    some split has object masks."""
+    if not diag:
+        return ""
+    cols = [(k, h) for k, h in DIAG_COLUMNS if any(k in r for r in diag)]
+    buf = io.StringIO()
+    buf.write("\n#### Decomposition diagnostics\n\n")
+    buf.write("| Method | Split | " + " | ".join(h for _, h in cols) + " |\n")
+    buf.write("|---|---|" + "---:|" * len(cols) + "\n")
+    notes = sorted({r["mask_note"] for r in diag if r.get("mask_note")})
+    for r in diag:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k)
+            cells.append("-" if v is None else f"{v:.1f}" if k == "tokens_per_image" else f"{100 * v:.1f}")
+        buf.write(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |\n")
+    buf.write("\nno tag: images without a kept IND tag; tokens: kept tokens per image with a tag (and as a share of all "
+              "tokens); mask columns: kept spatial tokens against the object tokens (a token is object when at least half "
+              "of its grid cell is object), micro-averaged over images with a tag and an object token.")
+    if notes:
+        buf.write(" No mask columns where: " + "; ".join(notes) + ".")
     buf.write("\n")
     return buf.getvalue()
 

@@ -60,6 +60,10 @@ class RunState:
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     #: the IND training samples of the vision-language methods (their few-shot picks), dual-encoded
     vlm_train: FeatureSet | None = None
+    #: decomposition diagnostics of the tag-based methods (:mod:`tagood.bench.diagnostics`)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    #: run-report warnings (logged, in results.json ``meta.warnings`` and in results.md)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[list[str], list[str], bool]:
@@ -252,12 +256,37 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         state.timings[f"{spec}_score_s"] = t_score
         rows += metric_rows(spec, s_id, {name: per[name] for name in cfg.ood})
         log.info("%s done in %.1fs", spec, time.perf_counter() - t)
+    _diagnose(state, [(getattr(d, "spec", d.name), d) for d in dets if getattr(d, "spec", d.name) in state.scores])
     state.timings["total_s"] = time.perf_counter() - t_all
-    results = report.build_results(rows, state.id_accuracy, _meta(state))
+    results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics)
     if out_dir is not None:
         report.write_all(results, out_dir, title=f"{cfg.name} ({state.backbone.id})")
         save_scores(Path(out_dir) / SCORES_FILE, state.scores, {n: _sample_ids(state.splits[n]) for n in ["test", *cfg.ood]})
     return results, state
+
+
+def _diagnose(state: RunState, fitted: list[tuple[str, det_registry.Detector]]) -> None:
+    """Decomposition diagnostics of the fitted tag-based detectors on the scored splits, and the
+    no-tag warning (more than 5% of IND test images without a kept tag)."""
+    from tagood.bench import diagnostics as dg
+
+    tagged = [(spec, d) for spec, d in fitted if dg.is_tag_based(d)]
+    if not tagged:
+        return
+    t = time.perf_counter()
+    splits = {n: dg.SplitInput(sp.features, sp.source, sp.reader.indices if sp.reader is not None else None)
+              for n in ["test", *state.config.ood] for sp in [state.splits[n]] if sp.features is not None}
+    try:
+        state.diagnostics = dg.diagnose(tagged, splits, state.backbone)
+    except Exception as e:  # a diagnostics failure must not lose the run's results
+        log.exception("decomposition diagnostics failed")
+        state.errors["diagnostics"] = f"{type(e).__name__}: {e}"
+        return
+    state.timings["diagnostics_s"] = time.perf_counter() - t
+    dg.log_summary(state.diagnostics)
+    for w in dg.no_tag_warnings(state.diagnostics, {spec: dg.no_tag_rule(d) for spec, d in tagged}):
+        log.warning(w)
+        state.warnings.append(w)
 
 
 def _sample_ids(sp: Split) -> list[str] | None:
@@ -293,11 +322,14 @@ def _meta(state: RunState) -> dict[str, Any]:
         "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
         "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
         "errors": state.errors,
+        "warnings": state.warnings,
         "streamed": {n: sorted(sp.features.streamed) for n, sp in state.splits.items() if sp.features is not None and sp.features.streamed},
         "metric_conventions": {
             "fpr95": "FPR of OOD at 95% TPR of IND (IND positive; TagOOD/MCM/KNN papers)",
             "fpr95_ood_pos": "FPR of IND at 95% TPR of OOD (OOD positive; OpenOOD v1.5)",
             "score_sign": "higher = more OOD",
+            "diagnostics": "fractions in [0, 1]; mask metrics micro-averaged over images with a kept tag and an object "
+                           "token (see tagood.bench.diagnostics)",
         },
         "platform": platform.platform(),
     }
