@@ -40,7 +40,9 @@ def test_decomposition_by_hand():
     # tag0 -> [0, .25, .5, 1], tag1 -> [1, .75, 0, 0]; max -> [1, .75, .5, 1]; > 0.5 keeps 0, 1, 3
     assert mask.tolist() == [[True, True, False, True]] and has.tolist() == [True]
     mask0, _ = token_mask(maps, np.array([[True, False]]), tau=0.0)
-    assert mask0.tolist() == [[False, True, True, True]]
+    assert mask0.tolist() == [[True, True, True, True]]  # tau = 0: the paper's "all features" point (was: token 0 dropped)
+    mask_small, _ = token_mask(maps, np.array([[True, False]]), tau=1e-9)
+    assert mask_small.tolist() == [[False, True, True, True]]  # any tau > 0 is a strict "> tau"
     none_mask, none_has = token_mask(maps, np.array([[False, False]]), tau=0.5)
     assert none_has.tolist() == [False] and none_mask.all()
     toks = TokenSet.from_dense(np.arange(8, dtype=np.float32).reshape(1, 4, 2))

@@ -1,9 +1,18 @@
 """Image-feature decomposition into object tokens (TagOOD paper, section 3.3, Fig. 2a).
 
 For each kept IND tag of an image, its attention over the N tokens is min-max normalised; the
-maps of all kept tags are combined by a maximum; tokens whose value is > tau are kept (tau = 0
-keeps every token with non-minimal attention for some tag; ``tau < 0`` keeps all). Kept tokens
-keep their spatial position index. The same rule is applied to IND training, IND test and OOD data.
+maps of all kept tags are combined by a maximum, giving each token a value in [0, 1]. The exact rule:
+
+* ``tau > 0``: a token is kept when its combined value is **strictly greater** than ``tau`` (the
+  paper's "values above [the threshold] become 1", section 3.3). ``tau = 0.5`` is the paper's best.
+* ``tau <= 0``: **every** token is kept -- the paper's "all image features" point of Fig. 3 (before,
+  ``> 0`` silently dropped each image's lowest-attention tokens at tau = 0).
+* an image never ends with no token (``tau >= 1``): its best token is kept.
+* an image without a kept IND tag gets an all-True mask (all of its tokens: the fallback used for
+  untagged training images, for ``test_tokens="all"`` and for ``no_tag="fallback"``).
+
+Kept tokens keep their spatial position index. The same rule is applied to IND training, IND test
+and OOD data.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from tagood.types import TagAttention, TokenSet
 @dataclass(frozen=True)
 class TagRule:
     """Which of an image's tags are kept: among its stored top-``top_k`` tags, those with probability
-    > ``threshold`` (a scalar or one threshold per tag, e.g. RAM's per-tag file)."""
+    > ``threshold`` (a scalar or one threshold per tag, e.g. RAM's per-tag file). The detectors build
+    it from their ``tag_threshold`` option: ``None`` (no threshold given) means the tagger's own
+    per-tag thresholds when it has them, else 0.0; a number is one uniform threshold for every tag."""
 
     threshold: float | np.ndarray = 0.0
     top_k: int = 10
@@ -51,14 +62,16 @@ def minmax(maps: np.ndarray) -> np.ndarray:
 def token_mask(maps: np.ndarray, keep: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """(mask (N,T) of kept tokens, has_tag (N,)) from raw maps (N,k,T) and kept tag slots (N,k).
 
-    Images without a kept tag get an all-True mask (their tokens are all available, e.g. for
-    ``test_tokens="all"``); ``has_tag`` says they had none.
+    Token ``t`` of the mask is token ``t`` of the image's (undecomposed) token set. Rule (module
+    docstring): keep ``combined > tau`` for ``tau > 0``; keep all tokens for ``tau <= 0``. Images
+    without a kept tag get an all-True mask (their tokens are all available, e.g. for
+    ``test_tokens="all"`` or the all-tokens fallback); ``has_tag`` says they had none.
     """
     norm = minmax(np.asarray(maps, dtype=np.float64))
     norm = np.where(keep[:, :, None], norm, -np.inf)
     combined = norm.max(axis=1)  # (N,T)
     has = keep.any(axis=1)
-    mask = combined > tau
+    mask = combined > tau if tau > 0 else np.ones(combined.shape, dtype=bool)
     mask[~has] = True
     # never leave an image with no token (e.g. tau >= 1): keep its best token
     empty = ~mask.any(axis=1)

@@ -26,75 +26,211 @@ from tagood.ragged import TokenSetSink
 from tagood.tagood.decompose import TagRule, mean_tokens, select_tokens, token_mask
 from tagood.tagood.projector import Projector
 from tagood.tagood.scores import NO_TAG_SCORE, SCORES, centre_score
-from tagood.tagood.train import PRESETS, TrainConfig, config_dict, embed, train_projector
-from tagood.tagood.vocabulary import Vocabulary, build_vocabulary
+from tagood.tagood.train import DETECTOR_PRESETS, PRESETS, TrainConfig, config_dict, embed, train_projector
+from tagood.tagood.vocabulary import VOCAB_RULES, Vocabulary, build_vocabulary, rank_tags, vocabulary_fit
 from tagood.types import Context, FeatureSet, TagAttention, TokenSet
 
 log = logging.getLogger(__name__)
 
 
+NO_TAG_RULES = ("auto", "ood", "fallback")
+
+
 class _TagBase(Detector):
-    """Shared plumbing: tag rule, IND vocabulary, decomposition."""
+    """Shared plumbing: tag rule, IND vocabulary, decomposition, no-tag rule.
+
+    Options common to the tag-based detectors:
+
+    * ``tau``: decomposition threshold (:func:`tagood.tagood.decompose.token_mask`: keep tokens whose
+      combined min-max-normalised attention is ``> tau``; ``tau <= 0`` keeps every token).
+    * ``tag_threshold``: ``None`` (default: no threshold given) uses the tagger's per-tag thresholds
+      when the context has them (RAM's file), else 0.0; a number is one uniform threshold for all tags
+      (``0.0`` really means 0.0, even with RAM).
+    * ``vocab``: the IND vocabulary rule, ``frequent`` (the paper), ``specific`` (frequent in the class,
+      rare in the others) or ``auto`` (default: chosen on held-out IND training images); ``per_class``:
+      tags per class, ``auto`` (chosen on the same held-out part) or a number; ``vocabulary``: a file
+      (overrides both). See :meth:`_select_vocab`.
+    * ``no_tag``: what an image with no kept IND tag gets, on IND test and OOD data alike --
+      ``ood``: the most-OOD score ``NO_TAG_SCORE`` (the paper, section 3.5); ``fallback``: it is
+      scored with all of its tokens; ``auto`` (default): chosen at fit time from IND training data
+      (see :meth:`_choose_no_tag`).
+    """
 
     requires = frozenset({"tokens", "tag_probs", "tag_attention"})
     fit_requires = frozenset({"tokens", "tag_probs", "tag_attention", "labels"})
     streaming_fit = True  # the vocabulary and the decomposition run chunk by chunk
 
-    def __init__(self, tau: float = 0.5, tag_threshold: float = 0.0, tag_top_k: int = 10, per_class: int | str = "auto",
-                 coverage: float = 0.97, vocabulary: str | None = None, **kw: Any) -> None:
+    def __init__(self, tau: float = 0.5, tag_threshold: float | None = None, tag_top_k: int = 10, per_class: int | str = "auto",
+                 coverage: float = 0.97, vocabulary: str | None = None, no_tag: str = "auto", vocab: str = "auto",
+                 **kw: Any) -> None:
         super().__init__(tau=tau, tag_threshold=tag_threshold, tag_top_k=tag_top_k, per_class=per_class, coverage=coverage,
-                         vocabulary=vocabulary, **kw)
+                         vocabulary=vocabulary, no_tag=no_tag, vocab=vocab, **kw)
         self.tau = float(tau)
-        self.rule = TagRule(float(tag_threshold), int(tag_top_k))
+        self.tag_threshold = None if tag_threshold is None else float(tag_threshold)
+        self.rule = TagRule(0.0 if tag_threshold is None else float(tag_threshold), int(tag_top_k))
         if per_class != "auto" and int(per_class) < 1:
             raise ValueError("per_class must be 'auto' or >= 1")
+        if no_tag not in NO_TAG_RULES:
+            raise ValueError(f"no_tag must be one of {NO_TAG_RULES}, got {no_tag!r}")
+        if vocab not in ("auto", *VOCAB_RULES):
+            raise ValueError(f"vocab must be 'auto' or one of {VOCAB_RULES}, got {vocab!r}")
         self.per_class = per_class if per_class == "auto" else int(per_class)
+        self.vocab_rule = vocab
+        #: the rule and tags per class the vocabulary was built with (set at fit)
+        self.vocab_rule_used: str | None = None
+        self.per_class_used: int | None = None
         self.coverage = float(coverage)
         self.vocab_path = vocabulary
         self.vocab: Vocabulary | None = None
+        self.no_tag = no_tag  # resolved to "ood" / "fallback" at fit time when "auto"
+        #: fraction of held-out IND training images without a kept IND tag (set at fit; None if not measured)
+        self.heldout_no_tag_fraction: float | None = None
 
     def _rule_for(self, context: Context) -> TagRule:
+        """The tag rule: the tagger's per-tag thresholds (``context.extra['tag_thresholds']``) apply only
+        when no ``tag_threshold`` was given (``None``); an explicit number, 0.0 included, is used as is."""
         thr = context.extra.get("tag_thresholds")
-        return TagRule(np.asarray(thr), self.rule.top_k) if thr is not None and self.hparams.get("tag_threshold", 0.0) == 0.0 else self.rule
+        if thr is not None and self.tag_threshold is None:
+            return TagRule(np.asarray(thr), self.rule.top_k)
+        return self.rule
+
+    # -- the contract the diagnostics use ----------------------------------------------------------
+    def _masks(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (N,T), has_tag (N,)) of one in-memory chunk, given its kept tag slots."""
+        return token_mask(data.tag_attention.maps, keep, self.tau)
+
+    def token_masks(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        """After fit: ``(mask, has_tag)`` with ``mask`` (N,T) bool -- the tokens used to score each image --
+        and ``has_tag`` (N,) bool -- the image kept at least one IND-vocabulary tag.
+
+        Token index ``t`` is the ``t``-th token of the cached token set (EfficientNet: the row-major 7x7
+        grid, no prefix token; RAM: 1 pooled token then the 12x12 patches). Exactly the masks
+        :meth:`score` uses (tag rule, vocabulary, ``tau``, ``test_tokens``). Rows of images with
+        ``has_tag`` False are all True: the tokens the all-tokens fallback uses; under ``no_tag="ood"``
+        such an image is not scored from tokens at all (it gets ``NO_TAG_SCORE``), which ``has_tag``
+        tells. A streamed FeatureSet is processed chunk by chunk (``data.iter_chunks()``)."""
+        self._check_fitted()
+        masks, has = [], []
+        for chunk in data.iter_chunks():
+            m, h = self._masks(chunk, self.kept_tags(chunk))
+            masks.append(m)
+            has.append(h)
+        if not masks:
+            return np.zeros((0, 0), bool), np.zeros(0, bool)
+        return np.concatenate(masks), np.concatenate(has)
+
+    def kept_tag_ids(self, data: FeatureSet) -> list[np.ndarray]:
+        """After fit: the kept IND tag ids of each image (tag rule + vocabulary), one int64 array per
+        image (empty when the image kept none); chunk by chunk for a streamed FeatureSet."""
+        self._check_fitted()
+        out: list[np.ndarray] = []
+        for chunk in data.iter_chunks():
+            keep = self.kept_tags(chunk)
+            ids = np.asarray(chunk.tag_attention.ids)
+            out.extend(ids[i][keep[i]].astype(np.int64) for i in range(len(ids)))
+        return out
+
+    def _check_fitted(self) -> None:
+        if self.vocab is None:
+            raise RuntimeError(f"{self.name}: call fit() before asking for token masks or kept tags")
+
+    def _train_kept(self, train: FeatureSet) -> list[np.ndarray]:
+        """Tag ids kept by the tag rule on each training image (before any vocabulary), chunk by chunk."""
+        kept: list[np.ndarray] = []
+        for chunk in train.iter_chunks():
+            attn = chunk.tag_attention
+            keep = self.rule.kept(attn, chunk.tag_probs)
+            kept.extend(np.asarray(attn.ids[i])[keep[i]] for i in range(len(attn)))
+        return kept
 
     def _build_vocab(self, train: FeatureSet, context: Context) -> Vocabulary:
+        """The IND vocabulary (a file, or built by the ``vocab`` rule with ``per_class`` tags per class, each
+        chosen on held-out IND training images when ``auto``); then resolves ``no_tag="auto"``."""
         names = context.extra.get("tag_names")
-        num_classes = int(np.max(train.labels)) + 1
+        labels = np.asarray(train.labels)
+        num_classes = int(np.max(labels)) + 1
+        kept = self._train_kept(train)
         if self.vocab_path:
             v = Vocabulary.load(self.vocab_path, num_classes, names)
+            fit = vocabulary_fit(v, kept, labels)  # the file was not built from these images
+            log.info("IND vocabulary from %s: %d tags; %.1f%% of IND training images keep one", self.vocab_path, len(v.tags),
+                     100 * fit["coverage"])
         else:
-            kept: list[np.ndarray] = []
-            for chunk in train.iter_chunks():
-                attn = chunk.tag_attention
-                keep = self.rule.kept(attn, chunk.tag_probs)
-                kept.extend(attn.ids[i][keep[i]] for i in range(len(attn)))
-            m = self.per_class if self.per_class != "auto" else self._auto_per_class(kept, train.labels, num_classes, context.seed)
-            v = build_vocabulary(kept, train.labels, num_classes, m, context.class_names, names)
-        log.info("IND vocabulary: %s", {v._cls(c): [v._tag(t) for t in ts] for c, ts in enumerate(v.class_tags)})
+            rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed)
+            v = build_vocabulary(kept, labels, num_classes, m, context.class_names, names, rule=rule)
+            self.vocab_rule_used, self.per_class_used = rule, m
+        self.heldout_no_tag_fraction = 1.0 - fit["coverage"]
+        if self.no_tag == "auto":
+            self.no_tag = self._choose_no_tag(self.heldout_no_tag_fraction)
+        log.debug("IND vocabulary: %s", {v._cls(c): [v._tag(t) for t in ts] for c, ts in enumerate(v.class_tags)})
         return v
 
-    def _auto_per_class(self, kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int, max_m: int = 10) -> int:
-        """Smallest tags-per-class m whose vocabulary, built on 80% of IND train, gives a kept IND tag to
-        >= ``coverage`` of the held-out 20% (never the test sets). The paper uses m = 1 with a strong
-        tagger (RAM on ImageNet); a weak tagger needs more tags per class, else the no-tag rule rejects
-        many IND images."""
-        labels = np.asarray(labels)
-        rng = np.random.default_rng(seed)
-        held = np.zeros(len(labels), bool)
-        held[rng.choice(len(labels), size=max(1, len(labels) // 5), replace=False)] = True
-        fit_idx = np.flatnonzero(~held)
-        cov = 0.0
-        for m in range(1, max_m + 1):
+    def _choose_no_tag(self, q: float) -> str:
+        """``no_tag="auto"``: the paper's rule (``ood``) when the vocabulary covers IND images to the
+        ``coverage`` target (held-out no-tag fraction ``q <= 1 - coverage``, 3% by default), else
+        ``fallback``. Decided on held-out IND *training* images, never on test sets.
+
+        Why: under ``ood`` every IND image without a kept tag outscores every OOD image that has one, so the
+        true-positive rate can never exceed ``1 - q`` below the no-tag score; once ``q >= 5%`` the FPR95
+        threshold is the no-tag score itself and FPR95 degenerates to 100% (and ``tagood fit``'s 95%
+        threshold flags nothing). Its gain -- untagged OOD images are flagged for free -- only outweighs
+        that loss when ``q`` is small, the paper's regime (RAM, whose vocabulary names every ImageNet
+        class). Under ``fallback`` the same images are scored from all of their tokens against the same
+        centres: a continuous score that still ranks them (the centres were trained with untagged
+        training images falling back to all tokens too)."""
+        rule = "ood" if q <= 1.0 - self.coverage + 1e-12 else "fallback"
+        log.info("no-tag rule: %s (%.1f%% of held-out IND training images keep no IND tag; target <= %.1f%%)",
+                 rule, 100 * q, 100 * (1.0 - self.coverage))
+        return rule
+
+    def _select_vocab(self, kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int,
+                      max_m: int = 10) -> tuple[str, int, dict[str, float]]:
+        """(rule, tags per class, held-out fit) of the vocabulary, chosen on a held-out 20% of each IND
+        training class (never the test sets) with vocabularies built on the other 80%.
+
+        * tags per class ``m`` (``per_class="auto"``): the smallest ``m`` whose vocabulary gives a kept IND
+          tag to >= ``coverage`` of the held-out images (the paper uses m = 1 with a strong tagger; a weak
+          one needs more tags per class, else many IND images have no tag);
+        * rule (``vocab="auto"``): ``frequent`` (the paper) or ``specific``, whichever has the higher
+          held-out ``separation`` (coverage x the share of kept tags that name the image's own class,
+          :func:`tagood.tagood.vocabulary.vocabulary_fit`); a tie keeps the paper's rule.
+
+        Logs once which rule and how many tags won."""
+        held = _stratified_holdout(labels, seed)
+        fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
+        kept_fit, kept_held = [kept[i] for i in fit_idx], [kept[i] for i in held_idx]
+        rules = list(VOCAB_RULES) if self.vocab_rule == "auto" else [self.vocab_rule]
+        results: list[tuple[str, int, dict[str, float]]] = []
+        for rule in rules:
             try:
-                v = build_vocabulary([kept[i] for i in fit_idx], labels[fit_idx], num_classes, m, quiet=True)
+                ranked = rank_tags(kept_fit, labels[fit_idx], num_classes, rule)
             except ValueError:
-                return m
-            cov = float(np.mean([np.isin(kept[i], v.tags).any() for i in np.flatnonzero(held)]))
-            if cov >= self.coverage:
-                log.info("IND vocabulary: %d tag(s) per class cover %.1f%% of held-out IND training images", m, 100 * cov)
-                return m
-        log.warning("IND vocabulary: even %d tags per class cover only %.1f%% of held-out IND training images", max_m, 100 * cov)
-        return max_m
+                continue  # a class without tags in the 80% part: decided on all images below
+            ms = [int(self.per_class)] if self.per_class != "auto" else range(1, max_m + 1)
+            fit: dict[str, float] = {}
+            m = ms[0]
+            for m in ms:
+                v = Vocabulary([[int(t) for t in u[:m]] for u, _ in ranked])
+                fit = vocabulary_fit(v, kept_held, labels[held_idx])
+                if not len(held_idx) or fit["coverage"] >= self.coverage or m >= max(len(u) for u, _ in ranked):
+                    break
+            if self.per_class == "auto" and fit and fit["coverage"] < self.coverage:
+                log.warning("IND vocabulary (%s): even %d tags per class cover only %.1f%% of held-out IND training images",
+                            rule, m, 100 * fit["coverage"])
+            results.append((rule, m, fit))
+        if not results or not len(held_idx):  # too few images to hold some out: no choice is measured
+            rule = rules[0]
+            m = 1 if self.per_class == "auto" else int(self.per_class)
+            v = build_vocabulary(kept, labels, num_classes, m, rule=rule, quiet=True)
+            fit = vocabulary_fit(v, kept, labels)
+            log.warning("IND vocabulary: too few IND training images to choose on a held-out part; rule %s, %d tag(s) per class", rule, m)
+            return rule, m, fit
+        best = max(results, key=lambda r: (round(r[2]["separation"], 12), -rules.index(r[0])))
+        others = "; ".join(f"{r}: {m} tag(s)/class, coverage {100 * f['coverage']:.1f}%, separation {f['separation']:.3f}"
+                           for r, m, f in results if r != best[0])
+        log.info("IND vocabulary: rule '%s' with %d tag(s) per class (held-out IND train: coverage %.1f%%, separation %.3f)%s",
+                 best[0], best[1], 100 * best[2]["coverage"], best[2]["separation"], f"; beat {others}" if others else "")
+        return best
 
     def kept_tags(self, data: FeatureSet) -> np.ndarray:
         """Boolean (N,k): kept IND tags per image."""
@@ -141,19 +277,24 @@ class TagOOD(_TagBase):
     use_projector = True
     centres_from = "ema"  # or "mean": class means of training features
 
-    def __init__(self, tau: float = 0.5, score: str = "cosine", test_tokens: str = "object", tags: str = "pred",
-                 preset: str = "small", tag_threshold: float = 0.0, tag_top_k: int = 10, per_class: int | str = "auto",
-                 coverage: float = 0.97, vocabulary: str | None = None, **train_kw: Any) -> None:
+    def __init__(self, tau: float = 0.5, score: str = "cosine", test_tokens: str | None = None, tags: str = "pred",
+                 preset: str = "small", tag_threshold: float | None = None, tag_top_k: int = 10, per_class: int | str = "auto",
+                 coverage: float = 0.97, vocabulary: str | None = None, no_tag: str = "auto", vocab: str = "auto",
+                 **train_kw: Any) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}")
+        test_tokens = DETECTOR_PRESETS[preset]["test_tokens"] if test_tokens is None else test_tokens
+        if tag_threshold is None:
+            tag_threshold = DETECTOR_PRESETS[preset]["tag_threshold"]
         super().__init__(tau=tau, tag_threshold=tag_threshold, tag_top_k=tag_top_k, per_class=per_class, coverage=coverage,
-                         vocabulary=vocabulary, score=score, test_tokens=test_tokens, tags=tags, preset=preset, **train_kw)
+                         vocabulary=vocabulary, no_tag=no_tag, vocab=vocab, score=score, test_tokens=test_tokens, tags=tags, preset=preset,
+                         **train_kw)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}")
         if test_tokens not in ("object", "all"):
             raise ValueError("test_tokens must be 'object' or 'all'")
         if tags not in ("pred", "gt"):
             raise ValueError("tags must be 'pred' (multiple predicted tags) or 'gt' (the ground-truth class tag)")
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}")
         unknown = set(train_kw) - set(TrainConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown TagOOD options {sorted(unknown)}")
@@ -225,25 +366,38 @@ class TagOOD(_TagBase):
             del obj_tokens  # release the memory-maps before the directory goes
 
     # -- scoring -------------------------------------------------------------------------------
-    def features(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(test features, has_tag, max kept-tag prob) for ``data``."""
-        keep = self.kept_tags(data)
+    def _masks(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.test_tokens == "all":
-            tokens, has = data.tokens, keep.any(axis=1)
-        else:
-            obj, has = self.decompose(data, keep)
-            tokens = obj.tokens
+            return np.ones((len(keep), np.asarray(data.tag_attention.maps).shape[-1]), bool), keep.any(axis=1)
+        return token_mask(data.tag_attention.maps, keep, self.tau)
+
+    def features(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(test features, has_tag, tag probability factor) for one in-memory chunk ``data``.
+
+        The tokens are those of :meth:`token_masks`. The tag factor (used by ``score=chunk`` only) is the
+        max kept IND-tag probability; for an image without a kept IND tag (scored under
+        ``no_tag="fallback"``) it is its max IND-vocabulary tag probability, thresholds ignored."""
+        assert self.vocab is not None
+        keep = self.kept_tags(data)
+        mask, has = self._masks(data, keep)
+        tokens = data.tokens if self.test_tokens == "all" else select_tokens(data.tokens, mask)
         if self.model is not None:
             feats, _ = embed(self.model, tokens, device=self.device)
         else:
             feats = mean_tokens(tokens)
-        return feats, has, self.max_tag_prob(data, keep)
+        p = self.max_tag_prob(data, keep)
+        if not has.all():
+            p[~has] = np.asarray(data.tag_probs, dtype=np.float64)[~has][:, self.vocab.tags].max(axis=1)
+        return feats, has, p
 
     def _score(self, data: FeatureSet) -> np.ndarray:
+        """Higher = more OOD. Images without a kept IND tag: ``NO_TAG_SCORE`` under ``no_tag="ood"``,
+        their all-token score under ``no_tag="fallback"`` -- on every split alike."""
         assert self.centres is not None
         feats, has, p = self.features(data)
         s = centre_score(feats, self.centres, self.score_kind, tag_prob=p)
-        s[~has] = NO_TAG_SCORE
+        if self.no_tag == "ood":
+            s[~has] = NO_TAG_SCORE
         return s
 
     # -- persistence ---------------------------------------------------------------------------
@@ -261,6 +415,7 @@ class TagOOD(_TagBase):
             "format": "tagood-detector/1", "name": self.name, "class": type(self).__name__,
             "hparams": {k: v for k, v in self.hparams.items()}, "train": config_dict(self.train_cfg),
             "rule": {"threshold": np.asarray(self.rule.threshold).tolist(), "top_k": self.rule.top_k},
+            "no_tag": self.no_tag, "heldout_no_tag_fraction": self.heldout_no_tag_fraction,
             "projector": self.model.config if self.model is not None else None,
             "vocabulary": {"class_tags": self.vocab.class_tags, "freq": self.vocab.freq,
                            "class_names": self.vocab.class_names, "tag_names": [self.vocab._tag(t) for t in self.vocab.tags]},
@@ -281,6 +436,8 @@ class TagOOD(_TagBase):
         det.rule = TagRule(thr if np.isscalar(thr) else np.asarray(thr), cfg["rule"]["top_k"])
         v = cfg["vocabulary"]
         det.vocab = Vocabulary(v["class_tags"], v["freq"], v["class_names"])
+        det.no_tag = cfg.get("no_tag", "ood")  # detectors saved before the option existed used the paper's rule
+        det.heldout_no_tag_fraction = cfg.get("heldout_no_tag_fraction")
         w = load_file(str(d / "weights.safetensors"))
         det.centres = w["centres"]
         if cfg["projector"] is not None:
@@ -290,6 +447,20 @@ class TagOOD(_TagBase):
         det.device = device
         det.fitted = True
         return det
+
+
+def _stratified_holdout(labels: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
+    """Boolean mask: a seeded ``fraction`` of each class's images (rounded down; a class with one image
+    keeps it in the fitting part), so every class keeps images to build a vocabulary from."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(len(idx) * fraction)
+        if k:
+            held[rng.choice(idx, size=k, replace=False)] = True
+    return held
 
 
 def _class_means(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,8 +1,20 @@
 """The IND vocabulary: which tagger tags stand for each IND class (TagOOD paper, section 3.3).
 
-Built automatically as the most frequent kept tag among each class's training images (the paper
-then has humans review it: the file written here is human-readable and can be edited and passed
-back). Two classes whose most frequent tag is the same is a *collision*; it is reported.
+Two rules build it from the tags kept on IND training images:
+
+* ``frequent`` (the paper): the most frequent kept tags among each class's training images (the paper
+  then has humans review them: the file written here is human-readable and can be edited and passed
+  back).
+* ``specific``: tags frequent in this class and rare in the others. With ``P(t|c)`` the fraction of
+  class ``c``'s training images that kept tag ``t``, the specificity is
+  ``s(t, c) = P(t|c) - mean_{c' != c} P(t|c')``; tags with ``s > 0`` are ranked by ``s`` (a class whose
+  tags all have ``s <= 0`` keeps its single best one). A tag that fires for every class as often as
+  for this one (a background tag: sky, wall, the shared scene) has ``s ~ 0`` and is dropped, where the
+  paper's rule picks it whenever it is the most frequent. The other IND classes' training images are
+  the background evidence we have: there are no background-only images at fit time.
+
+Two classes sharing a tag is a *collision*; it is reported. :func:`vocabulary_fit` measures a
+vocabulary on held-out IND images (coverage and how well the kept tags name the image's own class).
 """
 
 from __future__ import annotations
@@ -97,27 +109,94 @@ class Vocabulary:
                    [names[c] for c in range(k)], list(tag_names) if tag_names else None)
 
 
+VOCAB_RULES = ("frequent", "specific")
+
+
+def _flatten(kept: Sequence[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image index, label, tag id) of every distinct kept (image, tag) pair."""
+    lens = np.array([len(np.unique(k)) for k in kept], dtype=np.int64)
+    tags = np.concatenate([np.unique(np.asarray(k, dtype=np.int64)) for k in kept]) if len(kept) else np.zeros(0, np.int64)
+    img = np.repeat(np.arange(len(kept), dtype=np.int64), lens)
+    return img, np.asarray(labels, dtype=np.int64)[img], tags
+
+
+def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, rule: str = "frequent",
+              class_names: Sequence[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per class: (tag ids in rule order, their image counts in the class). See the module docstring
+    for the rules; ties are broken by count, then tag id. A class none of whose images kept a tag is an
+    error (lower the tag threshold or give a vocabulary file)."""
+    if rule not in VOCAB_RULES:
+        raise ValueError(f"vocabulary rule must be one of {VOCAB_RULES}, got {rule!r}")
+    labels = np.asarray(labels, dtype=np.int64)
+    _, y, t = _flatten(kept, labels)
+    n_img = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    n_tags = int(t.max()) + 1 if len(t) else 0
+    key, count = np.unique(y * max(n_tags, 1) + t, return_counts=True)
+    kc, kt = key // max(n_tags, 1), key % max(n_tags, 1)
+    total_p = np.zeros(n_tags)
+    np.add.at(total_p, kt, count / np.maximum(n_img[kc], 1.0))  # sum over classes of P(t|c)
+    out = []
+    for c in range(num_classes):
+        sel = kc == c
+        u, n = kt[sel], count[sel]
+        if len(u) == 0:
+            raise ValueError(f"IND class {c} ({class_names[c] if class_names else c}): none of its {int(n_img[c])} training images kept a tag; "
+                             "lower the tag threshold / raise top-k, or pass a vocabulary file")
+        if rule == "frequent" or num_classes == 1:
+            order = np.lexsort((u, -n))  # most frequent first, ties by tag id
+        else:
+            p = n / n_img[c]
+            spec = p - (total_p[u] - p) / (num_classes - 1)
+            order = np.lexsort((u, -n, -spec))
+            positive = spec[order] > 0
+            order = order[positive] if positive.any() else order[:1]
+        out.append((u[order], n[order]))
+    return out
+
+
 def build_vocabulary(kept: list[np.ndarray], labels: np.ndarray, num_classes: int, per_class: int = 1,
                      class_names: Sequence[str] | None = None, tag_names: Sequence[str] | None = None,
-                     quiet: bool = False) -> Vocabulary:
-    """The ``per_class`` most frequent kept tags of each class's training images.
-
-    ``kept[i]``: tag ids kept for training image ``i`` (by the tag rule). A class none of whose
-    images kept a tag is an error (lower the tag threshold or give a vocabulary file).
+                     quiet: bool = False, rule: str = "frequent") -> Vocabulary:
+    """The first ``per_class`` tags of each class by ``rule``: ``frequent`` (the paper: the most frequent
+    kept tags of the class's training images) or ``specific`` (frequent in this class, rare in the
+    others; module docstring). ``kept[i]``: tag ids kept for training image ``i`` (by the tag rule).
+    A class none of whose images kept a tag is an error (lower the tag threshold or give a vocabulary file).
     """
-    labels = np.asarray(labels)
-    class_tags, freq = [], []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        ts = np.concatenate([kept[i] for i in idx]) if len(idx) else np.zeros(0, np.int64)
-        if len(ts) == 0:
-            raise ValueError(f"IND class {c} ({class_names[c] if class_names else c}): none of its {len(idx)} training images kept a tag; "
-                             "lower the tag threshold / raise top-k, or pass a vocabulary file")
-        u, n = np.unique(ts, return_counts=True)
-        order = np.lexsort((u, -n))[:per_class]  # most frequent first, ties by tag id
-        class_tags.append([int(t) for t in u[order]])
-        freq.append([int(x) for x in n[order]])
+    ranked = rank_tags(kept, labels, num_classes, rule, class_names)
+    class_tags = [[int(t) for t in u[:per_class]] for u, _ in ranked]
+    freq = [[int(x) for x in n[:per_class]] for _, n in ranked]
     v = Vocabulary(class_tags, freq, list(class_names) if class_names else None, list(tag_names) if tag_names else None)
     for t, cs in ({} if quiet else v.collisions).items():
         log.warning("IND vocabulary collision: tag '%s' stands for classes %s", v._tag(t), [v._cls(c) for c in cs])
     return v
+
+
+def vocabulary_fit(vocab: Vocabulary, kept: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """How well ``vocab`` serves IND images it was not built from (held-out IND training images):
+
+    * ``coverage``: fraction of the images that keep at least one vocabulary tag (the others are
+      "no-tag" images);
+    * ``precision``: over the covered images, the mean share of their kept vocabulary tags that name
+      their own class, a tag shared by ``k`` classes counting ``1/k`` (a background tag in every class's
+      list counts ``1/C``: it covers but does not separate the classes);
+    * ``separation`` = coverage x precision: the criterion that chooses a vocabulary rule (a vocabulary
+      that covers every image with one shared background tag scores ``1/C``).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return {"coverage": float("nan"), "precision": float("nan"), "separation": float("nan")}
+    c = len(vocab.class_tags)
+    n_tags = max([max(ts) for ts in vocab.class_tags if ts] + [int(np.max(np.concatenate(kept))) if sum(map(len, kept)) else 0]) + 1
+    owners = np.zeros((c, n_tags), bool)
+    for k, ts in enumerate(vocab.class_tags):
+        owners[k, ts] = True
+    n_owners = owners.sum(axis=0)
+    img, y, t = _flatten(kept, labels)
+    inv = n_owners[t] > 0
+    img, y, t = img[inv], y[inv], t[inv]
+    n_kept = np.bincount(img, minlength=len(labels))
+    own = np.bincount(img, weights=owners[y, t] / np.maximum(n_owners[t], 1), minlength=len(labels))
+    covered = n_kept > 0
+    coverage = float(covered.mean())
+    precision = float((own[covered] / n_kept[covered]).mean()) if covered.any() else 0.0
+    return {"coverage": coverage, "precision": precision, "separation": coverage * precision}
