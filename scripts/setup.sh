@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages holding the offline data: Fashion-MNIST (IDX files) and WordNet (NegLabel's label pool).
-if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/index.noun ]; then
+# Debian packages holding the offline data: Fashion-MNIST (IDX files), WordNet (NegLabel's label pool) and the
+# Tux Paint photo stamps (objects of the `scenes` benchmark; GPL-2 data read from /usr/share/tuxpaint/stamps).
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/index.noun ] || [ ! -d /usr/share/tuxpaint/stamps ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base >/dev/null; }
+  $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base tuxpaint-stamps-default >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base tuxpaint-stamps-default >/dev/null; }
 fi
 
 PY=${PYTHON:-python3}

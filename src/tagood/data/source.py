@@ -11,6 +11,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 
@@ -73,3 +74,15 @@ class ImageSource(ABC):
     def content_id(self) -> str:
         """Extra identity beyond the sample list (e.g. a hash of an in-memory array). Default ''."""
         return ""
+
+    def object_mask(self, i: int) -> np.ndarray | None:
+        """The true IND-object pixels of sample ``i``: a bool (H, W) array at the resolution ``load(i)``
+        returns (all False when the image holds no IND object), or ``None`` when the source does not know.
+
+        Sources that compose their images (e.g. :class:`tagood.data.scenes.SceneSource`) know it; views
+        (:class:`tagood.data.SubsetSource`) forward it with their index mapping. Default: ``None``."""
+        return None
+
+    def distractor_mask(self, i: int) -> np.ndarray | None:
+        """Like :meth:`object_mask`, for the visible pixels of distractor objects (not IND, not the OOD item)."""
+        return None

@@ -40,6 +40,14 @@ class SubsetSource(ImageSource):
     def _load(self, i: int) -> Image.Image:
         return self.parent._load(int(self.indices[i]))
 
+    def object_mask(self, i: int) -> np.ndarray | None:
+        """The parent's object mask of the sample this view's ``i`` maps to (None if the parent has none)."""
+        return self.parent.object_mask(int(self.indices[i]))
+
+    def distractor_mask(self, i: int) -> np.ndarray | None:
+        """The parent's distractor mask of the sample this view's ``i`` maps to (None if the parent has none)."""
+        return self.parent.distractor_mask(int(self.indices[i]))
+
     def content_id(self) -> str:
         h = hashlib.sha256(self.parent.fingerprint().encode())
         h.update(self.indices.tobytes())
