@@ -127,6 +127,24 @@ def _fashion_clutter(quick: bool) -> BenchConfig:
     )
 
 
+def _scenes(quick: bool) -> BenchConfig:
+    """Real-photo scenes (issue 10; :func:`tagood.data.scenes.scene_splits`): IND = 6 stamp groups (mammal,
+    bird, fish, fruit, musical instrument, vehicle) on photo backgrounds with 1-4 distractors; OOD =
+    scene-near (insect / vegetable / flower / tool stamps), scene-clutter (distractors only), scene-far
+    (tinted Fashion-MNIST items). Sizes as ``fashion``: 200 train / 50 test per class, 300 per OOD set."""
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
+    spec = {"type": "scenes", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
+    return BenchConfig(
+        name="scenes",
+        train={**spec, "part": "train"},
+        test={**spec, "part": "test"},
+        ood={s: {**spec, "part": s} for s in ("scene-near", "scene-clutter", "scene-far")},
+        methods=default_methods(),
+        options={"method_defaults": copy.deepcopy(VLM_QUICK_DEFAULTS if quick else VLM_DEMO_DEFAULTS)},
+        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 300},
+    )
+
+
 #: Methods that run on any tagger's cached outputs (no per-block norms, no differentiable backbone needed).
 IMAGENET_METHODS = ["msp", "maxlogit", "energy", "react", "ash", "lhact", "knn[k=1000]", "mahalanobis", "vim",
                     "tagscore", "cs", "ce+cs[preset=paper]", "tagood[preset=paper]"]
@@ -159,11 +177,11 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
                        methods=methods, backbone=backbone, batch_size=32, pseudo_ood=None, options=options)
 
 
-BUILTIN = {"fashion": _fashion, "fashion-clutter": _fashion_clutter}
+BUILTIN = {"scenes": _scenes, "fashion": _fashion, "fashion-clutter": _fashion_clutter}
 
 
 def builtin(name: str, quick: bool = False) -> BenchConfig:
-    """A built-in benchmark: ``fashion`` or ``fashion-clutter`` (``quick`` = a smaller subset for CI)."""
+    """A built-in benchmark: ``scenes``, ``fashion`` or ``fashion-clutter`` (``quick`` = a smaller subset for CI)."""
     if name not in BUILTIN:
         raise ConfigError(f"unknown benchmark '{name}'; built-in: {', '.join(sorted(BUILTIN))} (or pass a config file to `tagood bench`)")
     cfg = BUILTIN[name](quick)

@@ -1,7 +1,9 @@
 """Turn a split spec of a benchmark config into an :class:`~tagood.data.ImageSource`.
 
 Spec types: ``folder`` (root, classes?), ``list`` (file, root), ``fashion_mnist`` (split, classes,
-root?), ``mnist5k``, ``digits``, ``fashion_clutter`` (part, sizes), ``imagenet`` (root, part).
+root?), ``mnist5k``, ``digits``, ``fashion_clutter`` (part, sizes), ``scenes`` (part: train / test /
+scene-near / scene-clutter / scene-far; sizes ``n_train_per_class``, ``n_test_per_class``, ``n_ood``;
+``stamps`` = stamps folder, default ``$TAGOOD_STAMPS`` or the Debian one), ``imagenet`` (root, part).
 Common keys: ``per_class`` (seeded per-class subsample), ``n`` (seeded subsample), ``classes``
 (keep these labels), ``relabel`` (map kept classes to 0..k-1; default true for IND splits).
 """
@@ -45,12 +47,18 @@ def build_source(spec: Mapping[str, Any], base_dir: Path, seed: int = 0, name: s
         if part not in parts:
             raise SpecError(f"fashion_clutter part must be one of {sorted(parts)}, got {part!r}")
         src = parts[part]
+    elif kind == "scenes":
+        parts = _scene_parts(spec, seed)
+        part = spec.get("part")
+        if part not in parts:
+            raise SpecError(f"scenes part must be one of {sorted(parts)}, got {part!r}")
+        src = parts[part]
     elif kind == "imagenet":
         from tagood.data import imagenet
 
         src = imagenet.imagenet_source(_path(spec, "root", base_dir), spec.get("part", "val"))
     else:
-        raise SpecError(f"unknown split type {kind!r} in {dict(spec)}; use folder, list, fashion_mnist, mnist5k, digits, fashion_clutter or imagenet")
+        raise SpecError(f"unknown split type {kind!r} in {dict(spec)}; use folder, list, fashion_mnist, mnist5k, digits, fashion_clutter, scenes or imagenet")
     if "classes" in spec:
         src = data.select_classes(src, list(spec["classes"]), relabel=bool(spec.get("relabel", True)))
     if "per_class" in spec:
@@ -74,3 +82,15 @@ def _clutter_parts(spec: Mapping[str, Any], seed: int) -> dict[str, ImageSource]
             n_train_per_class=key[0], n_test_per_class=key[1], n_ood=key[2], seed=seed
         )
     return _CLUTTER_CACHE[key]
+
+
+_SCENES_CACHE: dict[tuple, dict[str, ImageSource]] = {}
+
+
+def _scene_parts(spec: Mapping[str, Any], seed: int) -> dict[str, ImageSource]:
+    key = (int(spec.get("n_train_per_class", 200)), int(spec.get("n_test_per_class", 50)), int(spec.get("n_ood", 300)),
+           seed, spec.get("stamps"))
+    if key not in _SCENES_CACHE:
+        _SCENES_CACHE[key] = data.scene_splits(n_train_per_class=key[0], n_test_per_class=key[1], n_ood=key[2],
+                                               seed=seed, root=key[4])
+    return _SCENES_CACHE[key]

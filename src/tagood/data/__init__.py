@@ -1,4 +1,4 @@
-"""Image sources: folders, list files, packaged offline sets, subsets, jigsaw and cluttered scenes."""
+"""Image sources: folders, list files, packaged offline sets, subsets, jigsaw, cluttered and real-photo scenes."""
 
 from tagood.data.arrays import (
     FASHION_CLASSES,
@@ -17,7 +17,9 @@ from tagood.data.folder import (
     ListFileSource,
 )
 from tagood.data.jigsaw import JigsawSource
+from tagood.data.scenes import SceneSource, scene_splits
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource, Sample
+from tagood.data.stamps import Stamp, read_stamp_list, stamps_root
 from tagood.data.subset import (
     SubsetSource,
     select_classes,
@@ -38,14 +40,19 @@ __all__ = [
     "JigsawSource",
     "ListFileSource",
     "Sample",
+    "SceneSource",
+    "Stamp",
     "SubsetSource",
     "fashion_clutter_splits",
     "fashion_mnist",
     "mnist5k",
     "open_image",
     "read_idx",
+    "read_stamp_list",
+    "scene_splits",
     "select_classes",
     "sklearn_digits",
+    "stamps_root",
     "subsample",
     "subsample_per_class",
     "to_rgb",
