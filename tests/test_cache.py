@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagood.cache import CacheError, CacheReader, CacheWriter, cache_key, entry_dir, mmap_safetensors
+from tagood.cache import CacheError, CacheReader, CacheWriter, Manifest, cache_key, entry_dir, mmap_safetensors
 from tagood.types import TokenSet
 
 KEY = cache_key("toy", "w0", "t0", "d0", {"tau": 0.5})
@@ -118,8 +118,15 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(tmp_path: Path):
 def test_key_mismatch_and_corrupt_manifest(tmp_path: Path):
     w = CacheWriter.open(tmp_path, "s", KEY, n_source=3, shard_size=2)
     d = w.dir
-    (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()), "key": {"other": 1}}))
+    w.close()
+    m = Manifest.load(d / "manifest.json")
+    m.key = {"other": 1}  # a consistent manifest (valid checksum) written for another key
+    (d / "manifest.json").write_text(json.dumps(m.to_json()))
     with pytest.raises(CacheError, match="another key"):
+        CacheWriter.open(tmp_path, "s", KEY, n_source=3)
+    # the same edit by hand (checksum not updated) is caught as tampering
+    (d / "manifest.json").write_text(json.dumps({**m.to_json(), "key": KEY}))
+    with pytest.raises(CacheError, match="modified or damaged"):
         CacheWriter.open(tmp_path, "s", KEY, n_source=3)
     (d / "manifest.json").write_text("{not json")
     with pytest.raises(CacheError, match="corrupt cache manifest"):

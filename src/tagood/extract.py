@@ -2,8 +2,14 @@
 
 Decoding and preprocessing run in a thread pool (PIL and numpy release the GIL) one batch ahead
 of the model forward, so the model is rarely idle. A sample that cannot be decoded is skipped,
-recorded in the cache manifest (``failed``) and reported; it never aborts a run. An interrupted
-extraction resumes after its last committed shard; a finished one does no work.
+recorded in the cache manifest (``failed``) and reported; it never aborts a run, but a source whose
+every image fails, or a labelled source that loses every image of a class, is an error. An
+interrupted extraction resumes after its last committed shard; a finished one does no work.
+
+Each source file's ``[size, mtime_ns]`` is taken before it is decoded and stored with its shard. A
+later call (cache hit or resume) stats the files again and re-extracts only the shards whose files
+changed, and re-extracts shards that fail their checksum; a damaged manifest is set aside and the
+entry extracted again. The entry's write lock (:class:`tagood.cache.EntryLock`) is held throughout.
 """
 
 from __future__ import annotations
@@ -17,8 +23,21 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tagood.cache import CacheReader, CacheWriter, cache_key, entry_dir, MANIFEST, Manifest
-from tagood.data.source import ImageDecodeError, ImageSource
+from tagood.cache import (
+    COMMIT_ROWS,
+    COMMIT_SECONDS,
+    MANIFEST,
+    CacheError,
+    CacheReader,
+    CacheWriter,
+    EntryLock,
+    Manifest,
+    cache_key,
+    entry_dir,
+    file_stat,
+    set_aside_manifest,
+)
+from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
 from tagood.progress import progress_bar
 from tagood.types import Backbone, ModelOutput
 
@@ -33,20 +52,21 @@ def default_cache_root() -> Path:
     return home / "features"
 
 
-def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None]:
+def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None, list[int] | None]:
+    stat = file_stat(source.samples[i].ident)  # before reading: a file changed meanwhile is re-extracted later
     try:
-        return i, backbone.preprocess(source.load(i)), None
+        return i, backbone.preprocess(source.load(i)), None, stat
     except ImageDecodeError as e:
-        return i, None, e.reason
+        return i, None, e.reason, stat
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged files
-        return i, None, f"{type(e).__name__}: {e}"
+        return i, None, f"{type(e).__name__}: {e}", stat
 
 
 def _batches(
-    source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int
-) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
-    """Yield (indices, preprocessed batch, failures) in source order, decoding one batch ahead."""
-    n = len(source)
+    source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int, stop: int | None = None
+) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]], dict[int, list[int] | None]]]:
+    """Yield (indices, preprocessed batch, failures, file stats) in source order, decoding one batch ahead."""
+    n = len(source) if stop is None else stop
     chunks = [list(range(a, min(a + batch_size, n))) for a in range(start, n, batch_size)]
     if not chunks:
         return
@@ -59,10 +79,10 @@ def _batches(
         for k in range(len(chunks)):
             nxt = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
             results = [f.result() for f in pending]
-            ok = [(i, x) for i, x, err in results if x is not None]
-            failed = [(i, err or "") for i, x, err in results if x is None]
+            ok = [(i, x) for i, x, err, _ in results if x is not None]
+            failed = [(i, err or "") for i, x, err, _ in results if x is None]
             batch = np.stack([x for _, x in ok]) if ok else None
-            yield [i for i, _ in ok], batch, failed
+            yield [i for i, _ in ok], batch, failed, {i: st for i, _, _, st in results}
             pending = nxt if nxt is not None else []
 
 
@@ -77,7 +97,7 @@ def _select(out: ModelOutput, fields: Sequence[str]) -> dict[str, Any]:
 
 
 def _write_in_order(writer: CacheWriter, samples: Sequence[Any], idx: list[int], arrays: Mapping[str, np.ndarray],
-                    failed: Mapping[int, str]) -> None:
+                    failed: Mapping[int, str], stats: Mapping[int, list[int] | None] | None = None) -> None:
     """Write a batch's decoded rows and its failures in source order (so shards stay contiguous):
     runs of decoded rows between failures go in as one block each."""
     events = sorted([(i, j) for j, i in enumerate(idx)] + [(i, -1) for i in failed])
@@ -89,17 +109,79 @@ def _write_in_order(writer: CacheWriter, samples: Sequence[Any], idx: list[int],
             ids = np.array([i for i, _ in run])
             sl = slice(rows[0], rows[-1] + 1)  # decoded rows of a batch are consecutive
             writer.add(ids, np.array([samples[i].label for i in ids]), [samples[i].ident for i in ids],
-                       {k: v[sl] for k, v in arrays.items()})
+                       {k: v[sl] for k, v in arrays.items()},
+                       stats=[stats.get(int(i)) for i in ids] if stats is not None else None)
             run.clear()
 
     for i, j in events:
         if j < 0:
             flush()
             log.warning("skipping %s: %s", samples[i].ident, failed[i])
-            writer.skip(i, samples[i].ident, failed[i])
+            writer.skip(i, samples[i].ident, failed[i], stat=stats.get(i) if stats is not None else True)
         else:
             run.append((i, j))
     flush()
+
+
+def _check_result(reader: CacheReader, source: ImageSource) -> CacheReader:
+    """Every image failed, or a labelled class lost all its images: a :class:`DataSourceError` naming some."""
+    n = len(source)
+    failed = reader.failed
+    if n and len(reader) == 0:
+        first = "; ".join(f"{f['ident']}: {f['reason']}" for f in failed[:3])
+        raise DataSourceError(f"none of the {n} images of '{source.name}' could be decoded ({first}"
+                              f"{' ...' if len(failed) > 3 else ''}); check the files and their format")
+    if failed and source.class_names:
+        have = set(np.unique(reader.labels).tolist())
+        lost = sorted({s.label for s in source.samples if s.label >= 0} - have)
+        if lost:
+            names = [source.class_names[k] if k < len(source.class_names) else str(k) for k in lost]
+            raise DataSourceError(f"'{source.name}': every image of class {', '.join(map(repr, names[:5]))} failed to "
+                                  f"decode (listed in {reader.dir / MANIFEST}); fix or remove that class folder")
+    return reader
+
+
+def _extract_range(writer: CacheWriter, source: ImageSource, backbone: Backbone, fields: Sequence[str], start: int,
+                   stop: int | None, batch_size: int, workers: int, advance: Any = None,
+                   max_batches: int | None = None) -> int:
+    """Decode + forward + write samples ``start:stop``; the cache write of batch k overlaps batch k+1's forward."""
+    samples = source.samples
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as write_pool:  # numpy and file I/O release the GIL
+        pending: Future | None = None
+        for k, (idx, batch, failed, stats) in enumerate(_batches(source, backbone, start, batch_size, workers, stop)):
+            arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
+            if pending is not None:
+                pending.result()
+            pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed), stats)
+            done += len(idx) + len(failed)
+            if advance is not None:
+                advance(len(idx) + len(failed))
+            if max_batches is not None and k + 1 >= max_batches:
+                break
+        if pending is not None:
+            pending.result()
+    return done
+
+
+def _repair(writer: CacheWriter, source: ImageSource, backbone: Backbone, fields: Sequence[str], batch_size: int,
+            workers: int) -> set[str]:
+    """Re-extract the committed shards that are damaged or whose source files changed; returns the shard
+    files known good (verified or just written) so the reader does not hash them again."""
+    d = writer.dir
+    reader = CacheReader(d, check_files=False)
+    problems = reader.verify(full=True)
+    redo: dict[int, str] = {p.shard: f"{p.file}: {p.message}" for p in problems if p.shard is not None}
+    if reader.manifest.shards:
+        now = [file_stat(s.ident) for s in source.samples]
+        for i, k in reader.changed_shards(now).items():
+            redo.setdefault(i, f"{k} source file(s) changed since extraction")
+    for i in sorted(redo):
+        log.warning("%s: re-extracting shard %d (%s)", d, i, redo[i])
+        start, stop = writer.begin_rewrite(i)
+        _extract_range(writer, source, backbone, fields, start, stop, batch_size, workers)
+        writer.end_rewrite()
+    return reader._verified | writer.written
 
 
 def extract_split(
@@ -115,14 +197,27 @@ def extract_split(
     workers: int | None = None,
     progress: bool = True,
     max_batches: int | None = None,
+    commit_rows: int | None = COMMIT_ROWS,
+    commit_seconds: float | None = COMMIT_SECONDS,
+    lock_timeout: float | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> CacheReader:
     """Extract ``fields`` of every sample of ``source`` with ``backbone`` into the feature cache.
 
     Returns a :class:`~tagood.cache.CacheReader`. Re-running with the same source, backbone and
-    options returns the cached entry without work; an interrupted run resumes. ``max_batches``
-    stops early without marking the entry complete (used to test resumption). ``batch_size`` is per
-    device when ``backbone`` holds replicas on a device list (:mod:`tagood.backbones.multi`).
+    options returns the cached entry without work, after checking it: shards that fail their
+    checksum or whose source files changed (size / mtime) are re-extracted. An interrupted run
+    resumes; shards are committed every ``commit_rows`` samples / ``commit_seconds`` / ``shard_mb``
+    (``shard_size``: exactly that many samples each), so a kill loses at most one such shard.
+    A second process extracting the same entry waits for the first (``lock_timeout`` seconds,
+    ``None`` = as long as it takes) and then finds it done. ``max_batches`` stops early without
+    marking the entry complete (used to test resumption). ``batch_size`` is per device when
+    ``backbone`` holds replicas on a device list (:mod:`tagood.backbones.multi`). Raises
+    :class:`~tagood.data.source.DataSourceError` when every image fails to decode or a labelled
+    class loses all its images.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fields = list(fields or backbone.outputs)
     batch_size *= getattr(backbone, "n_devices", 1)  # replicas on a device list each get batch_size images
     if "tag_attention" in fields and "tag_ids" not in fields:
@@ -130,48 +225,52 @@ def extract_split(
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     key = cache_key(backbone.id, backbone.weights_hash, backbone.transform_id, source.fingerprint(), {"fields": sorted(fields), **(options or {})})
     d = entry_dir(root, split, key)
-    if (d / MANIFEST).exists():
-        m = Manifest.load(d / MANIFEST)
-        if m.complete:
-            log.info("cache hit: %s (%d samples, %d failed)", d, m.n_samples, len(m.failed))
-            return CacheReader(d)
     n = len(source)
     if n == 0:
-        from tagood.data.source import DataSourceError
-
         raise DataSourceError(f"source '{source.name}' is empty; nothing to extract")
-    writer = CacheWriter.open(root, split, key, n_source=n, shard_size=shard_size, shard_mb=shard_mb,
-                              meta={"source": source.name, "class_names": source.class_names})
-    start = writer.next_index
-    if start:
-        log.info("resuming %s at sample %d of %d", d, start, n)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    samples = source.samples
-    t0 = time.perf_counter()
-    done = 0
-    with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
-        # the cache write (dtype conversion, shard commit) of batch k runs in a writer thread while
-        # the model runs batch k+1; numpy and file I/O release the GIL
-        with ThreadPoolExecutor(max_workers=1) as write_pool:
-            pending: Future | None = None
-            for k, (idx, batch, failed) in enumerate(_batches(source, backbone, start, batch_size, workers)):
-                arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
-                if pending is not None:
-                    pending.result()
-                pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed))
-                done += len(idx) + len(failed)
-                advance(len(idx) + len(failed))
-                if max_batches is not None and k + 1 >= max_batches:
-                    pending.result()
-                    writer._commit()
-                    return CacheReader(d)
-            if pending is not None:
-                pending.result()
-    elapsed = time.perf_counter() - t0
-    reader = writer.finish(meta={"seconds": elapsed, "images_per_s": done / elapsed if elapsed > 0 else None})
+    lock = EntryLock(d, lock_timeout)
+    try:
+        lock.acquire()
+    except CacheError:
+        if (d / MANIFEST).exists() and not os.access(d, os.W_OK):  # a read-only shared cache: use it, checked
+            reader = CacheReader(d)
+            if reader.complete:
+                log.info("cache hit (read-only cache, not locked): %s", d)
+                return _check_result(reader, source)
+        raise
+    try:
+        if (d / MANIFEST).exists():
+            try:
+                Manifest.load(d / MANIFEST)
+            except CacheError as e:
+                log.warning("%s; the damaged manifest is kept as %s and the split is extracted again",
+                            str(e).split(";")[0], set_aside_manifest(d).name)
+        writer = CacheWriter.open(root, split, key, n_source=n, shard_size=shard_size, shard_mb=shard_mb,
+                                  meta={"source": source.name, "class_names": source.class_names, **(meta or {})},
+                                  commit_rows=commit_rows, commit_seconds=commit_seconds, lock=lock)
+        good = _repair(writer, source, backbone, fields, batch_size, workers) if writer.manifest.shards else set()
+        if writer.complete:
+            m = writer.manifest
+            log.info("cache hit: %s (%d samples, %d failed)", d, m.n_samples, len(m.failed))
+            return _check_result(CacheReader(d, verified=good), source)
+        start = writer.next_index
+        if start:
+            log.info("resuming %s at sample %d of %d", d, start, n)
+        t0 = time.perf_counter()
+        with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
+            done = _extract_range(writer, source, backbone, fields, start, None, batch_size, workers, advance, max_batches)
+        if max_batches is not None and writer._covered_to < n:
+            writer.commit()
+            return CacheReader(d, verified=good | writer.written)
+        elapsed = time.perf_counter() - t0
+        reader = writer.finish(meta={"seconds": elapsed, "images_per_s": done / elapsed if elapsed > 0 else None})
+        reader._verified |= good
+    finally:
+        lock.release()
     if reader.failed:
         log.warning("%s: %d of %d images could not be decoded (listed in %s)", split, len(reader.failed), n, d / MANIFEST)
-    return reader
+    return _check_result(reader, source)
 
 
 class CachedImageStream:
