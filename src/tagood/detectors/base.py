@@ -13,6 +13,7 @@ import logging
 import pkgutil
 from abc import ABC, abstractmethod
 import re
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -54,6 +55,10 @@ class Detector(ABC):
     #: True when ``_fit`` takes a streamed training split itself (``FeatureSet.iter_chunks``);
     #: otherwise the streamed fields it needs are loaded into memory first (with a warning).
     streaming_fit: ClassVar[bool] = False
+    #: True for test-time detectors (AdaNeg): a score may depend on the test samples seen before it, so the
+    #: benchmark scores them on one seeded, shuffled stream of IND test + OOD samples
+    #: (:func:`tagood.bench.stream.evaluate_stream`) and reports them apart from static detectors.
+    test_time: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams = hparams
@@ -91,6 +96,16 @@ class Detector(ABC):
         if len(s) != len(data):
             raise RuntimeError(f"{self.name} returned {len(s)} scores for {len(data)} samples")
         return s
+
+    def score_stream(self, batches: Iterable[FeatureSet]) -> np.ndarray:
+        """OOD scores of a stream of batches, concatenated in stream order, float64: **higher = more OOD**.
+
+        Static detectors (the default): each batch scored by :meth:`score`, independent of the others.
+        Test-time detectors override this: their state (e.g. AdaNeg's feature memory) starts empty at each
+        call and carries from one batch to the next.
+        """
+        parts = [self.score(b) for b in batches]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())

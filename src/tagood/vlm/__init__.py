@@ -1,12 +1,14 @@
 """Vision-language OOD detection: the dual-encoder protocol, an offline dual encoder, and the
-detectors MCM, GL-MCM, NegLabel, LoCoOp and KR-NFT (all scores: **higher = more OOD**)."""
+detectors MCM, GL-MCM, NegLabel, CSP, AdaNeg (test-time), LoCoOp and KR-NFT (all scores: **higher = more OOD**)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from tagood.vlm import glmcm, krnft, locoop, mcm, neglabel  # noqa: F401  (register the detectors)
+from tagood.vlm import adaneg, csp, glmcm, krnft, locoop, mcm, neglabel  # noqa: F401  (register the detectors)
+from tagood.vlm.adaneg import AdaNeg
+from tagood.vlm.csp import CSP
 from tagood.vlm.glmcm import GLMCM
 from tagood.vlm.krnft import KRNFT
 from tagood.vlm.locoop import LoCoOp
@@ -45,4 +47,4 @@ def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any = None, dev
     raise ValueError(f"unknown dual encoder '{name}'; use 'offline' or 'clip'")
 
 
-__all__ = ["DualEncoder", "EncoderAdapter", "GLMCM", "KRNFT", "LoCoOp", "MCM", "NegLabel", "build_dual_encoder"]
+__all__ = ["AdaNeg", "CSP", "DualEncoder", "EncoderAdapter", "GLMCM", "KRNFT", "LoCoOp", "MCM", "NegLabel", "build_dual_encoder"]

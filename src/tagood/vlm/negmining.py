@@ -108,3 +108,25 @@ def negative_labels(encoder: Any, ind_names: Sequence[str], ind_embeds: np.ndarr
     idx = mine_negatives(emb, ind_embeds, n, eta)
     log.info("NegMining: kept %d of %d candidate labels (eta=%.2f)", len(idx), len(words), eta)
     return [words[i] for i in idx], emb[idx]
+
+
+def mine_fraction(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, ratio: float = 0.15, eta: float = 0.05,
+                  max_sim: float | None = 0.95) -> np.ndarray:
+    """Indices of the ``ratio`` fraction (floored) of candidates farthest from the IND labels, most distant first.
+
+    The NegMining distance (:func:`neg_distance`, the ``eta``-percentile of ``-cos``) ranks them, as in CSP's
+    released code (its "0.95-quantile of the cosine" is the same quantity with the sign flipped); candidates whose
+    largest cosine to an IND label exceeds ``max_sim`` (near-duplicates of an IND label) are never kept.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    d = neg_distance(candidate_embeds, ind_embeds, eta)
+    if max_sim is not None and len(d):
+        top = np.empty(len(d))
+        c, y = l2n(candidate_embeds), l2n(ind_embeds)
+        for a in range(0, len(c), 8192):
+            top[a : a + 8192] = (c[a : a + 8192] @ y.T).max(axis=1)
+        d = np.where(top > max_sim, -np.inf, d)
+    n = int(len(d) * ratio)
+    order = np.argsort(-d, kind="stable")[:n]
+    return order[np.isfinite(d[order])]
