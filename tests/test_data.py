@@ -79,6 +79,9 @@ def test_folder_and_list_errors(tmp_path):
         data.FolderSource(tmp_path / "empty")
     lf = tmp_path / "list.txt"
     lf.write_text("# comment\n\na/b.png 3\nc.png\n")
+    with pytest.raises(DataSourceError, match="none of the 2 paths"):  # nothing listed exists: not a list file?
+        data.ListFileSource(lf, tmp_path)
+    (tmp_path / "c.png").write_bytes(b"")
     src = data.ListFileSource(lf, tmp_path)
     assert [(s.ident, s.label) for s in src.samples] == [(str(tmp_path / "a/b.png"), 3), (str(tmp_path / "c.png"), -1)]
     with pytest.raises(ImageDecodeError, match="not found"):

@@ -1,13 +1,24 @@
-"""Decoding image files to RGB, with clear errors for files that cannot be decoded."""
+"""Decoding image files to RGB, with clear errors for files that cannot be decoded.
+
+EXIF orientation is honoured (a JPEG from a phone held upright is read upright); files that are not
+regular files (FIFOs, devices, sockets) are refused before they are opened, so one cannot hang a
+run; PIL's decompression-bomb guard is kept (over twice ``Image.MAX_IMAGE_PIXELS``: refused) and
+an image over the limit is reported as one log line naming the file.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat as _stat
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tagood.data.source import ImageDecodeError
+
+log = logging.getLogger(__name__)
 
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
@@ -68,15 +79,30 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
 
     ``min_size``: for JPEGs, let the decoder scale down by a power of two (DCT scaling, PIL
     ``draft``) while keeping the shorter side >= ``min_size``; much faster for large photos.
-    Raises :class:`ImageDecodeError` naming the file when it is missing, unreadable, truncated or
-    not an image.
+    Raises :class:`ImageDecodeError` naming the file when it is missing, unreadable, truncated, not a
+    regular file or not an image. The EXIF orientation tag is applied (the image comes back upright).
     """
     try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as e:
+        raise ImageDecodeError(str(path), "file not found; check the path (list files are relative to their root)") from e
+    except OSError as e:
+        raise ImageDecodeError(str(path), f"cannot stat the file ({e.strerror})") from e
+    if _stat.S_ISDIR(mode):
+        raise ImageDecodeError(str(path), "is a directory, not an image file")
+    if not _stat.S_ISREG(mode):
+        kind = "a FIFO" if _stat.S_ISFIFO(mode) else "a device" if (_stat.S_ISCHR(mode) or _stat.S_ISBLK(mode)) else "a socket" if _stat.S_ISSOCK(mode) else "not a regular file"
+        raise ImageDecodeError(str(path), f"is {kind}, not an image file; skipped without reading it")
+    try:
         with Image.open(path) as img:
+            w, h = img.size
+            if Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS:
+                log.warning("%s: large image (%dx%d = %d pixels, over PIL's decompression-bomb limit of %d); decoding it "
+                            "anyway (over twice the limit is refused)", path, w, h, w * h, Image.MAX_IMAGE_PIXELS)
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             img.load()
-            return img
+            return _upright(img)
     except FileNotFoundError as e:
         raise ImageDecodeError(str(path), "file not found; check the path (list files are relative to their root)") from e
     except IsADirectoryError as e:
@@ -86,6 +112,18 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     except UnidentifiedImageError as e:
         raise ImageDecodeError(str(path), "not an image file PIL can read (wrong extension or corrupt header)") from e
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(str(path), f"image too large ({e})") from e
+        raise ImageDecodeError(str(path), f"image too large, refused by PIL's decompression-bomb guard ({e})") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(str(path), f"corrupt or truncated ({e})") from e
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (1..8); images without one come back unchanged."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: keep the pixels as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    out = ImageOps.exif_transpose(img)
+    return out if out is not None else img

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +17,35 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _classify(f: Path, exts: set[str]) -> str | None:
+    """Why a path with an image extension is not an image file (``None``: it is a regular file)."""
+    if f.suffix.lower() not in exts:
+        return "ext"
+    if f.is_symlink() and not f.exists():
+        return "dangling symbolic link"
+    if f.is_dir():
+        return "directory named like an image"
+    if not f.is_file():
+        return "not a regular file (FIFO, device or socket)"
+    return None
+
+
+def _report_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
+    """One warning line per kind of skipped entry, naming up to three of them."""
+    by: dict[str, list[str]] = {}
+    for p, why in skipped:
+        by.setdefault(why, []).append(p)
+    for why, paths in by.items():
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        log.warning("%s: skipped %d %s%s: %s%s", root, len(paths), why, "s" if len(paths) > 1 and why.startswith(("dangling", "directory")) else "",
+                    ", ".join(paths[:3]), more)
+
+
 class _FileSource(ImageSource):
     min_size: int | None = None
     _samples: list[Sample]
+    #: entries with an image extension that were left out, with the reason (dangling link, FIFO, ...)
+    skipped: list[tuple[str, str]] = []
 
     @property
     def samples(self) -> list[Sample]:
@@ -45,6 +72,15 @@ class FolderSource(_FileSource):
         subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.class_names = list(classes) if classes is not None else (subdirs or None)
         samples: list[Sample] = []
+        skipped: list[tuple[str, str]] = []
+
+        def add(f: Path, label: int) -> None:
+            why = _classify(f, exts)
+            if why is None:
+                samples.append(Sample(str(f), label))
+            elif why != "ext":
+                skipped.append((str(f), why))
+
         if subdirs:
             index = {c: k for k, c in enumerate(self.class_names or [])}
             for c in subdirs:
@@ -52,14 +88,17 @@ class FolderSource(_FileSource):
                     log.warning("%s: folder '%s' is not one of the given classes; skipped", self.root, c)
                     continue
                 for f in sorted((self.root / c).rglob("*")):
-                    if f.suffix.lower() in exts and f.is_file():
-                        samples.append(Sample(str(f), index[c]))
+                    add(f, index[c])
         for f in sorted(self.root.glob("*")):
-            if f.suffix.lower() in exts and f.is_file():
-                samples.append(Sample(str(f), -1))
+            if f.is_dir() and (f.suffix.lower() not in exts or f.name in subdirs):
+                continue
+            add(f, -1)
+        self.skipped = skipped
+        _report_skipped(self.root, skipped)
         if not samples:
+            why = f" ({len(skipped)} entries with an image extension were skipped: dangling links, directories or special files)" if skipped else ""
             raise DataSourceError(
-                f"no images ({', '.join(sorted(exts))}) found under {self.root}; put the images in one sub-folder "
+                f"no images ({', '.join(sorted(exts))}) found under {self.root}{why}; put the images in one sub-folder "
                 "per class (root/<class>/<image>) or pass extensions=... for other file types"
             )
         self._samples = samples
@@ -86,7 +125,13 @@ class ListFileSource(_FileSource):
         if not self.root.is_dir():
             raise DataSourceError(f"image root {self.root} (for {self.list_file}) does not exist")
         samples: list[Sample] = []
-        for n, line in enumerate(self.list_file.read_text().splitlines(), 1):
+        try:
+            text = self.list_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataSourceError(f"list file {self.list_file} is not a UTF-8 text file; give a text file of 'path [label]' lines") from None
+        except OSError as e:
+            raise DataSourceError(f"cannot read list file {self.list_file} ({e.strerror})") from None
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -97,8 +142,9 @@ class ListFileSource(_FileSource):
                     label = int(parts[1])
                     path = parts[0]
                 except ValueError:
-                    raise DataSourceError(
-                        f"{self.list_file}:{n}: label '{parts[1]}' is not an integer (lines are 'path [label]')"
+                    raise DataSourceError(  # the line itself is not echoed (the file may be anything)
+                        f"{self.list_file}:{n}: the label (the last field of the line) is not an integer; a list file "
+                        "has one 'path [label]' line per image"
                     ) from None
             else:
                 path = parts[0]
@@ -109,6 +155,9 @@ class ListFileSource(_FileSource):
             samples.append(Sample(str(p if p.is_absolute() else self.root / p), label))
         if not samples:
             raise DataSourceError(f"list file {self.list_file} lists no images")
+        if not any(os.path.lexists(s.ident) for s in samples):  # stops at the first listed file that exists
+            raise DataSourceError(f"none of the {len(samples)} paths listed in {self.list_file} exists under {self.root}; "
+                                  "is it a list file of 'path [label]' lines relative to the root?")
         self._samples = samples
 
 
