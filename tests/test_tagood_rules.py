@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tagood import detectors
-from tagood.tagood import NO_TAG_SCORE, select_tokens, token_mask
+from tagood.tagood import NO_TAG_SCORE, centre_score, select_tokens, token_mask
 from tagood.types import Context, FeatureSet, TagAttention, TokenSet
 
 SMALL = "epochs=2,dim=16,mlp=32,batch_size=32"
@@ -66,7 +66,7 @@ def test_token_masks_contract_matches_scoring_and_streams(spec):
     np.testing.assert_array_equal(h2, has)
     assert [a.tolist() for a in det.kept_tag_ids(_streamed(test, 5))] == [a.tolist() for a in ids]
     if spec.startswith("cs"):  # CS scores the mean of exactly these tokens
-        from tagood.tagood import centre_score, mean_tokens
+        from tagood.tagood import mean_tokens
         feats = mean_tokens(select_tokens(test.tokens, mask))
         expect = centre_score(feats, det.centres, "cosine")
         expect[~has] = NO_TAG_SCORE if det.no_tag == "ood" else expect[~has]
@@ -76,3 +76,163 @@ def test_token_masks_contract_matches_scoring_and_streams(spec):
 def test_token_masks_need_fit():
     with pytest.raises(RuntimeError, match="fit"):
         detectors.create("cs").token_masks(_toy(n_per=2))
+
+
+# -- tau = 0 and the tag threshold -----------------------------------------------------------------
+def test_tau_zero_keeps_every_token_of_every_image():
+    train = _toy(seed=0)
+    det = detectors.create("cs[per_class=1,tau=0]").fit(train, Context())
+    mask, has = det.token_masks(train)
+    assert has.all() and mask.all()  # before: each image's minimum-attention token was dropped
+    np.testing.assert_allclose(det.centres, np.stack([train.tokens.pad()[0][train.labels == c].mean(axis=(0, 1)) for c in range(3)]),
+                               rtol=1e-5, atol=1e-6)  # all 9 tokens of every training image
+
+
+def test_tag_threshold_none_uses_tagger_thresholds_but_zero_is_zero():
+    train, test = _toy(seed=0), _toy(n_per=5, seed=1)
+    per_tag = np.full(20, 0.5)
+    per_tag[11] = 0.9  # the tagger's own threshold rejects class 1's tag (prob 0.8)
+    ctx = Context(extra={"tag_thresholds": per_tag})
+    given = detectors.create("cs[per_class=1,tag_threshold=0.0]").fit(train, ctx)
+    assert np.isscalar(given.rule.threshold) and given.rule.threshold == 0.0  # before: 0.0 meant "not given"
+    assert given.vocab.class_tags == [[10], [11], [12]] and given.token_masks(test)[1].all()
+    with pytest.raises(ValueError, match="none of its"):  # no threshold given: the per-tag file applies, class 1 keeps no tag
+        detectors.create("cs[per_class=1]").fit(train, ctx)
+    per_tag[11] = 0.5
+    default = detectors.create("cs[per_class=1]").fit(train, ctx)
+    assert not np.isscalar(default.rule.threshold) and np.asarray(default.rule.threshold)[11] == 0.5
+    assert detectors.create("cs[per_class=1]").fit(train, Context()).rule.threshold == 0.0  # no file, no threshold: 0.0
+
+
+# -- the no-tag rule --------------------------------------------------------------------------------
+def test_no_tag_ood_vs_fallback_on_ind_and_ood_alike():
+    train = _toy(seed=0)
+    ind, ood = _toy(n_per=10, seed=1), _toy(n_per=10, seed=2, ood=True)
+    for fs in (ind, ood):
+        fs.tag_probs[::2] = 0.0  # every other image keeps no tag, on both sets
+    untagged = np.zeros(len(ind), bool)
+    untagged[::2] = True
+    ood_rule = detectors.create("cs[per_class=1,no_tag=ood]").fit(train, Context())
+    fb_rule = detectors.create("cs[per_class=1,no_tag=fallback]").fit(train, Context())
+    np.testing.assert_array_equal(ood_rule.centres, fb_rule.centres)  # the rule acts at test time only
+    for fs in (ind, ood):
+        s_ood, s_fb = ood_rule.score(fs), fb_rule.score(fs)
+        assert np.all(s_ood[untagged] == NO_TAG_SCORE) and np.all(s_fb[untagged] < 1.0)  # cosine scores lie in [-1, 1]
+        np.testing.assert_array_equal(s_ood[~untagged], s_fb[~untagged])
+        all_tokens = centre_score(fs.tokens.pad()[0][untagged].mean(axis=1), fb_rule.centres, "cosine")
+        np.testing.assert_allclose(s_fb[untagged], all_tokens, rtol=1e-5, atol=1e-6)  # scored with all of their tokens
+    # the fallback still measures something: untagged IND images score below untagged OOD images
+    from sklearn.metrics import roc_auc_score
+    s_in, s_out = fb_rule.score(ind)[untagged], fb_rule.score(ood)[untagged]
+    assert roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out]) > 0.9
+    # the chunk score's tag factor of an untagged image is its best IND-vocabulary probability (below the threshold), not 0
+    tg = detectors.create(f"tagood[per_class=1,no_tag=fallback,score=chunk,tag_threshold=0.5,{SMALL}]").fit(train, Context())
+    weak = ind.tag_probs.copy()
+    weak[untagged, 10 + ind.labels[untagged]] = 0.3  # named, but below the 0.5 threshold: no kept tag
+    scored = ind.with_(tag_probs=weak)
+    assert not tg.token_masks(scored)[1][untagged].any()
+    feats, has, p = tg.features(scored)
+    np.testing.assert_allclose(p[untagged], 0.3)
+    np.testing.assert_allclose(p[~has], 0.3)
+    s_chunk = tg.score(scored)
+    np.testing.assert_allclose(s_chunk, centre_score(feats, tg.centres, "chunk", tag_prob=p))
+    assert np.all(np.abs(s_chunk[untagged]) <= 0.3 + 1e-9) and np.all(s_chunk[untagged] != 0.0)
+
+
+def test_no_tag_auto_is_chosen_on_held_out_ind_train():
+    train = _toy(seed=0)
+    clean = detectors.create("cs[per_class=1]").fit(train, Context())
+    assert clean.no_tag == "ood" and clean.heldout_no_tag_fraction == 0.0  # the paper's rule when the vocabulary covers IND
+    poor = _toy(seed=0)
+    rng = np.random.default_rng(0)
+    poor.tag_probs[rng.random(len(poor)) < 0.25] = 0.0  # a quarter of IND training images keep no tag
+    det = detectors.create("cs[per_class=1]").fit(poor, Context())
+    assert det.no_tag == "fallback" and det.heldout_no_tag_fraction > 0.1
+    assert det.hparams["no_tag"] == "auto"
+    forced = detectors.create("cs[per_class=1,no_tag=ood]").fit(poor, Context())
+    assert forced.no_tag == "ood"
+    with pytest.raises(ValueError, match="no_tag"):
+        detectors.create("cs[no_tag=maybe]")
+
+
+def test_untagged_training_images_fall_back_to_all_tokens():
+    train = _toy(seed=0)
+    train.tag_probs[[0, 31, 62]] = 0.0  # one image per class keeps no tag
+    det = detectors.create(f"tagood[per_class=1,{SMALL}]")
+    det.rule, det.tau = det._rule_for(Context()), 0.5
+    det.vocab = det._build_vocab(train, Context())
+    tokens, has, n_pos = det._decompose_train(train, Context(), None)
+    assert n_pos == 9 and has.sum() == len(train) - 3 and not has[[0, 31, 62]].any()
+    assert np.all(tokens.lengths[~has] == 9) and np.all(tokens.lengths[has] < 9)
+    for i in (0, 31, 62):  # all tokens, in their spatial order, with their values
+        sel = tokens.select(np.array([i]))
+        assert sel.positions.tolist() == list(range(9))
+        np.testing.assert_array_equal(sel.values, train.tokens.select(np.array([i])).values)
+
+
+# -- vocabulary ---------------------------------------------------------------------------------------
+def _background_toy(n_per: int = 40, seed: int = 0) -> FeatureSet:
+    """Tag 5 (a background: attends to the non-object tokens) fires on every image with prob 0.9; the class
+    tag 10+k fires on 70% of class k's images with prob 0.6. The most frequent tag of every class is 5."""
+    fs = _toy(n_per=n_per, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    ids = fs.tag_attention.ids.copy()
+    maps = fs.tag_attention.maps.copy()
+    ids[:, 1] = 5
+    maps[:, 1] = 5.0 - maps[:, 0]  # the background tag attends where the object is not
+    fs.tag_probs[:, 5] = 0.9
+    for i, y in enumerate(fs.labels):
+        fs.tag_probs[i, 10 + y] = 0.6 if rng.random() < 0.7 else 0.0
+    return fs.with_(tag_attention=TagAttention(ids, maps))
+
+
+def test_specific_vocabulary_drops_the_tag_every_class_shares():
+    from tagood.tagood import build_vocabulary
+    from tagood.tagood.vocabulary import vocabulary_fit
+    kept = [np.array([5, 10 + k]) if j % 10 < 7 else np.array([5]) for k in range(3) for j in range(10)]
+    labels = np.repeat(np.arange(3), 10)
+    freq = build_vocabulary(kept, labels, 3, rule="frequent", quiet=True)
+    spec = build_vocabulary(kept, labels, 3, rule="specific", quiet=True)
+    assert freq.class_tags == [[5], [5], [5]]  # the paper's rule: the shared background tag for every class
+    assert spec.class_tags == [[10], [11], [12]] and spec.freq == [[7], [7], [7]]
+    # per_class=2 under the specific rule still never adds the shared tag (specificity 0)
+    assert build_vocabulary(kept, labels, 3, per_class=2, rule="specific", quiet=True).class_tags == [[10], [11], [12]]
+    f, s = vocabulary_fit(freq, kept, labels), vocabulary_fit(spec, kept, labels)
+    assert f["coverage"] == 1.0 and f["precision"] == pytest.approx(1 / 3)  # covers everything, separates nothing
+    assert s["coverage"] == pytest.approx(0.7) and s["precision"] == 1.0 and s["separation"] > f["separation"]
+    # a tag shared by two of three classes is less specific than each class's own tag, more than the universal one
+    kept2 = [np.array([7, 10 + k]) if k < 2 else np.array([12]) for k in range(3) for _ in range(4)]
+    v2 = build_vocabulary(kept2, np.repeat(np.arange(3), 4), 3, per_class=2, rule="specific", quiet=True)
+    assert v2.class_tags == [[10, 7], [11, 7], [12]]
+
+
+def test_vocab_auto_picks_specific_on_held_out_and_frequent_stays_available():
+    train, test = _background_toy(seed=0), _background_toy(n_per=10, seed=1)
+    auto = detectors.create("cs[per_class=auto]").fit(train, Context())
+    assert auto.vocab_rule_used == "specific" and auto.vocab.class_tags == [[10], [11], [12]]
+    frequent = detectors.create("cs[vocab=frequent,per_class=1]").fit(train, Context())
+    assert frequent.vocab_rule_used == "frequent" and frequent.vocab.class_tags == [[5], [5], [5]]
+    # with the specific vocabulary the kept tokens land on the object (the class tag's attention)
+    obj = test.tag_attention.maps[:, 0] > 5.0
+    m_spec, h_spec = auto.token_masks(test)
+    m_freq, _ = frequent.token_masks(test)
+    prec = lambda m, h: (m & obj)[h].sum() / m[h].sum()
+    assert prec(m_spec, h_spec) > 0.9 and prec(m_freq, np.ones(len(test), bool)) < 0.1
+    with pytest.raises(ValueError, match="vocab"):
+        detectors.create("cs[vocab=rare]")
+
+
+def test_per_class_auto_grows_until_held_out_coverage():
+    fs = _toy(n_per=40, seed=0)
+    ids = fs.tag_attention.ids.copy()
+    # class k is named by tag 10+k on half of its images and by tag 15+k on the other half
+    for i, y in enumerate(fs.labels):
+        if i % 2:
+            ids[i, 0] = 15 + y
+            fs.tag_probs[i, 15 + y], fs.tag_probs[i, 10 + y] = 0.8, 0.01
+    fs = fs.with_(tag_attention=TagAttention(ids, fs.tag_attention.maps))
+    det = detectors.create("cs[vocab=frequent,tag_threshold=0.1]").fit(fs, Context())  # 0.1: not the 0.01 of tag 19
+    assert det.per_class_used == 2 and sorted(map(sorted, det.vocab.class_tags)) == [[10, 15], [11, 16], [12, 17]]
+    assert det.no_tag == "ood" and det.heldout_no_tag_fraction == 0.0
+    one = detectors.create("cs[vocab=frequent,per_class=1,tag_threshold=0.1]").fit(fs, Context())
+    assert one.per_class_used == 1 and one.heldout_no_tag_fraction == pytest.approx(0.5, abs=0.15) and one.no_tag == "fallback"

@@ -158,7 +158,7 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(idx)
                 advance(1)
-            history.append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen})
+            history.append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen, "lr": float(opt.param_groups[0]["lr"])})
             log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot / seen, correct / seen)
     if history:
         log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"], history[-1]["train_acc"])
