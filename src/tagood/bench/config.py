@@ -36,7 +36,7 @@ TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood
                 "tagood[score=euclid]", "tagood[score=kl]", "tagood[tags=gt]", "cs[tau=0]", "cs[tau=0.25]", "cs[tau=0.75]",
                 "cs[test_tokens=all]"]
 #: Vision-language methods (paper defaults on CLIP for ImageNet; see ``VLM_DEMO_DEFAULTS``).
-VLM = ["mcm", "glmcm", "neglabel", "locoop", "krnft"]
+VLM = ["mcm", "glmcm", "neglabel", "csp", "adaneg", "locoop", "krnft"]
 #: Hyperparameter defaults of the embedded benchmarks (offline dual encoder), set in
 #: ``options["method_defaults"]`` and recorded in results.json (``meta.config.options``); an option
 #: in a method spec (``neglabel[n_neg=5000]``) wins. NegLabel and KR-NFT mine their negative labels
@@ -45,11 +45,15 @@ VLM = ["mcm", "glmcm", "neglabel", "locoop", "krnft"]
 #: instead of 136k (~300 s, measured); later runs read the cache.
 VLM_DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "neglabel": {"max_candidates": 10000, "n_neg": 2000},
+    "csp": {"max_candidates": 10000},  # keeps CSP's 15% of each pool: ~1,500 labels
+    "adaneg": {"max_candidates": 10000, "n_neg": 2000},  # NegLabel's negatives
     "krnft": {"max_candidates": 10000, "n_neg": 2000},
 }
 #: ``--quick`` (CI): smaller still, fewer crops and epochs.
 VLM_QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
     "neglabel": {"max_candidates": 2000, "n_neg": 500},
+    "csp": {"max_candidates": 2000},
+    "adaneg": {"max_candidates": 2000, "n_neg": 500},
     "krnft": {"max_candidates": 2000, "n_neg": 500, "n_crops": 8, "k_in": 2, "k_out": 2, "epochs": 3},
     "locoop": {"epochs": 5},
 }
@@ -153,7 +157,9 @@ IMAGENET_METHODS = ["msp", "maxlogit", "energy", "react", "ash", "lhact", "knn[k
 def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | None = None, quick: bool = False,
              clip: str | Path | None = None) -> BenchConfig:
     """The TagOOD paper's benchmark: IND ImageNet-1K (train -> fit, val -> test); OOD iNaturalist, SUN,
-    Places, Textures, OpenImage-O, ImageNet-O (those present under ``root``; see tagood.data.imagenet).
+    Places, Textures, OpenImage-O, ImageNet-O and OpenOOD v1.5's near-OOD SSB-hard, NINCO (those present
+    under ``root``; see tagood.data.imagenet). ``options["ood_groups"]`` names the group averages the sets
+    allow (OpenOOD v1.5 near / far, MOS 4-set; :func:`tagood.bench.groups.imagenet_groups`).
 
     The vision-language methods (``VLM``) join when a CLIP is at hand: the tagger itself
     (``backbone = {"name": "clip", ...}``) or ``clip`` (a CLIP directory beside a RAM tagger)."""
@@ -167,7 +173,12 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
     if train_per_class or quick:
         train["per_class"] = int(train_per_class or 2)
     spec = lambda part: {"type": "imagenet", "root": str(root), "part": part}  # noqa: E731
+    from tagood.bench.groups import imagenet_groups
+
     methods, options = list(IMAGENET_METHODS), {}
+    groups = imagenet_groups(sets)
+    if groups:
+        options["ood_groups"] = groups
     if clip is None and backbone.get("name") == "clip":
         clip = backbone["path"]
     if clip is not None:  # the vision-language methods run on CLIP (paper defaults)

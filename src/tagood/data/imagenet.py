@@ -4,7 +4,9 @@ and a starting RAM tag vocabulary for the 1000 classes.
 IND: ImageNet-1K (ILSVRC 2012; Russakovsky et al., IJCV 2015): train for fitting, val (50,000) as
 the IND test set. OOD sets as used by TagOOD (Li et al., ACM MM 2024), following MOS (Huang & Li,
 CVPR 2021) for iNaturalist / SUN / Places / Textures and ViM (Wang et al., CVPR 2022) for
-OpenImage-O / ImageNet-O.
+OpenImage-O / ImageNet-O; and OpenOOD v1.5's ImageNet-1K splits (Zhang et al., "OpenOOD v1.5: Enhanced
+Benchmark for Out-of-Distribution Detection", 2023): near-OOD SSB-hard (Vaze et al., ICLR 2022) and NINCO
+(Bitterwolf et al., ICML 2023), far-OOD iNaturalist, Textures and OpenImage-O (:data:`OPENOOD_GROUPS`).
 
 Expected layout under a user-given ``root`` (folder names are matched case-insensitively, ``-``
 and ``_`` ignored, so ``OpenImage-O``, ``openimage_o`` and ``openimageo`` are the same)::
@@ -17,8 +19,10 @@ and ``_`` ignored, so ``OpenImage-O``, ``openimage_o`` and ``openimageo`` are th
       sun/**                            SUN OOD subset of MOS (10,000)
       places/**                         Places365 OOD subset of MOS (10,000); alias places365
       textures/**                       DTD (5,640; ViM's list drops 4 ImageNet-like classes: 5,160); alias dtd, texture
-      openimage_o/**                    OpenImage-O of ViM (17,632)
+      openimage_o/**                    OpenImage-O of ViM (17,632; OpenOOD v1.5's list: 15,869); alias openimage
       imagenet_o/**                     ImageNet-O (Hendrycks et al., CVPR 2021) (2,000)
+      ssb_hard/**                       SSB-hard, OpenOOD v1.5 near-OOD (49,000); alias ssb, ssbhard
+      ninco/**                          NINCO, OpenOOD v1.5 near-OOD (5,879)
 
 Any OOD set may instead be a list file ``root/<name>.txt`` ("path" per line, relative to
 ``root/<name>/`` when that folder exists, else to ``root``), which takes precedence over the
@@ -60,13 +64,27 @@ EXPECTED_COUNTS: dict[str, int] = {
     "textures": 5_640,
     "openimage_o": 17_632,
     "imagenet_o": 2_000,
+    "ssb_hard": 49_000,
+    "ninco": 5_879,
 }
+#: Other published versions of a set: a count in here is not warned about (Textures: ViM's and OpenOOD v1.5's
+#: list without 4 ImageNet-like DTD classes; OpenImage-O: OpenOOD v1.5's list).
+OTHER_COUNTS: dict[str, tuple[int, ...]] = {"textures": (5_160,), "openimage_o": (15_869,)}
 #: The OOD sets, in the TagOOD paper's table order.
 OOD_SETS: tuple[str, ...] = ("inaturalist", "sun", "places", "textures", "openimage_o", "imagenet_o")
+#: OpenOOD v1.5's ImageNet-1K near-OOD and far-OOD sets (its FPR95 takes OOD as positive: ``fpr95_ood_pos``).
+OPENOOD_NEAR: tuple[str, ...] = ("ssb_hard", "ninco")
+OPENOOD_FAR: tuple[str, ...] = ("inaturalist", "textures", "openimage_o")
+OPENOOD_GROUPS: dict[str, tuple[str, ...]] = {"near": OPENOOD_NEAR, "far": OPENOOD_FAR}
+#: The MOS 4-set (iNaturalist, SUN, Places, Textures) whose average most CLIP papers report.
+MOS_4SET: tuple[str, ...] = ("inaturalist", "sun", "places", "textures")
+#: Every OOD set this module knows, in table order: TagOOD's, then OpenOOD v1.5's near-OOD sets.
+ALL_OOD_SETS: tuple[str, ...] = OOD_SETS + OPENOOD_NEAR
 #: Human-readable names for reports.
 DISPLAY_NAMES: dict[str, str] = {
     "val": "ImageNet-1K", "train": "ImageNet-1K train", "inaturalist": "iNaturalist", "sun": "SUN", "places": "Places",
-    "textures": "Textures", "openimage_o": "OpenImage-O", "imagenet_o": "ImageNet-O",
+    "textures": "Textures", "openimage_o": "OpenImage-O", "imagenet_o": "ImageNet-O", "ssb_hard": "SSB-hard",
+    "ninco": "NINCO",
 }
 _ALIASES: dict[str, tuple[str, ...]] = {
     "inaturalist": ("inaturalist", "inat"),
@@ -75,6 +93,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "textures": ("textures", "texture", "dtd"),
     "openimage_o": ("openimageo", "openimage", "openimageso"),
     "imagenet_o": ("imageneto",),
+    "ssb_hard": ("ssbhard", "ssb"),
+    "ninco": ("ninco",),
 }
 
 
@@ -98,9 +118,11 @@ def _find(root: Path, part: str) -> tuple[Path | None, Path | None]:
 def check_count(source: ImageSource, part: str) -> int:
     """Compare the source's image count with the expected one; log a warning on a mismatch."""
     n, want = len(source), EXPECTED_COUNTS.get(part)
-    if want is not None and n != want:
-        log.warning("%s: found %d images where the standard set has %d (%+d); results are not comparable with "
-                    "published numbers unless this is intended", DISPLAY_NAMES.get(part, part), n, want, n - want)
+    others = OTHER_COUNTS.get(part, ())
+    if want is not None and n != want and n not in others:
+        also = f" (or {', '.join(str(o) for o in others)} in another published version)" if others else ""
+        log.warning("%s: found %d images where the standard set has %d%s (%+d); results are not comparable with "
+                    "published numbers unless this is intended", DISPLAY_NAMES.get(part, part), n, want, also, n - want)
     else:
         log.info("%s: %d images", DISPLAY_NAMES.get(part, part), n)
     return n
@@ -159,9 +181,10 @@ def imagenet_train_source(root: str | Path, min_size: int | None = None, check: 
 
 
 def ood_source(root: str | Path, part: str, min_size: int | None = None, check: bool = True) -> ImageSource:
-    """One OOD set (``inaturalist``, ``sun``, ``places``, ``textures``, ``openimage_o``, ``imagenet_o``), unlabelled."""
+    """One OOD set (``inaturalist``, ``sun``, ``places``, ``textures``, ``openimage_o``, ``imagenet_o``, ``ssb_hard``,
+    ``ninco``), unlabelled."""
     if part not in _ALIASES:
-        raise ValueError(f"unknown OOD set {part!r}; use one of {', '.join(OOD_SETS)}")
+        raise ValueError(f"unknown OOD set {part!r}; use one of {', '.join(ALL_OOD_SETS)}")
     r = Path(root)
     folder, listfile = _find(r, part)
     if listfile is not None:
@@ -190,20 +213,20 @@ def ood_source(root: str | Path, part: str, min_size: int | None = None, check: 
 
 
 def imagenet_source(root: str | Path, part: str = "val", min_size: int | None = None, check: bool = True) -> ImageSource:
-    """Any part of the benchmark: ``train``, ``val`` or one of :data:`OOD_SETS` (aliases accepted)."""
+    """Any part of the benchmark: ``train``, ``val`` or one of :data:`ALL_OOD_SETS` (aliases accepted)."""
     key = _norm(part)
     if key in ("train", "val", "test"):
         return imagenet_split(root, "val" if key == "test" else key, min_size=min_size, check=check)
     for name, aliases in _ALIASES.items():
         if key in aliases:
             return ood_source(root, name, min_size=min_size, check=check)
-    raise ValueError(f"unknown ImageNet benchmark part {part!r}; use train, val or one of {', '.join(OOD_SETS)}")
+    raise ValueError(f"unknown ImageNet benchmark part {part!r}; use train, val or one of {', '.join(ALL_OOD_SETS)}")
 
 
 def available_ood_sets(root: str | Path) -> list[str]:
-    """The OOD sets present under ``root`` (folder or list file), in the paper's order."""
+    """The OOD sets present under ``root`` (folder or list file), in table order (:data:`ALL_OOD_SETS`)."""
     r = Path(root)
-    return [p for p in OOD_SETS if any(x is not None for x in _find(r, p))]
+    return [p for p in ALL_OOD_SETS if any(x is not None for x in _find(r, p))]
 
 
 # -- starting tag vocabulary ------------------------------------------------------------------------
