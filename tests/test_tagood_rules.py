@@ -236,3 +236,77 @@ def test_per_class_auto_grows_until_held_out_coverage():
     assert det.no_tag == "ood" and det.heldout_no_tag_fraction == 0.0
     one = detectors.create("cs[vocab=frequent,per_class=1,tag_threshold=0.1]").fit(fs, Context())
     assert one.per_class_used == 1 and one.heldout_no_tag_fraction == pytest.approx(0.5, abs=0.15) and one.no_tag == "fallback"
+
+
+# -- presets, training and centres --------------------------------------------------------------------
+def test_paper_preset_is_the_published_setting():
+    det = detectors.create("tagood[preset=paper]")
+    cfg = det.train_cfg
+    assert (cfg.dim, cfg.depth, cfg.heads, cfg.mlp, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum) == (512, 2, 8, 2048, 100, 256, 0.01, 0.999)
+    assert cfg.weight_decay == 5e-4 and cfg.min_lr == 1e-5 and cfg.ce_weight == 1.0
+    assert cfg.mse_weight == 0.4  # the paper's 0.1 on the public code's MSE summed over 4 chunks = 0.4 of a mean MSE
+    assert det.test_tokens == "all" and det.tau == 0.5 and det.score_kind == "cosine"
+    assert det._rule_for(Context(extra={"tag_thresholds": np.full(20, 0.8)})).threshold == 0.5  # uniform 0.5 beats a per-tag file
+    # explicit options still override the preset
+    over = detectors.create("tagood[preset=paper,test_tokens=object,tag_threshold=0.2,mse_weight=0.1]")
+    assert over.test_tokens == "object" and over.rule.threshold == 0.2 and over.train_cfg.mse_weight == 0.1
+    small = detectors.create("tagood")
+    assert small.test_tokens == "object" and small.tag_threshold is None and small.train_cfg.weight_decay == 0.05
+
+
+def test_cosine_schedule_ends_at_min_lr():
+    from tagood.tagood.train import PRESETS, train_projector
+    train = _toy(n_per=10)
+    cfg = PRESETS["small"].with_(epochs=3, batch_size=8, dim=16, mlp=32, lr=1e-2, min_lr=1e-5)
+    _, _, hist = train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
+    assert hist[-1]["lr"] == pytest.approx(1e-5) and hist[0]["lr"] > 1e-3
+
+
+def test_tags_gt_uses_the_class_tag_and_recomputes_attention():
+    train = _toy(seed=0)
+    det = detectors.create(f"tagood[tags=gt,per_class=1,{SMALL}]")
+    det.rule, det.vocab = det._rule_for(Context()), det._build_vocab(train, Context())
+    source, keep = det._train_keep(train, None)
+    assert keep.tolist() == [[True, False]] * len(train)  # the ground-truth tag's slot only, not tag 19
+    calls = []
+
+    def attend(tokens, tag_ids):  # the tagger recomputes the GT tag's attention from the tokens
+        calls.append(tag_ids.copy())
+        return np.tile(np.arange(9, dtype=np.float32), (len(tag_ids), 1, 1))
+
+    source, keep = det._train_keep(train, attend)
+    assert calls[0][:, 0].tolist() == (10 + train.labels).tolist() and keep.all()
+    tokens, has, _ = det._decompose_train(train, Context(extra={"attend": attend}), None)
+    assert has.all() and np.all(tokens.lengths == 4)  # minmax(0..8) > 0.5 keeps tokens 5..8
+    assert tokens.select(np.array([0])).positions.tolist() == [5, 6, 7, 8]
+    # a GT tag missing from the stored tags, no tagger to recompute it: the predicted IND tags are used
+    miss = train.with_(tag_attention=TagAttention(np.where(np.arange(len(train))[:, None] == 0, [[19, 3]], train.tag_attention.ids),
+                                                  train.tag_attention.maps))
+    miss.tag_probs[0, 3] = 0.0
+    _, keep = det._train_keep(miss, None)
+    assert keep[0].tolist() == [False, False] and keep[1:, 0].all()
+    det.fit(train, Context())  # end to end
+
+
+def test_ce_cs_centres_are_class_means_of_projected_training_features():
+    from tagood.tagood import embed
+    train = _toy(seed=0)
+    det = detectors.create(f"ce+cs[per_class=1,{SMALL}]").fit(train, Context())
+    assert det.train_cfg.mse_weight == 0.0
+    tokens, _, _ = det._decompose_train(train, Context(), None)
+    feats, _ = embed(det.model, tokens)
+    means = np.stack([feats[train.labels == c].mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(det.centres, means, rtol=1e-5, atol=1e-5)
+
+
+def test_mse_term_pulls_features_to_the_ema_centres():
+    from tagood.tagood.train import PRESETS, embed, train_projector
+    train = _toy(n_per=30, seed=0)
+    gaps = {}
+    for w in (0.0, 1.0):
+        cfg = PRESETS["small"].with_(epochs=6, batch_size=16, dim=16, mlp=32, mse_weight=w, momentum=0.9, dropout=0.0)
+        model, centres, _ = train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
+        f, _ = embed(model, train.tokens)
+        c = centres.numpy()[train.labels]
+        gaps[w] = float(np.mean(np.sum((f - c) ** 2, axis=1)) / np.mean(np.sum(f**2, axis=1)))
+    assert gaps[1.0] < 0.7 * gaps[0.0], gaps  # with the MSE term the features sit much closer to their class centre
