@@ -166,7 +166,7 @@ def test_loaded_tagger_equals_in_memory_model(files, tagger: RAMTagger, caplog: 
     np.testing.assert_array_equal(out.tag_ids, np.argsort(-out.tag_probs, axis=1, kind="stable")[:, :4])
     assert tagger.tag_names == TINY_TAGS
     np.testing.assert_allclose(tagger.tag_thresholds[:2], [0.6, 0.61], atol=1e-6)
-    assert out.present() == ["features", "tokens", "tag_probs", "tag_attention", "tag_ids"]
+    assert out.present() == ["features", "tokens", "tag_probs", "tag_attention", "tag_ids", "block_norms"]
     assert "cross_attention" not in out.extra
     # tag probabilities recomputed from (fp16-cached) tokens
     np.testing.assert_allclose(tagger.tag_probs_from_tokens(out.tokens), out.tag_probs, atol=1e-6)

@@ -122,6 +122,14 @@ class ClipTransform:
         return a.transpose(2, 0, 1).copy()
 
 
+def vit_block_norm(h: torch.Tensor) -> torch.Tensor:
+    """FeatureNorm (Yu et al., "Block Selection Method for Using Feature Norm in Out-of-Distribution
+    Detection", CVPR 2023) of a ViT block output ``h (B, 1+P, C)``: over the P patch tokens (the
+    spatial positions; the class token is left out), the L2 norm of each channel of ReLU(h),
+    averaged over the C channels -> (B,)."""
+    return torch.relu(h[:, 1:]).norm(dim=1).mean(dim=1).float()
+
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (float32)."""
     x = np.asarray(x, dtype=np.float32)
@@ -262,14 +270,34 @@ class CLIPDualEncoder(_EncoderIdentity):
         return l2_normalize(e.mean(axis=1))
 
     # -- images ----------------------------------------------------------------------------------
-    def _last_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vision tower up to the input of its last block: (hidden before last block, its output)."""
+    def _last_hidden(self, x: torch.Tensor, norms: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vision tower up to the input of its last block: (hidden before last block, its output).
+        ``norms``: when a list, each block's FeatureNorm (B,) of its patch tokens is appended
+        (:func:`vit_block_norm`)."""
         vm = self.model.vision_model
         h = vm.pre_layrnorm(vm.embeddings(x))
         layers = vm.encoder.layers
         for layer in layers[:-1]:
             h = self._run_layer(layer, h)
-        return h, self._run_layer(layers[-1], h)
+            if norms is not None:
+                norms.append(vit_block_norm(h))
+        out = self._run_layer(layers[-1], h)
+        if norms is not None:
+            norms.append(vit_block_norm(out))
+        return h, out
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of transformer blocks of the vision tower (12 for ViT-B/16)."""
+        return len(self.model.vision_model.encoder.layers)
+
+    def image_embeds_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable preprocessed images (B,3,H,W) -> L2-normalised image embeddings (B,E), the same
+        computation as :meth:`encode_images` with autograd (ODIN's input gradients)."""
+        p = next(self.model.parameters())
+        _, out = self._last_hidden(x.to(p.device, p.dtype))
+        e = self._project(out[:, 0]).float()
+        return e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _run_layer(self, layer: Any, h: torch.Tensor) -> torch.Tensor:
         """One vision block without masks (older transformers also take a causal mask, and return tuples)."""
@@ -291,13 +319,17 @@ class CLIPDualEncoder(_EncoderIdentity):
         vm = self.model.vision_model
         return self.model.visual_projection(vm.post_layernorm(tokens))
 
-    def _embed(self, batch: Any, want_patches: bool, dense: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def _embed(self, batch: Any, want_patches: bool, dense: str,
+               norms_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x_all = _as_tensor(batch, torch.device("cpu"), torch.float32)
         imgs, patches = [], []
         with torch.inference_mode():
             for a in range(0, len(x_all), self.batch_size):
                 x = x_all[a : a + self.batch_size].to(self.device, self.dtype)
-                h, out = self._last_hidden(x)
+                norms: list[torch.Tensor] | None = [] if norms_out is not None else None
+                h, out = self._last_hidden(x, norms)
+                if norms_out is not None and norms:
+                    norms_out.append(torch.stack(norms, 1).float().cpu().numpy())
                 imgs.append(self._project(out[:, 0]).float().cpu().numpy())
                 if want_patches:
                     src = self._value_path(h) if dense == "value" else out
@@ -334,6 +366,17 @@ class CLIPDualEncoder(_EncoderIdentity):
         img, pt = self._embed(batch, True, dense)
         assert pt is not None
         return img, pt
+
+    def encode_images_patches_norms(self, batch: Any, dense: str = "value") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One forward: image embeddings (B,E), patch tokens (B,P,E) and every block's FeatureNorm
+        (B, n_blocks) (:func:`vit_block_norm`)."""
+        if dense not in ("value", "tokens"):
+            raise ValueError(f"dense must be 'value' or 'tokens', got {dense!r}")
+        norms: list[np.ndarray] = []
+        img, pt = self._embed(batch, True, dense, norms)
+        assert pt is not None
+        bn = np.concatenate(norms) if norms else np.zeros((0, self.n_blocks), np.float32)
+        return img, pt, bn
 
 
 class OpenCLIPDualEncoder(_EncoderIdentity):

@@ -10,7 +10,12 @@ Tags are the words of a user vocabulary, each turned into a text embedding by pr
   sigmoid: CLIP is trained with a softmax contrastive loss, so its cosine similarities only have a
   calibrated meaning relative to the other prompts (``logit_scale`` is 100 for released models);
 * ``tag_ids`` (B,k) the top-k tags and ``tag_attention`` (B,k,1+P): cosine similarity of each
-  token with the tag's text embedding (raw; TagOOD min-max normalises per tag).
+  token with the tag's text embedding (raw; TagOOD min-max normalises per tag);
+* ``block_norms`` (B, n_blocks): FeatureNorm (Yu et al., CVPR 2023) of every ViT block's output
+  over its patch tokens (:func:`tagood.backbones.clip.vit_block_norm`), for ``featurenorm``.
+
+:meth:`CLIPDenseTagger.torch_module` is the differentiable path images -> ``features`` (the vision
+tower + projection + L2 normalisation) that ODIN back-propagates through, with the IND head on top.
 
 Dense patch tokens come from the MaskCLIP value path of the last block (Zhou, Loy & Dai,
 "Extract Free Dense Labels from CLIP", ECCV 2022) by default: ordinary last-layer patch tokens of
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from tagood.backbones.clip import DEFAULT_TEMPLATE, CLIPDualEncoder, l2_normalize
 from tagood.types import ModelOutput
@@ -54,7 +60,7 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
 class CLIPDenseTagger:
     """CLIP dense tagger (Backbone protocol): tags = a text vocabulary, attention = patch-text similarity."""
 
-    outputs: tuple[str, ...] = ("features", "tokens", "tag_probs", "tag_ids", "tag_attention", "image_embeds")
+    outputs: tuple[str, ...] = ("features", "tokens", "tag_probs", "tag_ids", "tag_attention", "image_embeds", "block_norms")
 
     def __init__(self, encoder: CLIPDualEncoder, vocabulary: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,),
                  top_k_tags: int = 10, dense: str = "value", logit_scale: float | None = None) -> None:
@@ -89,10 +95,29 @@ class CLIPDenseTagger:
 
     def forward(self, batch: np.ndarray) -> ModelOutput:
         """Preprocessed batch (B,3,H,W) -> ModelOutput of float32 numpy arrays (see module docstring)."""
-        img, patches = self.encoder.encode_images_and_patches(batch, dense=self.dense)
+        img, patches, norms = self.encoder.encode_images_patches_norms(batch, dense=self.dense)
         # position 0: the normalised image embedding stands for the pooled token (as RAM's token 0)
         tokens = np.concatenate([img[:, None, :], patches], axis=1).astype(np.float32)
         probs = _softmax(self.scale * (img @ self.text_embeds.T)).astype(np.float32)
         ids = top_k(probs, self.top_k_tags)
         return ModelOutput(features=img, tokens=tokens, tag_probs=probs, tag_ids=ids,
-                           tag_attention=self.attend(tokens, ids), extra={"image_embeds": img})
+                           tag_attention=self.attend(tokens, ids), block_norms=norms, extra={"image_embeds": img})
+
+    def torch_module(self) -> torch.nn.Module:
+        """Differentiable images (B,3,H,W) -> ``features`` (B,E) (the normalised image embedding), through
+        the CLIP vision tower this tagger uses (shared weights); for ODIN's input gradients."""
+        return CLIPFeatures(self.encoder)
+
+
+class CLIPFeatures(torch.nn.Module):
+    """images -> CLIP's normalised image embedding, differentiable in the input; ``pixel_std`` is the
+    per-channel std of the CLIP preprocessing (ODIN divides its step by it)."""
+
+    def __init__(self, encoder: CLIPDualEncoder) -> None:
+        super().__init__()
+        self.clip = encoder.model  # registered, so .to()/.eval() reach the weights
+        self._encoder = encoder
+        self.pixel_std = tuple(float(v) for v in np.asarray(encoder.transform.std).reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._encoder.image_embeds_torch(x)

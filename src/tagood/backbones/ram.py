@@ -15,8 +15,15 @@ One forward gives, per image (float32 numpy):
   ``tag_attention (B,k,145)``: their raw cross-attention over the tokens in head layer
   ``attention_layer``, summed over the 4 heads (each head's softmax row sums to 1, so a row sums
   to 4); TagOOD min-max normalises it per tag;
+* ``block_norms (B, n_blocks)``: FeatureNorm (Yu et al., CVPR 2023) of every Swin block's output
+  (24 for Swin-L; the last block of each stage is that stage's output), for the ``featurenorm``
+  detector: per channel the L2 norm over the tokens of ReLU(output), averaged over channels;
 * ``extra["cross_attention"] (B,L,heads,T,145)``: every layer's full attention, only when the
   tagger is built with ``cross_attention=True`` (about 10.6 MB per image and layer).
+
+:meth:`RAMTagger.torch_module` is the differentiable path images -> ``features`` (the Swin encoder and
+``image_proj``, sharing this tagger's weights) that ODIN back-propagates through, with the IND head
+on top; it declares ``pixel_std`` (ImageNet's per-channel std) for ODIN's step size.
 
 ``attention_layer`` defaults to **0, the first layer**: the public TagOOD code takes the maps
 from the first cross-attention layer (the paper's text says the last), so layer 0 is the setting
@@ -132,7 +139,7 @@ class RAMTagger:
         self.id = (f"{cfg.variant}-swin{sw.embed_dim}-{'x'.join(map(str, sw.depths))}-{sw.img_size}-{cfg.num_tags}tags"
                    f"-attnL{self.attention_layer}-top{self.top_k_tags}{cand}")
         self.transform_id = f"rgb-{'square' if resize == 'square' else 'square392crop'}{sw.img_size}-bilinear-imagenet-meanstd"
-        outs = ["features", "tokens", "tag_probs", "tag_ids", "tag_attention"]
+        outs = ["features", "tokens", "tag_probs", "tag_ids", "tag_attention", "block_norms"]
         if self.cross_attention:
             outs.append("cross_attention")
         self.outputs: tuple[str, ...] = tuple(outs)
@@ -161,7 +168,9 @@ class RAMTagger:
         with torch.inference_mode():
             for a in range(0, len(batch), self.batch_size):
                 x = torch.from_numpy(batch[a : a + self.batch_size]).to(self.device, self.dtype)
-                tokens = self.model.image_tokens(x)
+                norms: list[torch.Tensor] = []
+                tokens = self.model.image_tokens(x, norms)
+                parts["block_norms"].append(torch.stack(norms, 1).float().cpu().numpy())
                 logits, probs_by_layer = self.model.tag_logits(tokens, layers)
                 probs = torch.sigmoid(logits.float()).cpu().numpy()
                 ids = _top_k(probs, self.top_k_tags, self.candidate_tags)
@@ -176,7 +185,12 @@ class RAMTagger:
         cat = {k: np.concatenate(v) for k, v in parts.items()}
         extra = {"cross_attention": cat.pop("cross_attention")} if self.cross_attention else {}
         return ModelOutput(features=cat["features"], tokens=cat["tokens"], tag_probs=cat["tag_probs"], tag_ids=cat["tag_ids"],
-                           tag_attention=cat["tag_attention"], extra=extra)
+                           tag_attention=cat["tag_attention"], block_norms=cat["block_norms"], extra=extra)
+
+    def torch_module(self) -> torch.nn.Module:
+        """Differentiable images (B,3,S,S) -> ``features`` (B,512) (the pooled image token), sharing this
+        tagger's weights (eval mode, its device); for ODIN's input gradients through the tagger."""
+        return RAMFeatures(self.model)
 
     # -- recomputation from cached tokens ------------------------------------------------------
     def attend(self, tokens: np.ndarray, tag_ids: np.ndarray, layer: int | None = None) -> np.ndarray:
@@ -211,6 +225,21 @@ class RAMTagger:
         """RAM's tagging decision: names of the tags whose probability exceeds their threshold."""
         hit = np.asarray(tag_probs) > self.tag_thresholds[None]
         return [[self.tag_names[j] for j in np.flatnonzero(row)] for row in hit]
+
+
+class RAMFeatures(torch.nn.Module):
+    """images -> RAM's pooled image token ``image_proj(swin(x))[:, 0]``, differentiable in the input.
+    ``pixel_std``: the per-channel std of RAM's preprocessing (ODIN divides its step by it)."""
+
+    pixel_std: tuple[float, ...] = tuple(float(v) for v in IMAGENET_STD)
+
+    def __init__(self, model: RAMModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = next(self.model.parameters())
+        return self.model.image_tokens(x.to(p.device, p.dtype))[:, 0].float()
 
 
 def load_ram(checkpoint: str | Path, tag_list: str | Path | None = None, thresholds: str | Path | None = None,

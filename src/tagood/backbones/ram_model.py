@@ -79,9 +79,10 @@ class RAMModel(nn.Module):
         if cfg.descriptions_per_tag > 1:
             self.reweight_scale = nn.Parameter(torch.zeros(()))
 
-    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) -> image tokens (B, 1 + g*g, embed_dim) = image_proj(swin(x))."""
-        return self.image_proj(self.visual_encoder(images))
+    def image_tokens(self, images: torch.Tensor, norms: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B,3,S,S) -> image tokens (B, 1 + g*g, embed_dim) = image_proj(swin(x)); with a list ``norms``,
+        the FeatureNorm (B,) of every Swin block's output is appended to it (see ``token_feature_norm``)."""
+        return self.image_proj(self.visual_encoder(images, norms))
 
     def tag_embeddings(self, tokens: torch.Tensor, tag_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Label embeddings (1, T', 512) for RAM, or the per-image description mixture (B, T', 512)

@@ -183,10 +183,20 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim, resolution) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norms: list[torch.Tensor] | None = None) -> torch.Tensor:
         for blk in self.blocks:
             x = blk(x)
+            if norms is not None:
+                norms.append(token_feature_norm(x))
         return self.downsample(x) if self.downsample is not None else x
+
+
+def token_feature_norm(h: torch.Tensor) -> torch.Tensor:
+    """FeatureNorm of a block output given as tokens ``(B, L, C)`` (Yu et al., "Block Selection Method
+    for Using Feature Norm in Out-of-Distribution Detection", CVPR 2023): the L2 norm over the L
+    spatial positions of each channel of ReLU(h), averaged over the C channels -> (B,). The same
+    definition as the CNN version (``EfficientNetLite.feature_norm``) with tokens as positions."""
+    return torch.relu(h).norm(dim=1).mean(dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -215,11 +225,17 @@ class SwinEncoder(nn.Module):
             self.layers.append(SwinStage(cfg.embed_dim * 2**i, r, d, h, cfg.window_size, cfg.mlp_ratio, i < len(cfg.depths) - 1))
         self.norm = nn.LayerNorm(cfg.num_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def n_blocks(self) -> int:
+        """Number of Swin blocks (one FeatureNorm per block: ``sum(depths)``, 24 for Swin-L)."""
+        return int(sum(self.cfg.depths))
+
+    def forward(self, x: torch.Tensor, norms: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``norms``: when a list, each block's :func:`token_feature_norm` (B,) is appended to it, in order."""
         if x.shape[-2:] != (self.cfg.img_size, self.cfg.img_size):
             raise ValueError(f"RAM's Swin expects {self.cfg.img_size}x{self.cfg.img_size} images, got {tuple(x.shape[-2:])}")
         h = self.patch_embed(x)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, norms)
         h = self.norm(h)
         return torch.cat([h.mean(dim=1, keepdim=True), h], dim=1)
