@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tagood.cli import app
+from tagood.fitscore import decision_threshold, is_ood
+from tagood.tagood.scores import NO_TAG_SCORE
 from image_folders import fashion_folder
 from tiny_models import write_tiny_ram
 
@@ -123,3 +127,82 @@ def test_fit_and_score_krnft_on_the_offline_dual_encoder(tmp_path, tagood_home):
     bad = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d2"), "--method", "krnft",
                               "--backbone", "ram", "--checkpoint", str(tmp_path / "x.pth")], terminal_width=200)
     assert bad.exit_code == 2 and "need a dual encoder" in bad.output
+
+
+# -- the saved decision threshold (issue 11.1) ---------------------------------------------------------
+def _brute_threshold(s: np.ndarray, no_tag: np.ndarray, target: float = 0.95) -> float:
+    """The smallest tagged score whose acceptance (no-tag images rejected) reaches ``target``, else the largest."""
+    cands = np.unique(s[~no_tag])
+    for t in cands:
+        if np.mean((s <= t) & ~no_tag) >= target - 1e-12:
+            return float(t)
+    return float(cands[-1])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(st.integers(-5, 5).map(float), st.just(NO_TAG_SCORE)), min_size=1, max_size=60))
+def test_decision_threshold_accepts_95_percent_and_never_the_no_tag_score(values):
+    s = np.array(values)
+    no_tag = s >= NO_TAG_SCORE
+    if no_tag.all():
+        with pytest.raises(ValueError, match="none of the"):
+            decision_threshold("tagood", s, "ood")
+        return
+    d = decision_threshold("tagood", s, "ood")
+    assert d["threshold"] == _brute_threshold(s, no_tag) and d["threshold"] < NO_TAG_SCORE
+    flags = is_ood(s, d["threshold"], "ood")
+    assert flags[no_tag].all()  # the method's rule: no kept tag = OOD, whatever the threshold
+    assert d["heldout_tpr"] == pytest.approx(np.mean(~flags))
+    assert d["degenerate"] == (d["heldout_tpr"] < 0.95 - 1e-12)
+    assert d["heldout_no_tag_fraction"] == pytest.approx(no_tag.mean())
+    # under the fallback rule (and for methods without tags) a score is just a score
+    assert decision_threshold("tagood", s, "fallback")["threshold"] == _brute_threshold(s, np.zeros(len(s), bool))
+    with pytest.raises(ValueError, match=r"tagood gave NaN scores for 1 of"):
+        decision_threshold("tagood", np.append(s, np.nan), "ood")
+
+
+def test_no_tag_images_are_flagged_tpr_reported_and_nan_never_in_distribution(tmp_path, tagood_home):
+    """With a tag threshold that leaves many IND images without a kept tag (rule no_tag=ood), the old 95% quantile
+    was the no-tag score 1e12 and `tagood score` flagged nothing; now every no-tag image is flagged, the held-out
+    TPR actually reached is saved and the degenerate threshold is warned about. A detector whose centres hold NaN
+    makes `tagood score` fail, naming the method and the count, instead of writing is_ood = False."""
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 20, "train")
+    det, cache = tmp_path / "det", tmp_path / "c"
+    method = "tagood[epochs=2,tag_threshold=0.15,no_tag=ood]"
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", method, "--cache", str(cache)],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((det / "tagood.json").read_text())
+    assert meta["no_tag_rule"] == "ood" and meta["threshold"] < NO_TAG_SCORE
+    assert meta["heldout_no_tag_fraction"] > 0.05 and meta["threshold_degenerate"]
+    assert meta["heldout_tpr"] == pytest.approx(1 - meta["heldout_no_tag_fraction"])
+    assert len(meta["warnings"]) == 1 and "TPR" in meta["warnings"][0]
+
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "train"), "--out", str(tmp_path / "s.csv"), "--cache", str(cache)],
+                      terminal_width=200)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    no_tag = [r for r in rows if float(r["score"]) >= NO_TAG_SCORE]
+    assert len(no_tag) >= 3 and all(r["is_ood"] == "True" for r in no_tag)
+    assert any(r["is_ood"] == "False" for r in rows)  # tagged IND images below the threshold are accepted
+
+    from safetensors.numpy import load_file, save_file
+
+    w = load_file(str(det / "weights.safetensors"))
+    w["centres"][0, 0] = np.nan  # a damaged detector file
+    save_file(w, str(det / "weights.safetensors"))
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "train"), "--out", str(tmp_path / "n.csv"), "--cache", str(cache)],
+                      terminal_width=200)
+    n_tagged = len(rows) - len(no_tag)
+    assert r.exit_code == 2 and f"NaN scores for {n_tagged} of {len(rows)} images" in r.output, r.output
+    assert "centres" in r.output and method in r.output
+    assert not (tmp_path / "n.csv").exists()
+
+
+def test_fit_stops_on_nan_scores_naming_the_diverged_training(tmp_path, tagood_home):
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 10, "train")
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "det"), "--method", "tagood[epochs=2,lr=1e30]",
+                            "--cache", str(tmp_path / "c")], terminal_width=200)
+    assert r.exit_code == 2, r.output
+    assert "NaN scores for 3 of 3 held-out IND images" in r.output and "diverged" in r.output
+    assert not (tmp_path / "det" / "tagood.json").exists()

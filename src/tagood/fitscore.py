@@ -1,8 +1,17 @@
 """Fit a detector on a labelled image folder, save it, and score new images with it (``tagood fit`` / ``tagood score``).
 
 The saved directory holds the detector (safetensors + JSON, no pickle) and ``tagood.json``: the
-backbone it was fitted on and a decision threshold = the score that accepts 95% of a held-out 10%
-of the IND training images (so ``is_ood = score > threshold`` has a 95% IND true-positive rate).
+backbone it was fitted on and a decision threshold from a held-out 10% of the IND training images
+(scores are higher = more OOD). The decision rule (:func:`decision_threshold`, :func:`is_ood`):
+
+* ``is_ood = score > threshold``, **or** the image has no kept IND tag and the method's no-tag rule is
+  ``ood`` (TagOOD paper section 3.5: such an image is OOD; it scores ``NO_TAG_SCORE``).
+* ``threshold`` is the smallest held-out score that accepts at least 95% of the held-out images,
+  counting the no-tag ones (rule ``ood``) as rejected. When more than 5% of them have no tag, 95% cannot
+  be reached: the threshold then accepts every tagged held-out image, the true-positive rate actually
+  reached is saved (``heldout_tpr``) and a warning says the threshold is degenerate.
+* A NaN score is never "in-distribution": fitting or scoring stops with an error naming the method,
+  how many scores are NaN and, where it can tell, the cause.
 """
 
 from __future__ import annotations
@@ -21,13 +30,18 @@ from tagood.bench.models import PATH_KEYS, build_backbone, tagger_context
 from tagood.cache import heavy_fields
 from tagood.data import FilesSource, FolderSource, ImageSource
 from tagood.extract import extract_split
+from tagood.tagood.scores import NO_TAG_SCORE
 from tagood.types import Context
 
 log = logging.getLogger(__name__)
 
 #: vision-language detectors `tagood fit` saves (scored from dual-encoder image embeddings)
 VLM_SAVEABLE = ("krnft",)
-SAVEABLE = ("tagood", "cs", "ce+cs", *VLM_SAVEABLE)
+#: tag-based detectors `tagood fit` saves (they have a no-tag rule)
+TAG_SAVEABLE = ("tagood", "cs", "ce+cs")
+SAVEABLE = (*TAG_SAVEABLE, *VLM_SAVEABLE)
+#: the IND true-positive rate the saved threshold aims at on held-out IND images
+TARGET_TPR = 0.95
 FIELDS = ["features", "tokens", "tag_probs", "tag_attention"]
 #: what a vision-language detector needs from the extraction: pooled features (the offline dual
 #: encoder's input); the pass also skips and reports images that cannot be decoded
@@ -75,6 +89,78 @@ def _vlm_specs(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"name": "efficientnet-lite0"}, {"name": "offline"}
 
 
+def no_tag_rule(det: Any, base: str) -> str | None:
+    """The fitted detector's rule for images with no kept IND tag: ``"ood"`` (the paper; they score
+    ``NO_TAG_SCORE``), ``"fallback"`` (scored with all their tokens), None for a method without tags."""
+    if base not in TAG_SAVEABLE:
+        return None
+    rule = getattr(det, "no_tag", None) or det.hparams.get("no_tag")
+    return "fallback" if rule == "fallback" else "ood"
+
+
+def _no_tag(scores: np.ndarray, rule: str | None) -> np.ndarray:
+    return scores >= NO_TAG_SCORE if rule == "ood" else np.zeros(len(scores), bool)
+
+
+def is_ood(scores: np.ndarray, threshold: float, rule: str | None) -> np.ndarray:
+    """The saved decision: above the threshold, or no kept tag under the ``ood`` rule. NaN is an error
+    (raise it before: :func:`check_finite`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return (s > threshold) | _no_tag(s, rule)
+
+
+def check_finite(method: str, scores: np.ndarray, what: str, cause: str = "") -> None:
+    """Raise a ValueError naming the method and how many of the scores are NaN."""
+    nan = np.isnan(np.asarray(scores, dtype=np.float64))
+    if nan.any():
+        raise ValueError(f"{method} gave NaN scores for {int(nan.sum())} of {len(nan)} {what}; a NaN score cannot be "
+                         f"judged in- or out-of-distribution.{' ' + cause if cause else ''}")
+
+
+def decision_threshold(method: str, held: np.ndarray, rule: str | None, target: float = TARGET_TPR) -> dict[str, Any]:
+    """Threshold from held-out IND scores (higher = more OOD): the smallest held-out score that accepts at
+    least ``target`` of them (no-tag images under rule ``ood`` count as rejected); when that cannot be
+    reached, the largest tagged score (every tagged image accepted). Returns ``threshold``,
+    ``heldout_tpr`` (the fraction of held-out IND images accepted), ``heldout_no_tag_fraction`` and
+    ``degenerate`` (``target`` not reached)."""
+    s = np.asarray(held, dtype=np.float64)
+    check_finite(method, s, "held-out IND images")
+    no_tag = _no_tag(s, rule)
+    tagged = np.sort(s[~no_tag])
+    if not len(tagged):
+        raise ValueError(f"{method}: none of the {len(s)} held-out IND images kept an IND tag, so no threshold can be "
+                         f"set; use a lower tag threshold or a vocabulary with more tags per class")
+    need = int(np.ceil(target * len(s) - 1e-9))  # images to accept
+    degenerate = need > len(tagged)
+    thr = float(tagged[-1] if degenerate else tagged[max(need, 1) - 1])
+    tpr = float(np.mean(~is_ood(s, thr, rule)))
+    return {"threshold": thr, "heldout_tpr": tpr, "heldout_no_tag_fraction": float(no_tag.mean()), "degenerate": degenerate}
+
+
+def _nan_cause(det: Any, fs: Any, rows: np.ndarray) -> str:
+    """Why a detector scored NaN: a diverged training, NaN in the detector's saved state, or NaN in
+    the extracted features of those images."""
+    hist = getattr(det, "history", None) or []
+    bad = next((h for h in hist if not np.isfinite(h.get("loss", 0.0))), None)
+    if bad is not None:
+        return (f"Cause: the training diverged (loss {bad['loss']} at epoch {bad.get('epoch', '?')}); "
+                f"fit again with a lower learning rate (the lr option, e.g. tagood[lr=1e-4]) or fewer epochs.")
+    state = [np.asarray(getattr(det, k)) for k in ("centres",) if getattr(det, k, None) is not None]
+    model = getattr(det, "model", None)
+    if model is not None and hasattr(model, "state_dict"):
+        state += [v.detach().float().cpu().numpy() for v in model.state_dict().values()]
+    if any(not np.isfinite(a).all() for a in state):
+        return "Cause: the detector's parameters (centres or projector weights) hold NaN/inf; fit it again."
+    part = fs.subset(np.sort(rows))
+    for name in ("tokens", "features", "tag_probs", "tag_attention"):
+        v = getattr(part, name, None)
+        arr = getattr(v, "values", getattr(v, "maps", v))
+        if arr is not None and not np.isfinite(np.asarray(arr, dtype=np.float32)).all():
+            return (f"Cause: the extracted {name} of these images hold NaN/inf (a damaged feature cache?); delete the cache "
+                    f"entry and extract again. First: {(part.paths or ['?'])[0]}")
+    return f"The detector's inputs are finite; first image: {(part.paths or ['?'])[0]}."
+
+
 def _dual_encoder(spec: Mapping[str, Any], bb: Any, device: str) -> Any:
     from tagood.vlm import build_dual_encoder
 
@@ -118,11 +204,28 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
         ctx.dual_encoder.attach(test, src)
     det.fit(train, ctx)
     s_held = det.score(test)
-    threshold = float(np.quantile(s_held, 0.95, method="higher"))
+    nan = np.flatnonzero(np.isnan(s_held))
+    if len(nan):
+        check_finite(method, s_held, "held-out IND images", _nan_cause(det, test, nan))
+    rule = no_tag_rule(det, base)
+    dec = decision_threshold(method, s_held, rule)
+    warnings = []
+    if dec["degenerate"]:
+        warnings.append(f"{method}: {100 * dec['heldout_no_tag_fraction']:.1f}% of the held-out IND images have no kept IND tag "
+                        f"(no_tag=ood flags them), so the threshold cannot accept {100 * TARGET_TPR:.0f}% of IND: it accepts every "
+                        f"tagged held-out image and reaches a TPR of {100 * dec['heldout_tpr']:.1f}%. A lower tag threshold, a "
+                        f"vocabulary with more tags per class, or [no_tag=fallback] avoids this.")
+    for w in warnings:
+        log.warning(w)
+    log.info("threshold %.6g: %.1f%% of %d held-out IND images accepted (target %.0f%%)", dec["threshold"],
+             100 * dec["heldout_tpr"], len(s_held), 100 * TARGET_TPR)
     d = det.save(out)
     meta = {"method": method, "backbone": {"name": spec["name"], "id": bb.id, "weights_hash": bb.weights_hash, "spec": spec},
             "dual_encoder": dual_spec,
-            "classes": src.class_names, "threshold": threshold, "n_train": int(len(train)), "n_heldout": int(len(held_idx)),
+            "classes": src.class_names, "threshold": dec["threshold"], "no_tag_rule": rule, "target_tpr": TARGET_TPR,
+            "heldout_tpr": dec["heldout_tpr"], "heldout_no_tag_fraction": dec["heldout_no_tag_fraction"],
+            "threshold_degenerate": dec["degenerate"], "warnings": warnings,
+            "n_train": int(len(train)), "n_heldout": int(len(held_idx)),
             "streamed": sorted(train.streamed), "failed_images": reader.failed}
     (Path(d) / "tagood.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -172,7 +275,15 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
         dual_spec = {**dual_spec, **({"path": spec["path"]} if "path" in dual_spec else {})}  # moved CLIP: --clip
         _dual_encoder(dual_spec, bb, primary_device(device)).attach(fs, src)
     scores = det.score(fs) if len(fs) else np.zeros(0)
-    rows = [{"path": p, "score": float(s), "is_ood": bool(s > meta["threshold"])} for p, s in zip(fs.paths or [], scores)]
+    bad = np.flatnonzero(np.isnan(scores))
+    if len(bad):
+        names = ", ".join((fs.paths or [])[i] for i in bad[:3]) if fs.paths else ""
+        check_finite(meta["method"], scores, "images", f"{_nan_cause(det, fs, bad)} NaN for: {names}"
+                     f"{' ...' if len(bad) > 3 else ''}")
+    # detectors saved before the no-tag rule was recorded follow the paper's rule (the only one then)
+    rule = meta.get("no_tag_rule", "ood" if base in TAG_SAVEABLE else None)
+    flags = is_ood(scores, meta["threshold"], rule)
+    rows = [{"path": p, "score": float(s), "is_ood": bool(f)} for p, s, f in zip(fs.paths or [], scores, flags)]
     if out is not None:
         with open(out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "score", "is_ood"])
