@@ -1,7 +1,8 @@
-"""Benchmark: all five tagood metrics vs scikit-learn computing the same numbers on 10M scores.
+"""Benchmark: all seven tagood metrics vs scikit-learn computing the same numbers on 10M scores.
 
 Baseline: scikit-learn ``roc_auc_score`` + ``roc_curve`` (both FPR conventions) +
-``average_precision_score`` x2, run in the same process on the same scores. Prints the values of
+``average_precision_score`` x2 + ``precision_recall_curve`` and ``auc`` x2 (the trapezoid AUPR of
+OpenOOD / pytorch-ood), run in the same process on the same scores. Prints the values of
 both, checks they are identical, and prints the speed ratio (sklearn time / tagood time) last.
 
     python benchmarks/metrics_vs_sklearn.py [--n 10000000]
@@ -13,13 +14,13 @@ import argparse
 import time
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from tagood.metrics import ood_metrics
 
 
 def sklearn_metrics(id_s: np.ndarray, ood_s: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
-    """The same five numbers the usual way: one scikit-learn call per metric (5 sorts of N scores)."""
+    """The same seven numbers the usual way: one scikit-learn call per metric (7 sorts of N scores)."""
     y = np.concatenate([np.zeros(len(id_s)), np.ones(len(ood_s))])  # 1 = OOD
     s = np.concatenate([id_s, ood_s])
     fpr_i, tpr_i, _ = roc_curve(1 - y, -s)  # IND positive, ranked by the negated OOD score
@@ -30,6 +31,8 @@ def sklearn_metrics(id_s: np.ndarray, ood_s: np.ndarray, tpr: float = 0.95) -> d
         "fpr95_ood_pos": float(fpr_o[np.argmax(tpr_o >= tpr)]),
         "aupr_in": float(average_precision_score(1 - y, -s)),
         "aupr_out": float(average_precision_score(y, s)),
+        "aupr_in_trapz": float(auc(*precision_recall_curve(1 - y, -s)[1::-1])),  # auc(recall, precision)
+        "aupr_out_trapz": float(auc(*precision_recall_curve(y, s)[1::-1])),
     }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from tagood.metrics import (
     METRIC_NAMES,
@@ -42,6 +42,9 @@ def _sklearn(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, flo
         "fpr95_ood_pos": _first_at_tpr(fpr_o, tpr_o, level),
         "aupr_in": average_precision_score(1 - y, -s),
         "aupr_out": average_precision_score(y, s),
+        # OpenOOD v1.5 / pytorch-ood: the PR curve integrated with the trapezoid rule
+        "aupr_in_trapz": auc(*precision_recall_curve(1 - y, -s)[1::-1]),
+        "aupr_out_trapz": auc(*precision_recall_curve(y, s)[1::-1]),
     }
 
 
@@ -88,6 +91,8 @@ def test_swap_and_negate_symmetry(a, b):
     assert s["auroc"] == pytest.approx(m["auroc"], abs=1e-12)
     assert s["aupr_in"] == pytest.approx(m["aupr_out"], abs=1e-12)
     assert s["aupr_out"] == pytest.approx(m["aupr_in"], abs=1e-12)
+    assert s["aupr_in_trapz"] == pytest.approx(m["aupr_out_trapz"], abs=1e-12)
+    assert s["aupr_out_trapz"] == pytest.approx(m["aupr_in_trapz"], abs=1e-12)
     assert s["fpr95"] == m["fpr95_ood_pos"] and s["fpr95_ood_pos"] == m["fpr95"]
     # negating only flips the ranking: AUROC -> 1 - AUROC
     assert ood_metrics(-np.array(a), -np.array(b))["auroc"] == pytest.approx(1.0 - m["auroc"], abs=1e-12)
@@ -126,6 +131,12 @@ def test_hand_computed_both_fpr_conventions():
     # aupr_out, thresholds from the top: 25 (1 OOD, 0 IND) P=1; 19 (2 OOD, 1 IND) P=2/3;
     # 18.5 (3 OOD, 1 IND) P=3/4; 5 (4 OOD, 15 IND) P=4/19; each adds recall 1/4.
     assert m["aupr_out"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 19) / 4, abs=1e-15)
+    # trapezoid: every distinct score of either set is a curve point, plus (recall 0, precision 1).
+    # Recall steps 1/4 at 25 (P 1), 19 (P 2/3), 18.5 (P 3/4), then IND-only points 18..6 lower the
+    # precision at recall 3/4 to 3/17 (t = 6: 3 OOD, 14 IND) before 5 (P 4/19) reaches recall 1.
+    trapz = 0.25 * (1 + (1 + 2 / 3) / 2 + (2 / 3 + 3 / 4) / 2 + (3 / 17 + 4 / 19) / 2)
+    assert m["aupr_out_trapz"] == pytest.approx(trapz, abs=1e-15)
+    assert abs(m["aupr_out_trapz"] - m["aupr_out"]) > 0.02  # the two definitions differ here by 2.7 points
 
 
 def test_hand_computed_ties_never_split():
@@ -155,12 +166,15 @@ def test_the_two_conventions_differ():
 
 def test_perfect_inverted_and_constant():
     m = ood_metrics([0, 1, 2], [3, 4])
-    assert m == {"auroc": 1.0, "fpr95": 0.0, "fpr95_ood_pos": 0.0, "aupr_in": 1.0, "aupr_out": 1.0}
+    assert m == {"auroc": 1.0, "fpr95": 0.0, "fpr95_ood_pos": 0.0, "aupr_in": 1.0, "aupr_out": 1.0,
+                 "aupr_in_trapz": 1.0, "aupr_out_trapz": 1.0}
     w = ood_metrics([3, 4], [0, 1, 2])
     assert w["auroc"] == 0.0 and w["fpr95"] == 1.0 and w["fpr95_ood_pos"] == 1.0
-    # one constant score: chance AUROC, every threshold accepts/rejects everybody, AP = prevalence
+    # one constant score: chance AUROC, every threshold accepts/rejects everybody, AP = prevalence;
+    # the trapezoid joins (recall 1, prevalence) to the end point (0, 1): (1 + prevalence) / 2
     c = ood_metrics(np.zeros(3), np.zeros(5))
-    assert c == {"auroc": 0.5, "fpr95": 1.0, "fpr95_ood_pos": 1.0, "aupr_in": 3 / 8, "aupr_out": 5 / 8}
+    assert c == {"auroc": 0.5, "fpr95": 1.0, "fpr95_ood_pos": 1.0, "aupr_in": 3 / 8, "aupr_out": 5 / 8,
+                 "aupr_in_trapz": 11 / 16, "aupr_out_trapz": 13 / 16}
 
 
 def test_building_blocks_agree_with_ood_metrics():
@@ -169,6 +183,7 @@ def test_building_blocks_agree_with_ood_metrics():
     m = ood_metrics(a, b)
     assert auroc(a, b) == m["auroc"]
     assert aupr(a, b, positive="id") == m["aupr_in"] and aupr(a, b) == m["aupr_out"]
+    assert aupr(a, b, "id", rule="trapz") == m["aupr_in_trapz"] and aupr(a, b, rule="trapz") == m["aupr_out_trapz"]
     g = score_groups(a, b)
     assert (g.n_id, g.n_ood) == (500, 300) and g.metrics() == m
     assert np.all(np.diff(g.id_values) > 0) and g.id_counts.sum() == 500
@@ -202,6 +217,8 @@ def test_bad_shape_tpr_and_positive():
         fpr_at_tpr([0.0], [1.0], positive="both")
     with pytest.raises(ValueError, match="positive"):
         aupr([0.0], [1.0], positive="in")
+    with pytest.raises(ValueError, match="trapz"):
+        aupr([0.0], [1.0], rule="trapezoid")
 
 
 def test_percent():

@@ -19,6 +19,14 @@ score is ``>= t`` (scikit-learn's ``roc_curve`` rule, score >= threshold predict
 * ``aupr_in`` / ``aupr_out``: average precision with IND / OOD as the positive class, with
   scikit-learn ``average_precision_score`` semantics (sum over distinct thresholds of
   ``(R_k - R_{k-1}) * P_k``, no interpolation); IND is ranked by the negated OOD score.
+* ``aupr_in_trapz`` / ``aupr_out_trapz``: the area under the same precision-recall curves by the
+  trapezoid rule, as OpenOOD v1.5 (``openood/evaluators/metrics.py``: scikit-learn
+  ``precision_recall_curve`` then ``auc(recall, precision)``) and pytorch-ood (``OODMetrics``:
+  torchmetrics ``binary_precision_recall_curve`` then ``auc``) compute their AUPR-IN / AUPR-OUT. The
+  curve has one point per distinct score of the union of both sets plus the end point
+  (recall 0, precision 1); the trapezoid interpolates precision linearly between neighbouring
+  points, so with tied scores it differs from average precision (by a few points on tie-heavy
+  scores). Identical to ``auc(*precision_recall_curve(...)[1::-1])`` of scikit-learn.
 
 How: each set is sorted once (``np.sort``), collapsed into runs of equal scores, and the two run
 lists are merged with one ``np.searchsorted``; every metric is then a vectorised expression over
@@ -36,7 +44,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES: tuple[str, ...] = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+METRIC_NAMES: tuple[str, ...] = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out", "aupr_in_trapz", "aupr_out_trapz")
 
 
 def check_scores(scores: Any, name: str) -> np.ndarray:
@@ -135,14 +143,46 @@ class ScoreGroups:
         fp = self.n_id - self.id_below  # IND >= ood_values[j]
         return float(np.dot(self.ood_counts, tp / (tp + fp)) / n_ood)
 
+    def aupr_in_trapz(self) -> float:
+        """Trapezoid area under the PR curve with IND positive (OpenOOD / pytorch-ood AUPR-IN).
+
+        IND is accepted at ``score <= t``; along ascending thresholds, recall rises only at IND runs.
+        The trapezoid of IND run ``i`` spans from the curve point just before it (threshold: the next
+        lower distinct score of either set, where ``tp = IND < v_i`` and ``fp = OOD < v_i``; the end
+        point (0, 1) when nothing is below) to its own point (``IND <= v_i``, ``OOD <= v_i``)."""
+        tp = np.cumsum(self.id_counts)
+        fp = self.ood_at_or_below
+        ood_cum = np.concatenate(([0], np.cumsum(self.ood_counts)))
+        fp_prev = ood_cum[np.searchsorted(self.ood_values, self.id_values, side="left")]  # OOD < v_i
+        return self._trapz(tp, fp, tp - self.id_counts, fp_prev, self.n_id)
+
+    def aupr_out_trapz(self) -> float:
+        """Trapezoid area under the PR curve with OOD positive (OpenOOD / pytorch-ood AUPR-OUT); OOD runs
+        in descending score order, each from the point just above it (``OOD > v_j``, ``IND > v_j``)."""
+        tp = self.n_ood - (np.cumsum(self.ood_counts) - self.ood_counts)  # OOD >= ood_values[j]
+        fp = self.n_id - self.id_below  # IND >= ood_values[j]
+        return self._trapz(tp, fp, tp - self.ood_counts, fp - self.id_equal, self.n_ood)
+
+    @staticmethod
+    def _trapz(tp: np.ndarray, fp: np.ndarray, tp_prev: np.ndarray, fp_prev: np.ndarray, n_pos: int) -> float:
+        """sum over positive runs of (recall step) x (mean of the precisions at both ends). A previous
+        point with no sample accepted is the curve's end point (recall 0, precision 1); one with only
+        negatives accepted has precision 0 (scikit-learn's convention)."""
+        prev_n = tp_prev + fp_prev
+        p_prev = np.where(prev_n > 0, tp_prev / np.maximum(prev_n, 1), 1.0)
+        p = tp / (tp + fp)
+        return float(np.dot(tp - tp_prev, p + p_prev) / (2.0 * n_pos))
+
     def metrics(self, tpr: float = 0.95) -> dict[str, float]:
-        """All five metrics (keys :data:`METRIC_NAMES`) as float fractions."""
+        """All metrics (keys :data:`METRIC_NAMES`) as float fractions."""
         return {
             "auroc": self.auroc(),
             "fpr95": self.fpr_id_positive(tpr),
             "fpr95_ood_pos": self.fpr_ood_positive(tpr),
             "aupr_in": self.aupr_in(),
             "aupr_out": self.aupr_out(),
+            "aupr_in_trapz": self.aupr_in_trapz(),
+            "aupr_out_trapz": self.aupr_out_trapz(),
         }
 
 
@@ -165,10 +205,11 @@ def score_groups(id_scores: Any, ood_scores: Any) -> ScoreGroups:
 
 
 def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> dict[str, float]:
-    """All five metrics of DESIGN section 4 for per-sample OOD scores (higher = more OOD).
+    """The metrics of DESIGN section 4 for per-sample OOD scores (higher = more OOD).
 
     Returns float fractions in [0, 1] keyed ``auroc``, ``fpr95`` (IND positive; TagOOD/MCM),
-    ``fpr95_ood_pos`` (OOD positive; OpenOOD v1.5), ``aupr_in`` and ``aupr_out``; see the module
+    ``fpr95_ood_pos`` (OOD positive; OpenOOD v1.5), ``aupr_in`` and ``aupr_out`` (average precision,
+    scikit-learn), ``aupr_in_trapz`` and ``aupr_out_trapz`` (trapezoid rule, OpenOOD / pytorch-ood); see the module
     docstring for the exact definitions and tie rules. ``tpr`` moves the operating point of both
     FPRs (the keys keep their names). Raises ``ValueError`` for empty, non-1-D or non-finite input.
     """
@@ -188,12 +229,17 @@ def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95, positive: str
     return groups.fpr_id_positive(tpr) if positive == "id" else groups.fpr_ood_positive(tpr)
 
 
-def aupr(id_scores: Any, ood_scores: Any, positive: str = "ood") -> float:
-    """Average precision (sklearn semantics) with ``positive`` = ``"id"`` (aupr_in) or ``"ood"`` (aupr_out)."""
+def aupr(id_scores: Any, ood_scores: Any, positive: str = "ood", rule: str = "ap") -> float:
+    """Area under the PR curve with ``positive`` = ``"id"`` (aupr_in) or ``"ood"`` (aupr_out); ``rule="ap"``:
+    average precision (scikit-learn semantics), ``"trapz"``: trapezoid rule (OpenOOD / pytorch-ood)."""
     if positive not in ("id", "ood"):
         raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
-    groups = score_groups(id_scores, ood_scores)
-    return groups.aupr_in() if positive == "id" else groups.aupr_out()
+    if rule not in ("ap", "trapz"):
+        raise ValueError(f"rule must be 'ap' (average precision) or 'trapz' (trapezoid), got {rule!r}")
+    g = score_groups(id_scores, ood_scores)
+    if rule == "trapz":
+        return g.aupr_in_trapz() if positive == "id" else g.aupr_out_trapz()
+    return g.aupr_in() if positive == "id" else g.aupr_out()
 
 
 def to_percent(metrics: dict[str, float]) -> dict[str, float]:
