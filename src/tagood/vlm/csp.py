@@ -133,6 +133,8 @@ class CSP(NegLabel):
         log.info("CSP: kept %d nouns and %d conjugated labels (ratio %.2f of %d + %d candidates)",
                  self.n_noun, self.n_conj, self.ratio, len(nouns), len(conj))
         if not words:
-            raise ValueError(f"csp: no negative label kept (ratio={self.ratio} of {len(nouns)} + {len(conj)} candidates)")
+            raise ValueError(f"csp: no negative label kept (ratio={self.ratio} of {len(nouns)} + {len(conj)} candidates; every "
+                             f"candidate within cosine {self.max_sim} of an IND label is dropped): raise ratio, max_sim or "
+                             "max_candidates, or check the text encoder")
         self.neg_words, self.neg_text = words, np.concatenate(embeds)
         self.groups = random_groups(len(words), self.ngroup, self.seed)
