@@ -113,8 +113,11 @@ def test_decomposition_row_by_hand():
     assert r["mask_recall"] == pytest.approx(4 / 5)
     assert r["mask_iou"] == pytest.approx(4 / 6)
     assert r["object_fraction"] == 0.75
+    assert r["object_token_fraction"] == pytest.approx(5 / 8)  # object cells of images 0 and 1
     # kept spatial tokens of tagged images: 2 + 3 + 1 = 6, on distractors: image 0 token 1, image 3 token 2
     assert r["distractor_fraction"] == pytest.approx(2 / 6)
+    line = dg.summary([r])[0]
+    assert "no tag 25.0%" in line and "IoU 66.7% over 2 images" in line and "33.3% of kept tokens on distractors" in line
 
 
 def test_rows_without_masks_and_with_a_mismatched_grid():
@@ -213,8 +216,37 @@ def test_results_json_and_markdown_show_diagnostics_and_warnings(tmp_path):
     assert back["diagnostics"] == diag
     md = paths["md"].read_text()
     assert "Decomposition diagnostics" in md and "mask IoU %" in md
-    assert "| cs | test | 0.0 | 2.0 | 50.0 | 100.0 | 50.0 | 50.0 | 33.3 |" in md
-    assert "| cs | near | 100.0 | - | - | - | - | - | - |" in md
+    assert "| cs | test | 0.0 | 2.0 | 50.0 | 100.0 | 50.0 | 50.0 | 50.0 | 33.3 |" in md
+    assert "| cs | near | 100.0 | - | - | - | - | - | - | - |" in md
     assert "#### Warnings" in md and "50.0% of the IND test images" in md
     # a results document without diagnostics renders as before (no table)
     assert "Decomposition" not in report.to_markdown(report.build_results(rows, None, {}))
+
+
+def test_runner_writes_diagnostics_of_real_scenes(tmp_path, backbone):
+    """End to end on a small real-photo scenes run (real EfficientNet-Lite0, real stamps and masks): one row per
+    (tag-based method, scored split), mask metrics where the scene has an object, the no-tag fraction equal to
+    the share of IND test images scored NO_TAG_SCORE under rule no_tag=ood, and the table in results.md."""
+    from tagood.bench import runner
+    from tagood.bench.config import builtin
+    from tagood.tagood.scores import NO_TAG_SCORE
+
+    cfg = builtin("scenes", quick=True)
+    small = {"n_train_per_class": 8, "n_test_per_class": 6, "n_ood": 24}
+    cfg.train, cfg.test = {**cfg.train, **small}, {**cfg.test, **small}
+    cfg.ood = {s: {**cfg.ood[s], **small} for s in ("scene-near", "scene-clutter")}
+    results, state = runner.run(cfg, out_dir=tmp_path / "run", cache_root=tmp_path / "c", methods=["cs[no_tag=ood]", "msp"],
+                                progress=False, backbone=backbone)
+    assert not state.errors, state.errors
+    diag = {(r["method"], r["split"]): r for r in results["diagnostics"]}
+    assert set(diag) == {("cs[no_tag=ood]", s) for s in ("test", "scene-near", "scene-clutter")}
+    test, clutter = diag["cs[no_tag=ood]", "test"], diag["cs[no_tag=ood]", "scene-clutter"]
+    assert test["no_tag_fraction"] == pytest.approx(np.mean(state.scores["cs[no_tag=ood]"]["test"] >= NO_TAG_SCORE))
+    assert test["object_fraction"] > 0.5 and test["mask_images"] > 0
+    assert 0 < test["mask_precision"] <= 1 and 0 < test["mask_recall"] <= 1 and test["mask_iou"] <= min(test["mask_precision"], test["mask_recall"])
+    assert 0 < test["object_token_fraction"] < 1
+    assert clutter["object_fraction"] == 0 and clutter["mask_images"] == 0 and clutter["mask_iou"] is None
+    assert clutter["distractor_fraction"] is not None and clutter["distractor_fraction"] > 0
+    assert (test["no_tag_fraction"] > 0.05) == any(w.startswith("cs[no_tag=ood]:") for w in results["meta"]["warnings"])
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| cs[no_tag=ood] | scene-clutter |" in md and "msp | test" not in md

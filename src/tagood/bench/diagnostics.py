@@ -18,7 +18,8 @@ the OOD metrics. These diagnostics measure the decomposition itself, per (method
   Prefix tokens are left out.
 
   Averaging: **micro** (token counts pooled over the images, then one ratio), over the images that
-  have a kept tag and at least one object token; ``mask_images`` says how many. Images whose object
+  have a kept tag and at least one object token; ``mask_images`` says how many. ``object_token_fraction``
+  is the share of those images' spatial tokens that are object: the precision of keeping tokens at random. Images whose object
   covers no token (clutter-only scenes, an empty mask, or an object smaller than half a cell) have
   no recall or IoU; they enter only through ``object_fraction`` (fraction of the split's images with at
   least one object token) and ``distractor_fraction``.
@@ -112,19 +113,19 @@ def split_masks(source: Any, indices: Sequence[int], backbone: Any) -> SplitMask
         return SplitMasks(None, None, None, 0, "no object masks")
     if geometry is None:
         return SplitMasks(None, None, None, 0, f"backbone {getattr(backbone, 'id', backbone)} has no token_geometry")
-    out: dict[str, np.ndarray | None] = {}
+    obj_rows: list[np.ndarray] = []
+    dis_rows: list[np.ndarray] | None = [] if dis_fn is not None else None
     grid, n_prefix = None, 0
-    for kind, fn in (("object", obj_fn), ("distractor", dis_fn)):
-        rows = []
-        for i in indices:
-            m = fn(int(i)) if fn is not None else None
-            if m is None:
-                rows = []
-                break
-            m = np.asarray(m, dtype=bool)
-            box, grid, n_prefix = geometry(m.shape[1], m.shape[0])
-            rows.append(mask_to_tokens(m, box, grid))
-        out[kind] = np.stack(rows) if rows else None
+    for i in indices:  # both masks of an image together (a source may cache its scene layout per image)
+        m = np.asarray(obj_fn(int(i)), dtype=bool)
+        box, grid, n_prefix = geometry(m.shape[1], m.shape[0])
+        obj_rows.append(mask_to_tokens(m, box, grid))
+        d = dis_fn(int(i)) if dis_rows is not None else None
+        if d is None:
+            dis_rows = None
+        elif dis_rows is not None:
+            dis_rows.append(mask_to_tokens(np.asarray(d, dtype=bool), box, grid))
+    out = {"object": np.stack(obj_rows), "distractor": np.stack(dis_rows) if dis_rows else None}
     return SplitMasks(out["object"], out["distractor"], grid, int(n_prefix))
 
 
@@ -160,7 +161,7 @@ def decomposition_row(method: str, split: str, kept: np.ndarray, has_tag: np.nda
     fp = float((k & ~o).sum())
     fn = float((~k & o).sum())
     row.update(mask_images=int(sel.sum()), mask_precision=_ratio(tp, tp + fp), mask_recall=_ratio(tp, tp + fn),
-               mask_iou=_ratio(tp, tp + fp + fn))
+               mask_iou=_ratio(tp, tp + fp + fn), object_token_fraction=_ratio(float(o.sum()), float(o.size)))
     if masks.distractor is not None:
         kd = spatial[has]
         row["distractor_fraction"] = _ratio(float((kd & masks.distractor[has]).sum()), float(kd.sum()))
@@ -239,9 +240,13 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         s = (f"{r['method']} on {r['split']}: no tag {_pct(r['no_tag_fraction'])}%, "
              f"{'-' if r['tokens_per_image'] is None else format(r['tokens_per_image'], '.1f')} tokens/image "
              f"({_pct(r['token_fraction'])}%)")
-        if "mask_iou" in r:
-            s += (f"; object tokens: precision {_pct(r['mask_precision'])}%, recall {_pct(r['mask_recall'])}%, "
-                  f"IoU {_pct(r['mask_iou'])}% over {r['mask_images']} images")
+        if r.get("mask_images"):
+            s += (f"; object tokens: precision {_pct(r['mask_precision'])}% (at random {_pct(r['object_token_fraction'])}%), "
+                  f"recall {_pct(r['mask_recall'])}%, IoU {_pct(r['mask_iou'])}% over {r['mask_images']} images")
+        elif "mask_images" in r:
+            s += "; no image with a kept tag has an object token"
+        if r.get("distractor_fraction") is not None:
+            s += f"; {_pct(r['distractor_fraction'])}% of kept tokens on distractors"
         out.append(s)
     return out
 

@@ -104,7 +104,8 @@ def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
 
 #: diagnostics columns shown in results.md: (key, header); fractions are shown in percent
 DIAG_COLUMNS = (("no_tag_fraction", "no tag %"), ("tokens_per_image", "tokens/image"), ("token_fraction", "tokens %"),
-                ("object_fraction", "with object %"), ("mask_precision", "mask precision %"), ("mask_recall", "mask recall %"),
+                ("object_fraction", "with object %"), ("object_token_fraction", "object tokens %"),
+                ("mask_precision", "mask precision %"), ("mask_recall", "mask recall %"),
                 ("mask_iou", "mask IoU %"), ("distractor_fraction", "on distractors %"))
 
 
@@ -127,7 +128,8 @@ def diagnostics_markdown(diag: Sequence[Mapping[str, Any]]) -> str:
         buf.write(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |\n")
     buf.write("\nno tag: images without a kept IND tag; tokens: kept tokens per image with a tag (and as a share of all "
               "tokens); mask columns: kept spatial tokens against the object tokens (a token is object when at least half "
-              "of its grid cell is object), micro-averaged over images with a tag and an object token.")
+              "of its grid cell is object), micro-averaged over images with a tag and an object token; object tokens: their share "
+              "of those images' tokens (the precision of a random choice); on distractors: kept tokens on distractor objects.")
     if notes:
         buf.write(" No mask columns where: " + "; ".join(notes) + ".")
     buf.write("\n")
