@@ -121,7 +121,8 @@ def test_tagood_separates_and_saves(tmp_path):
 def test_no_tag_images_are_most_ood():
     train, test = _toy(seed=0), _toy(n_per=5, seed=1)
     test.tag_probs[:3] = 0.0  # first 3 images keep no tag
-    for spec in ("cs[per_class=1]", "tagood[epochs=1,dim=16,mlp=32,per_class=1]", "tagood[epochs=1,dim=16,mlp=32,per_class=1,test_tokens=all]"):
+    for spec in ("cs[per_class=1,no_tag=ood]", "tagood[epochs=1,dim=16,mlp=32,per_class=1,no_tag=ood]",
+                 "tagood[epochs=1,dim=16,mlp=32,per_class=1,test_tokens=all,no_tag=ood]"):  # the paper's rule
         s = detectors.create(spec).fit(train, Context()).score(test)
         assert np.all(s[:3] == NO_TAG_SCORE) and np.all(s[3:] < NO_TAG_SCORE)
 

@@ -180,11 +180,12 @@ def vocabulary_fit(vocab: Vocabulary, kept: Sequence[np.ndarray], labels: np.nda
       their own class, a tag shared by ``k`` classes counting ``1/k`` (a background tag in every class's
       list counts ``1/C``: it covers but does not separate the classes);
     * ``separation`` = coverage x precision: the criterion that chooses a vocabulary rule (a vocabulary
-      that covers every image with one shared background tag scores ``1/C``).
+      that covers every image with one shared background tag scores ``1/C``);
+    * ``n``: the number of images measured.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
-        return {"coverage": float("nan"), "precision": float("nan"), "separation": float("nan")}
+        return {"coverage": float("nan"), "precision": float("nan"), "separation": float("nan"), "n": 0}
     c = len(vocab.class_tags)
     n_tags = max([max(ts) for ts in vocab.class_tags if ts] + [int(np.max(np.concatenate(kept))) if sum(map(len, kept)) else 0]) + 1
     owners = np.zeros((c, n_tags), bool)
@@ -199,4 +200,4 @@ def vocabulary_fit(vocab: Vocabulary, kept: Sequence[np.ndarray], labels: np.nda
     covered = n_kept > 0
     coverage = float(covered.mean())
     precision = float((own[covered] / n_kept[covered]).mean()) if covered.any() else 0.0
-    return {"coverage": coverage, "precision": precision, "separation": coverage * precision}
+    return {"coverage": coverage, "precision": precision, "separation": coverage * precision, "n": len(labels)}
