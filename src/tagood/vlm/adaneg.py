@@ -117,13 +117,23 @@ class ProxyMemory:
         rows = np.concatenate([self.text[touched][:, None, :], self.feats[touched]], axis=1).astype(np.float64)
         self.gram[touched] = rows @ rows.transpose(0, 2, 1)
 
-    def cosines(self, x: np.ndarray, proxies: str = "sample", beta: float = 5.5) -> np.ndarray:
-        """Cosine of each (unit) row of ``x`` with every slot's adaptive proxy, (B, K) float64."""
+    def cosines(self, x: np.ndarray, proxies: str = "sample", beta: float = 5.5, chunk: int = 64) -> np.ndarray:
+        """Cosine of each (unit) row of ``x`` with every slot's adaptive proxy, (B, K) float64.
+
+        Never forms the (B, K, D) proxies: ``x.p = sum_j w_j x.m_j / ||sum_j w_j m_j||`` with the squared norm
+        ``w^T G w`` from the slot's Gram cache; rows of ``x`` go ``chunk`` at a time to bound the (B, K, cap) terms.
+        """
+        if len(x) > chunk:
+            return np.concatenate([self.cosines(x[a : a + chunk], proxies, beta, chunk) for a in range(0, len(x), chunk)])
         c_text = (x @ self.text.T).astype(np.float64)
         occ = np.flatnonzero(self.count > 0)
         if len(occ) == 0:
             return c_text
-        s = np.einsum("bd,kjd->bkj", x, self.feats[occ], optimize=True).astype(np.float64)  # (B, O, cap)
+        k, cap, d = self.feats.shape
+        if 2 * len(occ) > k:  # most slots used: one product with the whole memory, no gather copy
+            s = (x @ self.feats.reshape(k * cap, d).T).reshape(len(x), k, cap)[:, occ].astype(np.float64)
+        else:
+            s = (x @ self.feats[occ].reshape(len(occ) * cap, d).T).reshape(len(x), len(occ), cap).astype(np.float64)
         valid = np.isfinite(self.ent[occ])[None]
         ct = c_text[:, occ]
         if proxies == "sample":
