@@ -201,7 +201,13 @@ def test_no_tag_warning_above_five_percent_only():
     assert len(w) == 2
     assert w[0].startswith("tagood: 7.9%") and "FPR95" in w[0]
     assert w[1].startswith("tagood[no_tag=fallback]: 20.0%") and "all their tokens" in w[1]
-    assert dg.no_tag_rule(_FakeTagDetector()) == "ood" and dg.no_tag_rule(object()) is None
+    assert "vocabulary does not cover them" in dg.no_tag_warnings(rows[1:2], {"tagood": "none"})[0]
+    from tagood import detectors
+
+    assert dg.no_tag_rule(detectors.create("tagood[no_tag=fallback]")) == "fallback"
+    assert dg.no_tag_rule(detectors.create("cs[no_tag=ood]")) == "ood"
+    assert dg.no_tag_rule(detectors.create("tagscore")) == "none"  # scores no-tag images from tag probabilities
+    assert dg.no_tag_rule(detectors.create("msp")) is None
 
 
 def test_results_json_and_markdown_show_diagnostics_and_warnings(tmp_path):

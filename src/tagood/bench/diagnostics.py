@@ -205,11 +205,16 @@ def diagnose(dets: Iterable[tuple[str, TokenMasker]], splits: Mapping[str, Split
 
 def no_tag_rule(det: Any) -> str | None:
     """The detector's rule for images without a kept tag: ``"ood"`` (paper: most-OOD score),
-    ``"fallback"`` (scored with all tokens), or None for a detector without tags."""
+    ``"fallback"`` (scored with all tokens), ``"none"`` for a tag-based detector that scores them like
+    any image (``tagscore``: the tag probabilities alone), None for a detector without tags."""
+    from tagood.tagood.detector import TagOOD
+
     if not is_tag_based(det):
         return None
-    rule = getattr(det, "no_tag", None) or getattr(det, "hparams", {}).get("no_tag")
-    return str(rule) if rule else "ood"
+    if not isinstance(det, TagOOD):
+        return "none"
+    rule = getattr(det, "no_tag", None)  # "auto" is resolved to "ood" / "fallback" at fit
+    return str(rule) if rule in ("ood", "fallback") else "ood"
 
 
 def no_tag_warnings(rows: Sequence[Mapping[str, Any]], rules: Mapping[str, str | None] | None = None, ind_split: str = "test",
@@ -221,9 +226,10 @@ def no_tag_warnings(rows: Sequence[Mapping[str, Any]], rules: Mapping[str, str |
         if r["split"] != ind_split or f is None or f <= limit:
             continue
         rule = (rules or {}).get(r["method"]) or "ood"
-        what = (f"they all get the most-OOD score (no_tag=ood), so the threshold that accepts 95% of IND accepts every OOD "
-                f"image below it: FPR95 degenerates towards 100" if rule == "ood" else
-                f"they are scored with all their tokens (no_tag={rule}), so the decomposition does not act on them")
+        what = {"ood": "they all get the most-OOD score (no_tag=ood), so the threshold that accepts 95% of IND accepts every "
+                       "OOD image below it: FPR95 degenerates towards 100",
+                "fallback": "they are scored with all their tokens (no_tag=fallback), so the decomposition does not act on them",
+                }.get(rule, "the method scores them like any image, but its IND vocabulary does not cover them")
         out.append(f"{r['method']}: {100 * f:.1f}% of the IND test images have no kept IND tag (more than "
                    f"{100 * limit:.0f}%); {what}. A vocabulary with more tags per class or a lower tag threshold helps.")
     return out

@@ -274,8 +274,9 @@ def _diagnose(state: RunState, fitted: list[tuple[str, det_registry.Detector]]) 
     if not tagged:
         return
     t = time.perf_counter()
-    splits = {n: dg.SplitInput(sp.features, sp.source, sp.reader.indices if sp.reader is not None else None)
-              for n in ["test", *state.config.ood] for sp in [state.splits[n]] if sp.features is not None}
+    scored = [state.splits[n] for n in ["test", *state.config.ood]]
+    splits = {sp.name: dg.SplitInput(sp.features, sp.source, sp.reader.indices if sp.reader is not None else None)
+              for sp in scored if sp.features is not None}
     try:
         state.diagnostics = dg.diagnose(tagged, splits, state.backbone)
     except Exception as e:  # a diagnostics failure must not lose the run's results
