@@ -887,7 +887,10 @@ class CacheReader:
     def idents(self) -> list[str]:
         out: list[str] = []
         for s in self.manifest.shards:
-            side = json.loads((self.dir / s.sidecar).read_text())
+            raw = (self.dir / s.sidecar).read_bytes()
+            if self.verify_on_read and hashlib.sha256(raw).hexdigest() != s.sidecar_sha256:
+                raise CacheError(f"cache sidecar {self.dir / s.sidecar} is damaged (checksum mismatch); {self._fix()}")
+            side = json.loads(raw)
             ids = side["idents"] if isinstance(side, dict) else side
             if len(ids) != s.count:
                 raise CacheError(f"cache sidecar {self.dir / s.sidecar} lists {len(ids)} samples, the manifest says "

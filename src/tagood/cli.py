@@ -1,26 +1,163 @@
-"""The ``tagood`` command line (typer). Scores everywhere: higher = more OOD."""
+"""The ``tagood`` command line (typer). Scores everywhere: higher = more OOD.
+
+Every error of a command exits with status 2 and one message that names the file or option and
+what to do; ``tagood --debug ...`` (or ``TAGOOD_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
+_DEBUG = {"on": False}
+
+
+def _debug() -> bool:
+    return _DEBUG["on"] or os.environ.get("TAGOOD_DEBUG", "").lower() in ("1", "true", "yes", "on")
+
+
+def _user_message(e: BaseException) -> str:
+    """One line for an exception that escaped a command: the message of the errors that describe bad input,
+    the exception type too for anything else."""
+    from tagood.cache import CacheError
+    from tagood.data.source import DataSourceError, ImageDecodeError
+
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, (CacheError, DataSourceError, ImageDecodeError, ValueError)) or type(e).__name__.endswith(
+            ("LoadError", "CheckpointError", "ConfigError")):
+        return str(e)
+    return f"unexpected error ({type(e).__name__}: {e}); run `tagood --debug ...` for the traceback and report it"
+
+
+class _Group(TyperGroup):
+    """Turns an exception escaping any command into one clear message and exit status 2 (no traceback
+    unless ``--debug``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes one message
+            if _debug():
+                raise
+            _error(_user_message(e))
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert official checkpoints into tagood's compact format.")
 app.add_typer(convert_app, name="convert")
+from tagood.cli_cache import cache_app  # noqa: E402 - after `app`: the sub-app imports cli's console lazily
+
+app.add_typer(cache_app, name="cache")
 console = Console() if sys.stdout.isatty() else Console(width=200)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also TAGOOD_DEBUG=1).")) -> None:
+    """OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines)."""
+    _DEBUG["on"] = debug
 
 
 def _error(msg: str) -> None:
     console.print(f"[red]{escape(msg)}[/]", soft_wrap=True)
+
+
+def _fail(msg: str) -> None:
+    """Print ``msg`` and exit with status 2."""
+    _error(msg)
+    raise typer.Exit(2)
+
+
+def _check_device(device: str) -> None:
+    """Exit 2 with a clear message unless every device of ``device`` exists here (before any work)."""
+    import torch
+
+    from tagood.backbones.multi import parse_devices
+
+    try:
+        devs = parse_devices(device)
+    except ValueError as e:
+        _fail(f"--device: {e}")
+    for d in devs:
+        try:
+            td = torch.device(d)
+        except (RuntimeError, ValueError):
+            _fail(f"--device {d!r} is not a device; use cpu, cuda, cuda:0, a list cuda:0,cuda:1, cuda:all or mps")
+        if td.type == "cuda":
+            if not torch.cuda.is_available():
+                _fail(f"--device {d}: no CUDA GPU is visible here (torch.cuda.is_available() is False); use --device cpu")
+            if td.index is not None and td.index >= torch.cuda.device_count():
+                _fail(f"--device {d}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ..)")
+        elif td.type == "mps":
+            if not torch.backends.mps.is_available():
+                _fail(f"--device {d}: the Apple MPS backend is not available here; use --device cpu")
+        elif td.type != "cpu":
+            _fail(f"--device {d}: device type '{td.type}' is not supported; use cpu, cuda[:N] or mps")
+
+
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt", "model.pth")
+
+
+def _check_clip_dir(path: Optional[Path | str]) -> None:
+    """A CLIP directory whose weights exist only as a pickle is refused before anything unpickles it."""
+    if path is None or not Path(path).is_dir():
+        return
+    p = Path(path)
+    if any(p.glob("*.safetensors")):
+        return
+    pickles = [f.name for f in p.iterdir() if f.name in _PICKLE_WEIGHTS or f.name.startswith("pytorch_model-")]
+    if pickles:
+        _fail(f"{p}: the CLIP weights are only in {', '.join(sorted(pickles))}, a pickle file, which can run code when it "
+              "is loaded; tagood reads safetensors only. Convert it once on a trusted machine "
+              "(CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)) to get model.safetensors")
+
+
+def _check_detector_dir(d: Path) -> None:
+    """Check a `tagood fit` directory before loading it: tagood.json readable with a finite threshold,
+    every .safetensors file with a sound header; exits 2 naming the file otherwise."""
+    import json
+
+    from safetensors import safe_open
+
+    meta_path = d / "tagood.json"
+    if not d.is_dir():
+        _fail(f"{d} is not a directory written by `tagood fit`")
+    if not meta_path.is_file():
+        _fail(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        _fail(f"{meta_path} is not valid JSON; re-run `tagood fit` to save the detector again")
+    thr = meta.get("threshold") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str) or not isinstance(meta.get("backbone"), dict):
+        _fail(f"{meta_path} lacks 'method' / 'backbone'; re-run `tagood fit` to save the detector again")
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        _fail(f"{meta_path}: 'threshold' must be a finite number, it is {thr!r}; re-run `tagood fit` (or set it by hand)")
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                st.keys()
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            _fail(f"{f} is damaged or not a safetensors file ({type(e).__name__}); re-run `tagood fit` to save the detector again")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -32,6 +169,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("onnxruntime", "transformers", "PIL", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from PIL import Image
+
+    # tagood.data.decode reports an image over PIL's limit as one log line naming the file instead
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _methods_opt(methods: Optional[str]) -> list[str] | None:
@@ -130,6 +271,7 @@ def demo(
     from tagood.bench.config import TAGOOD_SWEEP, builtin
 
     _setup_logging(verbose)
+    _check_device(device)
     cfg = builtin(benchmark, quick=quick)
     if ablations:
         cfg.methods = cfg.methods + TAGOOD_SWEEP
@@ -162,6 +304,8 @@ def bench(
     from tagood.bench.config import ConfigError, imagenet, load_config
 
     _setup_logging(verbose)
+    _check_device(device)
+    _check_clip_dir(clip)
     try:
         if config == "imagenet":
             if root is None:
@@ -296,8 +440,12 @@ def extract(
     clip: _ClipOpt = None,
     vocabulary: _VocabOpt = None,
     fields: Optional[str] = typer.Option(None, help="Comma-separated fields to store (default: all the backbone gives)."),
-    batch_size: int = typer.Option(64, help="Images per batch (per device with a device list)."),
+    batch_size: int = typer.Option(64, min=1, help="Images per batch (per device with a device list)."),
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
+    commit_every: int = typer.Option(256, min=1, help="Commit a cache shard every this many images (a kill loses at most one shard)."),
+    commit_seconds: float = typer.Option(30.0, min=0.1, help="... or every this many seconds, whichever comes first."),
+    lock_timeout: Optional[float] = typer.Option(None, min=0, help="Seconds to wait for another process extracting the same "
+                                                                   "entry (default: wait until it is done)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
@@ -306,18 +454,29 @@ def extract(
     from tagood.extract import extract_split
 
     _setup_logging(verbose)
+    _check_device(device)
+    _check_clip_dir(clip)
     try:
         src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
     except data.DataSourceError as e:
         _error(str(e))
         raise typer.Exit(2)
+    spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
     try:
-        bb = build_backbone({"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}, device=device)
+        bb = build_backbone(spec, device=device)
     except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
-    reader = extract_split(src, bb, cache, split=split, fields=fields.split(",") if fields else None, batch_size=batch_size)
+    from tagood.fitscore import backbone_spec
+
+    field_list = fields.split(",") if fields else None
+    recipe = {"root": str(root.resolve()), "list": str(list_file.resolve()) if list_file else None, "split": split,
+              "backbone": backbone_spec(spec), "fields": field_list, "batch_size": batch_size}
+    reader = extract_split(src, bb, cache, split=split, fields=field_list, batch_size=batch_size, commit_rows=commit_every,
+                           commit_seconds=commit_seconds, lock_timeout=lock_timeout, meta={"recipe": recipe})
     console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
+    for f in reader.failed[:20]:
+        console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 
 
 @convert_app.command("ram")
@@ -359,6 +518,7 @@ def selftest(
     from tagood.backbones import selftest as st
 
     _setup_logging(verbose)
+    _check_device(device)
     try:
         if kind == "ram":
             from tagood.backbones.ram import load_ram
@@ -413,6 +573,8 @@ def fit(
     from tagood.fitscore import fit_folder
 
     _setup_logging(verbose)
+    _check_device(device)
+    _check_clip_dir(clip)
     spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
     try:
         meta = fit_folder(folder, out, method, spec, cache, device, seed, stream_above_gb=_stream_limit(stream_above_gb))
@@ -441,9 +603,15 @@ def score(
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Score new images with a fitted detector (higher = more OOD); the tagger is the one it was fitted with."""
+    import json
+
     from tagood.fitscore import score_images
 
     _setup_logging(verbose)
+    _check_device(device)
+    _check_detector_dir(detector)
+    saved_spec = json.loads((detector / "tagood.json").read_text(encoding="utf-8"))["backbone"].get("spec") or {}
+    _check_clip_dir(clip if clip is not None else (saved_spec.get("path") if isinstance(saved_spec, dict) else None))
     try:
         rows, failed = score_images(detector, list(inputs), out, cache, device,
                                     backbone=_backbone_files(checkpoint, tags, thresholds, clip, vocabulary),
@@ -451,6 +619,10 @@ def score(
     except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
+    bad = [r["path"] for r in rows if not math.isfinite(r["score"])]
+    if bad:
+        _fail(f"the detector in {detector} gave non-finite scores for {len(bad)} of {len(rows)} images (e.g. {bad[0]}); "
+              "its weights may be damaged: re-run `tagood fit`")
     n_ood = sum(r["is_ood"] for r in rows)
     console.print(f"scored {len(rows)} images: {n_ood} flagged OOD; wrote {out}")
     for f in failed:

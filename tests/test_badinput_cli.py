@@ -1,0 +1,219 @@
+"""Bad input at the command line: every case exits 2 with one clear message (no traceback), or gives the
+right result with a report line. Real images (Fashion-MNIST PNGs, scikit-learn photos), the real backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tagood.cli import app
+from image_folders import fashion_folder
+
+runner = CliRunner()
+
+
+def _run(args: list[str]):
+    return runner.invoke(app, [str(a) for a in args], terminal_width=200)
+
+
+def _no_traceback(r) -> None:
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+
+
+@pytest.fixture(scope="module")
+def imgs(tmp_path_factory):
+    return fashion_folder(tmp_path_factory.mktemp("imgs") / "f", {"coat": 4, "shoe": 7}, 6)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory, imgs, tagood_home):
+    d = tmp_path_factory.mktemp("det") / "det"
+    r = _run(["fit", imgs, "--out", d, "--method", "tagood[epochs=1]", "--cache", d.parent / "cache"])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_device_without_gpu(imgs, tmp_path):
+    r = _run(["extract", imgs, "--cache", tmp_path / "c", "--device", "cuda:0"])
+    assert r.exit_code == 2 and "no CUDA GPU is visible" in r.output
+    _no_traceback(r)
+
+
+def test_device_banana(imgs, tmp_path, detector):
+    for cmd in (["extract", imgs, "--cache", tmp_path / "c"], ["fit", imgs, "--out", tmp_path / "d"],
+                ["score", detector, imgs, "--out", tmp_path / "s.csv"], ["demo", "--quick"]):
+        r = _run([*cmd, "--device", "banana"])
+        assert r.exit_code == 2 and "--device 'banana' is not a device" in r.output, r.output
+        _no_traceback(r)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("bs", ["0", "-3"])
+def test_bad_batch_size_leaves_no_cache_entry(imgs, tmp_path, bs):
+    r = _run(["extract", imgs, "--cache", tmp_path / "c", "--batch-size", bs])
+    assert r.exit_code == 2 and "batch-size" in r.output
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("how", ["truncate", "header", "empty", "text"])
+def test_tampered_detector_safetensors(detector, imgs, tmp_path, how):
+    d = tmp_path / "det"
+    shutil.copytree(detector, d)
+    files = sorted(d.glob("*.safetensors"))
+    assert files
+    for f in files:
+        b = f.read_bytes()
+        f.write_bytes({"truncate": b[: len(b) // 2], "header": b[:8] + b"\x00garbage" + b[16:], "empty": b"",
+                       "text": b"not a safetensors file at all"}[how])
+    r = _run(["score", d, imgs, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "is damaged or not a safetensors file" in r.output and files[0].name in r.output, r.output
+    _no_traceback(r)
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "Infinity", '"high"', "null"])
+def test_non_finite_threshold_in_saved_detector(detector, imgs, tmp_path, value):
+    d = tmp_path / "det"
+    shutil.copytree(detector, d)
+    text = (d / "tagood.json").read_text()
+    meta = json.loads(text)
+    (d / "tagood.json").write_text(text.replace(f'"threshold": {json.dumps(meta["threshold"])}', f'"threshold": {value}'))
+    r = _run(["score", d, imgs, "--out", tmp_path / "s.csv"])
+    assert r.exit_code == 2 and "'threshold' must be a finite number" in r.output, r.output
+    (d / "tagood.json").write_text(text[: len(text) // 3])
+    r = _run(["score", d, imgs, "--out", tmp_path / "s.csv"])
+    assert r.exit_code == 2 and "is not valid JSON" in r.output
+
+
+def test_clip_pickle_is_refused_before_unpickling(imgs, tmp_path):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (clip / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    for cmd in (["extract", imgs, "--cache", tmp_path / "c"], ["fit", imgs, "--out", tmp_path / "d", "--method", "krnft"]):
+        r = _run([*cmd, "--backbone", "clip", "--clip", clip])
+        assert r.exit_code == 2 and "pytorch_model.bin, a pickle file" in r.output, r.output
+        _no_traceback(r)
+    assert not marker.exists()
+
+
+def _broken_folder(root: Path, classes: dict[str, int]) -> Path:
+    for c, n in classes.items():
+        (root / c).mkdir(parents=True)
+        for j in range(n):
+            (root / c / f"{j}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_all_inputs_fail_to_decode(detector, tmp_path):
+    bad = _broken_folder(tmp_path / "bad", {"a": 3, "b": 2})
+    r = _run(["score", detector, bad, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "none of the 5 images" in r.output and "could be decoded" in r.output, r.output
+    r = _run(["fit", bad, "--out", tmp_path / "d", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "none of the 5 images" in r.output
+    _no_traceback(r)
+
+
+def test_class_losing_all_its_images(imgs, tmp_path):
+    root = tmp_path / "f"
+    shutil.copytree(imgs, root)
+    _broken_folder(root, {"dress": 3})
+    r = _run(["fit", root, "--out", tmp_path / "d", "--cache", tmp_path / "c", "--method", "tagood[epochs=1]"])
+    assert r.exit_code == 2 and "every image of class 'dress' failed to decode" in r.output, r.output
+
+
+@pytest.mark.timeout(300)
+def test_fifo_named_jpg_does_not_hang(detector, imgs, tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    good = imgs / "coat" / "000.png"
+    r = _run(["score", detector, fifo, good, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"])
+    assert r.exit_code == 0 and "scored 1 images" in r.output and "is a FIFO" in r.output, r.output
+    r = _run(["score", detector, fifo, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "is a FIFO" in r.output
+
+
+@pytest.mark.parametrize("contents", ["passwd", "secret"])
+def test_list_file_contents_are_not_echoed(imgs, tmp_path, contents):
+    if contents == "passwd":
+        lf = Path("/etc/passwd")
+        if not lf.is_file():
+            pytest.skip("no /etc/passwd")
+        secret = lf.read_text().splitlines()[0].split(":")[0] + ":"
+    else:
+        lf = tmp_path / "notes.txt"
+        secret = "hunter2-api-key"
+        lf.write_text(f"password {secret} is very secret\n")
+    r = _run(["extract", imgs, "--list", lf, "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and str(lf) in r.output, r.output
+    assert secret not in r.output
+    _no_traceback(r)
+
+
+def test_dangling_symlinks_and_directories_named_like_images_are_reported(imgs, tmp_path, caplog):
+    root = tmp_path / "f"
+    shutil.copytree(imgs, root)
+    (root / "coat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "shoe" / "album.jpg").mkdir()
+    with caplog.at_level("WARNING"):
+        r = _run(["extract", root, "--cache", tmp_path / "c", "--fields", "features"])
+    assert r.exit_code == 0, r.output
+    text = caplog.text + r.output
+    assert "skipped 1 dangling symbolic link" in text and "gone.png" in text
+    assert "skipped 1 directory named like an image" in text and "album.jpg" in text
+    assert "12 samples cached" in r.output
+
+
+def test_debug_shows_the_traceback(imgs, tmp_path):
+    lf = tmp_path / "l.txt"
+    lf.write_text("coat/000.png x\n")
+    r = _run(["extract", imgs, "--list", lf, "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    r = _run(["--debug", "extract", imgs, "--list", lf, "--cache", tmp_path / "c"])
+    assert r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit)
+
+
+def test_cache_ls_verify_repair_rm(imgs, tmp_path):
+    cache = tmp_path / "c"
+    r = _run(["extract", imgs, "--cache", cache, "--fields", "features", "--commit-every", "4"])
+    assert r.exit_code == 0, r.output
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    r = _run(["cache", "ls", "--cache", cache])
+    assert r.exit_code == 0 and entry.name in r.output and "12/12" in r.output and "complete" in r.output
+    r = _run(["cache", "verify", "--cache", cache])
+    assert r.exit_code == 0 and "ok" in r.output and "(3 shards, 12 samples)" in r.output
+    shard = entry / "shard-00001.safetensors"
+    b = bytearray(shard.read_bytes())
+    b[-5] ^= 0xFF
+    shard.write_bytes(bytes(b))
+    r = _run(["cache", "verify", "--cache", cache])
+    assert r.exit_code == 1 and "shard-00001.safetensors: checksum mismatch" in r.output and "--repair" in r.output
+    r = _run(["cache", "verify", "--repair", entry.name, "--cache", cache])
+    assert r.exit_code == 0 and "repaired" in r.output, r.output
+    assert not shard.exists()  # replaced by a freshly extracted shard under a new name
+    r = _run(["cache", "verify", "--cache", cache])
+    assert r.exit_code == 0 and "ok" in r.output
+    (entry / "manifest.json").write_text("{")
+    r = _run(["cache", "ls", "--cache", cache])
+    assert r.exit_code == 0 and "damaged manifest" in r.output
+    r = _run(["cache", "verify", "--repair", "--cache", cache])
+    assert r.exit_code == 0 and "set aside" in r.output
+    r = _run(["extract", imgs, "--cache", cache, "--fields", "features"])
+    assert r.exit_code == 0 and "12 samples cached" in r.output
+    r = _run(["cache", "rm", "nope", "--cache", cache])
+    assert r.exit_code == 2 and "is not a cache entry" in r.output
+    r = _run(["cache", "rm", "--all", "--cache", cache])
+    assert r.exit_code == 0 and not any(p.is_dir() for p in cache.iterdir())
