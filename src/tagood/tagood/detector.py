@@ -19,7 +19,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -160,7 +160,7 @@ class _TagBase(Detector):
             log.info("IND vocabulary from %s: %d tags; %.1f%% of IND training images keep one", self.vocab_path, len(v.tags),
                      100 * fit["coverage"])
         else:
-            rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed)
+            rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed, context.class_names)
             v = build_vocabulary(kept, labels, num_classes, m, context.class_names, names, rule=rule)
             self.vocab_rule_used, self.per_class_used = rule, m
         self.heldout_no_tag_fraction = 1.0 - fit["coverage"]
@@ -192,7 +192,7 @@ class _TagBase(Detector):
         return rule
 
     def _select_vocab(self, kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int,
-                      max_m: int = 10) -> tuple[str, int, dict[str, float]]:
+                      class_names: Sequence[str] | None = None, max_m: int = 10) -> tuple[str, int, dict[str, float]]:
         """(rule, tags per class, held-out fit) of the vocabulary, chosen on a held-out 20% of each IND
         training class (never the test sets) with vocabularies built on the other 80%.
 
@@ -229,7 +229,7 @@ class _TagBase(Detector):
         if not results or not len(held_idx):  # too few images to hold some out: no choice is measured
             rule = rules[0]
             m = 1 if self.per_class == "auto" else int(self.per_class)
-            v = build_vocabulary(kept, labels, num_classes, m, rule=rule, quiet=True)
+            v = build_vocabulary(kept, labels, num_classes, m, class_names, rule=rule, quiet=True)
             fit = vocabulary_fit(v, kept, labels)
             log.warning("IND vocabulary: too few IND training images to choose on a held-out part; rule %s, %d tag(s) per class", rule, m)
             return rule, m, fit
