@@ -44,13 +44,15 @@ def test_odin_and_featurenorm_run_on_taggers(mini, tagger, tagood_home):  # noqa
     assert np.all(np.isfinite(scores["score/featurenorm/test"])) and np.all(scores["score/featurenorm/test"] <= 0)
 
 
-def test_bench_imagenet_lists_odin_featurenorm_and_krnft_paper_settings(mini):  # noqa: F811
+def test_bench_imagenet_lists_odin_featurenorm_and_krnft_paper_settings(tmp_path):
     from tagood.bench.config import imagenet
     from tagood.bench.runner import create_detector
 
-    ram = imagenet(mini / "data", {"name": "ram", "checkpoint": "x"})
+    (tmp_path / "dtd" / "images").mkdir(parents=True)  # one OOD set present (the layout of tagood.data.imagenet)
+    (tmp_path / "dtd" / "images" / "0.jpg").write_bytes(b"")
+    ram = imagenet(tmp_path, {"name": "ram", "checkpoint": "x"})
     assert {"odin", "featurenorm"} <= set(ram.methods)
-    cfg = imagenet(mini / "data", {"name": "clip", "path": str(mini / "clip")})
+    cfg = imagenet(tmp_path, {"name": "clip", "path": str(tmp_path / "clip")})
     det = create_detector("krnft", cfg)
     assert (det.shots, det.n_crops, det.k_in, det.k_out, det.epochs, det.lr, det.hidden) == (4, 128, 32, 32, 3, 1e-5, 8)
     assert create_detector("krnft[shots=16]", cfg).shots == 16  # a spec's own option still wins
