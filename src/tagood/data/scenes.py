@@ -384,12 +384,12 @@ def scene_splits(n_train_per_class: int = 200, n_test_per_class: int = 50, n_ood
 
     IND classes (labels 0..5, names = stamp groups): :data:`IND_GROUPS` = mammal, bird, fish, fruit,
     musical instrument, vehicle (photographic stamps per group: 65, 35, 11, 25, 11, 23; split by
-    instance 60/40 into train/test). ``scene-near``: stamps of :data:`NEAR_GROUPS` = insect 8,
+    instance 60/40, seed 0: train / test instances 39/26, 21/14, 7/4, 15/10, 7/4, 13/10). ``scene-near``: stamps of :data:`NEAR_GROUPS` = insect 8,
     vegetable 18, flower 24, tool 12 (all instances; never in train), ``n_ood`` scenes cycling
     through the groups. ``scene-clutter``: ``n_ood`` scenes of test-region background and test
     distractors only. ``scene-far``: ``n_ood`` scenes whose object is a tinted Fashion-MNIST test item.
-    Distractors: every other group's stamps (kitchenware, household items, trees, sports equipment,
-    ...), split by instance; train scenes use the train half, all other parts the test half. Scenes
+    Distractors: every other group's stamps (16 groups: kitchenware, household items, trees, sports
+    equipment, ...), split by instance (seed 0: 33 train / 24 test stamps); train scenes use the train half, all other parts the test half. Scenes
     per IND class are balanced; the object stamp of each scene is a seeded draw among the class's
     instances of that side. Each part has its own layout seed (``seed``, ``seed + 1``, ...).
     """
