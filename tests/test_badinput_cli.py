@@ -177,13 +177,15 @@ def test_dangling_symlinks_and_directories_named_like_images_are_reported(imgs, 
     assert "12 samples cached" in r.output
 
 
-def test_debug_shows_the_traceback(imgs, tmp_path):
-    lf = tmp_path / "l.txt"
-    lf.write_text("coat/000.png x\n")
-    r = _run(["extract", imgs, "--list", lf, "--cache", tmp_path / "c"])
-    assert r.exit_code == 2 and "Traceback" not in r.output
-    r = _run(["--debug", "extract", imgs, "--list", lf, "--cache", tmp_path / "c"])
-    assert r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit)
+def test_debug_shows_the_traceback(tmp_path):
+    from tagood.data import DataSourceError
+
+    bad = _broken_folder(tmp_path / "bad", {"a": 2})
+    r = _run(["extract", bad, "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith("none of the 2 images")
+    _no_traceback(r)
+    r = _run(["--debug", "extract", bad, "--cache", tmp_path / "c"])
+    assert isinstance(r.exception, DataSourceError)
 
 
 def test_cache_ls_verify_repair_rm(imgs, tmp_path):

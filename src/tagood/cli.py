@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -49,13 +48,13 @@ class _Group(TyperGroup):
     """Turns an exception escaping any command into one clear message and exit status 2 (no traceback
     unless ``--debug``)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes one message
-            if _debug():
+            if _debug() or type(e).__module__.split(".")[0] in ("typer", "click"):  # usage errors, typer.Exit
                 raise
             _error(_user_message(e))
             raise typer.Exit(2) from None
@@ -164,7 +163,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(console=Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=240),
+                              show_path=False, rich_tracebacks=False)],
         force=True,
     )
     for noisy in ("onnxruntime", "transformers", "PIL", "urllib3", "filelock"):
