@@ -102,7 +102,7 @@ class KRNFT(VLMDetector):
     plus the pixels (``FIT_IMAGES``): ``images`` unless ``extra["crop_embeds"]`` is given. ``fit``
     checks all of them first and names what is missing. ``"images"`` is not in the class-level
     ``fit_requires`` because the benchmark runner answers that declaration with backbone-preprocessed
-    images and ODIN's differentiable classifier (``torch_module``, which CLIP / RAM taggers lack);
+    images (the tagger's preprocessing) and builds ODIN's differentiable classifier for it;
     KR-NFT's images come from ``dual_encoder.attach``, which the runner applies to the training
     split of every vision-language method (crops in the dual encoder's preprocessing).
     """
