@@ -315,3 +315,46 @@ def test_mse_term_pulls_features_to_the_ema_centres():
         c = centres.numpy()[train.labels]
         gaps[w] = float(np.mean(np.sum((f - c) ** 2, axis=1)) / np.mean(np.sum(f**2, axis=1)))
     assert gaps[1.0] < 0.7 * gaps[0.0], gaps  # with the MSE term the features sit much closer to their class centre
+
+
+# -- property tests of the vocabulary rules -------------------------------------------------------------
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@st.composite
+def _kept_lists(draw):
+    n_cls = draw(st.integers(1, 4))
+    labels = draw(st.lists(st.integers(0, n_cls - 1), min_size=n_cls, max_size=30))
+    labels = list(range(n_cls)) + labels  # every class has an image
+    kept = [np.array(draw(st.lists(st.integers(0, 7), min_size=1, max_size=4)), dtype=np.int64) for _ in labels]
+    return kept, np.array(labels), n_cls
+
+
+@settings(max_examples=60, deadline=None)
+@given(_kept_lists())
+def test_vocabulary_rules_match_a_naive_count(case):
+    from tagood.tagood.vocabulary import rank_tags, vocabulary_fit
+    kept, labels, n_cls = case
+    # naive P(t|c): fraction of class c's images holding tag t (an image counts a tag once)
+    p = np.zeros((n_cls, 8))
+    for k, y in zip(kept, labels):
+        p[y, np.unique(k)] += 1
+    counts = p.copy()
+    p /= np.bincount(labels, minlength=n_cls)[:, None]
+    for c, (tags, n) in enumerate(rank_tags(kept, labels, n_cls, "frequent")):
+        assert sorted(tags.tolist()) == np.flatnonzero(counts[c]).tolist() and n.tolist() == counts[c, tags].tolist()
+        assert np.all(np.diff(n) <= 0)  # most frequent first
+    for c, (tags, n) in enumerate(rank_tags(kept, labels, n_cls, "specific")):
+        spec = p[c] - (p.sum(axis=0) - p[c]) / max(n_cls - 1, 1) if n_cls > 1 else p[c]
+        s = spec[tags]
+        assert len(tags) >= 1 and np.all(np.diff(s) <= 1e-12)  # most specific first
+        positive = np.flatnonzero((counts[c] > 0) & (spec > 1e-9))
+        if len(positive):  # exactly the tags more frequent here than in the other classes on average
+            assert sorted(tags.tolist()) == positive.tolist()
+    from tagood.tagood import Vocabulary
+    v = Vocabulary([tags[:2].tolist() for tags, _ in rank_tags(kept, labels, n_cls, "specific")])
+    fit = vocabulary_fit(v, kept, labels)
+    assert 0.0 <= fit["separation"] <= fit["coverage"] <= 1.0 and fit["n"] == len(labels)
+    covered = [np.isin(k, v.tags).any() for k in kept]
+    assert fit["coverage"] == pytest.approx(np.mean(covered))

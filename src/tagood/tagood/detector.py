@@ -259,7 +259,8 @@ class _TagBase(Detector):
 @register("tagscore")
 class TagScore(_TagBase):
     """Tag Score (TagOOD Table 3): the tagger's confidence alone. Score = -max over IND-vocabulary
-    tags of the tag probability (higher = more OOD)."""
+    tags of the tag probability (higher = more OOD). It scores no tokens, so ``no_tag`` and ``tau`` do not
+    change its score; :meth:`token_masks` still gives the decomposition its vocabulary and ``tau`` imply."""
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
         self.rule = self._rule_for(context)

@@ -114,9 +114,13 @@ VOCAB_RULES = ("frequent", "specific")
 
 def _flatten(kept: Sequence[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image index, label, tag id) of every distinct kept (image, tag) pair."""
-    lens = np.array([len(np.unique(k)) for k in kept], dtype=np.int64)
-    tags = np.concatenate([np.unique(np.asarray(k, dtype=np.int64)) for k in kept]) if len(kept) else np.zeros(0, np.int64)
+    lens = np.fromiter((len(k) for k in kept), dtype=np.int64, count=len(kept))
+    tags = np.concatenate([np.asarray(k, dtype=np.int64).reshape(-1) for k in kept]) if lens.sum() else np.zeros(0, np.int64)
     img = np.repeat(np.arange(len(kept), dtype=np.int64), lens)
+    if len(tags):  # one vectorised de-duplication of (image, tag) pairs
+        width = int(tags.max()) + 1
+        key = np.unique(img * width + tags)
+        img, tags = key // width, key % width
     return img, np.asarray(labels, dtype=np.int64)[img], tags
 
 
@@ -148,7 +152,7 @@ def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, 
             p = n / n_img[c]
             spec = p - (total_p[u] - p) / (num_classes - 1)
             order = np.lexsort((u, -n, -spec))
-            positive = spec[order] > 0
+            positive = spec[order] > 1e-9  # > 0 up to float rounding: a tag equally frequent everywhere scores 0
             order = order[positive] if positive.any() else order[:1]
         out.append((u[order], n[order]))
     return out
