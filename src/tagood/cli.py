@@ -257,7 +257,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 @app.command()
 def demo(
-    benchmark: str = typer.Option("fashion", help="Built-in benchmark: fashion or fashion-clutter."),
+    benchmark: str = typer.Option("scenes", help="Built-in benchmark: scenes (default), fashion or fashion-clutter."),
     quick: bool = typer.Option(False, "--quick", help="A smaller subset (for CI)."),
     out: Path = typer.Option(Path("runs/demo"), help="Directory for results.json / results.md / results.csv."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory (default $TAGOOD_CACHE or ~/.cache/tagood/features)."),
