@@ -180,6 +180,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # three writer processes, the first held back 20 s: ~45 s on 2 busy cores
 def test_two_writers_one_entry(folder, tmp_path, backbone):
     script = tmp_path / "w.py"
     script.write_text(WRITER)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tagood import data
 from tagood.cache import CacheReader
@@ -23,6 +24,7 @@ def _manifest(cache):
     return json.loads(ms[0].read_text()) if ms else None
 
 
+@pytest.mark.slow  # five CLI starts (torch + ONNX model load each): ~90 s on 2 busy cores
 def test_cli_extract_killed_repeatedly_resumes_and_equals_a_clean_run(tmp_path, backbone):
     root = fashion_folder(tmp_path / "imgs", {"top": 0, "bag": 8, "boot": 9}, 100)  # 300 real images
     cache = tmp_path / "cache"
