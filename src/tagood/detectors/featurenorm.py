@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 @register("featurenorm")
 class FeatureNorm(Detector):
     """FeatureNorm of one block: the per-channel spatial L2 norm of ReLU(block output), averaged
-    over channels (the backbone computes it for every block: ``block_norms``). The block is chosen
+    over channels (the backbone computes it for every block: ``block_norms``; EfficientNet-Lite: every
+    MBConv block + the head convolution; RAM: every Swin block, tokens as positions; CLIP: every ViT
+    block over its patch tokens). The block is chosen
     as the paper does, without OOD data: NormRatio = mean FeatureNorm on IND training images /
     mean FeatureNorm on their jigsaw-shuffled versions (pseudo-OOD, ``context.pseudo_ood``); the
     block with the largest NormRatio is used. ``block`` forces a block.
