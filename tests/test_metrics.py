@@ -226,3 +226,16 @@ def test_percent():
     p = to_percent(m)
     assert p["auroc"] == 100.0 and p["fpr95"] == 0.0
     assert set(p) == set(m) and all(isinstance(v, float) for v in p.values())
+
+
+def test_metric_rows_carry_every_metric_in_percent():
+    from tagood.bench.scores import metric_rows
+
+    rng = np.random.default_rng(2)
+    a, b = np.round(rng.normal(0, 1, 300), 1), np.round(rng.normal(1, 1, 200), 1)
+    (row,) = metric_rows("m", a, {"o": b})
+    assert list(row) == ["method", "ood", *METRIC_NAMES]
+    m = ood_metrics(a, b)
+    for k in METRIC_NAMES:
+        assert row[k] == pytest.approx(100.0 * m[k], abs=1e-12), k
+    assert row["aupr_out_trapz"] != row["aupr_out"]  # tied scores: the two AUPR definitions differ

@@ -23,7 +23,9 @@ IND_SPLIT = "test"
 
 
 def metric_rows(method: str, s_id: np.ndarray, s_ood: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """One results row per OOD set: every metric of :func:`tagood.metrics.ood_metrics`, in percent."""
+    """One results row per OOD set: every metric of :func:`tagood.metrics.ood_metrics`
+    (:data:`tagood.metrics.METRIC_NAMES`, including the average-precision ``aupr_in`` / ``aupr_out`` and the
+    trapezoid ``aupr_in_trapz`` / ``aupr_out_trapz`` of OpenOOD / pytorch-ood), in percent."""
     return [{"method": method, "ood": name, **{k: 100.0 * v for k, v in ood_metrics(s_id, s).items()}}
             for name, s in s_ood.items()]
 
