@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tagood.cache import atomic_write_json
-
-METRICS = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+from tagood.metrics import METRIC_NAMES as METRICS
 
 
 def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
