@@ -22,7 +22,7 @@ def test_methods_lists_every_detector():
 
 def test_demo_quick_writes_results(tmp_path, tagood_home):
     out = tmp_path / "out"
-    r = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
+    r = runner.invoke(app, ["demo", "--benchmark", "fashion", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
                             "--methods", "msp,energy,knn,featurenorm,tagood[epochs=2]", "--plots"], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert "tagood[epochs=2]" in r.output  # the terminal table keeps the variant's options
