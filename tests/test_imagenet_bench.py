@@ -146,3 +146,11 @@ def test_bench_imagenet_runs_the_vision_language_methods_on_clip(mini, tagood_ho
     got = {row["method"].split("[")[0] for row in res["rows"]}
     assert got == set(VLM)
     assert all(0.0 <= row["auroc"] <= 100.0 for row in res["rows"])
+    # AdaNeg is test-time: scored on one seeded stream of IND test + OOD images, reported apart, its order recorded
+    tt = {row["method"].split("[")[0] for row in res["rows"] if row.get("test_time")}
+    assert tt == {"adaneg"}
+    (spec, rec), = res["meta"]["streams"].items()
+    order = rec["streams"]["joint"]["order"]
+    sizes = res["meta"]["sizes"]
+    assert len(order) == sizes["test"] + sum(sizes[s] for s in res["meta"]["config"]["ood"])
+    assert "Test-time methods" in (out / "results.md").read_text() and "test-time methods" in r.output

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-METRICS = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+from tagood.metrics import METRIC_NAMES as METRICS
+
 #: Row names of the group averages (``"ood"`` field).
 SUFFIX = "-average"
 

@@ -9,31 +9,43 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tagood.bench.groups import group_average_rows, is_group_row
 from tagood.cache import atomic_write_json
 from tagood.metrics import METRIC_NAMES as METRICS
 
 
 def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One ``"ood": "average"`` row per method: the mean of each metric over its OOD sets."""
+    """One ``"ood": "average"`` row per method: the mean of each metric over its OOD sets (group-average rows,
+    :mod:`tagood.bench.groups`, are not sets). A test-time method's row keeps its ``"test_time": True``."""
     out: list[dict[str, Any]] = []
     methods: list[str] = []
     for r in rows:
         if r["ood"] != "average" and r["method"] not in methods:
             methods.append(r["method"])
     for m in methods:
-        mine = [r for r in rows if r["method"] == m and r["ood"] != "average"]
+        mine = [r for r in rows if r["method"] == m and r["ood"] != "average" and not is_group_row(r)]
         avg: dict[str, Any] = {"method": m, "ood": "average"}
         for k in METRICS:
-            avg[k] = sum(r[k] for r in mine) / len(mine)
+            if all(k in r for r in mine):  # rows of older runs may lack newer metrics
+                avg[k] = sum(r[k] for r in mine) / len(mine)
+        if any(r.get("test_time") for r in mine):
+            avg["test_time"] = True
         out.append(avg)
     return out
 
 
 def build_results(rows: list[dict[str, Any]], id_accuracy: float | None, meta: Mapping[str, Any],
-                  diagnostics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The results document: per-(method, OOD set) rows in percent plus average rows, and (when given) the
-    decomposition diagnostics of the tag-based methods (:mod:`tagood.bench.diagnostics`, fractions in [0, 1])."""
-    out = {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + average_rows(rows)}
+                  diagnostics: list[dict[str, Any]] | None = None,
+                  groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The results document: per-(method, OOD set) rows in percent, group-average rows (``groups``: row name ->
+    member sets, e.g. OpenOOD v1.5's ``near-average``; :func:`tagood.bench.groups.group_average_rows`), average
+    rows, and (when given) the decomposition diagnostics of the tag-based methods
+    (:mod:`tagood.bench.diagnostics`, fractions in [0, 1])."""
+    grouped = group_average_rows(rows, groups or {})
+    for g in grouped:
+        if any(r.get("test_time") for r in rows if r["method"] == g["method"]):
+            g["test_time"] = True
+    out = {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + grouped + average_rows(rows)}
     if diagnostics is not None:
         out["diagnostics"] = diagnostics
     return out
@@ -54,19 +66,35 @@ def _cell(r: Mapping[str, Any] | None, k: str) -> str:
 
 
 def ood_sets(results: Mapping[str, Any]) -> list[str]:
+    """The table's columns: the OOD sets in row order, then the group averages, then ``"average"``."""
     sets: list[str] = []
+    groups: list[str] = []
     for r in results["rows"]:
-        if r["ood"] not in sets and r["ood"] != "average":
-            sets.append(r["ood"])
-    return sets + ["average"]
+        target = groups if is_group_row(r) else sets
+        if r["ood"] not in sets and r["ood"] not in groups and r["ood"] != "average":
+            target.append(r["ood"])
+    return sets + groups + ["average"]
 
 
-def methods(results: Mapping[str, Any]) -> list[str]:
+def methods(results: Mapping[str, Any], test_time: bool | None = None) -> list[str]:
+    """Methods in row order; ``test_time=True`` / ``False`` keeps only test-time / static ones."""
     ms: list[str] = []
     for r in results["rows"]:
-        if r["method"] not in ms:
+        if r["method"] not in ms and (test_time is None or bool(r.get("test_time")) == test_time):
             ms.append(r["method"])
     return ms
+
+
+def stream_note(results: Mapping[str, Any]) -> str:
+    """How the test-time methods were fed: the stream's seed and IND:OOD ratio (from ``meta.streams``)."""
+    streams = (results.get("meta") or {}).get("streams") or {}
+    parts = []
+    for m, rec in streams.items():
+        for key, plan in (rec.get("streams") or {}).items():
+            counts = ", ".join(f"{k} {v}" for k, v in plan.get("counts", {}).items())
+            parts.append(f"{m}: {rec.get('mode', 'joint')} stream{'' if key == 'joint' else ' ' + key}, seed {plan.get('seed')}, "
+                         f"IND:OOD {plan.get('realised_ratio')} ({counts})")
+    return "; ".join(parts)
 
 
 def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
@@ -77,14 +105,24 @@ def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
     if title:
         buf.write(f"### {title}\n\n")
     head = "| Method | " + " | ".join(f"{s} AUROC↑ | {s} FPR95↓" for s in sets) + " |\n"
-    buf.write(head)
-    buf.write("|---|" + "---:|" * (2 * len(sets)) + "\n")
-    for m in methods(results):
-        cells = []
-        for s in sets:
-            r = idx.get((m, s))
-            cells += [_cell(r, "auroc"), _cell(r, "fpr95")]
-        buf.write(f"| {m} | " + " | ".join(cells) + " |\n")
+    for test_time in (False, True):
+        ms = methods(results, test_time)
+        if not ms:
+            continue
+        if test_time:
+            buf.write("\n#### Test-time methods (scored on a seeded stream of the IND test and OOD images; "
+                      "not comparable one to one with the static methods above)\n\n")
+            note = stream_note(results)
+            if note:
+                buf.write(f"Stream: {note}.\n\n")
+        buf.write(head)
+        buf.write("|---|" + "---:|" * (2 * len(sets)) + "\n")
+        for m in ms:
+            cells = []
+            for s in sets:
+                r = idx.get((m, s))
+                cells += [_cell(r, "auroc"), _cell(r, "fpr95")]
+            buf.write(f"| {m} | " + " | ".join(cells) + " |\n")
     acc = results.get("id_accuracy")
     buf.write("\nFPR95 is the IND-positive convention (FPR of OOD at 95% TPR of IND; TagOOD/MCM papers). ")
     buf.write("Values in percent.")
@@ -144,7 +182,7 @@ def to_csv(results: Mapping[str, Any]) -> str:
     for r in results["rows"]:
         ci = r.get("ci") or {}
         bounds = [f"{ci[k][i]:.6f}" if k in ci else "" for k in METRICS for i in (0, 1)] if with_ci else []
-        w.writerow([r["method"], r["ood"], *(f"{r[k]:.6f}" for k in METRICS), *bounds])
+        w.writerow([r["method"], r["ood"], *(f"{r[k]:.6f}" if k in r else "" for k in METRICS), *bounds])
     return buf.getvalue()
 
 
@@ -160,24 +198,37 @@ def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") 
 
 
 def rich_table(results: Mapping[str, Any], title: str = ""):
-    """A rich Table of AUROC / FPR95 per OOD set (for the terminal)."""
+    """The terminal tables: AUROC and FPR95 (IND positive) per OOD set and group, the average with both FPR95
+    conventions; test-time methods in a table of their own."""
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
     sets = ood_sets(results)
     idx = {(r["method"], r["ood"]): r for r in results["rows"]}
-    t = Table(title=escape(title) if title else None, show_lines=False)
-    t.add_column("Method", style="bold", overflow="fold")
-    for s in sets:
-        t.add_column(f"{escape(s)}\nAUROC↑", justify="right", overflow="fold")
-        t.add_column(f"{escape(s)}\nFPR95↓", justify="right", overflow="fold")
-    for m in methods(results):
-        cells = []
+    tables = []
+    for test_time in (False, True):
+        ms = methods(results, test_time)
+        if not ms:
+            continue
+        name = title if not test_time else f"{title} -- test-time methods, on a stream ({stream_note(results)})"
+        t = Table(title=escape(name) if name else None, show_lines=False,
+                  caption="FPR95 IND+: FPR of OOD at 95% TPR of IND (TagOOD / MCM papers); "
+                          "FPR95 OOD+: FPR of IND at 95% TPR of OOD (OpenOOD v1.5)")
+        t.add_column("Method", style="bold", overflow="fold")
         for s in sets:
-            r = idx.get((m, s))
-            cells += [escape(_cell(r, "auroc")), escape(_cell(r, "fpr95"))]
-        t.add_row(escape(m), *cells)  # method variants such as tagood[tau=0.25] are not markup
-    return t
+            t.add_column(f"{escape(s)}\nAUROC↑", justify="right", overflow="fold")
+            t.add_column(f"{escape(s)}\nFPR95↓ IND+", justify="right", overflow="fold")
+        t.add_column("average\nFPR95↓ OOD+", justify="right", overflow="fold")
+        for m in ms:
+            cells = []
+            for s in sets:
+                r = idx.get((m, s))
+                cells += [escape(_cell(r, "auroc")), escape(_cell(r, "fpr95"))]
+            cells.append(escape(_cell(idx.get((m, "average")), "fpr95_ood_pos")))
+            t.add_row(escape(m), *cells)  # method variants such as tagood[tau=0.25] are not markup
+        tables.append(t)
+    return Group(*tables)
 
 
 def load(path: str | Path) -> dict[str, Any]:

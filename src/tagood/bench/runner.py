@@ -58,6 +58,10 @@ class RunState:
     timings: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: the fitted detectors by method spec
+    fitted: dict[str, Any] = field(default_factory=dict)
+    #: test-time methods' streams (seed, ratio, order) by method spec
+    streams: dict[str, Any] = field(default_factory=dict)
     #: the IND training samples of the vision-language methods (their few-shot picks), dual-encoded
     vlm_train: FeatureSet | None = None
     #: decomposition diagnostics of the tag-based methods (:mod:`tagood.bench.diagnostics`)
@@ -242,27 +246,52 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         try:
             d.fit(state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)
             t_fit = time.perf_counter() - t
-            s_id = d.score(test)
-            per = {"test": s_id}
-            for name in cfg.ood:
-                per[name] = d.score(state.splits[name].features)
+            if getattr(d, "test_time", False):
+                per, new_rows = _score_stream(d, spec, state)
+            else:
+                per = {"test": d.score(test)}
+                for name in cfg.ood:
+                    per[name] = d.score(state.splits[name].features)
+                new_rows = metric_rows(spec, per["test"], {name: per[name] for name in cfg.ood})
             t_score = time.perf_counter() - t - t_fit
         except Exception as e:  # one broken detector must not lose the others' results
             log.exception("detector %s failed", spec)
             state.errors[spec] = f"{type(e).__name__}: {e}"
             continue
-        state.scores[spec] = per
+        if per is not None:
+            state.scores[spec] = per
+        state.fitted[spec] = d
         state.timings[f"{spec}_fit_s"] = t_fit
         state.timings[f"{spec}_score_s"] = t_score
-        rows += metric_rows(spec, s_id, {name: per[name] for name in cfg.ood})
+        rows += new_rows
         log.info("%s done in %.1fs", spec, time.perf_counter() - t)
-    _diagnose(state, [(getattr(d, "spec", d.name), d) for d in dets if getattr(d, "spec", d.name) in state.scores])
+    _diagnose(state, list(state.fitted.items()))
     state.timings["total_s"] = time.perf_counter() - t_all
-    results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics)
+    results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics, cfg.options.get("ood_groups"))
     if out_dir is not None:
         report.write_all(results, out_dir, title=f"{cfg.name} ({state.backbone.id})")
         save_scores(Path(out_dir) / SCORES_FILE, state.scores, {n: _sample_ids(state.splits[n]) for n in ["test", *cfg.ood]})
     return results, state
+
+
+def _score_stream(d: det_registry.Detector, spec: str, state: RunState) -> tuple[dict[str, np.ndarray] | None, list[dict[str, Any]]]:
+    """A test-time detector (e.g. AdaNeg) scored on one seeded, shuffled stream of the IND test split and the OOD
+    sets (:mod:`tagood.bench.stream`; ``options``: ``stream_id_ood_ratio``, default all samples;
+    ``stream_mode``, default ``joint``). Returns per-split scores for ``scores.npz`` (``None`` when the stream
+    holds a subsample, whose scores would not line up with the splits' sample ids) and its rows, marked
+    ``"test_time": True``; the stream's order goes to ``meta.streams``."""
+    from tagood.bench.stream import evaluate_stream
+
+    cfg = state.config
+    ratio = cfg.options.get("stream_id_ood_ratio")
+    sr = evaluate_stream(d, state.splits["test"].features, {n: state.splits[n].features for n in cfg.ood}, seed=cfg.seed,
+                         id_ood_ratio=None if ratio is None else float(ratio), batch_size=int(getattr(d, "batch_size", 256)),
+                         mode=cfg.options.get("stream_mode", "joint"))
+    state.streams[spec] = sr.to_json()
+    complete = ratio is None and sr.mode == "joint"
+    if not complete:
+        log.info("%s: stream scores of a subsample / per-set streams are in results.json only, not in scores.npz", spec)
+    return (sr.split_scores() if complete else None), [{**r, "test_time": True} for r in sr.rows(spec)]
 
 
 def _diagnose(state: RunState, fitted: list[tuple[str, det_registry.Detector]]) -> None:
@@ -323,6 +352,7 @@ def _meta(state: RunState) -> dict[str, Any]:
         "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
         "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
         "errors": state.errors,
+        "streams": state.streams,
         "warnings": state.warnings,
         "streamed": {n: sorted(sp.features.streamed) for n, sp in state.splits.items() if sp.features is not None and sp.features.streamed},
         "metric_conventions": {
