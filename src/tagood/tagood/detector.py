@@ -159,12 +159,13 @@ class _TagBase(Detector):
             fit = vocabulary_fit(v, kept, labels)  # the file was not built from these images
             log.info("IND vocabulary from %s: %d tags; %.1f%% of IND training images keep one", self.vocab_path, len(v.tags),
                      100 * fit["coverage"])
+            self.vocab_rule_used, self.per_class_used = "file", max(len(ts) for ts in v.class_tags)
         else:
             rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed, context.class_names)
             v = build_vocabulary(kept, labels, num_classes, m, context.class_names, names, rule=rule)
             self.vocab_rule_used, self.per_class_used = rule, m
         self.heldout_no_tag_fraction = 1.0 - fit["coverage"]
-        if self.no_tag == "auto":
+        if self.hparams.get("no_tag", "auto") == "auto":  # resolved again on every fit
             self.no_tag = self._choose_no_tag(self.heldout_no_tag_fraction, int(fit["n"]))
         log.debug("IND vocabulary: %s", {v._cls(c): [v._tag(t) for t in ts] for c, ts in enumerate(v.class_tags)})
         return v
@@ -192,11 +193,13 @@ class _TagBase(Detector):
         return rule
 
     def _select_vocab(self, kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int,
-                      class_names: Sequence[str] | None = None, max_m: int = 10) -> tuple[str, int, dict[str, float]]:
-        """(rule, tags per class, held-out fit) of the vocabulary, chosen on a held-out 20% of each IND
-        training class (never the test sets) with vocabularies built on the other 80%.
+                      class_names: Sequence[str] | None = None, max_m: int = 10, folds: int = 5) -> tuple[str, int, dict[str, float]]:
+        """(rule, tags per class, held-out fit) of the vocabulary, chosen on held-out IND training images
+        (never the test sets): ``folds``-fold cross-validation stratified by class -- each fold's images
+        are measured against vocabularies built on the other folds, so every training image is held out
+        once (a single 80/20 split held out too few images to tell 0% from 5% untagged on small data).
 
-        * tags per class ``m`` (``per_class="auto"``): the smallest ``m`` whose vocabulary gives a kept IND
+        * tags per class ``m`` (``per_class="auto"``): the smallest ``m`` whose vocabularies give a kept IND
           tag to >= ``coverage`` of the held-out images (the paper uses m = 1 with a strong tagger; a weak
           one needs more tags per class, else many IND images have no tag);
         * rule (``vocab="auto"``): ``frequent`` (the paper) or ``specific``, whichever has the higher
@@ -204,40 +207,48 @@ class _TagBase(Detector):
           :func:`tagood.tagood.vocabulary.vocabulary_fit`); a tie keeps the paper's rule.
 
         Logs once which rule and how many tags won."""
-        held = _stratified_holdout(labels, seed)
-        fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
-        kept_fit, kept_held = [kept[i] for i in fit_idx], [kept[i] for i in held_idx]
+        fold = _stratified_folds(labels, seed, folds)
+        parts = []
+        for f in range(folds):
+            fit_idx, held_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            if len(held_idx):
+                parts.append((fit_idx, held_idx, [kept[i] for i in held_idx]))
         rules = list(VOCAB_RULES) if self.vocab_rule == "auto" else [self.vocab_rule]
         results: list[tuple[str, int, dict[str, float]]] = []
         for rule in rules:
-            try:
-                ranked = rank_tags(kept_fit, labels[fit_idx], num_classes, rule)
-            except ValueError:
-                continue  # a class without tags in the 80% part: decided on all images below
+            ranked = []
+            for fit_idx, held_idx, kept_held in parts:
+                try:
+                    ranked.append((rank_tags([kept[i] for i in fit_idx], labels[fit_idx], num_classes, rule), held_idx, kept_held))
+                except ValueError:
+                    continue  # a class without tags outside this fold: the fold is not measured
+            if not ranked:
+                continue
             ms = [int(self.per_class)] if self.per_class != "auto" else range(1, max_m + 1)
+            longest = max(len(u) for r, _, _ in ranked for u, _ in r)
             fit: dict[str, float] = {}
             m = ms[0]
             for m in ms:
-                v = Vocabulary([[int(t) for t in u[:m]] for u, _ in ranked])
-                fit = vocabulary_fit(v, kept_held, labels[held_idx])
-                if not len(held_idx) or fit["coverage"] >= self.coverage or m >= max(len(u) for u, _ in ranked):
+                fit = _pool([vocabulary_fit(Vocabulary([[int(t) for t in u[:m]] for u, _ in r]), kh, labels[hi]) for r, hi, kh in ranked])
+                if fit["coverage"] >= self.coverage or m >= longest:
                     break
-            if self.per_class == "auto" and fit and fit["coverage"] < self.coverage:
+            if self.per_class == "auto" and fit["coverage"] < self.coverage:
                 log.warning("IND vocabulary (%s): even %d tags per class cover only %.1f%% of held-out IND training images",
                             rule, m, 100 * fit["coverage"])
             results.append((rule, m, fit))
-        if not results or not len(held_idx):  # too few images to hold some out: no choice is measured
+        if not results:  # too few images to hold some out: no choice is measured
             rule = rules[0]
             m = 1 if self.per_class == "auto" else int(self.per_class)
             v = build_vocabulary(kept, labels, num_classes, m, class_names, rule=rule, quiet=True)
             fit = vocabulary_fit(v, kept, labels)
-            log.warning("IND vocabulary: too few IND training images to choose on a held-out part; rule %s, %d tag(s) per class", rule, m)
+            log.warning("IND vocabulary: too few IND training images to choose on held-out ones; rule %s, %d tag(s) per class", rule, m)
             return rule, m, fit
         best = max(results, key=lambda r: (round(r[2]["separation"], 12), -rules.index(r[0])))
         others = "; ".join(f"{r}: {m} tag(s)/class, coverage {100 * f['coverage']:.1f}%, separation {f['separation']:.3f}"
                            for r, m, f in results if r != best[0])
-        log.info("IND vocabulary: rule '%s' with %d tag(s) per class (held-out IND train: coverage %.1f%%, separation %.3f)%s",
-                 best[0], best[1], 100 * best[2]["coverage"], best[2]["separation"], f"; beat {others}" if others else "")
+        log.info("IND vocabulary: rule '%s' with %d tag(s) per class (%d held-out IND training images: coverage %.1f%%, "
+                 "separation %.3f)%s", best[0], best[1], int(best[2]["n"]), 100 * best[2]["coverage"], best[2]["separation"],
+                 f"; beat {others}" if others else "")
         return best
 
     def kept_tags(self, data: FeatureSet) -> np.ndarray:
@@ -434,7 +445,8 @@ class TagOOD(_TagBase):
             "no_tag": self.no_tag, "heldout_no_tag_fraction": self.heldout_no_tag_fraction,
             "projector": self.model.config if self.model is not None else None,
             "vocabulary": {"class_tags": self.vocab.class_tags, "freq": self.vocab.freq,
-                           "class_names": self.vocab.class_names, "tag_names": [self.vocab._tag(t) for t in self.vocab.tags]},
+                           "class_names": self.vocab.class_names, "tag_names": [self.vocab._tag(t) for t in self.vocab.tags],
+                           "rule": self.vocab_rule_used, "per_class": self.per_class_used},
         }
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         return d
@@ -452,6 +464,7 @@ class TagOOD(_TagBase):
         det.rule = TagRule(thr if np.isscalar(thr) else np.asarray(thr), cfg["rule"]["top_k"])
         v = cfg["vocabulary"]
         det.vocab = Vocabulary(v["class_tags"], v["freq"], v["class_names"])
+        det.vocab_rule_used, det.per_class_used = v.get("rule"), v.get("per_class")
         det.no_tag = cfg.get("no_tag", "ood")  # detectors saved before the option existed used the paper's rule
         det.heldout_no_tag_fraction = cfg.get("heldout_no_tag_fraction")
         w = load_file(str(d / "weights.safetensors"))
@@ -480,18 +493,27 @@ def _wilson_upper(q: float, n: int, z: float = 1.6449) -> float:
     return float(min(1.0, (centre + half) / (1 + z2 / n)))
 
 
-def _stratified_holdout(labels: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
-    """Boolean mask: a seeded ``fraction`` of each class's images (rounded down; a class with one image
-    keeps it in the fitting part), so every class keeps images to build a vocabulary from."""
+def _stratified_folds(labels: np.ndarray, seed: int, folds: int = 5) -> np.ndarray:
+    """Fold id (0..folds-1) of each image, seeded and stratified by class (a class's images are dealt
+    round-robin over the folds in a random order); -1 (never held out) for a class with one image, so
+    every class keeps images to build a vocabulary from."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    held = np.zeros(len(labels), bool)
+    fold = np.full(len(labels), -1, dtype=np.int64)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = int(len(idx) * fraction)
-        if k:
-            held[rng.choice(idx, size=k, replace=False)] = True
-    return held
+        if len(idx) > 1:
+            fold[rng.permutation(idx)] = (np.arange(len(idx)) + rng.integers(folds)) % folds
+    return fold
+
+
+def _pool(fits: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One held-out fit from the folds' fits: coverage pooled over images, precision over covered images."""
+    n = sum(f["n"] for f in fits)
+    covered = sum(f["coverage"] * f["n"] for f in fits)
+    coverage = covered / n if n else float("nan")
+    precision = sum(f["precision"] * f["coverage"] * f["n"] for f in fits) / covered if covered else 0.0
+    return {"coverage": coverage, "precision": precision, "separation": coverage * precision, "n": n}
 
 
 def _class_means(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
