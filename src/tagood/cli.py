@@ -22,6 +22,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 _DEBUG = {"on": False}
+log = logging.getLogger("tagood.cli")
 
 
 def _debug() -> bool:
@@ -227,7 +228,7 @@ _TAGS_HELP = "ram: ram_tag_list.txt (not needed for a converted folder)."
 _THRESHOLDS_HELP = "ram: ram_tag_list_threshold.txt (per-tag thresholds)."
 _CLIP_HELP = "clip: a Hugging Face CLIP directory."
 _VOCAB_HELP = "clip: a text file of tag names, one per line (default: the 1000 ImageNet class names)."
-_BackboneOpt = Annotated[str, typer.Option(help="The tagger: efficientnet-lite0 (built in), ram or clip.")]
+_BackboneOpt = Annotated[str, typer.Option(help="The tagger: efficientnet-lite0 / efficientnet-lite2 (built in), ram or clip.")]
 _CheckpointOpt = Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)]
 _TagsOpt = Annotated[Optional[Path], typer.Option(help=_TAGS_HELP)]
 _ThresholdsOpt = Annotated[Optional[Path], typer.Option(help=_THRESHOLDS_HELP)]
@@ -255,6 +256,10 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return ValueError, FileNotFoundError, DataSourceError, RAMCheckpointError, CLIPLoadError
 
 
+_STREAM_RATIO_HELP = ("Test-time methods (adaneg): IND:OOD ratio of their seeded test stream (IND count / OOD count; "
+                      "the larger side is subsampled). Default: every IND test and OOD image.")
+
+
 @app.command()
 def demo(
     benchmark: str = typer.Option("scenes", help="Built-in benchmark: scenes (default), fashion or fashion-clutter."),
@@ -265,6 +270,9 @@ def demo(
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
     ablations: bool = typer.Option(False, "--ablations", help="Add TagOOD's ablation rows: tau sweep, test tokens, scores, GT tag, CS tau sweep."),
     plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
+    backbone: str = typer.Option("efficientnet-lite0", help="The built-in tagger: efficientnet-lite0 or efficientnet-lite2 "
+                                                             "(the vision-language methods run on Lite0 only: their offline dual encoder reads its features)."),
+    stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
@@ -272,10 +280,29 @@ def demo(
 
     _setup_logging(verbose)
     _check_device(device)
+    if backbone not in ("efficientnet-lite0", "efficientnet-lite2"):
+        _fail(f"--backbone {backbone!r}: tagood demo runs on the built-in taggers efficientnet-lite0 or efficientnet-lite2 "
+              "(RAM / CLIP: `tagood bench`)")
     cfg = builtin(benchmark, quick=quick)
+    cfg.backbone = {"name": backbone}
+    if backbone != "efficientnet-lite0" and not methods:  # the offline dual encoder reads Lite0 features
+        from tagood.bench.config import VLM
+
+        cfg.methods = [m for m in cfg.methods if m not in VLM]
+        console.print(f"[yellow]{backbone}: the vision-language methods are left out (their offline dual encoder reads "
+                      "EfficientNet-Lite0 features; run them with the default backbone)[/]")
     if ablations:
         cfg.methods = cfg.methods + TAGOOD_SWEEP
+    _set_stream_ratio(cfg, stream_ratio)
     _run_and_report(cfg, out, cache, device, methods, plots)
+
+
+def _set_stream_ratio(cfg: Any, ratio: Optional[float]) -> None:
+    if ratio is None:
+        return
+    if not ratio > 0 or ratio != ratio or ratio == float("inf"):
+        _fail(f"--stream-ratio must be a positive finite number (IND count / OOD count), got {ratio}")
+    cfg.options["stream_id_ood_ratio"] = float(ratio)
 
 
 @app.command()
@@ -298,6 +325,7 @@ def bench(
                    "would exceed this many GiB (default 8; 0 = always; -1 = never). TagOOD then trains from an "
                    "on-disk object-token store under the cache."),
     plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
+    stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
@@ -329,7 +357,32 @@ def bench(
         raise typer.Exit(2)
     if stream_above_gb is not None:
         cfg.options["stream_above_gb"] = stream_above_gb
+    _set_stream_ratio(cfg, stream_ratio)
     _run_and_report(cfg, out, cache, device, methods, plots)
+
+
+def _rebuild_results(scores: Path, per: dict, ind: str) -> dict:
+    """The results document recomputed from per-sample scores; when the run's ``results.json`` lies beside them,
+    its diagnostics, warnings, group averages (``ood_groups``) and test-time marks are carried over."""
+    import json
+
+    from tagood.bench import report
+    from tagood.bench.scores import rows_from_scores
+
+    old_path = (scores if scores.is_dir() else scores.parent) / "results.json"
+    old: dict = {}
+    if old_path.is_file():
+        try:
+            old = json.loads(old_path.read_text())
+        except (OSError, ValueError):
+            log.warning("%s is not readable JSON; recomputing without its diagnostics", old_path)
+    old_meta = old.get("meta") or {}
+    test_time = {r["method"] for r in old.get("rows", []) if r.get("test_time")}
+    rows = [{**r, "test_time": True} if r["method"] in test_time else r for r in rows_from_scores(per, ind)]
+    meta = {"source": str(scores), "ind_split": ind,
+            **{k: old_meta[k] for k in ("warnings", "streams") if old_meta.get(k)}}
+    groups = ((old_meta.get("config") or {}).get("options") or {}).get("ood_groups")
+    return report.build_results(rows, None, meta, old.get("diagnostics"), groups)
 
 
 def _compare(per: dict, pair: str, n_boot: int, level: float, seed: int, ind: str, out: Optional[Path]) -> None:
@@ -392,7 +445,7 @@ def metrics_cmd(
             if unknown:
                 raise ValueError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
             per = {m: per[m] for m in keep}
-        results = report.build_results(rows_from_scores(per, ind), None, {"source": str(scores), "ind_split": ind})
+        results = _rebuild_results(scores, per, ind)
         if bootstrap:
             from tagood.bench.intervals import add_intervals
 
@@ -581,8 +634,12 @@ def fit(
     except _load_errors() as e:
         _error(str(e))
         raise typer.Exit(2)
-    console.print(f"saved {escape(meta['method'])} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
-                  f"threshold {meta['threshold']:.4f} (95% of held-out IND images score below it)")
+    tpr = meta.get("heldout_tpr")
+    console.print(escape(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
+                         f"threshold {meta['threshold']:.4f}")
+                  + (escape(f": accepts {100 * tpr:.1f}% of {meta.get('n_heldout', '?')} held-out IND images") if tpr is not None else ""))
+    for w in meta.get("warnings") or []:
+        console.print(f"[yellow]{escape(str(w))}[/]")
     for f in meta["failed_images"]:
         console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 

@@ -194,7 +194,7 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
         options["dual_encoder"] = {"name": "clip", "path": str(clip)}
         options["method_defaults"] = {"krnft": dict(KRNFT_PAPER_DEFAULTS)}
     return BenchConfig(name="imagenet", train=train, test=spec("val"), ood={s: spec(s) for s in sets},
-                       methods=methods, backbone=backbone, batch_size=32, pseudo_ood=None, options=options)
+                       methods=methods, backbone=backbone, batch_size=32, pseudo_ood={"type": "jigsaw", "of": "train", "n": 600}, options=options)
 
 
 BUILTIN = {"scenes": _scenes, "fashion": _fashion, "fashion-clutter": _fashion_clutter}

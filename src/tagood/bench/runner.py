@@ -158,7 +158,12 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         ctx.model = _classifier_model(state.backbone, head, device)
     if any(set(d.requires) & set(_VLM_FIELDS) for d in dets):
         t = time.perf_counter()
-        dual = build_dual_encoder(cfg.options.get("dual_encoder"), state.backbone, device=devices)
+        dual_spec = cfg.options.get("dual_encoder")
+        if (dual_spec or {}).get("name", "offline") == "offline" and state.backbone.id != "efficientnet-lite0":
+            raise ValueError(f"the offline dual encoder of the vision-language methods reads EfficientNet-Lite0 features, "
+                             f"not {state.backbone.id}'s; run those methods with backbone efficientnet-lite0, or give a CLIP "
+                             f"dual encoder (options.dual_encoder = {{name = \"clip\", path = ...}})")
+        dual = build_dual_encoder(dual_spec, state.backbone, device=devices)
         ctx.dual_encoder = dual
         state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
         dual.attach(state.vlm_train, state.splits["train"].source)
