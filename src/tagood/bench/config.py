@@ -117,18 +117,23 @@ def _fashion(quick: bool) -> BenchConfig:
     )
 
 
-def _fashion_clutter(quick: bool) -> BenchConfig:
-    n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
-    spec = {"type": "fashion_clutter", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
+def _composed(name: str, spec: dict[str, Any], ood: tuple[str, ...], quick: bool) -> BenchConfig:
+    """A built-in benchmark whose splits are the parts of one composed data set (``spec["type"]``)."""
     return BenchConfig(
-        name="fashion-clutter",
+        name=name,
         train={**spec, "part": "train"},
         test={**spec, "part": "test"},
-        ood={"clutter-near": {**spec, "part": "clutter-near"}, "clutter-only": {**spec, "part": "clutter-only"}},
+        ood={s: {**spec, "part": s} for s in ood},
         methods=default_methods(),
         options={"method_defaults": copy.deepcopy(VLM_QUICK_DEFAULTS if quick else VLM_DEMO_DEFAULTS)},
         pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 300},
     )
+
+
+def _fashion_clutter(quick: bool) -> BenchConfig:
+    n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
+    spec = {"type": "fashion_clutter", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
+    return _composed("fashion-clutter", spec, ("clutter-near", "clutter-only"), quick)
 
 
 def _scenes(quick: bool) -> BenchConfig:
@@ -138,15 +143,7 @@ def _scenes(quick: bool) -> BenchConfig:
     (tinted Fashion-MNIST items). Sizes as ``fashion``: 200 train / 50 test per class, 300 per OOD set."""
     n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
     spec = {"type": "scenes", "n_train_per_class": n_train, "n_test_per_class": n_test, "n_ood": n_ood}
-    return BenchConfig(
-        name="scenes",
-        train={**spec, "part": "train"},
-        test={**spec, "part": "test"},
-        ood={s: {**spec, "part": s} for s in ("scene-near", "scene-clutter", "scene-far")},
-        methods=default_methods(),
-        options={"method_defaults": copy.deepcopy(VLM_QUICK_DEFAULTS if quick else VLM_DEMO_DEFAULTS)},
-        pseudo_ood={"type": "jigsaw", "of": "train", "n": 120 if quick else 300},
-    )
+    return _composed("scenes", spec, ("scene-near", "scene-clutter", "scene-far"), quick)
 
 
 #: The TagOOD paper's Table 1 baselines and TagOOD. ODIN back-propagates through the tagger (RAM's Swin

@@ -41,17 +41,11 @@ def build_source(spec: Mapping[str, Any], base_dir: Path, seed: int = 0, name: s
         src = data.mnist5k()
     elif kind == "digits":
         src = data.sklearn_digits()
-    elif kind == "fashion_clutter":
-        parts = _clutter_parts(spec, seed)
+    elif kind in ("fashion_clutter", "scenes"):
+        parts = (_clutter_parts if kind == "fashion_clutter" else _scene_parts)(spec, seed)
         part = spec.get("part")
         if part not in parts:
-            raise SpecError(f"fashion_clutter part must be one of {sorted(parts)}, got {part!r}")
-        src = parts[part]
-    elif kind == "scenes":
-        parts = _scene_parts(spec, seed)
-        part = spec.get("part")
-        if part not in parts:
-            raise SpecError(f"scenes part must be one of {sorted(parts)}, got {part!r}")
+            raise SpecError(f"{kind} part must be one of {sorted(parts)}, got {part!r}")
         src = parts[part]
     elif kind == "imagenet":
         from tagood.data import imagenet
