@@ -207,22 +207,37 @@ def builtin(name: str, quick: bool = False) -> BenchConfig:
 
 
 def load_config(path: str | Path) -> BenchConfig:
-    """Read a TOML benchmark config; relative paths in it are relative to the file."""
+    """Read a TOML benchmark config; relative paths in it are relative to the file.
+
+    The whole config -- every key, every split type with its keys, the backbone, ``pseudo_ood``,
+    ``options`` and each method spec with its options -- is checked against
+    :class:`tagood.schemas.ConfigModel` before anything runs: a misspelt key gets a "did you mean", a
+    value of the wrong type or out of range one :class:`ConfigError` naming the file and the key (never
+    quoting the file's contents)."""
+    from tagood.schemas import SchemaError, suggest, validate_config
+
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" if not path.exists() else f"config {path} is not a file")
     try:
-        d = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; a benchmark config is TOML (see `tagood bench --help`)") from None
+    except tomllib.TOMLDecodeError as e:  # its message gives the line and column, not the line's text
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     if "benchmark" in d:  # `benchmark = "fashion"` starts from a built-in and overrides keys
-        base = builtin(d.pop("benchmark"), quick=bool(d.pop("quick", False)))
+        name, quick = d.pop("benchmark"), d.pop("quick", False)
+        if not isinstance(name, str) or name not in BUILTIN:
+            hint = suggest(name, BUILTIN) if isinstance(name, str) else ""
+            raise ConfigError(f"{path}: key 'benchmark': unknown built-in benchmark{hint}; use one of {', '.join(sorted(BUILTIN))}")
+        if not isinstance(quick, bool):
+            raise ConfigError(f"{path}: key 'quick' must be true or false")
+        base = builtin(name, quick=quick)
         d = {**base.to_json(), **d}
-    for key in ("train", "test", "ood"):
-        if key not in d:
-            raise ConfigError(f"{path}: missing [{key}] section (see `tagood bench --help`)")
-    if not isinstance(d["ood"], dict) or not d["ood"]:
-        raise ConfigError(f"{path}: [ood.<name>] needs at least one OOD set")
+    try:
+        validate_config(d, path)
+    except SchemaError as e:
+        raise ConfigError(str(e)) from None
     methods = d.get("methods") or CLASSIC
     return BenchConfig(
         name=str(d.get("name", path.stem)),

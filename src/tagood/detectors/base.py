@@ -8,7 +8,6 @@ the inputs it needs in ``requires`` so the benchmark runner extracts each input 
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import pkgutil
 from abc import ABC, abstractmethod
@@ -191,29 +190,19 @@ def get_class(name: str) -> type[Detector]:
     return _REGISTRY[name]
 
 
-def _check_options(cls: type[Detector], name: str, opts: dict[str, Any]) -> None:
-    """A clear ``ValueError`` for an option the detector does not have, or a word where a number (or a
-    true/false) is expected -- before any work is done, not when the detector is fitted."""
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
-    unknown = sorted(set(opts) - set(named))
-    if unknown and not takes_any:
-        raise ValueError(f"detector '{name}' has no option {', '.join(unknown)}; its options: {', '.join(named) or 'none'}")
-    for k, v in opts.items():
-        default = named[k].default if k in named else inspect.Parameter.empty
-        if isinstance(default, bool) and not isinstance(v, bool):
-            raise ValueError(f"detector '{name}': option {k} is true or false, got {v!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(v, (str, bool))):
-            raise ValueError(f"detector '{name}': option {k} is a number (default {default}), got {v!r}")
-
-
 def create(spec: str, **hparams: Any) -> Detector:
     """Create a detector from a name or a variant spec like ``'react[percentile=95]'``; an unknown name
-    raises ``KeyError``, an unknown option or a badly typed value ``ValueError`` (both name the choices)."""
+    raises ``KeyError`` (with a "did you mean"), an option that is unknown, of the wrong type or out of range
+    ``tagood.schemas.OptionError`` (a ``ValueError``) -- checked against the detector's option schema
+    (:data:`tagood.schemas.DETECTOR_OPTIONS`) before any work is done. Scores: higher = more OOD."""
+    from tagood.schemas import check_detector_options, suggest
+
     base, opts = parse_name(spec)
-    cls = get_class(base)
-    _check_options(cls, base, {**opts, **hparams})
-    det = cls(**{**opts, **hparams})
+    try:
+        cls = get_class(base)
+    except KeyError:
+        raise KeyError(f"unknown detector '{base}'{suggest(base, _REGISTRY)}; available: {', '.join(sorted(_REGISTRY))}") from None
+    kw = check_detector_options(base, cls, {**opts, **hparams})
+    det = cls(**kw)
     det.spec = spec  # type: ignore[attr-defined]
     return det
