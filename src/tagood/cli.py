@@ -72,9 +72,15 @@ console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also TAGOOD_DEBUG=1).")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (also TAGOOD_DEBUG=1)."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help=(
+              "CPU threads for torch, onnxruntime and image decoding together (default: $TAGOOD_THREADS, "
+              "$OMP_NUM_THREADS, else the CPUs this process may run on)."))) -> None:
     """OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines)."""
+    from tagood.threads import configure
+
     _DEBUG["on"] = debug
+    configure(threads)  # before any command imports torch: sets its threads and OpenMP's passive wait policy
 
 
 def _error(msg: str) -> None:

@@ -39,6 +39,7 @@ from tagood.cache import (
 )
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
 from tagood.progress import progress_bar
+from tagood.threads import decode_workers
 from tagood.types import Backbone, ModelOutput
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def extract_split(
     n = len(source)
     if n == 0:
         raise DataSourceError(f"source '{source.name}' is empty; nothing to extract")
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    workers = workers if workers is not None else decode_workers()
     lock = EntryLock(d, lock_timeout)
     try:
         lock.acquire()
@@ -284,7 +285,7 @@ class CachedImageStream:
         self.source = source
         self.backbone = backbone
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        self.workers = workers if workers is not None else decode_workers()
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tagood.threads import budget
+
 log = logging.getLogger(__name__)
 
 
@@ -40,11 +42,17 @@ def _usable_cpus() -> list[int]:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-threads of one core count once).
+    """Physical cores among the CPUs this process may run on (hyper-threads of one core count once),
+    at most the thread budget of :mod:`tagood.threads` (``--threads``, ``$TAGOOD_THREADS``,
+    ``$OMP_NUM_THREADS``): the default number of workers of an engine.
 
     Reads ``/sys/devices/system/cpu/cpuN/topology`` on Linux; elsewhere (or when it cannot be
     read) the number of usable logical CPUs.
     """
+    return min(_topology_cores(), budget())
+
+
+def _topology_cores() -> int:
     cpus = _usable_cpus()
     cores: set[tuple[str, str]] = set()
     try:

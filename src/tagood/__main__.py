@@ -1,0 +1,8 @@
+"""``python -m tagood ...``: the ``tagood`` command, also under ``torchrun ... -m tagood extract|bench|fit ...``."""
+
+import sys
+
+from tagood.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Thread discipline: one CPU thread budget for torch, onnxruntime and the image-decoding pool.
+
+The budget is, in order of precedence: the ``--threads`` option (:func:`configure`), ``$TAGOOD_THREADS``,
+``$OMP_NUM_THREADS``, else the number of CPUs in this process's affinity mask (``os.sched_getaffinity``:
+a ``taskset`` / cgroup / SLURM ``--cpus-per-task`` limit counts, the machine's core count does not).
+
+Every pool sizes itself from this one number and none nests inside another:
+
+* torch's intra-op threads = the budget (:func:`configure`);
+* onnxruntime runs ``budget`` single-thread sessions at once (:class:`tagood.backbones.onnx_engine.OnnxEngine`),
+  never a multi-thread session inside them;
+* the decode pool (:func:`decode_workers`) has ``budget`` threads; it runs PIL / numpy code only, never
+  torch or onnxruntime, and works one batch ahead of the model instead of inside it.
+
+On a shared machine the cost of a parallel section is set by its slowest thread: a thread that has lost
+its core to another process keeps the others waiting at the section's barrier. OpenMP's default is to
+*spin* at barriers, which burns the very core time the late thread needs; :func:`configure`, called
+before torch is first imported, therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at barriers)
+unless the user chose a policy. Measured effect: ``benchmarks/contention.py`` (README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+
+#: environment variable that sets the budget (below ``--threads``, above ``OMP_NUM_THREADS``)
+ENV = "TAGOOD_THREADS"
+
+_STATE: dict[str, int | None] = {"threads": None}
+
+
+def affinity_cpus() -> int:
+    """Number of CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        v = int(raw.split(",")[0])  # OMP_NUM_THREADS may be a list of nesting levels: the first is ours
+    except ValueError:
+        raise ValueError(f"${name}={raw!r} is not a whole number of threads; unset it or set e.g. {name}=2") from None
+    if v < 1:
+        raise ValueError(f"${name}={raw!r}: the number of threads must be >= 1")
+    return v
+
+
+def resolve(threads: int | None = None) -> int:
+    """The thread budget: ``threads`` if given, else ``$TAGOOD_THREADS``, else ``$OMP_NUM_THREADS``, else the
+    affinity mask's CPU count. Raises ``ValueError`` for a budget below 1."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        return int(threads)
+    for name in (ENV, "OMP_NUM_THREADS"):
+        v = _env_int(name)
+        if v is not None:
+            return v
+    return affinity_cpus()
+
+
+def budget() -> int:
+    """The configured budget (:func:`configure`), or :func:`resolve`'s answer when nothing was configured."""
+    n = _STATE["threads"]
+    return n if n is not None else resolve()
+
+
+def decode_workers(limit: int = 8) -> int:
+    """Threads of an image-decoding pool: the budget, at most ``limit``."""
+    return max(1, min(limit, budget()))
+
+
+def configure(threads: int | None = None) -> int:
+    """Set the process's thread budget (see the module docstring); returns it.
+
+    Before torch is imported this only sets environment variables, which torch's OpenMP runtime, MKL and
+    numpy's BLAS read when they load (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a
+    policy), so a command that never needs torch does not pay for importing it. Afterwards it calls
+    ``torch.set_num_threads`` (the wait policy can then no longer change). Child processes (torchrun
+    workers) inherit the budget through ``$TAGOOD_THREADS``.
+    """
+    n = resolve(threads)
+    _STATE["threads"] = n
+    os.environ[ENV] = str(n)
+    if "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    else:
+        import torch
+
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            log.debug("torch was imported before tagood.threads.configure: OpenMP's wait policy stays as it is")
+        torch.set_num_threads(n)
+    log.debug("thread budget %d (affinity mask: %d CPUs)", n, affinity_cpus())
+    return n
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with torch's intra-op threads set to ``n`` (at most the budget), restoring them after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(int(n), budget())))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
