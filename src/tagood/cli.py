@@ -137,33 +137,16 @@ def _check_clip_dir(path: Optional[Path | str]) -> None:
               "(CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)) to get model.safetensors")
 
 
-def _check_detector_dir(d: Path) -> None:
-    """Check a `tagood fit` directory before loading it: tagood.json readable with a finite threshold,
-    every .safetensors file with a sound header; exits 2 naming the file otherwise."""
-    import json
+def _check_detector_dir(d: Path) -> dict:
+    """Check a `tagood fit` directory before loading it (:func:`tagood.fitscore.check_detector_dir`: tagood.json
+    against its schema with a finite threshold, every .safetensors header); exits 2 naming the file otherwise."""
+    from tagood.fitscore import DetectorFileError, check_detector_dir
 
-    from safetensors import safe_open
-
-    meta_path = d / "tagood.json"
-    if not d.is_dir():
-        _fail(f"{d} is not a directory written by `tagood fit`")
-    if not meta_path.is_file():
-        _fail(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        _fail(f"{meta_path} is not valid JSON; re-run `tagood fit` to save the detector again")
-    thr = meta.get("threshold") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str) or not isinstance(meta.get("backbone"), dict):
-        _fail(f"{meta_path} lacks 'method' / 'backbone'; re-run `tagood fit` to save the detector again")
-    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
-        _fail(f"{meta_path}: 'threshold' must be a finite number, it is {thr!r}; re-run `tagood fit` (or set it by hand)")
-    for f in sorted(d.glob("*.safetensors")):
-        try:
-            with safe_open(str(f), framework="numpy") as st:
-                st.keys()
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            _fail(f"{f} is damaged or not a safetensors file ({type(e).__name__}); re-run `tagood fit` to save the detector again")
+        return check_detector_dir(d)
+    except DetectorFileError as e:
+        _fail(str(e))
+        raise  # unreachable: _fail exits
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -672,8 +655,7 @@ def score(
 
     _setup_logging(verbose)
     _check_device(device)
-    _check_detector_dir(detector)
-    saved_spec = json.loads((detector / "tagood.json").read_text(encoding="utf-8"))["backbone"].get("spec") or {}
+    saved_spec = _check_detector_dir(detector)["backbone"].get("spec") or {}
     _check_clip_dir(clip if clip is not None else (saved_spec.get("path") if isinstance(saved_spec, dict) else None))
     try:
         rows, failed = score_images(detector, list(inputs), out, cache, device,

@@ -231,6 +231,46 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     return meta
 
 
+class DetectorFileError(ValueError):
+    """A saved detector directory is missing, unreadable or damaged; the message names the file (never its
+    contents) and says what to do."""
+
+
+def check_detector_dir(detector_dir: str | Path) -> dict[str, Any]:
+    """Check a directory written by :func:`fit_folder` before anything in it is loaded, and return its
+    ``tagood.json``: the JSON is read and validated against :class:`tagood.schemas.DetectorMeta` (a
+    finite ``threshold`` -- scores are higher = more OOD, ``score > threshold`` is OOD -- the backbone
+    record, the no-tag rule, ...), and every ``.safetensors`` file's header is parsed. Raises
+    :class:`DetectorFileError` naming the file; the CLI (``tagood score``) and library callers share this
+    one check."""
+    from safetensors import safe_open
+
+    from tagood.schemas import SchemaError, validate_detector_meta
+
+    d = Path(detector_dir)
+    meta_path = d / "tagood.json"
+    if not d.is_dir():
+        raise DetectorFileError(f"{d} is not a directory written by `tagood fit`")
+    if not meta_path.is_file():
+        raise DetectorFileError(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise DetectorFileError(f"{meta_path} is not valid JSON; re-run `tagood fit` to save the detector again") from None
+    try:
+        validate_detector_meta(meta, meta_path)
+    except SchemaError as e:
+        raise DetectorFileError(str(e)) from None
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                st.keys()
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise DetectorFileError(f"{f} is damaged or not a safetensors file ({type(e).__name__}); re-run `tagood fit` to "
+                                    "save the detector again") from None
+    return meta
+
+
 def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | Path | None = None, cache: str | Path | None = None,
                  device: str = "cpu", backbone: Mapping[str, Any] | None = None,
                  stream_above_gb: float | None = STREAM_ABOVE_GB) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -241,10 +281,7 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
     from tagood.tagood.detector import TagOOD
 
     d = Path(detector_dir)
-    meta_path = d / "tagood.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{d} is not a detector saved by `tagood fit` (no tagood.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = check_detector_dir(d)
     base, _ = detectors.parse_name(meta["method"])
     if base in VLM_SAVEABLE:
         from tagood.vlm.krnft import KRNFT
