@@ -206,8 +206,15 @@ class CLIPDualEncoder(_EncoderIdentity):
                 "CLIPModel.save_pretrained (e.g. a local copy of openai/clip-vit-base-patch16), or an open_clip "
                 "checkpoint file together with its architecture name"
             )
-        try:
-            model = CLIPModel.from_pretrained(str(p), local_files_only=True)
+        if not any(p.glob("*.safetensors")):  # refuse a pickle before transformers could unpickle it
+            pickles = sorted(f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+            raise CLIPLoadError(
+                f"{p}: no model.safetensors" + (f"; the weights are only in {', '.join(pickles)}, a pickle file, which can run "
+                                                "code when it is loaded" if pickles else "") +
+                ". tagood reads CLIP weights from safetensors only: convert them once on a trusted machine "
+                "(CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True))")
+        try:  # use_safetensors=True: transformers never falls back to a pickled pytorch_model.bin
+            model = CLIPModel.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, KeyError) as e:
             raise CLIPLoadError(f"cannot load the CLIP model in {p}: {e}") from e
         if not ((p / "tokenizer.json").is_file() or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file())):

@@ -70,6 +70,8 @@ def read_tag_list(path: str | Path) -> list[str]:
         lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise RAMCheckpointError(f"cannot read the RAM tag list {p}: {e}") from e
+    except UnicodeDecodeError:
+        raise RAMCheckpointError(f"the RAM tag list {p} is not UTF-8 text; pass ram_tag_list.txt (one tag per line)") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -81,12 +83,25 @@ def read_thresholds(path: str | Path, num_tags: int) -> np.ndarray:
     """Per-tag thresholds, one float per line (RAM's ``ram_tag_list_threshold.txt``)."""
     p = Path(path)
     try:
-        lines = [l.strip() for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
-        thr = np.array([float(l) for l in lines], dtype=np.float32)
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise RAMCheckpointError(f"cannot read the RAM threshold file {p}: {e}") from e
-    except ValueError as e:
-        raise RAMCheckpointError(f"the RAM threshold file {p} must hold one number per line: {e}") from e
+        raise RAMCheckpointError(f"cannot read the RAM threshold file {p}: {e.strerror or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise RAMCheckpointError(f"the RAM threshold file {p} is not UTF-8 text; pass ram_tag_list_threshold.txt "
+                                 "(one number per line)") from None
+    values = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            v = float(line)
+        except ValueError:  # the message names the line, never quotes it (the file may be anything)
+            raise RAMCheckpointError(f"the RAM threshold file {p}, line {n}: not a number; the file must hold one "
+                                     "number per line (ram_tag_list_threshold.txt)") from None
+        if not np.isfinite(v):
+            raise RAMCheckpointError(f"the RAM threshold file {p}, line {n}: not a finite number (NaN or infinity)")
+        values.append(v)
+    thr = np.array(values, dtype=np.float32)
     if len(thr) != num_tags:
         raise RAMCheckpointError(f"the RAM threshold file {p} has {len(thr)} values but the tag list has {num_tags} tags; "
                                  "pass the threshold file that belongs to this tag list")
