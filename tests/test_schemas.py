@@ -364,3 +364,25 @@ def test_clip_from_pretrained_refuses_a_pickle_itself(tmp_path):
     with pytest.raises(CLIPLoadError, match="pytorch_model.bin, a pickle file"):
         CLIPDualEncoder.from_pretrained(clip)
     assert not marker.exists()
+
+
+def test_vocabulary_reader_names_row_and_column_only(tmp_path):
+    from tagood.tagood.vocabulary import Vocabulary
+
+    p = tmp_path / "vocab.tsv"
+    head = "class\tclass_name\ttag_id\ttag_name\tfrequency\n"
+    p.write_text(head + "0\tcoat\t3\tt3\t5\n1\tshoe\t" + SECRET + "\tt4\t2\n")
+    with pytest.raises(ValueError, match=r"row 3: column tag_id is not an integer") as e:
+        Vocabulary.load(p, 2)
+    assert SECRET not in str(e.value) and "coat" not in str(e.value)
+    p.write_text(head + "0\tcoat\t3\tt3\t5\n1\tshoe\t\t" + SECRET + "\t2\n")
+    with pytest.raises(ValueError, match=r"row 3: no tag_id, and column tag_name names no tag") as e:
+        Vocabulary.load(p, 2, tag_names=[f"t{i}" for i in range(10)])
+    assert SECRET not in str(e.value)
+    p.write_text(head + "0\tcoat\t3\tt3\t5\n1\tshoe\t\tt4\t2\n")
+    assert [list(map(int, t)) for t in Vocabulary.load(p, 2, tag_names=[f"t{i}" for i in range(10)]).tags] == [[3], [4]]
+    passwd = Path("/etc/passwd")
+    if passwd.is_file():
+        with pytest.raises(ValueError, match="no column 'class'") as e:
+            Vocabulary.load(passwd, 2)
+        assert ":x:" not in str(e.value) and passwd.read_text().splitlines()[0] not in str(e.value)

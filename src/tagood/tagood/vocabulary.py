@@ -88,19 +88,33 @@ class Vocabulary:
         rows: dict[int, list[tuple[int, int]]] = {}
         names: dict[int, str] = {}
         index = {n: i for i, n in enumerate(tag_names or [])}
-        with open(path, newline="") as f:
-            for n, row in enumerate(csv.DictReader(f, delimiter="\t"), 2):
-                try:
-                    c = int(row["class"])
-                    if row.get("tag_id", "").strip():
-                        t = int(row["tag_id"])
-                    else:
-                        t = index[row["tag_name"].strip()]
-                except (KeyError, ValueError, TypeError) as e:
-                    raise ValueError(f"{path}:{n}: bad vocabulary row {dict(row)} ({e}); columns are class, class_name, tag_id, tag_name, frequency") from e
+        cols = "columns (tab-separated, with a header row): class, class_name, tag_id, tag_name, frequency"
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows_in = list(csv.DictReader(f, delimiter="\t"))
+        except UnicodeDecodeError:
+            raise ValueError(f"vocabulary file {path} is not UTF-8 text; {cols}") from None
+        # errors name the row and the column, never quote the file (it may be any file given by mistake)
+        for n, row in enumerate(rows_in, 2):
+            if "class" not in row:
+                raise ValueError(f"vocabulary file {path}: no column 'class' in the header row; {cols}")
+            col = "class"
+            try:
+                c = int(row["class"])
+                col = "tag_id"
+                tag_id = (row.get("tag_id") or "").strip()
+                t = int(tag_id) if tag_id else index.get((row.get("tag_name") or "").strip(), -1)
+                col = "frequency"
                 fr = int(row["frequency"]) if (row.get("frequency") or "").strip() else 0
-                rows.setdefault(c, []).append((t, fr))
-                names[c] = row.get("class_name", str(c))
+            except (TypeError, ValueError):
+                raise ValueError(f"vocabulary file {path}, row {n}: column {col} is not an integer; {cols}") from None
+            if tag_id and t < 0:
+                raise ValueError(f"vocabulary file {path}, row {n}: column tag_id must be >= 0; {cols}")
+            if t < 0:
+                raise ValueError(f"vocabulary file {path}, row {n}: no tag_id, and column tag_name names no tag of the "
+                                 "tagger's tag list; give tag_id or a tag_name from the tag list")
+            rows.setdefault(c, []).append((t, fr))
+            names[c] = row.get("class_name") or str(c)
         k = num_classes if num_classes is not None else (max(rows) + 1 if rows else 0)
         missing = [c for c in range(k) if c not in rows]
         if missing:
