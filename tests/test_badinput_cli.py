@@ -219,3 +219,81 @@ def test_cache_ls_verify_repair_rm(imgs, tmp_path):
     assert r.exit_code == 2 and "is not a cache entry" in r.output
     r = _run(["cache", "rm", "--all", "--cache", cache])
     assert r.exit_code == 0 and not any(p.is_dir() for p in cache.iterdir())
+
+
+# -- schemas at the edge (issue 12, deliverable 5): every option and config key checked before any extraction --
+@pytest.mark.parametrize("spec,needle", [
+    ("knn[k=0]", "detector 'knn': option k is a number (default 50), got 0"),
+    ("knn[k=2.7]", "option k is a number (default 50), got 2.7: input should be a valid integer"),
+    ("react[percentile=150]", "option percentile is a number (default 90.0), got 150"),
+    ("ash[percentile=100]", "option percentile is a number (default 90.0), got 100: input should be less than 100"),
+    ("tagood[tau=nan]", "option tau is a number (default 0.5), got nan: must be a finite number"),
+    ("tagood[epochs=-2]", "option epochs is a number (default: set by the preset), got -2"),
+    ("tagood[epoch=3]", "has no option epoch (did you mean 'epochs'?)"),
+    ("knnn", "unknown detector 'knnn' (did you mean 'knn'?)"),
+])
+def test_bad_method_options_exit_2_before_extraction(tmp_path, spec, needle):
+    r = _run(["demo", "--quick", "--out", tmp_path / "o", "--cache", tmp_path / "c", "--methods", f"msp,{spec}"])
+    assert r.exit_code == 2 and needle in r.output, r.output
+    _no_traceback(r)
+    assert not (tmp_path / "c").exists()  # nothing was extracted
+
+
+def test_fit_with_bad_options_exits_2_before_extraction(imgs, tmp_path):
+    for spec, needle in (("tagood[epochs=-2]", "option epochs"), ("cs[no_tag=maybe]", "option no_tag"),
+                         ("krnft[k_in=0]", "option k_in")):
+        r = _run(["fit", imgs, "--out", tmp_path / "d", "--method", spec, "--cache", tmp_path / "c"])
+        assert r.exit_code == 2 and needle in r.output, r.output
+        _no_traceback(r)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+_CONFIG = ('name = "t"\nmethods = ["msp"]\nseed = 0\n[train]\ntype = "folder"\nroot = "f"\nper_class = 3\n'
+           '[test]\ntype = "folder"\nroot = "f"\n[ood.o]\ntype = "folder"\nroot = "f"\n')
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ("seed = 0", 'seed = "abc"', "key 'seed': input should be a valid integer"),
+    ("per_class = 3", 'per_class = "many"', "key 'train.per_class': input should be a valid integer"),
+    ('[test]\ntype = "folder"\nroot = "f"', '[test]\ntype = "folder"\nroot = 42', "key 'test.root': input should be a valid string"),
+    ("seed = 0", "seed = 0\nbatch_size = 0", "key 'batch_size': input should be greater than or equal to 1"),
+    ("seed = 0", "sede = 0", "unknown key 'sede' (did you mean 'seed'?)"),
+    ('methods = ["msp"]', 'methods = ["msp", "knn[k=0]"]', "key 'methods[1]': detector 'knn': option k"),
+    ('methods = ["msp"]', 'method = ["msp"]', "unknown key 'method' (did you mean 'methods'?)"),
+])
+def test_bad_toml_config_exits_2_naming_file_and_key(imgs, tmp_path, old, new, needle):
+    assert old in _CONFIG
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(_CONFIG.replace(old, new, 1).replace('root = "f"', f'root = "{imgs}"'))
+    r = _run(["bench", cfg, "--out", tmp_path / "o", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and str(cfg) in r.output.replace("\n", "") and needle in r.output, r.output
+    _no_traceback(r)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: {**m, "treshold": m["threshold"]}, "unknown key 'treshold' (did you mean 'threshold'?)"),
+    (lambda m: {k: v for k, v in m.items() if k != "classes"}, "missing key 'classes'"),
+    (lambda m: {**m, "no_tag_rule": "hunter2-secret"}, "key 'no_tag_rule'"),
+    (lambda m: {**m, "backbone": "hunter2-secret"}, "key 'backbone'"),
+])
+def test_saved_detector_json_schema(detector, imgs, tmp_path, edit, needle):
+    d = tmp_path / "det"
+    shutil.copytree(detector, d)
+    meta = json.loads((d / "tagood.json").read_text())
+    (d / "tagood.json").write_text(json.dumps(edit(meta)))
+    r = _run(["score", d, imgs, "--out", tmp_path / "s.csv", "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and "tagood.json" in r.output and needle in r.output, r.output
+    assert "hunter2-secret" not in r.output
+    _no_traceback(r)
+
+
+def test_vocabulary_file_contents_are_not_echoed(imgs, tmp_path):
+    passwd = Path("/etc/passwd")
+    if not passwd.is_file():
+        pytest.skip("no /etc/passwd")
+    r = _run(["fit", imgs, "--out", tmp_path / "d", "--method", f"tagood[epochs=1,vocabulary={passwd}]",
+              "--cache", tmp_path / "c"])
+    assert r.exit_code == 2 and str(passwd) in r.output and "no column 'class'" in r.output, r.output
+    assert ":x:" not in r.output and passwd.read_text().splitlines()[0] not in r.output
+    _no_traceback(r)
