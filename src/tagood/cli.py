@@ -11,13 +11,11 @@ import math
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
 
@@ -149,20 +147,13 @@ def _check_detector_dir(d: Path) -> dict:
         raise  # unreachable: _fail exits
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=240),
-                              show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    for noisy in ("onnxruntime", "transformers", "PIL", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from PIL import Image
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """Rich log lines on a terminal, plain unwrapped lines otherwise (:mod:`tagood.logs`); ``quiet``: warnings only."""
+    from tagood.logs import setup_logging
 
-    # tagood.data.decode reports an image over PIL's limit as one log line naming the file instead
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    if verbose and quiet:
+        _fail("--quiet and --verbose exclude each other; give one of them")
+    setup_logging(quiet=quiet, verbose=verbose)
 
 
 def _methods_opt(methods: Optional[str]) -> list[str] | None:
@@ -174,7 +165,7 @@ def _write_plots(results: dict, scores: dict, out: Path, ind: str = "test") -> N
     from tagood.bench.plots import write_plots
 
     paths = write_plots(results, scores, out, ind)
-    console.print(f"wrote {len(paths)} figures to {out}")
+    console.print(escape(f"wrote {len(paths)} figures to {out}"))
 
 
 def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str], plots: bool = False) -> None:
@@ -188,15 +179,15 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
         _error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         raise typer.Exit(2)
     results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=_methods_opt(methods))
-    console.print(report.rich_table(results, title=f"{cfg.name}: OOD detection (percent; higher = more OOD scores)"))
+    console.print(report.rich_table(results, title=escape(f"{cfg.name}: OOD detection (percent; higher = more OOD scores)")))
     if results["id_accuracy"] is not None:
         console.print(f"IND accuracy of the linear head: [bold]{results['id_accuracy']:.2f}%[/]")
     failed = results["meta"]["failed_images"]
     for split, items in failed.items():
         console.print(f"[yellow]{split}: {len(items)} image(s) could not be decoded and were skipped[/]: "
                       + ", ".join(escape(f["ident"]) for f in items[:5]) + (" ..." if len(items) > 5 else ""))
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'} "
-                  f"in {results['meta']['timings']['total_s']:.0f}s")
+    console.print(escape(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'}, "
+                         f"{out / 'run.log'} in {results['meta']['timings']['total_s']:.0f}s"))
     if plots:
         _write_plots(results, state.scores, out / "plots")
     if state.errors:
@@ -262,12 +253,14 @@ def demo(
     backbone: str = typer.Option("efficientnet-lite0", help="The built-in tagger: efficientnet-lite0 or efficientnet-lite2 "
                                                              "(the vision-language methods run on Lite0 only: their offline dual encoder reads its features)."),
     stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
     from tagood.bench.config import TAGOOD_SWEEP, builtin
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     if backbone not in ("efficientnet-lite0", "efficientnet-lite2"):
         _fail(f"--backbone {backbone!r}: tagood demo runs on the built-in taggers efficientnet-lite0 or efficientnet-lite2 "
@@ -315,12 +308,14 @@ def bench(
                    "on-disk object-token store under the cache."),
     plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
     stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
     from tagood.bench.config import ConfigError, imagenet, load_config
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     _check_clip_dir(clip)
     try:
@@ -401,7 +396,7 @@ def _compare(per: dict, pair: str, n_boot: int, level: float, seed: int, ind: st
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "comparison.json", {"a": names[0], "b": names[1], "n_boot": n_boot, "level": level,
                                                     "seed": seed, "ind_split": ind, "sets": res})
-        console.print(f"wrote {out / 'comparison.json'}")
+        console.print(escape(f"wrote {out / 'comparison.json'}"))
 
 
 @app.command("metrics")
@@ -442,10 +437,10 @@ def metrics_cmd(
     except (ValueError, FileNotFoundError) as e:
         _error(str(e))
         raise typer.Exit(2)
-    console.print(report.rich_table(results, title=f"{scores}: OOD detection (percent)"))
+    console.print(report.rich_table(results, title=escape(f"{scores}: OOD detection (percent)")))
     if out is not None:
         report.write_all(results, out, title=str(scores))
-        console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}")
+        console.print(escape(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}"))
     if plots:
         _write_plots(results, per, (out if out is not None else (scores if scores.is_dir() else scores.parent)) / "plots", ind)
 
@@ -463,10 +458,15 @@ def list_methods() -> None:
     t.add_column("description")
     for name in detectors.available():
         cls = detectors.get_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         needs = sorted(set(cls.requires) | set(cls.context_requires))
-        t.add_row(name, ", ".join(needs), doc)
+        t.add_row(escape(name), ", ".join(needs), escape(_description(cls.__doc__)))
     console.print(t)
+
+
+def _description(doc: Optional[str]) -> str:
+    """The first paragraph of a docstring as one line (whole sentences; ``x`` shown as `x`)."""
+    first = re.split(r"\n\s*\n", (doc or "").strip(), maxsplit=1)[0]
+    return " ".join(first.split()).replace("``", "`")
 
 
 @app.command()
@@ -488,14 +488,16 @@ def extract(
     commit_seconds: float = typer.Option(30.0, min=0.1, help="... or every this many seconds, whichever comes first."),
     lock_timeout: Optional[float] = typer.Option(None, min=0, help="Seconds to wait for another process extracting the same "
                                                                    "entry (default: wait until it is done)."),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
     from tagood import data
     from tagood.bench.models import build_backbone
     from tagood.extract import extract_split
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     _check_clip_dir(clip)
     try:
@@ -516,7 +518,7 @@ def extract(
               "backbone": backbone_spec(spec), "fields": field_list, "batch_size": batch_size}
     reader = extract_split(src, bb, cache, split=split, fields=field_list, batch_size=batch_size, commit_rows=commit_every,
                            commit_seconds=commit_seconds, lock_timeout=lock_timeout, meta={"recipe": recipe})
-    console.print(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else ""))
+    console.print(escape(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else "")))
     for f in reader.failed[:20]:
         console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 
@@ -528,12 +530,14 @@ def convert_ram_cmd(
     tags: Path = typer.Option(..., help="RAM tag list (ram_tag_list.txt)."),
     thresholds: Optional[Path] = typer.Option(None, help="Per-tag thresholds (ram_tag_list_threshold.txt)."),
     fp16: bool = typer.Option(False, "--fp16", help="Store weights in fp16 (half the size)."),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Keep only the tagger's weights of an official RAM checkpoint (drops the text encoder/decoder)."""
     from tagood.backbones.ram import RAMCheckpointError, convert_ram
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     try:
         d = convert_ram(checkpoint, out, tags, thresholds, fp16=fp16)
     except (RAMCheckpointError, FileNotFoundError, ValueError) as e:
@@ -541,7 +545,7 @@ def convert_ram_cmd(
         raise typer.Exit(2)
     size_in = checkpoint.stat().st_size
     size_out = sum(f.stat().st_size for f in Path(d).iterdir())
-    console.print(f"wrote {d}: {size_out / 2**20:.1f} MiB (from {size_in / 2**20:.1f} MiB); load it with backbone name 'ram', checkpoint = {d}")
+    console.print(escape(f"wrote {d}: {size_out / 2**20:.1f} MiB (from {size_in / 2**20:.1f} MiB); load it with backbone name 'ram', checkpoint = {d}"))
 
 
 @app.command()
@@ -552,14 +556,16 @@ def selftest(
     thresholds: Optional[Path] = typer.Option(None, help="ram: ram_tag_list_threshold.txt."),
     arch: Optional[str] = typer.Option(None, help="clip: open_clip architecture when CHECKPOINT is an open_clip file."),
     device: str = typer.Option("cpu"),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Check real weights after download: shapes, determinism, attention and zero-shot sense on two real photos."""
     from rich.table import Table
 
     from tagood.backbones import selftest as st
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     try:
         if kind == "ram":
@@ -609,12 +615,14 @@ def fit(
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
     seed: int = typer.Option(0),
     stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Fit TagOOD (or KR-NFT) on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
     from tagood.fitscore import fit_folder
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     _check_clip_dir(clip)
     spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
@@ -646,14 +654,16 @@ def score(
     cache: Optional[Path] = typer.Option(None),
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
     stream_above_gb: Optional[float] = typer.Option(None, help=_STREAM_HELP),
-    verbose: bool = typer.Option(False, "-v", "--verbose"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
+                                                           "(run.log still records everything)."),
 ) -> None:
     """Score new images with a fitted detector (higher = more OOD); the tagger is the one it was fitted with."""
     import json
 
     from tagood.fitscore import score_images
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     _check_device(device)
     saved_spec = _check_detector_dir(detector)["backbone"].get("spec") or {}
     _check_clip_dir(clip if clip is not None else (saved_spec.get("path") if isinstance(saved_spec, dict) else None))
@@ -669,7 +679,7 @@ def score(
         _fail(f"the detector in {detector} gave non-finite scores for {len(bad)} of {len(rows)} images (e.g. {bad[0]}); "
               "its weights may be damaged: re-run `tagood fit`")
     n_ood = sum(r["is_ood"] for r in rows)
-    console.print(f"scored {len(rows)} images: {n_ood} flagged OOD; wrote {out}")
+    console.print(escape(f"scored {len(rows)} images: {n_ood} flagged OOD; wrote {out}"))
     for f in failed:
         console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
 

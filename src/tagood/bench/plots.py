@@ -34,7 +34,8 @@ def fpr95_index(tpr: np.ndarray) -> int:
     return int(np.searchsorted(tpr, 0.95 - 1e-12))
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a method spec: ``tagood[epochs=2]`` -> ``tagood_epochs=2``."""
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", name).strip("_") or "method"
 
 
@@ -109,5 +110,5 @@ def write_plots(results: Mapping[str, Any], scores: Mapping[str, Mapping[str, np
     out = Path(out_dir)
     paths = [plot_overview(results, out / "overview.png")]
     for method, per in scores.items():
-        paths.append(plot_method(method, per, out / f"{_safe(method)}.png", ind))
+        paths.append(plot_method(method, per, out / f"{safe_name(method)}.png", ind))
     return paths

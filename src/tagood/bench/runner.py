@@ -235,7 +235,35 @@ def _classifier_model(backbone: Any, head: Any, device: str) -> Callable[..., An
 
 def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | Path | None = None, device: str = "cpu",
         progress: bool = True, methods: list[str] | None = None, backbone: Any = None) -> tuple[dict[str, Any], RunState]:
-    """Run a benchmark end to end; returns ``(results, state)`` and writes the result files when ``out_dir`` is given."""
+    """Run a benchmark end to end; returns ``(results, state)``. With ``out_dir``: writes the result files, every
+    log record of the run to ``out_dir/run.log`` (plain lines, :func:`tagood.logs.run_log`) and the IND
+    vocabulary of each tag-based method to ``out_dir/vocabulary-<method>.tsv`` (the format ``vocab=FILE`` reads)."""
+    if out_dir is None:
+        return _run(cfg, None, cache_root, device, progress, methods, backbone)
+    import sys
+
+    from tagood.logs import run_log
+
+    with run_log(Path(out_dir) / "run.log", fresh=True):
+        log.info("tagood %s: %s", tagood.__version__, " ".join(sys.argv))
+        results, state = _run(cfg, out_dir, cache_root, device, progress, methods, backbone)
+        _write_vocabularies(state, Path(out_dir))
+    return results, state
+
+
+def _write_vocabularies(state: RunState, out_dir: Path) -> None:
+    """``vocabulary-<method>.tsv`` (class, class_name, tag_id, tag_name, frequency) of each fitted tag-based method."""
+    from tagood.bench.plots import safe_name
+
+    for spec, d in state.fitted.items():
+        vocab = getattr(d, "vocab", None)
+        if vocab is not None and callable(getattr(vocab, "save", None)):
+            p = vocab.save(out_dir / f"vocabulary-{safe_name(spec)}.tsv")
+            log.debug("%s: IND vocabulary written to %s", spec, p)
+
+
+def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | None, device: str,
+         progress: bool, methods: list[str] | None, backbone: Any) -> tuple[dict[str, Any], RunState]:
     from tagood.bench import report
 
     t_all = time.perf_counter()
@@ -245,8 +273,9 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
     train = state.splits["train"].features
     test = state.splits["test"].features
     rows: list[dict[str, Any]] = []
-    for d in dets:
+    for k, d in enumerate(dets, 1):
         spec = getattr(d, "spec", d.name)
+        log.info("method %d/%d: %s (fit, then score %d split(s))", k, len(dets), spec, 1 + len(cfg.ood))
         t = time.perf_counter()
         try:
             d.fit(state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)

@@ -1,0 +1,71 @@
+"""Readable logs (issue 15.3): plain unwrapped lines when stderr is not a terminal, --quiet, run.log."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from tagood import progress
+from tagood.logs import console_level, run_log, setup_logging
+
+
+@pytest.fixture
+def restore_root():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    progress.set_enabled(True)
+
+
+def test_redirected_lines_are_not_wrapped(restore_root):
+    buf = io.StringIO()  # not a terminal
+    setup_logging(stream=buf)
+    long = "vocabulary " + " ".join(f"tag{i}" for i in range(60))  # ~400 characters
+    logging.getLogger("tagood.test").info("%s", long)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(long) and " INFO    tagood.test: " in lines[0]
+
+
+def test_quiet_shows_warnings_only_but_run_log_keeps_info(restore_root, tmp_path):
+    buf = io.StringIO()
+    setup_logging(quiet=True, stream=buf)
+    assert not progress._STATE["enabled"]
+    log = logging.getLogger("tagood.test")
+    with run_log(tmp_path / "run.log", fresh=True) as p:
+        log.info("an info line")
+        log.warning("a warning line")
+        log.debug("a debug line")
+    log.info("after the run")
+    text = p.read_text()
+    assert "an info line" in text and "a warning line" in text and "debug" not in text and "after the run" not in text
+    assert "an info line" not in buf.getvalue() and "a warning line" in buf.getvalue()
+    assert not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(p) for h in logging.getLogger().handlers)
+
+
+def test_verbose_adds_debug_and_run_log_is_fresh(restore_root, tmp_path):
+    buf = io.StringIO()
+    setup_logging(verbose=True, stream=buf)
+    (tmp_path / "run.log").write_text("old run\n")
+    with run_log(tmp_path / "run.log", fresh=True) as p:
+        logging.getLogger("tagood.test").debug("a debug line")
+    assert "a debug line" in buf.getvalue() and "a debug line" in p.read_text() and "old run" not in p.read_text()
+
+
+def test_run_log_without_configured_logging_records_info(tmp_path, restore_root):
+    root = restore_root
+    root.setLevel(logging.WARNING)  # Python's default for library use
+    with run_log(tmp_path / "r.log") as p:
+        logging.getLogger("tagood.test").info("library info")
+    assert "library info" in p.read_text() and root.level == logging.WARNING
+
+
+def test_quiet_and_verbose_exclude_each_other():
+    with pytest.raises(ValueError, match="exclude"):
+        console_level(quiet=True, verbose=True)
