@@ -289,7 +289,9 @@ def _set_stream_ratio(cfg: Any, ratio: Optional[float]) -> None:
 
 @app.command()
 def bench(
-    config: str = typer.Argument(..., help="A TOML benchmark config, or 'imagenet' (needs --root and a tagger)."),
+    config: Optional[str] = typer.Argument(None, help="A TOML benchmark config, or 'imagenet' (needs --root and a tagger). "
+                                                      "Every key: `tagood bench --example-config` and the README's "
+                                                      "'Benchmark config files'."),
     out: Path = typer.Option(Path("runs/bench"), help="Output directory."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache directory."),
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
@@ -308,13 +310,26 @@ def bench(
                    "on-disk object-token store under the cache."),
     plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
     stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
+    example_config: bool = typer.Option(False, "--example-config", help="Print an annotated TOML config with every key "
+                                                                       "and split type, then exit."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars "
                                                            "(run.log still records everything)."),
 ) -> None:
-    """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger."""
+    """Run a benchmark described by a config file, or the ImageNet benchmark with a RAM / CLIP tagger.
+
+    Config keys and split types: `tagood bench --example-config` prints an annotated TOML with every key
+    (save it, edit it, run it); the README's "Benchmark config files" section documents each one."""
     from tagood.bench.config import ConfigError, imagenet, load_config
 
+    if example_config:
+        from tagood.bench.example_config import example_config_text
+
+        sys.stdout.write(example_config_text())
+        return
+    if config is None:
+        _fail("tagood bench needs CONFIG: a TOML file (`tagood bench --example-config > bench.toml` prints one to "
+              "start from) or 'imagenet'")
     _setup_logging(verbose, quiet)
     _check_device(device)
     _check_clip_dir(clip)
