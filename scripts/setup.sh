@@ -5,13 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages holding the offline data: Fashion-MNIST (IDX files), WordNet (NegLabel's label pool) and the
-# Tux Paint photo stamps (objects of the `scenes` benchmark; GPL-2 data read from /usr/share/tuxpaint/stamps).
-if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/index.noun ] || [ ! -d /usr/share/tuxpaint/stamps ]; then
+# Tux Paint photo stamps (objects of the `scenes` benchmark; GPL-2 data read from /usr/share/tuxpaint/stamps);
+# and Chromium, the headless browser tests/test_html.py opens results.html in.
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/index.noun ] || [ ! -d /usr/share/tuxpaint/stamps ] \
+   || ! command -v chromium >/dev/null; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base tuxpaint-stamps-default >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base tuxpaint-stamps-default >/dev/null; }
+  PKGS="dataset-fashion-mnist wordnet-base tuxpaint-stamps-default chromium"
+  $SUDO apt-get install -y -q $PKGS >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $PKGS >/dev/null; }
 fi
 
 PY=${PYTHON:-python3}

@@ -189,7 +189,17 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
     console.print(escape(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.csv'}, {out / 'scores.npz'}, "
                          f"{out / 'run.log'} in {results['meta']['timings']['total_s']:.0f}s"))
     if plots:
+        from tagood.bench.overlays import write_token_grids
+
         _write_plots(results, state.scores, out / "plots")
+        grids = write_token_grids(state, out / "plots")
+        if grids:
+            console.print(escape(f"wrote {len(grids)} token pictures (what the tagger kept): "
+                                 + ", ".join(str(p) for p in grids)))
+    from tagood.bench.html import write_html
+
+    console.print(escape(f"wrote {write_html(results, out)} (table, diagnostics"
+                         + (", figures" if plots else "; add --plots for the figures") + ")"))
     if state.errors:
         for spec, err in state.errors.items():
             console.print(f"[red]{escape(spec)} failed: {escape(err)}[/]")
@@ -249,7 +259,9 @@ def demo(
     device: str = typer.Option("cpu", help=_DEVICE_HELP),
     methods: Optional[str] = typer.Option(None, help="Comma-separated detector names (default: all of the benchmark)."),
     ablations: bool = typer.Option(False, "--ablations", help="Add TagOOD's ablation rows: tau sweep, test tokens, scores, GT tag, CS tau sweep."),
-    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method and, per tag-based "
+                                                      "method, the kept tokens on example images (OUT/plots/*.png, shown in "
+                                                      "OUT/results.html)."),
     backbone: str = typer.Option("efficientnet-lite0", help="The built-in tagger: efficientnet-lite0 or efficientnet-lite2 "
                                                              "(the vision-language methods run on Lite0 only: their offline dual encoder reads its features)."),
     stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
@@ -308,7 +320,9 @@ def bench(
         None, help="Stream a split's tokens / tag maps shard by shard from the cache when loading them as float32 "
                    "would exceed this many GiB (default 8; 0 = always; -1 = never). TagOOD then trains from an "
                    "on-disk object-token store under the cache."),
-    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method (OUT/plots/*.png)."),
+    plots: bool = typer.Option(False, "--plots", help="Also draw score histograms + ROC curves per method and, per tag-based "
+                                                      "method, the kept tokens on example images (OUT/plots/*.png, shown in "
+                                                      "OUT/results.html)."),
     stream_ratio: Optional[float] = typer.Option(None, help=_STREAM_RATIO_HELP),
     example_config: bool = typer.Option(False, "--example-config", help="Print an annotated TOML config with every key "
                                                                        "and split type, then exit."),
