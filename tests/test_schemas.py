@@ -65,7 +65,7 @@ def test_literal_choices_match_the_detectors_constants():
     ("cs[tau=inf]", "must be a finite number"),
     ("tagood[epochs=-2]", "option epochs is a number (default: set by the preset), got -2"),
     ("krnft[epochs=-2]", "detector 'krnft': option epochs is a number (default 10), got -2"),
-    ("locoop[epochs=0]", "detector 'locoop': option epochs"),
+    ("locoop[epochs=-1]", "detector 'locoop': option epochs"),
     ("tagood[lr=0]", "option lr"),
     ("energy[temperature=0]", "option temperature"),
     ("odin[epsilon=-0.1]", "option epsilon"),
@@ -106,6 +106,8 @@ def test_valid_options_pass_in_their_declared_type():
     assert det.k == 2 and isinstance(det.hparams["k"], int)
     assert detectors.create("knn", k=np.int64(7)).k == 7
     assert detectors.create("react[percentile=100]").hparams["percentile"] == 100
+    assert detectors.create("krnft[epochs=0]").epochs == 0  # untrained KR-NFT (README's trained-vs-untrained rows)
+    assert detectors.create("csp[max_sim=1.01]").max_sim == 1.01  # above 1 lifts CSP's near-duplicate cut
     assert detectors.create("tagood[epochs=3.0,per_class=auto]").train_cfg.epochs == 3
     assert detectors.create("odin", pixel_std=(0.2, 0.3, 0.25)).hparams["pixel_std"] == (0.2, 0.3, 0.25)
     assert detectors.create("cs[tag_threshold=null]").tag_threshold is None

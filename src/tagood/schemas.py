@@ -252,7 +252,8 @@ class NegLabelOpts(VLMOpts):
 
 class CSPOpts(NegLabelOpts):
     ratio: OpenFraction = None  # type: ignore[assignment]
-    max_sim: OpenFraction = None  # type: ignore[assignment]
+    #: cosine above which a candidate counts as a near-duplicate of an IND prompt; above 1 lifts the cut
+    max_sim: PosFloat = None  # type: ignore[assignment]
     superclasses: list[str] | None = None
     exclude: list[str] | None = None
     nouns: list[str] | None = None
@@ -280,7 +281,8 @@ class KRNFTOpts(VLMOpts):
     k_in: PosInt = None  # type: ignore[assignment]
     k_out: NonNegInt = None  # type: ignore[assignment]
     hidden: PosInt = None  # type: ignore[assignment]
-    epochs: PosInt = None  # type: ignore[assignment]
+    #: 0 = untrained (the meta-networks' zero-initialised last layers: plain text features), as README measures
+    epochs: NonNegInt = None  # type: ignore[assignment]
     lr: PosFloat = None  # type: ignore[assignment]
     batch_size: PosInt = None  # type: ignore[assignment]
     w_out: NonNegFloat = None  # type: ignore[assignment]
@@ -295,7 +297,7 @@ class LoCoOpOpts(VLMOpts):
     lam: NonNegFloat = None  # type: ignore[assignment]
     top_k: PosInt | None = None
     shots: PosInt | None = None
-    epochs: PosInt = None  # type: ignore[assignment]
+    epochs: NonNegInt = None  # type: ignore[assignment]  # 0 = the initial context, untrained
     lr: PosFloat = None  # type: ignore[assignment]
     batch_size: PosInt = None  # type: ignore[assignment]
     score: Literal["glmcm", "mcm"] = None  # type: ignore[assignment]
@@ -685,7 +687,8 @@ class ConfigModel(_Strict):
         return self
 
 
-_TYPE_WORDS = {str: "text", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "an array"}
+_TYPE_WORDS = {str: "text", int: "an integer", float: "a number", bool: "true or false", dict: "a table", list: "an array",
+               type(None): "null"}
 
 
 def _type_word(v: Any) -> str:
@@ -752,6 +755,9 @@ def format_errors(e: ValidationError, data: Any, where: str, fix: str) -> str:
             table = len(path) == 1 and path[0] in ("train", "test", "ood")
             lines.append(f"{where}: missing [{path[0]}] section" if table else f"{where}: missing key '{_key_text(path)}'")
             continue
+        if typ.startswith("named_"):  # the message names its key
+            lines.append(f"{where}: {_describe(err)}")
+            continue
         if typ == "unknown_key":
             ctx = err.get("ctx") or {}
             lines.append(f"{where}: unknown key '{_key_text([*path, ctx.get('key', '?')])}'{ctx.get('hint', '')}; "
@@ -775,6 +781,13 @@ def validate_config(data: Mapping[str, Any], path: str | Path) -> ConfigModel:
 
 
 # -- saved detector (tagood.json) -------------------------------------------------------------------
+def _threshold(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise PydanticCustomError("named_threshold", "'threshold' must be a finite number (got {got})", {"got": _type_word(v)
+                                  if not isinstance(v, float) else ("NaN" if v != v else "infinity")})
+    return v
+
+
 class BackboneRecord(_Strict):
     name: str
     id: str
@@ -790,7 +803,7 @@ class DetectorMeta(_Strict):
     backbone: BackboneRecord
     dual_encoder: dict[str, Any] | None = None
     classes: list[str] = Field(min_length=1)
-    threshold: Float
+    threshold: Annotated[float, BeforeValidator(_threshold)]
     no_tag_rule: Literal["ood", "fallback"] | None = None
     target_tpr: OpenFraction | None = None
     heldout_tpr: Fraction | None = None
