@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
+import numpy as np
 import pytest
 
 from tagood import progress
@@ -69,3 +70,37 @@ def test_run_log_without_configured_logging_records_info(tmp_path, restore_root)
 def test_quiet_and_verbose_exclude_each_other():
     with pytest.raises(ValueError, match="exclude"):
         console_level(quiet=True, verbose=True)
+
+
+def test_vocabulary_logged_once_per_run_and_written_to_the_run_folder(tmp_path, tagood_home, caplog):
+    """TagScore, CS and (CE)+CS of one run share one vocabulary: its rule choice and collisions are logged once,
+    and each method's vocabulary file is in the run folder (same vocabulary as a fresh fit builds)."""
+    from image_folders import fashion_folder
+    from tagood.bench.config import BenchConfig
+    from tagood.bench.runner import run
+    from tagood.tagood.vocabulary import Vocabulary
+
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 16, "train")
+    fashion_folder(tmp_path / "test", {"trouser": 1, "bag": 8, "sandal": 5}, 6)
+    fashion_folder(tmp_path / "ood", {"sneaker": 7}, 6)
+    cfg = BenchConfig(name="vocab-once", train={"type": "folder", "root": "train"}, test={"type": "folder", "root": "test"},
+                      ood={"sneakers": {"type": "folder", "root": "ood"}}, methods=["tagscore", "cs", "cs[tau=0.25]"],
+                      base_dir=tmp_path, pseudo_ood=None)
+    with caplog.at_level(logging.INFO):
+        _, state = run(cfg, out_dir=tmp_path / "out", cache_root=tmp_path / "c", progress=False)
+    assert not state.errors, state.errors
+    chosen = [r for r in caplog.records if r.getMessage().startswith("IND vocabulary: rule")]
+    assert len(chosen) == 1, [r.getMessage() for r in chosen]
+    collisions = [r.getMessage() for r in caplog.records if "collision" in r.getMessage()]
+    assert len(collisions) == len(set(collisions))
+    files = sorted(p.name for p in (tmp_path / "out").glob("vocabulary-*.tsv"))
+    assert files == ["vocabulary-cs.tsv", "vocabulary-cs_tau=0.25.tsv", "vocabulary-tagscore.tsv"]
+    loaded = [Vocabulary.load(tmp_path / "out" / f).class_tags for f in files]
+    assert loaded[0] == loaded[1] == loaded[2] == state.fitted["cs"].vocab.class_tags
+    assert "IND vocabulary: rule" in (tmp_path / "out" / "run.log").read_text()
+    # a fresh detector fitted alone builds the same vocabulary
+    from tagood import detectors
+
+    alone = detectors.create("tagscore").fit(state.splits["train"].features.subset(np.arange(len(state.splits["train"].features))),
+                                             state.context)
+    assert alone.vocab.class_tags == state.fitted["tagscore"].vocab.class_tags

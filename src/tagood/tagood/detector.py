@@ -15,6 +15,7 @@ After fit, every tag-based detector gives ``token_masks(data) -> (mask (N,T), ha
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -33,6 +34,35 @@ from tagood.tagood.scores import NO_TAG_SCORE, SCORES, centre_score
 from tagood.tagood.train import DETECTOR_PRESETS, PRESETS, TrainConfig, config_dict, embed, train_projector
 from tagood.tagood.vocabulary import VOCAB_RULES, Vocabulary, build_vocabulary, rank_tags, vocabulary_fit
 from tagood.types import Context, FeatureSet, TagAttention, TokenSet
+
+#: Vocabularies already built from a training split (TagScore, CS, (CE)+CS and TagOOD of one run share
+#: them): id(train FeatureSet) -> (weak reference to it, {key: (vocabulary, rule, tags per class, fit)}).
+#: Lives as long as the split does, so a run logs its vocabulary, rule choice and collisions once.
+_VOCAB_MEMO: dict[int, tuple[Any, dict[tuple, tuple[Vocabulary, str, int, dict[str, float]]]]] = {}
+
+
+def _vocab_memo(train: FeatureSet) -> dict[tuple, tuple[Vocabulary, str, int, dict[str, float]]]:
+    """The vocabulary memo of this training split (empty for a new one)."""
+    import weakref
+
+    entry = _VOCAB_MEMO.get(id(train))
+    if entry is None or entry[0]() is not train:
+        for k in [k for k, (ref, _) in _VOCAB_MEMO.items() if ref() is None]:
+            del _VOCAB_MEMO[k]
+        entry = (weakref.ref(train), {})
+        _VOCAB_MEMO[id(train)] = entry
+    return entry[1]
+
+
+def _kept_digest(kept: Sequence[np.ndarray], labels: np.ndarray) -> str:
+    """Content hash of the kept tag ids per training image and the labels (a memo key)."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    h.update(np.fromiter((len(k) for k in kept), dtype=np.int64, count=len(kept)).tobytes())
+    for k in kept:
+        h.update(np.ascontiguousarray(k, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +184,15 @@ class _TagBase(Detector):
         labels = np.asarray(train.labels)
         num_classes = int(np.max(labels)) + 1
         kept = self._train_kept(train)
-        if self.vocab_path:
+        key = (str(self.vocab_path) if self.vocab_path else None, self.vocab_rule, self.per_class, self.coverage, context.seed,
+               tuple(context.class_names or ()), tuple(names or ()), _kept_digest(kept, labels))
+        memo = _vocab_memo(train)
+        if key in memo:  # another tag-based method of this run built it: reuse it, log nothing new
+            v, self.vocab_rule_used, self.per_class_used, fit = memo[key]
+            v = copy.deepcopy(v)
+            log.debug("IND vocabulary: the one built earlier in this run (rule '%s', %d tag(s) per class)",
+                      self.vocab_rule_used, self.per_class_used)
+        elif self.vocab_path:
             v = Vocabulary.load(self.vocab_path, num_classes, names)
             fit = vocabulary_fit(v, kept, labels)  # the file was not built from these images
             log.info("IND vocabulary from %s: %d tags; %.1f%% of IND training images keep one", self.vocab_path, len(v.tags),
@@ -164,6 +202,8 @@ class _TagBase(Detector):
             rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed, context.class_names)
             v = build_vocabulary(kept, labels, num_classes, m, context.class_names, names, rule=rule)
             self.vocab_rule_used, self.per_class_used = rule, m
+        if key not in memo:
+            memo[key] = (copy.deepcopy(v), self.vocab_rule_used, self.per_class_used, dict(fit))
         self.heldout_no_tag_fraction = 1.0 - fit["coverage"]
         if self.hparams.get("no_tag", "auto") == "auto":  # resolved again on every fit
             self.no_tag = self._choose_no_tag(self.heldout_no_tag_fraction, int(fit["n"]))
