@@ -396,15 +396,19 @@ class TagOOD(_TagBase):
         """(object tokens, has_tag, number of token positions) of the training split, chunk by chunk.
 
         A streamed split writes its object tokens to ``directory`` (memory-mapped for training)."""
+        from tagood.progress import progress_bar
+
         sink = TokenSetSink(directory if train.is_streamed() else None, name="train-object-tokens")
         has_parts: list[np.ndarray] = []
         n_pos = 0
-        for chunk in train.iter_chunks():
-            source, keep = self._train_keep(chunk, context.extra.get("attend"))
-            mask, has = token_mask(source.tag_attention.maps, keep, self.tau)
-            sink.append(select_tokens(chunk.tokens, mask))
-            has_parts.append(has)
-            n_pos = max(n_pos, int(chunk.tokens.positions.max()) + 1)
+        with progress_bar(f"{self.name}: decompose IND train", total=len(train), unit="img") as advance:
+            for chunk in train.iter_chunks():
+                source, keep = self._train_keep(chunk, context.extra.get("attend"))
+                mask, has = token_mask(source.tag_attention.maps, keep, self.tau)
+                sink.append(select_tokens(chunk.tokens, mask))
+                has_parts.append(has)
+                n_pos = max(n_pos, int(chunk.tokens.positions.max()) + 1)
+                advance(len(has))
         return sink.finish(), np.concatenate(has_parts), n_pos
 
     def _fit(self, train: FeatureSet, context: Context) -> None:

@@ -135,7 +135,7 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr)
     history: list[dict[str, float]] = []
-    with progress_bar("train TagOOD projector", total=cfg.epochs * steps_per_epoch, enabled=progress) as advance:
+    with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress, unit="samples") as advance:
         for epoch in range(cfg.epochs):
             model.train()
             order = torch.randperm(n, generator=gen).numpy()
@@ -157,7 +157,7 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 tot += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(idx)
-                advance(1)
+                advance(len(idx), epoch=f"{epoch + 1}/{cfg.epochs}", loss=tot / seen)
             history.append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen, "lr": float(opt.param_groups[0]["lr"])})
             log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot / seen, correct / seen)
     if history:
