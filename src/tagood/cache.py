@@ -331,10 +331,13 @@ class Manifest:
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     complete: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    #: first source index covered: 0 for an entry; a rank's part of a torchrun extraction
+    #: (:mod:`tagood.extract`) covers ``[start, n_source)`` only
+    start: int = 0
 
     @property
     def next_index(self) -> int:
-        return self.shards[-1].stop if self.shards else 0
+        return self.shards[-1].stop if self.shards else self.start
 
     @property
     def n_samples(self) -> int:
@@ -352,13 +355,15 @@ class Manifest:
             "complete": self.complete,
             "meta": self.meta,
         }
+        if self.start:  # only parts have it: an entry's manifest is the same as before parts existed
+            d["start"] = self.start
         d["checksum"] = _canonical_hash(d)
         return d
 
     def check(self, where: Path) -> None:
         """Structural checks: contiguous shards, counts that agree with the failures, a complete entry covers all."""
         fix = f"run `tagood cache verify --repair` or delete {where.parent} and re-extract"
-        pos = 0
+        pos = self.start
         failed_at = sorted(int(f["index"]) for f in self.failed)
         for s in self.shards:
             if s.start != pos or s.stop < s.start or s.stop > self.n_source:
@@ -395,6 +400,7 @@ class Manifest:
                 fields=dict(d.get("fields", {})),
                 complete=bool(d.get("complete", False)),
                 meta=dict(d.get("meta", {})),
+                start=int(d.get("start", 0)),
             )
         except CacheError:
             raise
@@ -479,9 +485,11 @@ class CacheWriter:
         commit_seconds: float | None = COMMIT_SECONDS,
         lock: EntryLock | None = None,
         lock_timeout: float | None = None,
+        start: int = 0,
     ) -> "CacheWriter":
         """Create or resume the entry of ``(split, key)``. Takes the entry's write lock unless ``lock``
-        (already held by the caller) is given; a second writer waits for it (``lock_timeout``)."""
+        (already held by the caller) is given; a second writer waits for it (``lock_timeout``).
+        ``start`` > 0: the entry covers source samples ``[start, n_source)`` only (a rank's part)."""
         if shard_size is not None and shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         d = entry_dir(root, split, key)
@@ -495,8 +503,8 @@ class CacheWriter:
             m = Manifest.load(mpath)
             if m.key != norm_key:
                 raise CacheError(f"cache entry {d} was built with another key; delete it and re-extract")
-            if m.n_source != n_source:
-                raise CacheError(f"cache entry {d} expects {m.n_source} source samples, the source has {n_source}")
+            if m.n_source != n_source or m.start != start:
+                raise CacheError(f"cache entry {d} covers source samples [{m.start}, {m.n_source}), not [{start}, {n_source})")
             return m
 
         load_checked()  # clear errors before waiting for a lock
@@ -513,7 +521,7 @@ class CacheWriter:
                     if stale.name not in listed:  # written but never committed
                         stale.unlink(missing_ok=True)
             else:
-                m = Manifest(key=norm_key, split=split, n_source=n_source, meta=dict(meta or {}))
+                m = Manifest(key=norm_key, split=split, n_source=n_source, meta=dict(meta or {}), start=start)
                 atomic_write_json(mpath, m.to_json())
         except BaseException:
             if own:

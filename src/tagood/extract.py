@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,6 +40,7 @@ from tagood.cache import (
     set_aside_manifest,
 )
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
+from tagood.distributed import World, all_gather, barrier, broadcast, init, split_range, world
 from tagood.progress import progress_bar
 from tagood.threads import decode_workers
 from tagood.types import Backbone, ModelOutput
@@ -230,6 +233,20 @@ def extract_split(
     if n == 0:
         raise DataSourceError(f"source '{source.name}' is empty; nothing to extract")
     workers = workers if workers is not None else decode_workers()
+    w = world()
+    if w.distributed:
+        return _extract_distributed(source, backbone, root, split, key, d, fields, batch_size, shard_size or commit_rows or COMMIT_ROWS,
+                                    shard_mb, workers, progress, max_batches, lock_timeout, meta, w)
+    return _extract_local(source, backbone, root, split, key, d, fields, batch_size, shard_size, shard_mb, workers, progress,
+                          max_batches, commit_rows, commit_seconds, lock_timeout, meta)
+
+
+def _extract_local(source: ImageSource, backbone: Backbone, root: Path, split: str, key: dict[str, Any], d: Path,
+                   fields: list[str], batch_size: int, shard_size: int | None, shard_mb: float, workers: int, progress: bool,
+                   max_batches: int | None, commit_rows: int | None, commit_seconds: float | None,
+                   lock_timeout: float | None, meta: Mapping[str, Any] | None) -> CacheReader:
+    """One process extracts (or repairs, or just returns) the whole entry ``d``, holding its lock."""
+    n = len(source)
     lock = EntryLock(d, lock_timeout)
     try:
         lock.acquire()
@@ -274,6 +291,149 @@ def extract_split(
     return _check_result(reader, source)
 
 
+def _set_aside_damaged(d: Path) -> None:
+    if (d / MANIFEST).exists():
+        try:
+            Manifest.load(d / MANIFEST)
+        except CacheError as e:
+            log.warning("%s; the damaged manifest is kept as %s and the split is extracted again",
+                        str(e).split(";")[0], set_aside_manifest(d).name)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s bytes: a hard link (no copy, same file system), else a copy renamed into place."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _part_ranges(n: int, start: int, size: int, shard: int) -> list[tuple[int, int]]:
+    """Each rank's contiguous source range of ``[start, n)``, cut at multiples of ``shard`` past ``start``."""
+    out = []
+    for r in range(size):
+        a, b = split_range(n - start, size, r, align=shard)
+        out.append((start + a, start + b))
+    return out
+
+
+def _extract_distributed(source: ImageSource, backbone: Backbone, root: Path, split: str, key: dict[str, Any], d: Path,
+                         fields: list[str], batch_size: int, shard: int, shard_mb: float, workers: int, progress: bool,
+                         max_batches: int | None, lock_timeout: float | None, meta: Mapping[str, Any] | None,
+                         w: World) -> CacheReader:
+    """Extraction by every rank of a torchrun world into one cache entry.
+
+    Rank 0 takes the entry's write lock and reads how far the entry got; the rest of the source is cut into
+    one contiguous range per rank at multiples of ``shard`` samples. Each rank extracts its range into its own
+    part, ``<entry>/parts/part-<start>-<stop>-<key hash>/`` (a resumable cache entry of its own, with its own
+    lock, shards of exactly ``shard`` samples), so a rank killed mid-way resumes after its last committed shard
+    when the job is launched again, and ranks that had finished do no work. After a barrier, rank 0 links the
+    parts' shards into the entry in source order and commits the manifest once, then removes the parts. With
+    shards of ``shard`` samples from sample 0 the entry is the same, shard for shard and byte for byte, as one
+    process extracting with ``shard_size=shard``. A complete entry is checked (and repaired) by rank 0 alone.
+    """
+    init(str(getattr(backbone, "device", "cpu")))
+    n = len(source)
+    lock: EntryLock | None = None
+    entry: CacheWriter | None = None
+    decision: tuple[str, int] = ("extract", 0)
+    if w.is_main:
+        lock = EntryLock(d, lock_timeout).acquire()
+        try:
+            _set_aside_damaged(d)
+            entry = CacheWriter.open(root, split, key, n_source=n, shard_size=shard, shard_mb=shard_mb,
+                                     meta={"source": source.name, "class_names": source.class_names, **(meta or {})},
+                                     commit_rows=None, commit_seconds=None, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+        decision = ("hit", entry.next_index) if entry.complete else ("extract", entry.next_index)
+        if entry.complete:
+            lock.release()
+    decision = broadcast(decision)
+    if decision[0] == "hit":
+        reader = _extract_local(source, backbone, root, split, key, d, fields, batch_size, shard, shard_mb, workers,
+                                progress, None, None, None, lock_timeout, meta) if w.is_main else None
+        barrier()
+        return reader if reader is not None else _check_result(CacheReader(d), source)
+    ranges = _part_ranges(n, decision[1], w.size, shard)
+    a, b = ranges[w.rank]
+    done_part = True
+    t0 = time.perf_counter()
+    if b > a:
+        part = CacheWriter.open(d / "parts", f"part-{a:010d}-{b:010d}", key, n_source=b, shard_size=shard, shard_mb=shard_mb,
+                                commit_rows=None, commit_seconds=None, lock_timeout=lock_timeout, start=a)
+        try:
+            if not part.complete:
+                if part.next_index > a:
+                    log.info("rank %d: resuming its part [%d, %d) at sample %d", w.rank, a, b, part.next_index)
+                with progress_bar(f"extract {split} (rank {w.rank}/{w.size})", total=b - a,
+                                  completed=part.next_index - a, enabled=progress and w.is_main) as advance:
+                    _extract_range(part, source, backbone, fields, part.next_index, b, batch_size, workers, advance,
+                                   max_batches)
+                if part._covered_to < b:
+                    part.commit()
+                    done_part = False
+                else:
+                    part.finish()
+        finally:
+            part.close()
+    elapsed = time.perf_counter() - t0
+    status = all_gather((done_part, elapsed))
+    if w.is_main:
+        assert entry is not None and lock is not None
+        try:
+            if all(ok for ok, _ in status):
+                _merge_parts(entry, d, ranges, key)
+                secs = max(t for _, t in status)
+                m = entry.manifest
+                entry.manifest.meta.update({"seconds": secs, "world_size": w.size,
+                                            "images_per_s": (n - decision[1]) / secs if secs > 0 else None})
+                if m.next_index != n:
+                    raise CacheError(f"{d}: the parts cover samples up to {m.next_index} of {n}")
+                entry.finish()
+                shutil.rmtree(d / "parts", ignore_errors=True)
+            else:
+                log.info("%s: not every rank finished its part; run the same command again to resume", d)
+        finally:
+            entry.close()
+            lock.release()
+    barrier()
+    reader = CacheReader(d)
+    if reader.complete:
+        if reader.failed and w.is_main:
+            log.warning("%s: %d of %d images could not be decoded (listed in %s)", split, len(reader.failed), n, d / MANIFEST)
+        return _check_result(reader, source)
+    return reader
+
+
+def _merge_parts(entry: CacheWriter, d: Path, ranges: list[tuple[int, int]], key: dict[str, Any]) -> None:
+    """Append every part's shards to ``entry``'s manifest in source order, linked under the entry's shard names
+    (rank 0, holding the entry's lock; the parts stay until the manifest is written)."""
+    m = entry.manifest
+    for a, b in ranges:
+        if b <= a:
+            continue
+        pdir = entry_dir(d / "parts", f"part-{a:010d}-{b:010d}", key)
+        pm = Manifest.load(pdir / MANIFEST)
+        if not pm.complete or pm.start != m.next_index:
+            raise CacheError(f"{pdir}: part [{pm.start}, {pm.n_source}) is incomplete or out of order "
+                             f"(entry at sample {m.next_index}); run the same command again")
+        for s in pm.shards:
+            name = f"shard-{len(m.shards):05d}.safetensors"
+            info = replace(s, file=name)
+            _link(pdir / s.file, d / name)
+            _link(pdir / s.sidecar, d / info.sidecar)
+            m.shards.append(info)
+        m.failed.extend(pm.failed)
+        for f, spec in pm.fields.items():
+            m.fields.setdefault(f, spec)
+    entry._covered_to = m.next_index
+
+
 class CachedImageStream:
     """Preprocessed images of the samples stored in a cache entry, in cache order (for ODIN).
 
@@ -289,6 +449,10 @@ class CachedImageStream:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def part(self, start: int, stop: int) -> "CachedImageStream":
+        """The stream of rows ``start:stop`` (a rank's share of a split, :func:`tagood.distributed.score`)."""
+        return CachedImageStream(self.source, self.backbone, self.indices[start:stop], self.workers)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:

@@ -1,0 +1,204 @@
+"""torchrun worlds on the CPU (gloo, 2 processes): extraction into one cache entry gives the same bytes as one
+process, a rank killed mid-extraction resumes its part, scoring split across ranks equals single-process
+scoring, and ``torchrun -m tagood extract`` works end to end. Real images (Fashion-MNIST PNG files), the real
+EfficientNet-Lite0 weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tagood import data
+from tagood.distributed import split_range, world
+from tagood.extract import extract_split
+from image_folders import fashion_folder
+
+SHARD = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = fashion_folder(tmp_path_factory.mktemp("imgs"), {"coat": 4, "shoe": 7}, 9)
+    (root / "shoe" / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # a failure inside rank 1's part
+    return root
+
+
+WORKER = textwrap.dedent("""
+    import os, signal, sys, json
+    import numpy as np
+    from tagood import data, detectors, distributed
+    from tagood.backbones.efficientnet import EfficientNetLite0
+    from tagood.extract import extract_split
+    images, cache, onnx_dir, out = sys.argv[1:5]
+    kill_at = int(os.environ.get("KILL_AT", "-1"))
+    bb = EfficientNetLite0(cache_dir=onnx_dir, num_threads=1)
+    src = data.FolderSource(images)
+    load, decoded = src.load, []
+    def counted(i):
+        if i == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # a rank dies mid-extraction
+        decoded.append(i)
+        return load(i)
+    src.load = counted
+    r = extract_split(src, bb, cache, split="s", batch_size=2, shard_size=%d, fields=["logits", "features"],
+                      progress=False, workers=1)
+    w = distributed.world()
+    fs = r.to_featureset(["logits", "features"])
+    det = detectors.create("energy").fit(fs)
+    scores = distributed.score(det, fs)
+    json.dump({"decoded": decoded, "complete": r.complete}, open(f"{out}.rank{w.rank}.json", "w"))
+    if w.is_main:
+        np.save(f"{out}.scores.npy", scores)
+""" % SHARD)
+
+
+def _launch(tmp: Path, images: Path, cache: Path, onnx_dir: Path, out: str, n: int = 2,
+            kill_at: dict[int, int] | None = None) -> list[subprocess.Popen]:
+    script = tmp / "worker.py"
+    script.write_text(WORKER)
+    port = _free_port()
+    procs = []
+    for rank in range(n):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RANK": str(rank), "WORLD_SIZE": str(n),
+               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "TAGOOD_DIST_TIMEOUT": "120", "KILL_AT": str((kill_at or {}).get(rank, -1))}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(images), str(cache), str(onnx_dir), out], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    for p in procs:
+        out, _ = p.communicate(timeout=max(1, deadline - time.time()))
+        assert p.returncode == 0, out[-3000:]
+
+
+def _entry(cache: Path) -> Path:
+    (d,) = [p for p in cache.iterdir() if p.is_dir()]
+    return d
+
+
+def _assert_same_entry(a: Path, b: Path) -> None:
+    """Same entry name, same shard and sidecar bytes, same manifest apart from timings."""
+    assert a.name == b.name
+    files = sorted(p.name for p in a.glob("shard-*"))
+    assert files == sorted(p.name for p in b.glob("shard-*")) and files
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    ma, mb = (json.loads((x / "manifest.json").read_text()) for x in (a, b))
+    for m in (ma, mb):
+        for k in ("meta", "checksum"):
+            m.pop(k)
+    assert ma == mb
+    assert not (b / "parts").exists()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, images, backbone):
+    """The one-process reference: its cache entry and its energy scores."""
+    from tagood import detectors
+
+    cache = tmp_path_factory.mktemp("single")
+    r = extract_split(data.FolderSource(images), backbone, cache, split="s", batch_size=2, shard_size=SHARD,
+                      fields=["logits", "features"], progress=False, workers=1)
+    fs = r.to_featureset(["logits", "features"])
+    return _entry(cache), detectors.create("energy").fit(fs).score(fs), r
+
+
+def test_two_ranks_give_the_same_entry_and_scores(tmp_path, images, backbone, single):
+    ref_dir, ref_scores, ref = single
+    cache = tmp_path / "cache"
+    _wait(_launch(tmp_path, images, cache, backbone.onnx_path().parent, str(tmp_path / "o")))
+    _assert_same_entry(ref_dir, _entry(cache))
+    np.testing.assert_array_equal(np.load(tmp_path / "o.scores.npy"), ref_scores)  # split across ranks, gathered in order
+    ranks = [json.loads((tmp_path / f"o.rank{r}.json").read_text()) for r in (0, 1)]
+    d0, d1 = (set(r["decoded"]) for r in ranks)
+    assert not d0 & d1 and d0 | d1 == set(range(18))  # disjoint parts covering the source
+    assert all(r["complete"] for r in ranks) and [f["index"] for f in ref.failed] == [13]
+
+
+def test_killed_rank_resumes_its_part(tmp_path, images, backbone, single):
+    ref_dir, ref_scores, _ = single
+    cache = tmp_path / "cache"
+    lo, hi = split_range(18, 2, 1, align=SHARD)  # rank 1's part: [8, 18)
+    assert (lo, hi) == (8, 18)
+    # rank 1 dies reading sample 16: by then its shard [8, 12) is committed (the write of a batch is waited for
+    # before the batch after next is decoded); [12, 16) may or may not have been
+    procs = _launch(tmp_path, images, cache, backbone.onnx_path().parent, str(tmp_path / "o"), kill_at={1: 16})
+    procs[1].communicate(timeout=240)
+    assert procs[1].returncode == -signal.SIGKILL
+    procs[0].kill()  # what torchrun does to the other ranks when one dies
+    procs[0].communicate()
+    (part,) = list((_entry(cache) / "parts").glob("part-0000000008-*"))
+    committed = [(s["start"], s["stop"]) for s in json.loads((part / "manifest.json").read_text())["shards"]]
+    assert committed in ([(8, 12)], [(8, 12), (12, 16)])  # what was committed survived the kill
+    m = _entry(cache) / "manifest.json"
+    assert not m.exists() or not json.loads(m.read_text())["complete"]
+
+    _wait(_launch(tmp_path, images, cache, backbone.onnx_path().parent, str(tmp_path / "o")))
+    again = json.loads((tmp_path / "o.rank1.json").read_text())
+    assert set(again["decoded"]) == set(range(committed[-1][1], 18))  # only what the kill lost
+    _assert_same_entry(ref_dir, _entry(cache))
+    np.testing.assert_array_equal(np.load(tmp_path / "o.scores.npy"), ref_scores)
+
+
+def test_torchrun_cli_extract(tmp_path, images, backbone, single):
+    """``torchrun --nproc-per-node 2 -m tagood extract ...`` (torch.distributed.run) writes the same entry."""
+    ref_dir = single[0]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "TAGOOD_HOME": str(backbone.onnx_path().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "tagood", "--threads", "1", "extract", str(images), "--split", "s", "--cache", str(cache),
+           "--fields", "logits,features", "--batch-size", "2", "--commit-every", str(SHARD), "-q"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    d = _entry(cache)
+    ref = json.loads((ref_dir / "manifest.json").read_text())
+    got = json.loads((d / "manifest.json").read_text())
+    assert got["complete"] and got["meta"]["world_size"] == 2
+    assert [(s["start"], s["stop"], s["count"], s["sha256"]) for s in got["shards"]] == \
+           [(s["start"], s["stop"], s["count"], s["sha256"]) for s in ref["shards"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 5000), parts=st.integers(1, 17), align=st.integers(1, 300))
+def test_split_range_partitions(n: int, parts: int, align: int) -> None:
+    ranges = [split_range(n, parts, r, align) for r in range(parts)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    for (a, b), (c, _) in zip(ranges, ranges[1:]):
+        assert b == c and a <= b
+    for a, b in ranges:
+        assert a % align == 0 and (b % align == 0 or b == n)
+    sizes = [-(-(b - a) // align) for a, b in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_single_process_world_by_default(monkeypatch) -> None:
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    w = world()
+    assert (w.rank, w.size, w.distributed, w.is_main) == (0, 1, False, True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ValueError, match="torchrun"):
+        world()
