@@ -101,3 +101,18 @@ def test_quiet_bench_writes_run_log_and_prints_no_info_lines(tmp_path, tagood_ho
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR)", ln) for ln in lines), lines[:5]
     r = runner.invoke(app, ["bench", str(cfg), "--out", str(out), "--cache", str(tmp_path / "c"), "-q", "-v"])
     assert r.exit_code == 2 and "exclude each other" in r.output
+
+
+def test_fit_and_score_print_bracketed_paths_as_given(tmp_path, tagood_home):
+    fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 15, "train")
+    fashion_folder(tmp_path / "new", {"trouser": 1}, 4, offset=100)
+    det = tmp_path / "det[/]"  # a folder "]" inside a folder "det["
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", "cs", "--cache", str(tmp_path / "c")],
+                      terminal_width=400)
+    assert r.exit_code == 0, r.output
+    assert f"to {det};" in r.output and (det / "tagood.json").is_file()
+    out = tmp_path / "scores[v2].csv"
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "new"), "--out", str(out), "--cache", str(tmp_path / "c")],
+                      terminal_width=400)
+    assert r.exit_code == 0, r.output
+    assert f"wrote {out}" in r.output and out.is_file()
