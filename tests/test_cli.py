@@ -27,7 +27,7 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     assert r.exit_code == 0, r.output
     assert "tagood[epochs=2]" in r.output  # the terminal table keeps the variant's options
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == sorted(
-        ["overview.png", "msp.png", "energy.png", "knn.png", "featurenorm.png", "tagood_epochs=2.png"])
+        ["overview.png", "msp.png", "energy.png", "knn.png", "featurenorm.png", "tagood_epochs=2.png", "tokens-tagood_epochs=2.png"])
     res = json.loads((out / "results.json").read_text())
     methods = {"msp", "energy", "knn", "featurenorm", "tagood[epochs=2]"}
     sets = {"fashion-near", "mnist", "digits"}
