@@ -288,6 +288,8 @@ META = {"method": "tagood[epochs=1]", "backbone": {"name": "efficientnet-lite0",
     ({"classes": []}, "key 'classes'"),
     ({"no_tag_rule": SECRET}, "key 'no_tag_rule'"),
     ({"treshold": 1.0}, "unknown key 'treshold' (did you mean 'threshold'?)"),
+    ({"method": SECRET}, "'method' must name a registered detector"),
+    ({"method": 3}, "'method' must name a registered detector such as 'tagood' or 'tagood[tau=0.25]' (got an integer)"),
     ({"backbone": {"name": "x", "id": "y"}}, "missing key 'backbone.weights_hash'"),
 ])
 def test_detector_meta_schema(change, needle):

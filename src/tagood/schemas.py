@@ -795,11 +795,25 @@ class BackboneRecord(_Strict):
     spec: dict[str, Any] | None = None
 
 
+def _saved_method(v: Any) -> Any:
+    """The saved ``method`` is a spec of a registered detector (not quoted back: it was read from a file)."""
+    from tagood.detectors.base import available, parse_name
+
+    try:
+        base, _ = parse_name(v) if isinstance(v, str) else ("", {})
+    except ValueError:
+        base = ""
+    if base not in available():
+        raise PydanticCustomError("named_method", "'method' must name a registered detector such as 'tagood' or "
+                                  "'tagood[tau=0.25]' (got {got})", {"got": "another value" if isinstance(v, str) else _type_word(v)})
+    return v
+
+
 class DetectorMeta(_Strict):
     """``tagood.json`` of a detector saved by ``tagood fit`` (:func:`tagood.fitscore.fit_folder`).
     ``threshold`` is a finite OOD-score threshold (higher = more OOD: ``score > threshold`` is OOD)."""
 
-    method: str
+    method: Annotated[str, BeforeValidator(_saved_method)]
     backbone: BackboneRecord
     dual_encoder: dict[str, Any] | None = None
     classes: list[str] = Field(min_length=1)
