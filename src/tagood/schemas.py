@@ -400,11 +400,12 @@ def _kind(default: Any) -> str:
     return "a value"
 
 
-def check_detector_options(name: str, cls: type, opts: Mapping[str, Any]) -> dict[str, Any]:
+def check_detector_options(name: str, cls: type, opts: Mapping[str, Any], quote: bool = True) -> dict[str, Any]:
     """Validate the options of detector ``name`` (class ``cls``) against :data:`DETECTOR_OPTIONS` -- before
     any extraction -- and return them with scalar values in their declared type (``k=2.0`` -> ``2``).
     Raises :class:`OptionError` (a ``ValueError``) naming the detector, the option, the value and the
-    accepted range; an unknown option gets a "did you mean" suggestion. Scores stay higher = more OOD."""
+    accepted range; an unknown option gets a "did you mean" suggestion. ``quote=False`` (options read from
+    a file) names the value's type instead of quoting it. Scores stay higher = more OOD."""
     model = DETECTOR_OPTIONS.get(name) or _derived_model(cls)
     defaults = signature_options(cls)
     known = [k for k in defaults if k in model.model_fields] + sorted(set(model.model_fields) - set(defaults))
@@ -422,12 +423,14 @@ def check_detector_options(name: str, cls: type, opts: Mapping[str, Any]) -> dic
             loc = [str(x) for x in err.get("loc", ()) if isinstance(x, str)]
             key = loc[0] if loc and loc[0] in opts else None
             if key is None:  # a check across options (lhact's order, dim vs heads)
-                parts.append(f"detector '{name}': {_describe(err)} (got {', '.join(f'{k}={v!r}' for k, v in opts.items())})")
+                got = ", ".join(f"{k}={v!r}" if quote else k for k, v in opts.items())
+                parts.append(f"detector '{name}': {_describe(err)} (got {got})")
                 continue
             d = defaults.get(key, inspect.Parameter.empty)
             dtxt = (" (default: set by the preset)" if key in preset else
                     "" if d is inspect.Parameter.empty else f" (default {d!r})")
-            parts.append(f"detector '{name}': option {key} is {_kind(d)}{dtxt}, got {opts[key]!r}: {_describe(err)}")
+            got = repr(opts[key]) if quote else _type_word(opts[key])
+            parts.append(f"detector '{name}': option {key} is {_kind(d)}{dtxt}, got {got}: {_describe(err)}")
         raise OptionError("; ".join(dict.fromkeys(parts)) + _example(name, e, defaults, preset)) from None
     out = dict(opts)
     for k in m.model_fields_set:
@@ -457,7 +460,7 @@ def _spec_options(spec: str) -> None:
         raise PydanticCustomError("unknown_method", "unknown detector '{name}'{hint}; available: {names}",
                                   {"name": base, "hint": suggest(base, names), "names": ", ".join(names)})
     try:
-        check_detector_options(base, get_class(base), opts)
+        check_detector_options(base, get_class(base), opts, quote=False)
     except OptionError as e:
         raise PydanticCustomError("method_option", "{msg}", {"msg": str(e)}) from None
 
@@ -634,7 +637,7 @@ def _method_defaults(v: Any) -> Any:
         if not isinstance(opts, Mapping):
             raise PydanticCustomError("method_defaults", "method_defaults.{name} must be a table of options", {"name": base})
         try:
-            check_detector_options(base, get_class(base), opts)
+            check_detector_options(base, get_class(base), opts, quote=False)
         except OptionError as e:
             raise PydanticCustomError("method_option", "{msg}", {"msg": str(e)}) from None
     return v
