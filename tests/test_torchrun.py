@@ -202,3 +202,54 @@ def test_single_process_world_by_default(monkeypatch) -> None:
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ValueError, match="torchrun"):
         world()
+
+
+TRAIN_WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np, torch
+    from tagood import distributed
+    from tagood.cache import CacheReader
+    from tagood.tagood.train import PRESETS, train_projector
+    entry, out = sys.argv[1:3]
+    r = CacheReader(entry)
+    ts, y = r.tokens("tokens"), r.labels
+    cfg = PRESETS["small"].with_(dim=32, mlp=64, dropout=0.0, epochs=3, batch_size=6)
+    model, centres, hist = train_projector(ts, y, int(y.max()) + 1, 49, cfg, progress=False)
+    w = distributed.world()
+    # the attention key bias has a zero gradient in exact arithmetic (it adds the same q.b to every key's logit),
+    # so Adam turns its rounding noise into lr-sized steps that differ between any two summation orders: left out
+    params = torch.cat([(p.detach()[torch.arange(len(p)) // 32 != 1] if n.endswith("in_proj_bias") else p.detach()).flatten()
+                        for n, p in model.named_parameters()]).numpy()
+    np.savez(f"{out}.rank{w.rank}.npz", centres=centres.numpy(), params=params, loss=[h["loss"] for h in hist],
+             acc=[h["train_acc"] for h in hist])
+""")
+
+
+def test_ddp_training_equals_one_process(tmp_path, images, backbone):
+    """Two ranks (DDP, all-reduced EMA class sums and counts) train the same projector and centres as one process
+    on the same global batches (batch 6 over 17 real token sets: the last batch splits 3 + 2)."""
+    from tagood.cache import CacheReader
+
+    r = extract_split(data.FolderSource(images), backbone, tmp_path / "c", split="t", fields=["tokens"], progress=False)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_WORKER)
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        base.pop(k, None)
+    one = subprocess.run([sys.executable, str(script), str(r.dir), str(tmp_path / "one")], env=base, capture_output=True,
+                         text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(r.dir), str(tmp_path / "two")],
+                              env={**base, "RANK": str(k), "WORLD_SIZE": "2", "LOCAL_RANK": str(k), "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for k in (0, 1)]
+    _wait(procs)
+    ref, r0, r1 = (np.load(tmp_path / f) for f in ("one.rank0.npz", "two.rank0.npz", "two.rank1.npz"))
+    np.testing.assert_array_equal(r0["centres"], r1["centres"])  # every rank holds the same centres
+    np.testing.assert_array_equal(r0["params"], r1["params"])
+    np.testing.assert_allclose(r0["centres"], ref["centres"], atol=2e-5)
+    np.testing.assert_allclose(r0["params"], ref["params"], atol=2e-5)
+    np.testing.assert_allclose(r0["loss"], ref["loss"], rtol=1e-5)
+    np.testing.assert_allclose(r0["acc"], ref["acc"])
+    assert len(CacheReader(r.dir)) == 17

@@ -82,19 +82,28 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def ema_update(centres: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float) -> None:
-    """centres[c] <- m * centres[c] + (1 - m) * mean(feats[labels == c]) for every class c in the batch (in place)."""
+def ema_update(centres: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float,
+               reduce: Any = None) -> None:
+    """centres[c] <- m * centres[c] + (1 - m) * mean(feats[labels == c]) for every class c in the batch (in place).
+
+    ``reduce``: a function summing a tensor over the ranks of a torchrun world in place (all-reduce); the
+    class sums and counts are reduced before the means are taken, so every rank applies the update of the
+    whole global batch and holds the same centres."""
     c = centres.shape[0]
-    sums = torch.zeros_like(centres).index_add_(0, labels, feats)
-    counts = torch.bincount(labels, minlength=c).to(feats.dtype)
+    sums = torch.zeros_like(centres).index_add_(0, labels, feats.to(centres.dtype))
+    counts = torch.bincount(labels, minlength=c).to(centres.dtype)
+    if reduce is not None:
+        reduce(sums)
+        reduce(counts)
     present = counts > 0
     means = sums[present] / counts[present, None]
     centres[present] = momentum * centres[present] + (1.0 - momentum) * means
 
 
-def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded batch of samples ``idx`` on ``device``: the kept tokens are gathered on the host (one
-    fancy-index), moved in one transfer and scattered into the padded tensor on the device."""
+def _host_batch(tokens: TokenSet, idx: np.ndarray, pin: bool = False) -> tuple[Any, ...]:
+    """The host side of a padded batch: kept tokens of samples ``idx`` gathered (one fancy-index; a contiguous
+    run of samples is a slice of the memory-mapped cache, no copy), with their rows and columns in the padded
+    tensor. ``pin``: in page-locked memory, so the device copy is asynchronous (CUDA)."""
     lens = tokens.lengths[idx]
     b, width = len(idx), int(lens.max()) if len(idx) else 0
     starts = np.zeros(b + 1, dtype=np.int64)
@@ -109,22 +118,56 @@ def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[tor
     else:
         src = np.repeat(tokens.offsets[idx], lens) + col
         host, pos_host = tokens.values[src], tokens.positions[src]  # stored dtype (fp16 from the cache): half the bytes
-    vals = torch.as_tensor(np.ascontiguousarray(host)).to(device, non_blocking=True).float()
-    pos_v = torch.as_tensor(np.ascontiguousarray(pos_host)).to(device, non_blocking=True)
-    r, c = torch.as_tensor(row).to(device), torch.as_tensor(col).to(device)
-    x = torch.zeros(b, width, tokens.dim, dtype=torch.float32, device=device)
+    vals, pos_v = torch.as_tensor(np.ascontiguousarray(host)), torch.as_tensor(np.ascontiguousarray(pos_host))
+    r, c = torch.as_tensor(row), torch.as_tensor(col)
+    if pin:
+        vals, pos_v, r, c = (t.pin_memory() for t in (vals, pos_v, r, c))
+    return b, width, tokens.dim, vals, pos_v, r, c
+
+
+def _device_batch(host: tuple[Any, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move a :func:`_host_batch` in one transfer per array and scatter it into the padded tensors on ``device``."""
+    b, width, dim, vals, pos_v, r, c = host
+    vals = vals.to(device, non_blocking=True).float()
+    pos_v = pos_v.to(device, non_blocking=True)
+    r, c = r.to(device, non_blocking=True), c.to(device, non_blocking=True)
+    x = torch.zeros(b, width, dim, dtype=torch.float32, device=device)
     pos = torch.zeros(b, width, dtype=torch.long, device=device)
     mask = torch.zeros(b, width, dtype=torch.bool, device=device)
     x[r, c] = vals
-    pos[r, c] = pos_v
+    pos[r, c] = pos_v.long()
     mask[r, c] = True
     return x, pos, mask
 
 
+def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded batch of samples ``idx`` on ``device``: the kept tokens are gathered on the host (one
+    fancy-index), moved in one transfer and scattered into the padded tensor on the device."""
+    return _device_batch(_host_batch(tokens, idx), device)
+
+
 def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_positions: int, cfg: TrainConfig,
                     device: str = "cpu", progress: bool = True) -> tuple[Projector, torch.Tensor, list[dict[str, float]]]:
-    """Train a projector on object token sets; returns (model in eval mode, EMA centres (C,dim), per-epoch history)."""
+    """Train a projector on object token sets; returns (model in eval mode, EMA centres (C,dim), per-epoch history).
+
+    The data path keeps the device busy: the next batch is gathered from the (memory-mapped) token store by a
+    background thread while the current step runs (into page-locked memory on CUDA), and the loss and accuracy
+    are summed on the device and read once per epoch (no host synchronisation per step). On CUDA the forward
+    pass and the loss run under bf16 autocast and AdamW is the fused kernel; on the CPU the arithmetic is the
+    plain float32 of one process, deterministic for a seed.
+
+    Under torchrun (:mod:`tagood.distributed`, a process group of ``WORLD_SIZE`` > 1) every rank draws the same
+    global batches of ``cfg.batch_size`` and trains on its contiguous share of each through DDP (gradients
+    averaged, losses weighted by the share's size, so the update is the global batch's); the EMA centres are
+    updated from class sums and counts all-reduced across the ranks, so every rank holds identical centres.
+    Without dropout this equals one process training on the same global batches up to float rounding
+    (dropout masks are drawn per rank)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tagood import distributed
+
     dev = torch.device(device)
+    w = distributed.init(device) if distributed.world().distributed else distributed.world()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = Projector(tokens.dim, num_classes, num_positions, cfg.dim, cfg.depth, cfg.heads, cfg.mlp, cfg.dropout).to(dev)
@@ -132,34 +175,71 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     y_all = np.asarray(labels, dtype=np.int64)
     n = len(y_all)
     steps_per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr)
+    net: torch.nn.Module = model
+    reduce = None
+    if w.distributed:
+        import torch.distributed as dist
+
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None)
+
+        def reduce(t: torch.Tensor) -> None:
+            dist.all_reduce(t)
+
     history: list[dict[str, float]] = []
-    with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress, unit="samples") as advance:
-        for epoch in range(cfg.epochs):
-            model.train()
-            order = torch.randperm(n, generator=gen).numpy()
-            tot, correct, seen = 0.0, 0, 0
-            for s in range(steps_per_epoch):
-                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                x, pos, mask = _batch(tokens, idx, dev)
-                y = torch.as_tensor(y_all[idx], device=dev)
-                feats, logits = model(x, pos, mask)  # the one forward pass of this step
-                loss = cfg.ce_weight * F.cross_entropy(logits, y)
-                if cfg.mse_weight:
-                    loss = loss + cfg.mse_weight * F.mse_loss(feats, centres[y])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    ema_update(centres, feats.detach(), y, cfg.momentum)
-                tot += float(loss.detach()) * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(idx)
-                advance(len(idx), epoch=f"{epoch + 1}/{cfg.epochs}", loss=tot / seen)
-            history.append({"epoch": epoch + 1, "loss": tot / seen, "train_acc": correct / seen, "lr": float(opt.param_groups[0]["lr"])})
-            log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot / seen, correct / seen)
+
+    def share(idx: np.ndarray) -> np.ndarray:
+        a, b = distributed.split_range(len(idx), w.size, w.rank)
+        return idx[a:b]
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagood-batches")
+    try:
+        with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
+            for epoch in range(cfg.epochs):
+                model.train()
+                order = torch.randperm(n, generator=gen).numpy()
+                steps = [order[s * cfg.batch_size : (s + 1) * cfg.batch_size] for s in range(steps_per_epoch)]
+                tot = torch.zeros((), dtype=torch.float64, device=dev)
+                correct = torch.zeros((), dtype=torch.int64, device=dev)
+                seen = 0
+                nxt = pool.submit(_host_batch, tokens, share(steps[0]), cuda)
+                for s, gidx in enumerate(steps):
+                    idx = share(gidx)
+                    host = nxt.result()
+                    if s + 1 < len(steps):  # gather the next batch while this step computes
+                        nxt = pool.submit(_host_batch, tokens, share(steps[s + 1]), cuda)
+                    x, pos, mask = _device_batch(host, dev)
+                    y = torch.as_tensor(y_all[idx]).to(dev, non_blocking=True)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                        feats, logits = net(x, pos, mask)  # the one forward pass of this step
+                        loss = cfg.ce_weight * F.cross_entropy(logits.float(), y)
+                        if cfg.mse_weight:
+                            loss = loss + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
+                    # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the batch
+                    step_loss = loss * (len(idx) * w.size / len(gidx)) if w.distributed else loss
+                    opt.zero_grad(set_to_none=True)
+                    step_loss.backward()
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        ema_update(centres, feats.detach().float(), y, cfg.momentum, reduce)
+                        tot += loss.detach().double() * len(idx)
+                        correct += (logits.argmax(1) == y).sum()
+                    seen += len(idx)
+                    last = s + 1 == len(steps)
+                    info = {"loss": float(tot) / seen} if not cuda or last else {}  # a host sync: once an epoch on CUDA
+                    advance(len(gidx), epoch=f"{epoch + 1}/{cfg.epochs}", **info)
+                stats = torch.stack([tot, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=dev)])
+                if reduce is not None:
+                    reduce(stats)
+                tot_v, correct_v, seen_v = (float(v) for v in stats.cpu())
+                history.append({"epoch": epoch + 1, "loss": tot_v / seen_v, "train_acc": correct_v / seen_v,
+                                "lr": float(opt.param_groups[0]["lr"])})
+                log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot_v / seen_v, correct_v / seen_v)
+    finally:
+        pool.shutdown(wait=True)
     if history:
         log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"], history[-1]["train_acc"])
     return model.eval(), centres, history
