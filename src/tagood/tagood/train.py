@@ -10,6 +10,7 @@ seeded.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -18,10 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from tagood.progress import progress_bar
+from tagood.threads import torch_threads
 from tagood.tagood.projector import Projector
 from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
+
+
+#: On a CPU, a training step at most this large (batch x width x MLP width) runs on one thread: its operators
+#: are too small to gain from splitting, and every split operator waits at a barrier for its slowest thread,
+#: which on a shared machine is one that lost its core. Measured on 2 cores (``benchmarks/contention.py``,
+#: the quick demo's ``ce+cs``, ``small`` preset: 64 x 128 x 512): 22.2 s on one thread vs 29.2 s on two alone,
+#: 112.7 s vs 165.5 s beside two 2-thread processes. The ``paper`` preset's steps (256 x 512 x 2048) use all.
+SMALL_STEP = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -195,8 +205,9 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
         return idx[a:b]
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagood-batches")
+    small = dev.type == "cpu" and cfg.batch_size * cfg.dim * cfg.mlp <= SMALL_STEP
     try:
-        with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
+        with torch_threads(1) if small else nullcontext(), progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
             for epoch in range(cfg.epochs):
                 model.train()
                 order = torch.randperm(n, generator=gen).numpy()
