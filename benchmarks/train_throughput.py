@@ -16,7 +16,7 @@ memory-mapped back. 1,000 classes (ImageNet's), the ``paper`` preset's projector
 Prints samples/s of both, the projected wall time of the paper preset on ImageNet-1K (1,281,167 images x
 100 epochs) at the real path's rate, and the ratio real / baseline last (target >= 0.8).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py [--device cpu|cuda] [--steps 4] [--n 20000]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py [--device cpu|cuda] [--steps 2] [--n 20000]
 
 On 2 CPU cores a step of the paper's shapes takes seconds, so the default times few steps; ``--device cuda``
 (more ``--steps``) is where the data path matters.
@@ -147,7 +147,7 @@ def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20_000, help="token sets in the memory-mapped store (>= 20,000)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per path")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the paper preset's 256)")
