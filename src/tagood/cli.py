@@ -524,10 +524,12 @@ def extract(
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
     from tagood import data
     from tagood.bench.models import build_backbone
+    from tagood.distributed import local_device
     from tagood.extract import extract_split
 
     _setup_logging(verbose, quiet)
     _check_device(device)
+    device = local_device(device)  # under torchrun: `cuda` is the GPU of this process's local rank
     _check_clip_dir(clip)
     try:
         src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
