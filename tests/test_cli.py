@@ -106,7 +106,7 @@ def test_fit_refuses_unsaveable_method(tmp_path):
     assert r.exit_code == 2 and "cannot be saved" in r.output
 
 
-@pytest.mark.slow  # every method of the quick scenes demo end to end: ~4 min alone on 2 cores, 9.5 min beside the rest of the suite
+@pytest.mark.slow  # every method of the quick scenes demo end to end: 568 s inside the parallel suite on 2 shared cores
 def test_full_quick_demo_all_methods(tmp_path, tagood_home):
     """Every default method of the built-in benchmark, ODIN's input perturbation included (~2 min on 2 cores)."""
     r = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")], terminal_width=200)
