@@ -23,7 +23,7 @@ class SpecError(ValueError):
 
 def _path(spec: Mapping[str, Any], key: str, base: Path) -> Path:
     if key not in spec:
-        raise SpecError(f"split spec {dict(spec)} needs '{key}'")
+        raise SpecError(f"a split of type {spec.get('type')!r} needs '{key}'")
     p = Path(str(spec[key])).expanduser()
     return p if p.is_absolute() else base / p
 
@@ -52,7 +52,7 @@ def build_source(spec: Mapping[str, Any], base_dir: Path, seed: int = 0, name: s
 
         src = imagenet.imagenet_source(_path(spec, "root", base_dir), spec.get("part", "val"))
     else:
-        raise SpecError(f"unknown split type {kind!r} in {dict(spec)}; use folder, list, fashion_mnist, mnist5k, digits, fashion_clutter, scenes or imagenet")
+        raise SpecError(f"split '{name or '?'}': unknown split type {kind!r}; use folder, list, fashion_mnist, mnist5k, digits, fashion_clutter, scenes or imagenet")
     if "classes" in spec:
         src = data.select_classes(src, list(spec["classes"]), relabel=bool(spec.get("relabel", True)))
     if "per_class" in spec:
