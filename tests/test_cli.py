@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from tagood.cli import app
