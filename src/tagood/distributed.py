@@ -14,6 +14,7 @@ for the slowest rank: extraction of an ImageNet-sized part takes hours on one GP
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import logging
 import os
@@ -92,10 +93,23 @@ def init(device: str = "cpu") -> World:
             torch.cuda.set_device(w.local_rank)
         dist.init_process_group(backend=backend, timeout=_timeout())
         _STATE["initialised_here"] = True
+        # leave the group before the interpreter tears down: a gloo group still alive at exit can abort the
+        # process ("terminate called without an active exception") after all its work is done
+        atexit.register(_leave)
         log.info("joined a torch.distributed world: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     if _STATE["cpu_group"] is None:
         _STATE["cpu_group"] = dist.new_group(backend="gloo", timeout=_timeout()) if dist.get_backend() != "gloo" else dist.group.WORLD
     return world()
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a peer already gone: nothing left to release cleanly
+            log.debug("destroy_process_group at exit failed", exc_info=True)
 
 
 def _group() -> Any:

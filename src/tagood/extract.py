@@ -258,12 +258,7 @@ def _extract_local(source: ImageSource, backbone: Backbone, root: Path, split: s
                 return _check_result(reader, source)
         raise
     try:
-        if (d / MANIFEST).exists():
-            try:
-                Manifest.load(d / MANIFEST)
-            except CacheError as e:
-                log.warning("%s; the damaged manifest is kept as %s and the split is extracted again",
-                            str(e).split(";")[0], set_aside_manifest(d).name)
+        _set_aside_damaged(d)
         writer = CacheWriter.open(root, split, key, n_source=n, shard_size=shard_size, shard_mb=shard_mb,
                                   meta={"source": source.name, "class_names": source.class_names, **(meta or {})},
                                   commit_rows=commit_rows, commit_seconds=commit_seconds, lock=lock)
