@@ -43,22 +43,11 @@ import numpy as np
 from tagood.detectors.base import register
 from tagood.types import FeatureSet
 from tagood.vlm.base import normalise
-from tagood.vlm.neglabel import NegLabel
+from tagood.vlm.neglabel import NegLabel, grouped_share
 
 log = logging.getLogger(__name__)
 
 PROXIES = ("sample", "task")
-
-
-def grouped_share(z_ind: np.ndarray, z_neg: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
-    """NegLabel's IND share from logits: ``mean_g sum_i e^{z_i} / (sum_i e^{z_i} + sum_{j in g} e^{z_j})``, (B,) float64."""
-    m = np.maximum(z_ind.max(axis=1), z_neg.max(axis=1) if z_neg.shape[1] else -np.inf)[:, None]
-    si = np.exp(z_ind - m).sum(axis=1)
-    en = np.exp(z_neg - m)
-    acc = np.zeros(len(z_ind))
-    for g in groups:
-        acc += si / (si + en[:, g].sum(axis=1))
-    return acc / max(1, len(groups))
 
 
 def softmax_entropy(z: np.ndarray) -> np.ndarray:

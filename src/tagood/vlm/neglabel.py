@@ -31,16 +31,20 @@ def ind_share(image_embeds: np.ndarray, ind_text: np.ndarray, neg_text: np.ndarr
     groups = groups if groups is not None else [np.arange(len(yn))]
     out = np.empty(len(x), dtype=np.float64)
     for a in range(0, len(x), chunk):
-        zi = x[a : a + chunk] @ yi.T / tau
-        zn = x[a : a + chunk] @ yn.T / tau
-        m = np.maximum(zi.max(axis=1), zn.max(axis=1) if zn.shape[1] else -np.inf)[:, None]
-        si = np.exp(zi - m).sum(axis=1)
-        en = np.exp(zn - m)
-        acc = np.zeros(len(zi))
-        for g in groups:
-            acc += si / (si + en[:, g].sum(axis=1))
-        out[a : a + chunk] = acc / len(groups)
+        xa = x[a : a + chunk]
+        out[a : a + chunk] = grouped_share(xa @ yi.T / tau, xa @ yn.T / tau, groups)
     return out
+
+
+def grouped_share(z_ind: np.ndarray, z_neg: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """NegLabel's IND share from logits: ``mean_g sum_i e^{z_i} / (sum_i e^{z_i} + sum_{j in g} e^{z_j})``, (B,) float64."""
+    m = np.maximum(z_ind.max(axis=1), z_neg.max(axis=1) if z_neg.shape[1] else -np.inf)[:, None]
+    si = np.exp(z_ind - m).sum(axis=1)
+    en = np.exp(z_neg - m)
+    acc = np.zeros(len(z_ind))
+    for g in groups:
+        acc += si / (si + en[:, g].sum(axis=1))
+    return acc / len(groups)
 
 
 def random_groups(n: int, ngroup: int, seed: int = 0) -> list[np.ndarray]:
