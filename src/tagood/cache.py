@@ -976,11 +976,16 @@ class CacheReader:
 #: Fields that grow with tokens or tag vocabulary per image: the ones worth streaming.
 HEAVY_FIELDS: frozenset[str] = frozenset({"tokens", "patch_embeds", "tag_probs", "tag_attention"})
 
+#: Default limit of :func:`heavy_fields` (the ``stream_above_gb`` option of benchmarks and of
+#: ``tagood fit`` / ``score``): a split whose heavy fields would take more than this many GiB as
+#: float32 is streamed shard by shard from the cache (``None``: never stream, ``0``: always).
+STREAM_ABOVE_GB: float = 8.0
 
-def heavy_fields(reader: CacheReader, fields: list[str], max_gb: float | None) -> list[str]:
+
+def heavy_fields(reader: CacheReader, fields: list[str], max_gb: float | None = STREAM_ABOVE_GB) -> list[str]:
     """The fields of ``fields`` to stream: the heavy ones (:data:`HEAVY_FIELDS`) when loading the split
-    as float32 would take more than ``max_gb`` GiB (about twice its fp16 size on disk); ``None``
-    never streams, ``0`` always does."""
+    as float32 would take more than ``max_gb`` GiB (about twice its fp16 size on disk; default
+    :data:`STREAM_ABOVE_GB`); ``None`` never streams, ``0`` always does."""
     if max_gb is None:
         return []
     if 2 * reader.nbytes() <= max_gb * 2**30 and max_gb > 0:
