@@ -1,72 +1,31 @@
 """The ``tagood`` command line (typer). Scores everywhere: higher = more OOD.
 
 Every error of a command exits with status 2 and one message that names the file or option and
-what to do; ``tagood --debug ...`` (or ``TAGOOD_DEBUG=1``) shows the traceback instead.
+what to do; ``tagood --debug ...`` (or ``TAGOOD_DEBUG=1``) shows the traceback instead. Every command is
+wrapped by :func:`tagood.cli_common.cli_command` (its opening: logging, device; its errors).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
 
-_DEBUG = {"on": False}
+from tagood.cli_cache import cache_app
+from tagood.cli_common import cli_command, console, error as _error, fail as _fail, set_debug
+
 log = logging.getLogger("tagood.cli")
-
-
-def _debug() -> bool:
-    return _DEBUG["on"] or os.environ.get("TAGOOD_DEBUG", "").lower() in ("1", "true", "yes", "on")
-
-
-def _user_message(e: BaseException) -> str:
-    """One line for an exception that escaped a command: the message of the errors that describe bad input,
-    the exception type too for anything else."""
-    from tagood.cache import CacheError
-    from tagood.data.source import DataSourceError, ImageDecodeError
-
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
-    if isinstance(e, (CacheError, DataSourceError, ImageDecodeError, ValueError)) or type(e).__name__.endswith(
-            ("LoadError", "CheckpointError", "ConfigError")):
-        return str(e)
-    return f"unexpected error ({type(e).__name__}: {e}); run `tagood --debug ...` for the traceback and report it"
-
-
-class _Group(TyperGroup):
-    """Turns an exception escaping any command into one clear message and exit status 2 (no traceback
-    unless ``--debug``)."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes one message
-            if _debug() or type(e).__module__.split(".")[0] in ("typer", "click"):  # usage errors, typer.Exit
-                raise
-            _error(_user_message(e))
-            raise typer.Exit(2) from None
-
-
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert official checkpoints into tagood's compact format.")
 app.add_typer(convert_app, name="convert")
-from tagood.cli_cache import cache_app  # noqa: E402 - after `app`: the sub-app imports cli's console lazily
-
 app.add_typer(cache_app, name="cache")
-console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @app.callback()
@@ -77,45 +36,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show the full trace
     """OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines)."""
     from tagood.threads import configure
 
-    _DEBUG["on"] = debug
+    set_debug(debug)
     configure(threads)  # before any command imports torch: sets its threads and OpenMP's passive wait policy
-
-
-def _error(msg: str) -> None:
-    console.print(f"[red]{escape(msg)}[/]", soft_wrap=True)
-
-
-def _fail(msg: str) -> None:
-    """Print ``msg`` and exit with status 2."""
-    _error(msg)
-    raise typer.Exit(2)
-
-
-def _check_device(device: str) -> None:
-    """Exit 2 with a clear message unless every device of ``device`` exists here (before any work)."""
-    import torch
-
-    from tagood.backbones.multi import parse_devices
-
-    try:
-        devs = parse_devices(device)
-    except ValueError as e:
-        _fail(f"--device: {e}")
-    for d in devs:
-        try:
-            td = torch.device(d)
-        except (RuntimeError, ValueError):
-            _fail(f"--device {d!r} is not a device; use cpu, cuda, cuda:0, a list cuda:0,cuda:1, cuda:all or mps")
-        if td.type == "cuda":
-            if not torch.cuda.is_available():
-                _fail(f"--device {d}: no CUDA GPU is visible here (torch.cuda.is_available() is False); use --device cpu")
-            if td.index is not None and td.index >= torch.cuda.device_count():
-                _fail(f"--device {d}: only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0 ..)")
-        elif td.type == "mps":
-            if not torch.backends.mps.is_available():
-                _fail(f"--device {d}: the Apple MPS backend is not available here; use --device cpu")
-        elif td.type != "cpu":
-            _fail(f"--device {d}: device type '{td.type}' is not supported; use cpu, cuda[:N] or mps")
 
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt", "model.pth")
@@ -138,22 +60,9 @@ def _check_clip_dir(path: Optional[Path | str]) -> None:
 def _check_detector_dir(d: Path) -> dict:
     """Check a `tagood fit` directory before loading it (:func:`tagood.fitscore.check_detector_dir`: tagood.json
     against its schema with a finite threshold, every .safetensors header); exits 2 naming the file otherwise."""
-    from tagood.fitscore import DetectorFileError, check_detector_dir
+    from tagood.fitscore import check_detector_dir
 
-    try:
-        return check_detector_dir(d)
-    except DetectorFileError as e:
-        _fail(str(e))
-        raise  # unreachable: _fail exits
-
-
-def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    """Rich log lines on a terminal, plain unwrapped lines otherwise (:mod:`tagood.logs`); ``quiet``: warnings only."""
-    from tagood.logs import setup_logging
-
-    if verbose and quiet:
-        _fail("--quiet and --verbose exclude each other; give one of them")
-    setup_logging(quiet=quiet, verbose=verbose)
+    return check_detector_dir(d)  # DetectorFileError is a ValueError: cli_command prints it and exits 2
 
 
 def _methods_opt(methods: Optional[str]) -> list[str] | None:
@@ -172,12 +81,8 @@ def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods:
     from tagood.bench import report
     from tagood.bench.runner import create_detector, run
 
-    try:  # every method spec is checked before any extraction starts
-        for spec in _methods_opt(methods) or cfg.methods:
-            create_detector(spec, cfg)
-    except (KeyError, ValueError) as e:
-        _error(str(e.args[0]) if isinstance(e, KeyError) else str(e))
-        raise typer.Exit(2)
+    for spec in _methods_opt(methods) or cfg.methods:  # every method spec is checked before any extraction starts
+        create_detector(spec, cfg)
     results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=_methods_opt(methods))
     console.print(report.rich_table(results, title=escape(f"{cfg.name}: OOD detection (percent; higher = more OOD scores)")))
     if results["id_accuracy"] is not None:
@@ -224,8 +129,8 @@ _TagsOpt = Annotated[Optional[Path], typer.Option(help=_TAGS_HELP)]
 _ThresholdsOpt = Annotated[Optional[Path], typer.Option(help=_THRESHOLDS_HELP)]
 _ClipOpt = Annotated[Optional[Path], typer.Option(help=_CLIP_HELP)]
 _VocabOpt = Annotated[Optional[Path], typer.Option(help=_VOCAB_HELP)]
-_DEVICE_HELP = ("torch device: cpu, cuda:0; for extraction also a list, cuda:0,cuda:1 or cuda:all (one model "
-                "replica per device, batches split between them; the rest runs on the first)")
+_DEVICE_HELP = ("torch device: cpu, cuda, cuda:0 or mps. Several GPUs or nodes: launch one process per GPU with "
+                "torchrun and give --device cuda (each rank drives cuda:LOCAL_RANK)")
 _STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by shard when loading them as float32 would "
                 "exceed this many GiB (default 8; 0 = always; -1 = never).")
 
@@ -236,21 +141,12 @@ def _stream_limit(v: Optional[float]) -> Optional[float]:
     return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)
 
 
-def _load_errors() -> tuple[type[BaseException], ...]:
-    """Errors of bad user input in `tagood fit` / `tagood score` (exit code 2 with the message)."""
-    from tagood.backbones.clip import CLIPLoadError
-    from tagood.backbones.ram_convert import RAMCheckpointError
-
-    from tagood.data import DataSourceError
-
-    return ValueError, FileNotFoundError, DataSourceError, RAMCheckpointError, CLIPLoadError
-
-
 _STREAM_RATIO_HELP = ("Test-time methods (adaneg): IND:OOD ratio of their seeded test stream (IND count / OOD count; "
                       "the larger side is subsampled). Default: every IND test and OOD image.")
 
 
 @app.command()
+@cli_command()
 def demo(
     benchmark: str = typer.Option("scenes", help="Built-in benchmark: scenes (default), fashion or fashion-clutter."),
     quick: bool = typer.Option(False, "--quick", help="A smaller subset (for CI)."),
@@ -272,8 +168,6 @@ def demo(
     """Run the embedded-default benchmark offline on real weights and real images, print the table, write the results."""
     from tagood.bench.config import TAGOOD_SWEEP, builtin
 
-    _setup_logging(verbose, quiet)
-    _check_device(device)
     if backbone not in ("efficientnet-lite0", "efficientnet-lite2"):
         _fail(f"--backbone {backbone!r}: tagood demo runs on the built-in taggers efficientnet-lite0 or efficientnet-lite2 "
               "(RAM / CLIP: `tagood bench`)")
@@ -300,6 +194,7 @@ def _set_stream_ratio(cfg: Any, ratio: Optional[float]) -> None:
 
 
 @app.command()
+@cli_command()
 def bench(
     config: Optional[str] = typer.Argument(None, help="A TOML benchmark config, or 'imagenet' (needs --root and a tagger). "
                                                       "Every key: `tagood bench --example-config` and the README's "
@@ -344,30 +239,24 @@ def bench(
     if config is None:
         _fail("tagood bench needs CONFIG: a TOML file (`tagood bench --example-config > bench.toml` prints one to "
               "start from) or 'imagenet'")
-    _setup_logging(verbose, quiet)
-    _check_device(device)
     _check_clip_dir(clip)
-    try:
-        if config == "imagenet":
-            if root is None:
-                raise ConfigError("`tagood bench imagenet` needs --root (see README 'Reproduce the TagOOD paper')")
-            if tagger == "ram":
-                if checkpoint is None:
-                    raise ConfigError("--tagger ram needs --checkpoint (and --tags unless it is a converted folder)")
-                spec = {"name": "ram", "checkpoint": str(checkpoint), **({"tag_list": str(tags)} if tags else {}),
-                        **({"thresholds": str(thresholds)} if thresholds else {})}
-            elif tagger == "clip":
-                if clip is None:
-                    raise ConfigError("--tagger clip needs --clip DIR (a Hugging Face CLIP directory)")
-                spec = {"name": "clip", "path": str(clip)}
-            else:
-                raise ConfigError("--tagger must be ram or clip")
-            cfg = imagenet(root, spec, train_per_class, clip=clip)
+    if config == "imagenet":
+        if root is None:
+            raise ConfigError("`tagood bench imagenet` needs --root (see README 'Reproduce the TagOOD paper')")
+        if tagger == "ram":
+            if checkpoint is None:
+                raise ConfigError("--tagger ram needs --checkpoint (and --tags unless it is a converted folder)")
+            spec = {"name": "ram", "checkpoint": str(checkpoint), **({"tag_list": str(tags)} if tags else {}),
+                    **({"thresholds": str(thresholds)} if thresholds else {})}
+        elif tagger == "clip":
+            if clip is None:
+                raise ConfigError("--tagger clip needs --clip DIR (a Hugging Face CLIP directory)")
+            spec = {"name": "clip", "path": str(clip)}
         else:
-            cfg = load_config(config)
-    except ConfigError as e:
-        _error(str(e))
-        raise typer.Exit(2)
+            raise ConfigError("--tagger must be ram or clip")
+        cfg = imagenet(root, spec, train_per_class, clip=clip)
+    else:
+        cfg = load_config(config)
     if stream_above_gb is not None:
         cfg.options["stream_above_gb"] = stream_above_gb
     _set_stream_ratio(cfg, stream_ratio)
@@ -429,6 +318,7 @@ def _compare(per: dict, pair: str, n_boot: int, level: float, seed: int, ind: st
 
 
 @app.command("metrics")
+@cli_command()
 def metrics_cmd(
     scores: Path = typer.Argument(..., help="A run directory (holding scores.npz) or a scores .npz file."),
     out: Optional[Path] = typer.Option(None, help="Write results.json / .md / .csv here."),
@@ -447,25 +337,21 @@ def metrics_cmd(
     from tagood.bench import report
     from tagood.bench.scores import load_scores, rows_from_scores
 
-    try:
-        per, _ = load_scores(scores)
-        if compare:
-            _compare(per, compare, bootstrap or 1000, level, seed, ind, out)
-            return
-        keep = _methods_opt(methods)
-        if keep:
-            unknown = sorted(set(keep) - set(per))
-            if unknown:
-                raise ValueError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
-            per = {m: per[m] for m in keep}
-        results = _rebuild_results(scores, per, ind)
-        if bootstrap:
-            from tagood.bench.intervals import add_intervals
+    per, _ = load_scores(scores)
+    if compare:
+        _compare(per, compare, bootstrap or 1000, level, seed, ind, out)
+        return
+    keep = _methods_opt(methods)
+    if keep:
+        unknown = sorted(set(keep) - set(per))
+        if unknown:
+            raise ValueError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
+        per = {m: per[m] for m in keep}
+    results = _rebuild_results(scores, per, ind)
+    if bootstrap:
+        from tagood.bench.intervals import add_intervals
 
-            add_intervals(results, per, bootstrap, level, seed, ind)
-    except (ValueError, FileNotFoundError) as e:
-        _error(str(e))
-        raise typer.Exit(2)
+        add_intervals(results, per, bootstrap, level, seed, ind)
     console.print(report.rich_table(results, title=escape(f"{scores}: OOD detection (percent)")))
     if out is not None:
         report.write_all(results, out, title=str(scores))
@@ -475,6 +361,7 @@ def metrics_cmd(
 
 
 @app.command("methods")
+@cli_command()
 def list_methods() -> None:
     """List the registered detectors and the inputs each needs."""
     from rich.table import Table
@@ -499,6 +386,7 @@ def _description(doc: Optional[str]) -> str:
 
 
 @app.command()
+@cli_command()
 def extract(
     root: Path = typer.Argument(..., help="Image folder (class subfolders) or, with --list, the root of the list's paths."),
     list_file: Optional[Path] = typer.Option(None, "--list", help="List file of 'path \\[label]' lines relative to ROOT."),
@@ -524,24 +412,12 @@ def extract(
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
     from tagood import data
     from tagood.bench.models import build_backbone
-    from tagood.distributed import local_device
     from tagood.extract import extract_split
 
-    _setup_logging(verbose, quiet)
-    _check_device(device)
-    device = local_device(device)  # under torchrun: `cuda` is the GPU of this process's local rank
     _check_clip_dir(clip)
-    try:
-        src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
-    except data.DataSourceError as e:
-        _error(str(e))
-        raise typer.Exit(2)
+    src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
     spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
-    try:
-        bb = build_backbone(spec, device=device)
-    except _load_errors() as e:
-        _error(str(e))
-        raise typer.Exit(2)
+    bb = build_backbone(spec, device=device)
     from tagood.fitscore import backbone_spec
 
     field_list = fields.split(",") if fields else None
@@ -555,6 +431,7 @@ def extract(
 
 
 @convert_app.command("ram")
+@cli_command()
 def convert_ram_cmd(
     checkpoint: Path = typer.Argument(..., help="Official RAM / RAM++ checkpoint (.pth, {'model': state_dict})."),
     out: Path = typer.Option(..., help="Output directory: model.safetensors + config.json + tags.txt (+ thresholds.txt)."),
@@ -568,18 +445,14 @@ def convert_ram_cmd(
     """Keep only the tagger's weights of an official RAM checkpoint (drops the text encoder/decoder)."""
     from tagood.backbones.ram import RAMCheckpointError, convert_ram
 
-    _setup_logging(verbose, quiet)
-    try:
-        d = convert_ram(checkpoint, out, tags, thresholds, fp16=fp16)
-    except (RAMCheckpointError, FileNotFoundError, ValueError) as e:
-        _error(str(e))
-        raise typer.Exit(2)
+    d = convert_ram(checkpoint, out, tags, thresholds, fp16=fp16)
     size_in = checkpoint.stat().st_size
     size_out = sum(f.stat().st_size for f in Path(d).iterdir())
     console.print(escape(f"wrote {d}: {size_out / 2**20:.1f} MiB (from {size_in / 2**20:.1f} MiB); load it with backbone name 'ram', checkpoint = {d}"))
 
 
 @app.command()
+@cli_command(bad_input=(RuntimeError,))
 def selftest(
     kind: str = typer.Argument(..., help="ram, clip or efficientnet."),
     checkpoint: Optional[Path] = typer.Option(None, help="ram: official .pth or a `tagood convert ram` folder; clip: a Hugging Face CLIP directory."),
@@ -596,30 +469,24 @@ def selftest(
 
     from tagood.backbones import selftest as st
 
-    _setup_logging(verbose, quiet)
-    _check_device(device)
-    try:
-        if kind == "ram":
-            from tagood.backbones.ram import load_ram
+    if kind == "ram":
+        from tagood.backbones.ram import load_ram
 
-            if checkpoint is None:
-                raise ValueError("selftest ram needs --checkpoint (and --tags unless it is a converted folder)")
-            checks = st.selftest_tagger(load_ram(checkpoint, tags, thresholds, device=device))
-        elif kind == "clip":
-            from tagood.backbones.clip import load_clip
+        if checkpoint is None:
+            raise ValueError("selftest ram needs --checkpoint (and --tags unless it is a converted folder)")
+        checks = st.selftest_tagger(load_ram(checkpoint, tags, thresholds, device=device))
+    elif kind == "clip":
+        from tagood.backbones.clip import load_clip
 
-            if checkpoint is None:
-                raise ValueError("selftest clip needs --checkpoint DIR (a Hugging Face CLIP directory or an open_clip file)")
-            checks = st.selftest_dual_encoder(load_clip(checkpoint, arch=arch, device=device))
-        elif kind == "efficientnet":
-            from tagood.backbones.efficientnet import EfficientNetLite0
+        if checkpoint is None:
+            raise ValueError("selftest clip needs --checkpoint DIR (a Hugging Face CLIP directory or an open_clip file)")
+        checks = st.selftest_dual_encoder(load_clip(checkpoint, arch=arch, device=device))
+    elif kind == "efficientnet":
+        from tagood.backbones.efficientnet import EfficientNetLite0
 
-            checks = st.selftest_tagger(EfficientNetLite0(device=device))
-        else:
-            raise ValueError("selftest KIND must be ram, clip or efficientnet")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        _error(str(e))
-        raise typer.Exit(2)
+        checks = st.selftest_tagger(EfficientNetLite0(device=device))
+    else:
+        raise ValueError("selftest KIND must be ram, clip or efficientnet")
     t = Table(title=f"self-test: {kind}")
     for col in ("check", "result", "detail"):
         t.add_column(col)
@@ -632,6 +499,7 @@ def selftest(
 
 
 @app.command()
+@cli_command()
 def fit(
     folder: Path = typer.Argument(..., help="IND training images, one sub-folder per class."),
     out: Path = typer.Option(..., help="Directory to save the fitted detector in."),
@@ -653,15 +521,9 @@ def fit(
     """Fit TagOOD (or KR-NFT) on a labelled image folder and save it (with a 95%-TPR threshold from held-out IND images)."""
     from tagood.fitscore import fit_folder
 
-    _setup_logging(verbose, quiet)
-    _check_device(device)
     _check_clip_dir(clip)
     spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
-    try:
-        meta = fit_folder(folder, out, method, spec, cache, device, seed, stream_above_gb=_stream_limit(stream_above_gb))
-    except _load_errors() as e:
-        _error(str(e))
-        raise typer.Exit(2)
+    meta = fit_folder(folder, out, method, spec, cache, device, seed, stream_above_gb=_stream_limit(stream_above_gb))
     tpr = meta.get("heldout_tpr")
     console.print(escape(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
                          f"threshold {meta['threshold']:.4f}")
@@ -673,6 +535,7 @@ def fit(
 
 
 @app.command()
+@cli_command()
 def score(
     detector: Path = typer.Argument(..., help="A directory written by `tagood fit`."),
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders to score."),
@@ -694,17 +557,11 @@ def score(
 
     from tagood.fitscore import score_images
 
-    _setup_logging(verbose, quiet)
-    _check_device(device)
     saved_spec = _check_detector_dir(detector)["backbone"].get("spec") or {}
     _check_clip_dir(clip if clip is not None else (saved_spec.get("path") if isinstance(saved_spec, dict) else None))
-    try:
-        rows, failed = score_images(detector, list(inputs), out, cache, device,
-                                    backbone=_backbone_files(checkpoint, tags, thresholds, clip, vocabulary),
-                                    stream_above_gb=_stream_limit(stream_above_gb))
-    except _load_errors() as e:
-        _error(str(e))
-        raise typer.Exit(2)
+    rows, failed = score_images(detector, list(inputs), out, cache, device,
+                                backbone=_backbone_files(checkpoint, tags, thresholds, clip, vocabulary),
+                                stream_above_gb=_stream_limit(stream_above_gb))
     bad = [r["path"] for r in rows if not math.isfinite(r["score"])]
     if bad:
         _fail(f"the detector in {detector} gave non-finite scores for {len(bad)} of {len(rows)} images (e.g. {bad[0]}); "

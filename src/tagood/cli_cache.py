@@ -19,9 +19,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tagood.cli_common import cli_command, console, fail
+
 cache_app = typer.Typer(no_args_is_help=True, help="Manage the feature cache: list, remove and verify entries.")
 
 _CacheOpt = typer.Option(None, "--cache", help="Feature cache directory (default $TAGOOD_CACHE or $TAGOOD_HOME/features).")
+_VerboseOpt = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines.")
+_QuietOpt = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars.")
 
 
 def _root(cache: Optional[Path]) -> Path:
@@ -51,10 +55,10 @@ def _size(n: int) -> str:
 
 
 @cache_app.command("ls")
-def ls_cmd(cache: Optional[Path] = _CacheOpt) -> None:
+@cli_command()
+def ls_cmd(cache: Optional[Path] = _CacheOpt, verbose: bool = _VerboseOpt, quiet: bool = _QuietOpt) -> None:
     """List the cache entries: split, samples stored / source, failed images, size on disk, state."""
     from tagood.cache import list_entries
-    from tagood.cli import console
 
     root = _root(cache)
     entries = list_entries(root)
@@ -75,34 +79,38 @@ def ls_cmd(cache: Optional[Path] = _CacheOpt) -> None:
 
 
 @cache_app.command("rm")
+@cli_command()
 def rm_cmd(
     entries: list[str] = typer.Argument(None, help="Entries to delete (directory names from `tagood cache ls`, or paths)."),
     all_: bool = typer.Option(False, "--all", help="Delete every entry under the cache root."),
     cache: Optional[Path] = _CacheOpt,
+    verbose: bool = _VerboseOpt,
+    quiet: bool = _QuietOpt,
 ) -> None:
     """Delete cache entries (each under its write lock: an entry being extracted is refused, not deleted)."""
     from tagood.cache import remove_entry
-    from tagood.cli import _fail, console
 
     root = _root(cache)
     if not entries and not all_:
-        _fail("name the entries to delete (see `tagood cache ls`), or pass --all")
+        fail("name the entries to delete (see `tagood cache ls`), or pass --all")
     for d in _entries(root, list(entries or [])):
         remove_entry(d, lock_timeout=0)
         console.print(f"removed {escape(str(d))}")
 
 
 @cache_app.command("verify")
+@cli_command()
 def verify_cmd(
     entries: list[str] = typer.Argument(None, help="Entries to verify (default: all under the cache root)."),
     repair: bool = typer.Option(False, "--repair", help="Re-extract the damaged shards (entries written by `tagood extract`); "
                                                         "set a damaged manifest aside so the entry is extracted again."),
     device: str = typer.Option("cpu", help="Device for --repair's re-extraction."),
     cache: Optional[Path] = _CacheOpt,
+    verbose: bool = _VerboseOpt,
+    quiet: bool = _QuietOpt,
 ) -> None:
     """Check every shard of the entries against the SHA-256 in their manifest (exit 1 if damage is left)."""
     from tagood.cache import MANIFEST, CacheError, CacheReader, EntryLock, set_aside_manifest
-    from tagood.cli import console
 
     root = _root(cache)
     todo = _entries(root, list(entries or []))
@@ -134,7 +142,7 @@ def verify_cmd(
         if not repair:
             left += 1
             continue
-        if not _repair_now(d, reader, device):
+        if not _repair_now(d, reader, device, progress=not quiet):
             console.print(f"  [yellow]{len(problems)} damaged shard(s) are re-extracted by the next run that uses this entry "
                           "(this entry was not written by `tagood extract`, so its source is not recorded)[/]")
             left += 1
@@ -143,11 +151,10 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-def _repair_now(d: Path, reader, device: str) -> bool:
+def _repair_now(d: Path, reader, device: str, progress: bool = True) -> bool:
     """Re-extract the damaged shards of an entry that records its recipe (written by `tagood extract`)."""
     from tagood import data
     from tagood.bench.models import build_backbone
-    from tagood.cli import console
     from tagood.extract import extract_split
 
     recipe = reader.manifest.meta.get("recipe")
@@ -156,7 +163,7 @@ def _repair_now(d: Path, reader, device: str) -> bool:
     src = data.ListFileSource(recipe["list"], recipe["root"]) if recipe.get("list") else data.FolderSource(recipe["root"])
     bb = build_backbone(recipe["backbone"], device=device)
     fixed = extract_split(src, bb, d.parent, split=recipe["split"], fields=recipe.get("fields"),
-                          batch_size=int(recipe.get("batch_size", 64)), progress=False)
+                          batch_size=int(recipe.get("batch_size", 64)), progress=progress)
     if fixed.dir != d:
         console.print(f"  [yellow]the source or backbone of {escape(d.name)} changed since it was extracted; a new entry "
                       f"{escape(fixed.dir.name)} was written instead (remove the old one with `tagood cache rm`)[/]")
