@@ -20,10 +20,9 @@ from tagood.backbones.clip import (
     ClipTransform,
     DualEncoder,
     load_clip,
-    load_clip_tagger,
     load_open_clip,
 )
-from tagood.backbones.clip_tagger import CLIPDenseTagger
+from tagood.backbones.clip_tagger import CLIPDenseTagger, load_clip_tagger
 from tagood.types import Backbone
 
 torch.set_num_threads(1)

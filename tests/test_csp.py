@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import tagood.detectors as detectors
 from tagood.types import Context, FeatureSet
 from tagood.vlm.csp import CSP_EXCLUDED_LEXFILES, CSP_SUPERCLASSES, conjugated_labels, csp_pool
-from tagood.vlm.negmining import mine_fraction, neg_distance
 from tagood.vlm.neglabel import ind_share
+from tagood.vlm.negmining import mine_fraction, neg_distance
 from tagood.vlm.wordnet import WordNetError, read_data_lexfiles, wordnet_words, wordnet_words_by_lexfile
 
 E = 24
@@ -47,7 +47,7 @@ class MiniLMDual:
     logit_scale = 100.0
 
     def __init__(self) -> None:
-        from tagood.vlm.minilm import shared_minilm
+        from tagood.backbones.minilm import shared_minilm
 
         self.enc = shared_minilm()
         self.embed_dim = self.enc.embed_dim

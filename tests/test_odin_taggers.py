@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_clip, write_tiny_ram
 
 import tagood.detectors as detectors
-from tagood.backbones.clip import load_clip, load_clip_tagger
+from tagood.backbones.clip import load_clip
+from tagood.backbones.clip_tagger import load_clip_tagger
 from tagood.backbones.ram import IMAGENET_STD, load_ram
 from tagood.types import Context, FeatureSet
 

@@ -35,7 +35,7 @@ def test_real_efficientnet_weights_pass_every_check(backbone):
 
 def test_offline_dual_encoder_passes_zero_shot(backbone):
     pytest.importorskip("transformers")
-    from tagood.vlm.offline import OfflineDualEncoder
+    from tagood.backbones.offline import OfflineDualEncoder
 
     checks = _by_name(selftest_dual_encoder(OfflineDualEncoder(backbone)))
     assert all(c.passed for c in checks.values()), checks

@@ -1,5 +1,5 @@
 """Every vision-language detector end to end on a tiny random CLIP saved to disk and loaded through
-``tagood.vlm.build_dual_encoder`` (Hugging Face layout), on real image files decoded from an ArraySource."""
+``tagood.backbones.factory.build_dual_encoder`` (Hugging Face layout), on real image files decoded from an ArraySource."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_clip
 
 import tagood.detectors as detectors
+from tagood.backbones.dual_encoder import DualEncoder, EncoderAdapter
+from tagood.backbones.factory import build_dual_encoder
 from tagood.data.arrays import ArraySource
 from tagood.types import Context, FeatureSet
-from tagood.vlm import build_dual_encoder
-from tagood.vlm.protocol import DualEncoder, EncoderAdapter
 
 torch.set_num_threads(1)
 NAMES = ["dog", "cat", "car"]

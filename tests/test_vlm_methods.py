@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tagood.detectors as detectors
+from tagood.backbones.dual_encoder import DualEncoder
 from tagood.metrics import ood_metrics
 from tagood.types import Context, FeatureSet, TokenSet
 from tagood.vlm.krnft import KRNFT
-from tagood.vlm.negmining import mine_negatives, neg_distance
 from tagood.vlm.neglabel import ind_share, random_groups
+from tagood.vlm.negmining import mine_negatives, neg_distance
 from tagood.vlm.nft import NFT, nft_cosine, per_image_cosines
-from tagood.vlm.protocol import DualEncoder
 from tagood.vlm.wordnet import WordNetError, read_index, read_word_list, wordnet_words
 
 torch.set_num_threads(1)
@@ -342,7 +342,7 @@ def test_wordnet_and_word_list_errors(tmp_path: Path) -> None:
 
 
 def test_named_template_lists_in_method_specs() -> None:
-    from tagood.vlm.prompts import CLIP_ENSEMBLE_7, DEFAULT_TEMPLATE
+    from tagood.backbones.prompts import CLIP_ENSEMBLE_7, DEFAULT_TEMPLATE
 
     assert detectors.create("mcm[templates=clip7]").templates == list(CLIP_ENSEMBLE_7)
     assert detectors.create("mcm").templates == [DEFAULT_TEMPLATE]

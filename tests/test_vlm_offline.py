@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import tagood.detectors as detectors
+from tagood.backbones.dual_encoder import DualEncoder
+from tagood.backbones.prompts import encode_prompts
 from tagood.types import Context, FeatureSet
-from tagood.vlm.prompts import encode_prompts
-from tagood.vlm.protocol import DualEncoder
 
 torch.set_num_threads(1)
 FM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not (FM_DIR / "t10k-images-idx3-ubyte.gz").exist
 
 @pytest.fixture(scope="module")
 def offline(backbone, tagood_home):
-    from tagood.vlm.offline import OfflineDualEncoder
+    from tagood.backbones.offline import OfflineDualEncoder
 
     return OfflineDualEncoder(backbone=backbone)
 
@@ -36,7 +36,7 @@ def fm_test(backbone):
 
 
 def test_protocol_and_cached_bridge(offline, tagood_home) -> None:
-    from tagood.vlm.offline import OfflineDualEncoder
+    from tagood.backbones.offline import OfflineDualEncoder
 
     assert isinstance(offline, DualEncoder)
     assert offline.cache_path().is_file() and str(offline.cache_path()).startswith(str(tagood_home))
@@ -50,7 +50,7 @@ def test_protocol_and_cached_bridge(offline, tagood_home) -> None:
 def test_zero_shot_accuracy_above_chance(offline, fm_test) -> None:
     """Measured on these 600 IND test images (chance 1/6 = 16.7%): posterior bridge with the single prompt
     25.0%, with CLIP's 7-template ensemble 33.8%; ridge bridge 17.2% (single prompt)."""
-    from tagood.vlm.prompts import CLIP_ENSEMBLE_7
+    from tagood.backbones.prompts import CLIP_ENSEMBLE_7
 
     src, idx, x, y, out = fm_test
     img = offline.embed_features(out.features, out.logits)

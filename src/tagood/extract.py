@@ -39,21 +39,15 @@ from tagood.cache import (
     file_stat,
     set_aside_manifest,
 )
+from tagood.backbones.home import default_cache_root  # noqa: F401  (cli_cache imports it from here)
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
 from tagood.distributed import World, all_gather, barrier, broadcast, init, split_range, world
+from tagood.fileio import atomic_copy
 from tagood.progress import progress_bar
 from tagood.threads import decode_workers
 from tagood.types import Backbone, ModelOutput
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_root() -> Path:
-    """``$TAGOOD_CACHE`` or ``$TAGOOD_HOME/features`` or ``~/.cache/tagood/features``."""
-    if os.environ.get("TAGOOD_CACHE"):
-        return Path(os.environ["TAGOOD_CACHE"])
-    home = Path(os.environ.get("TAGOOD_HOME", Path.home() / ".cache" / "tagood"))
-    return home / "features"
 
 
 def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None, list[int] | None]:
@@ -215,15 +209,14 @@ def extract_split(
     (``shard_size``: exactly that many samples each), so a kill loses at most one such shard.
     A second process extracting the same entry waits for the first (``lock_timeout`` seconds,
     ``None`` = as long as it takes) and then finds it done. ``max_batches`` stops early without
-    marking the entry complete (used to test resumption). ``batch_size`` is per device when
-    ``backbone`` holds replicas on a device list (:mod:`tagood.backbones.multi`). Raises
+    marking the entry complete (used to test resumption). Several GPUs: one process per GPU under
+    ``torchrun`` (:mod:`tagood.distributed`), each extracting its own part. Raises
     :class:`~tagood.data.source.DataSourceError` when every image fails to decode or a labelled
     class loses all its images.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fields = list(fields or backbone.outputs)
-    batch_size *= getattr(backbone, "n_devices", 1)  # replicas on a device list each get batch_size images
     if "tag_attention" in fields and "tag_ids" not in fields:
         fields.append("tag_ids")
     root = Path(cache_root) if cache_root is not None else default_cache_root()
@@ -301,9 +294,7 @@ def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:  # a file system without hard links
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        atomic_copy(src, dst)
 
 
 def _part_ranges(n: int, start: int, size: int, shard: int) -> list[tuple[int, int]]:

@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 
 from tagood.backbones.weights_hash import state_hash
+from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
 from tagood.types import DualEncoder
 
 __all__ = ["CLIPDualEncoder", "CLIPLoadError", "ClipTransform", "DualEncoder", "OpenCLIPDualEncoder", "load_clip",
-           "load_clip_tagger", "load_open_clip"]
+           "load_open_clip"]
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,9 @@ def vit_block_norm(h: torch.Tensor) -> torch.Tensor:
     return torch.relu(h[:, 1:]).norm(dim=1).mean(dim=1).float()
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm, float32."""
+    return l2_normalize(x, dtype=np.float32)
 
 
 def _as_tensor(batch: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -264,7 +264,7 @@ class CLIPDualEncoder(_EncoderIdentity):
                 h = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
                 out.append(self.model.text_projection(h).float().cpu().numpy())
                 advance(len(ids))
-        return l2_normalize(np.concatenate(out))
+        return _unit(np.concatenate(out))
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
         """One embedding per name: each template filled with the name (``{}`` placeholder), encoded
@@ -274,7 +274,7 @@ class CLIPDualEncoder(_EncoderIdentity):
             raise ValueError(f"every prompt template needs a '{{}}' placeholder, got {templates}")
         texts = [t.format(n) for n in names for t in templates]
         e = self.encode_texts(texts).reshape(len(names), len(templates), -1)
-        return l2_normalize(e.mean(axis=1))
+        return _unit(e.mean(axis=1))
 
     # -- images ----------------------------------------------------------------------------------
     def _last_hidden(self, x: torch.Tensor, norms: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +341,7 @@ class CLIPDualEncoder(_EncoderIdentity):
                 if want_patches:
                     src = self._value_path(h) if dense == "value" else out
                     patches.append(self._project(src[:, 1:]).float().cpu().numpy())
-        img = l2_normalize(np.concatenate(imgs)) if imgs else np.zeros((0, self.embed_dim), np.float32)
+        img = _unit(np.concatenate(imgs)) if imgs else np.zeros((0, self.embed_dim), np.float32)
         pt = (np.concatenate(patches) if patches else np.zeros((0, self.n_patches, self.embed_dim), np.float32)) if want_patches else None
         return img, pt
 
@@ -364,7 +364,7 @@ class CLIPDualEncoder(_EncoderIdentity):
             raise ValueError(f"dense must be 'value' or 'tokens', got {dense!r}")
         pt = self._embed(batch, True, dense)[1]
         assert pt is not None
-        return l2_normalize(pt) if normalize else pt
+        return _unit(pt) if normalize else pt
 
     def encode_images_and_patches(self, batch: Any, dense: str = "value") -> tuple[np.ndarray, np.ndarray]:
         """One forward: (B,E) normalised image embeddings and (B,P,E) projected patch tokens."""
@@ -415,11 +415,11 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         with torch.inference_mode():
             for a in range(0, len(texts), self.batch_size * 4):
                 out.append(self.model.encode_text(self.tokenizer(texts[a : a + self.batch_size * 4]).to(self.device)).float().cpu().numpy())
-        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+        return _unit(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
         texts = [t.format(n) for n in names for t in templates]
-        return l2_normalize(self.encode_texts(texts).reshape(len(names), len(templates), -1).mean(axis=1))
+        return _unit(self.encode_texts(texts).reshape(len(names), len(templates), -1).mean(axis=1))
 
     def encode_images(self, batch: Any) -> np.ndarray:
         x_all = _as_tensor(batch, torch.device("cpu"), torch.float32)
@@ -427,7 +427,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         with torch.inference_mode():
             for a in range(0, len(x_all), self.batch_size):
                 out.append(self.model.encode_image(x_all[a : a + self.batch_size].to(self.device)).float().cpu().numpy())
-        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+        return _unit(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def patch_tokens(self, batch: Any, normalize: bool = False) -> np.ndarray:
         visual = self.model.visual
@@ -447,7 +447,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         finally:
             visual.output_tokens = prev
         pt = np.concatenate(out)
-        return l2_normalize(pt) if normalize else pt
+        return _unit(pt) if normalize else pt
 
 
 def load_open_clip(checkpoint: str | Path, arch: str, device: str = "cpu", batch_size: int = 64) -> OpenCLIPDualEncoder:
@@ -486,30 +486,3 @@ def load_clip(path: str | Path, arch: str | None = None, device: str = "cpu", ba
             "a Hugging Face CLIP model is a directory with config.json"
         )
     return load_open_clip(p, arch, device=device, batch_size=batch_size)
-
-
-def load_clip_tagger(path: str | Path, vocabulary: Sequence[str] | str | Path | None = None,
-                     templates: Sequence[str] = (DEFAULT_TEMPLATE,), arch: str | None = None, device: str = "cpu",
-                     batch_size: int = 64, top_k_tags: int = 10, dense: str = "value") -> Any:
-    """A :class:`tagood.backbones.clip_tagger.CLIPDenseTagger` over ``vocabulary``: a list of tag
-    names, a text file with one tag per line, or ``None`` for the 1000 ImageNet-1K class names
-    (packaged). Needs a Hugging Face CLIP directory (dense tokens use its vision tower)."""
-    from tagood.backbones.clip_tagger import CLIPDenseTagger
-
-    enc = load_clip(path, arch=arch, device=device, batch_size=batch_size)
-    if not isinstance(enc, CLIPDualEncoder):
-        raise CLIPLoadError(f"{path}: the dense CLIP tagger needs a Hugging Face CLIP directory; open_clip models only "
-                            "provide the dual encoder (encode_images / encode_texts)")
-    if vocabulary is None:
-        from tagood.assets import imagenet_classes
-
-        names: list[str] = imagenet_classes()
-    elif isinstance(vocabulary, (str, Path)):
-        vp = Path(vocabulary)
-        try:
-            names = [l.strip() for l in vp.read_text(encoding="utf-8").splitlines() if l.strip()]
-        except OSError as e:
-            raise CLIPLoadError(f"cannot read the tag vocabulary {vp}: {e}; give a text file with one tag per line") from e
-    else:
-        names = [str(v) for v in vocabulary]
-    return CLIPDenseTagger(enc, names, templates=templates, top_k_tags=top_k_tags, dense=dense)

@@ -29,21 +29,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tagood.backbones.clip import DEFAULT_TEMPLATE, CLIPDualEncoder, l2_normalize
+from tagood.backbones.clip import DEFAULT_TEMPLATE, CLIPDualEncoder, CLIPLoadError, load_clip
+from tagood.numeric import l2_normalize, softmax
 from tagood.types import ModelOutput
 
 log = logging.getLogger(__name__)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_k(probs: np.ndarray, k: int) -> np.ndarray:
@@ -91,14 +87,14 @@ class CLIPDenseTagger:
     def attend(self, tokens: np.ndarray, tag_ids: np.ndarray) -> np.ndarray:
         """Cosine similarity (B,k,N) of tokens (B,N,E) with the text embeddings of ``tag_ids`` (B,k)."""
         t = self.text_embeds[np.asarray(tag_ids, dtype=np.int64)]  # (B,k,E)
-        return np.einsum("bke,bne->bkn", t, l2_normalize(tokens), optimize=True).astype(np.float32)
+        return np.einsum("bke,bne->bkn", t, l2_normalize(tokens, dtype=np.float32), optimize=True).astype(np.float32)
 
     def forward(self, batch: np.ndarray) -> ModelOutput:
         """Preprocessed batch (B,3,H,W) -> ModelOutput of float32 numpy arrays (see module docstring)."""
         img, patches, norms = self.encoder.encode_images_patches_norms(batch, dense=self.dense)
         # position 0: the normalised image embedding stands for the pooled token (as RAM's token 0)
         tokens = np.concatenate([img[:, None, :], patches], axis=1).astype(np.float32)
-        probs = _softmax(self.scale * (img @ self.text_embeds.T)).astype(np.float32)
+        probs = softmax(self.scale * (img @ self.text_embeds.T), dtype=np.float32)
         ids = top_k(probs, self.top_k_tags)
         return ModelOutput(features=img, tokens=tokens, tag_probs=probs, tag_ids=ids,
                            tag_attention=self.attend(tokens, ids), block_norms=norms, extra={"image_embeds": img})
@@ -121,3 +117,28 @@ class CLIPFeatures(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._encoder.image_embeds_torch(x)
+
+
+def load_clip_tagger(path: str | Path, vocabulary: Sequence[str] | str | Path | None = None,
+                     templates: Sequence[str] = (DEFAULT_TEMPLATE,), arch: str | None = None, device: str = "cpu",
+                     batch_size: int = 64, top_k_tags: int = 10, dense: str = "value") -> CLIPDenseTagger:
+    """A :class:`CLIPDenseTagger` over ``vocabulary``: a list of tag
+    names, a text file with one tag per line, or ``None`` for the 1000 ImageNet-1K class names
+    (packaged). Needs a Hugging Face CLIP directory (dense tokens use its vision tower)."""
+    enc = load_clip(path, arch=arch, device=device, batch_size=batch_size)
+    if not isinstance(enc, CLIPDualEncoder):
+        raise CLIPLoadError(f"{path}: the dense CLIP tagger needs a Hugging Face CLIP directory; open_clip models only "
+                            "provide the dual encoder (encode_images / encode_texts)")
+    if vocabulary is None:
+        from tagood.assets import imagenet_classes
+
+        names: list[str] = imagenet_classes()
+    elif isinstance(vocabulary, (str, Path)):
+        vp = Path(vocabulary)
+        try:
+            names = [l.strip() for l in vp.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except OSError as e:
+            raise CLIPLoadError(f"cannot read the tag vocabulary {vp}: {e}; give a text file with one tag per line") from e
+    else:
+        names = [str(v) for v in vocabulary]
+    return CLIPDenseTagger(enc, names, templates=templates, top_k_tags=top_k_tags, dense=dense)

@@ -41,7 +41,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tagood.backbones.onnx_engine import OnnxEngine, physical_cores, tagood_home
+from tagood.backbones.home import tagood_home
+from tagood.backbones.onnx_engine import OnnxEngine, physical_cores
 from tagood.backbones.onnx_engine import export_onnx as _export
 from tagood.types import ModelOutput
 
@@ -62,7 +63,6 @@ __all__ = [
     "load_lite",
     "load_lite0",
     "physical_cores",
-    "tagood_home",
     "weights_path",
 ]
 

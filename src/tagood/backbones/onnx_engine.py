@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tagood.fileio import atomic_write_with
 from tagood.threads import budget
 
 log = logging.getLogger(__name__)
-
-
-def tagood_home() -> Path:
-    """``$TAGOOD_HOME`` or ``~/.cache/tagood``: where derived artefacts (ONNX exports, fitted maps) live."""
-    return Path(os.environ.get("TAGOOD_HOME", Path.home() / ".cache" / "tagood"))
 
 
 def _usable_cpus() -> list[int]:
@@ -73,18 +68,16 @@ def export_onnx(module: nn.Module, path: Path, input_shape: Sequence[int], input
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
     log.info("exporting %s to ONNX (once): %s", type(module).__name__, path)
     axes = {name: {0: "batch"} for name in (input_name, *output_names)}
-    try:
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.cpu().eval(), (torch.zeros(*input_shape),), tmp, input_names=[input_name],
+            torch.onnx.export(module.cpu().eval(), (torch.zeros(*input_shape),), str(tmp), input_names=[input_name],
                               output_names=list(output_names), dynamic_axes=axes, opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write_with(path, write, suffix=".onnx.tmp")
 
 
 def _session(path: Path, threads: int) -> Any:

@@ -18,10 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +31,7 @@ from tagood.backbones.ram_head import HeadConfig
 from tagood.backbones.ram_model import RAMConfig, RAMModel
 from tagood.backbones.ram_swin import SwinConfig
 from tagood.backbones.weights_hash import state_hash
+from tagood.fileio import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -249,24 +247,17 @@ def convert_ram(checkpoint: str | Path, out_dir: str | Path, tag_list: str | Pat
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-    try:
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+        "weights_sha256": state_hash(weights), "source": Path(checkpoint).name,
+        "tag_list": TAGS_FILE, "thresholds": THRESHOLDS_FILE if thr is not None else None,
+    }
+    with atomic_directory(out) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
         (tmp / TAGS_FILE).write_text("\n".join(tags) + "\n", encoding="utf-8")
         if thr is not None:
             (tmp / THRESHOLDS_FILE).write_text("\n".join(f"{float(t):g}" for t in thr) + "\n", encoding="utf-8")
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "dtype": str(dtype).replace("torch.", ""),
-            "weights_sha256": state_hash(weights), "source": Path(checkpoint).name,
-            "tag_list": TAGS_FILE, "thresholds": THRESHOLDS_FILE if thr is not None else None,
-        }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("converted %s -> %s (%s, %.1f MB)", checkpoint, out, meta["dtype"], (out / WEIGHTS_FILE).stat().st_size / 1e6)
     return out
 

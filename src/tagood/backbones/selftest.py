@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tagood.numeric import l2_normalize
+
 #: Tag names that count as "right" for each photo, across the vocabularies used here (RAM's 4585
 #: tags, ImageNet-1K class names, everyday words).
 EXPECTED: dict[str, frozenset[str]] = {
@@ -145,8 +147,7 @@ def selftest_dual_encoder(encoder: Any, template: str = "a photo of a {}.") -> l
     scale = max(1.0, float(np.abs(img).max()))
     d = max(float(np.abs(again - img).max()), float(np.abs(alone - img[1:2]).max())) / scale
     checks.append(Check("deterministic", d <= 1e-3, f"largest relative difference {d:.2e} (repeat and alone vs in batch)"))
-    a = img / np.linalg.norm(img, axis=1, keepdims=True)
-    b = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    a, b = l2_normalize(img), l2_normalize(txt)
     pred = [ZERO_SHOT[j] for j in (a @ b.T).argmax(1)]
     ok = [p == _TRUTH[n] for p, n in zip(pred, names)]
     checks.append(Check("semantics", all(ok), "; ".join(f"{n} -> '{p}' (want '{_TRUTH[n]}')" for n, p in zip(names, pred))))

@@ -16,13 +16,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tagood.data.source import ImageDecodeError
-
 log = logging.getLogger(__name__)
 
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageDecodeError(Exception):
+    """A sample could not be decoded. ``ident`` names the file (or dataset index)."""
+
+    def __init__(self, ident: str, reason: str) -> None:
+        super().__init__(f"cannot decode {ident}: {reason}")
+        self.ident = ident
+        self.reason = reason
 
 
 def _wide_grey_to_l(img: Image.Image) -> Image.Image:

@@ -14,14 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tagood.data.decode import ImageDecodeError, to_rgb
 
-class ImageDecodeError(Exception):
-    """A sample could not be decoded. ``ident`` names the file (or dataset index)."""
-
-    def __init__(self, ident: str, reason: str) -> None:
-        super().__init__(f"cannot decode {ident}: {reason}")
-        self.ident = ident
-        self.reason = reason
+__all__ = ["DataSourceError", "ImageDecodeError", "ImageSource", "Sample"]
 
 
 class DataSourceError(Exception):
@@ -58,8 +53,6 @@ class ImageSource(ABC):
 
     def load(self, i: int) -> Image.Image:
         """Sample ``i`` as an RGB image (grayscale/palette/CMYK/alpha converted)."""
-        from tagood.data.decode import to_rgb
-
         return to_rgb(self._load(i))
 
     def fingerprint(self) -> str:

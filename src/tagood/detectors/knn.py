@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tagood.detectors._common import l2_normalise
 from tagood.detectors.base import Detector, register
+from tagood.numeric import l2_normalize
 from tagood.types import Context, FeatureSet
 
 
@@ -39,7 +39,7 @@ class KNN(Detector):
         self.k, self.alpha = int(k), float(alpha)
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
-        z = l2_normalise(train.features)
+        z = l2_normalize(train.features)
         if self.alpha < 1.0:
             rng = np.random.default_rng(context.seed)
             z = z[rng.choice(len(z), size=max(self.k, int(len(z) * self.alpha)), replace=False)]
@@ -49,4 +49,4 @@ class KNN(Detector):
         self.device = context.device
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        return kth_neighbour_distance(l2_normalise(data.features), self.bank, self.k, device=self.device)
+        return kth_neighbour_distance(l2_normalize(data.features), self.bank, self.k, device=self.device)

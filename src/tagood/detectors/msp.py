@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tagood.detectors._common import softmax
 from tagood.detectors.base import Detector, register
+from tagood.numeric import softmax
 from tagood.types import FeatureSet
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tagood.detectors._common import head_logits, logsumexp, need_head
+from tagood.detectors._common import head_logits, need_head
 from tagood.detectors.base import Detector, register
+from tagood.numeric import logsumexp
 from tagood.types import Context, FeatureSet
 
 

@@ -41,8 +41,8 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 
 from tagood.detectors.base import register
+from tagood.numeric import l2_normalize, softmax
 from tagood.types import FeatureSet
-from tagood.vlm.base import normalise
 from tagood.vlm.neglabel import NegLabel, grouped_share
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ PROXIES = ("sample", "task")
 
 def softmax_entropy(z: np.ndarray) -> np.ndarray:
     """Entropy (nats) of ``softmax(z)`` per row, float64."""
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    p = e / e.sum(axis=1, keepdims=True)
+    p = softmax(z, axis=1)
     return -(p * np.log(p + 1e-300)).sum(axis=1)
 
 
@@ -64,7 +62,7 @@ class ProxyMemory:
     ``[text; features] [text; features]^T`` per slot (for the norms of the sample-adaptive proxies)."""
 
     def __init__(self, text: np.ndarray, cap: int) -> None:
-        self.text = normalise(text).astype(np.float32)
+        self.text = l2_normalize(text).astype(np.float32)
         k, d = self.text.shape
         self.cap = int(cap)
         self.feats = np.zeros((k, self.cap, d), np.float32)
@@ -170,7 +168,7 @@ class AdaNeg(NegLabel):
     def reset(self) -> None:
         """Empty the memory (a new test stream)."""
         assert self.text is not None and self.neg_text is not None
-        self.memory = ProxyMemory(np.concatenate([normalise(self.text), normalise(self.neg_text)]), self.memleng - 1)
+        self.memory = ProxyMemory(np.concatenate([l2_normalize(self.text), l2_normalize(self.neg_text)]), self.memleng - 1)
 
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
         """``data`` as one test stream in its order (memory emptied first), in batches of ``batch_size``."""
@@ -203,7 +201,7 @@ class AdaNeg(NegLabel):
         mem = self.memory
         assert mem is not None
         c = len(self.class_names)
-        x = normalise(image_embeds).astype(np.float32)
+        x = l2_normalize(image_embeds).astype(np.float32)
         if len(x) == 0:
             return np.zeros(0)
         z = (x @ mem.text.T).astype(np.float64) / self.tau

@@ -7,37 +7,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tagood.backbones.prompts import DEFAULT_TEMPLATE, encode_prompts, resolve_templates
 from tagood.detectors.base import Detector
+from tagood.numeric import l2_normalize, softmax
 from tagood.types import Context, FeatureSet
-from tagood.vlm.prompts import DEFAULT_TEMPLATE, encode_prompts, resolve_templates
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64."""
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def mcm_confidence(image_embeds: np.ndarray, text: np.ndarray, tau: float = 1.0) -> np.ndarray:
     """MCM confidence ``max_c softmax_c(cos(x, t_c) / tau)`` (Ming et al., NeurIPS 2022), (N,) float64."""
-    return softmax(normalise(image_embeds) @ normalise(text).T / tau).max(axis=1)
+    return softmax(l2_normalize(image_embeds) @ l2_normalize(text).T / tau).max(axis=1)
 
 
 class VLMDetector(Detector):
     """Base for detectors that score dual-encoder image embeddings against IND class prompts.
 
-    Fit needs ``context.dual_encoder`` (a :class:`tagood.vlm.protocol.DualEncoder`) and
+    Fit needs ``context.dual_encoder`` (a :class:`tagood.backbones.dual_encoder.DualEncoder`) and
     ``context.class_names``; the prompt embeddings are kept, so scoring needs only ``image_embeds``.
     Hyperparameter ``template`` (default ``"a photo of a {}."``); ``templates`` (a list, or a name such as
-    ``"clip7"``, CLIP's 7-template ensemble, see :mod:`tagood.vlm.prompts`) overrides it.
+    ``"clip7"``, CLIP's 7-template ensemble, see :mod:`tagood.backbones.prompts`) overrides it.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"image_embeds"})
@@ -53,7 +40,7 @@ class VLMDetector(Detector):
     def _encoder(self, context: Context) -> Any:
         enc = context.dual_encoder
         if not hasattr(enc, "encode_texts"):
-            raise ValueError(f"{self.name}: context.dual_encoder must implement encode_texts (tagood.vlm.protocol.DualEncoder)")
+            raise ValueError(f"{self.name}: context.dual_encoder must implement encode_texts (tagood.backbones.dual_encoder.DualEncoder)")
         return enc
 
     def _fit(self, train: FeatureSet, context: Context) -> None:

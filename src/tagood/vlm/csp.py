@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from tagood.backbones.prompts import fill
 from tagood.detectors.base import register
 from tagood.types import Context, FeatureSet
-from tagood.vlm.negmining import mine_fraction, text_embeddings
 from tagood.vlm.neglabel import NegLabel, random_groups
-from tagood.vlm.prompts import fill
+from tagood.vlm.negmining import mine_fraction, text_embeddings
 
 log = logging.getLogger(__name__)
 

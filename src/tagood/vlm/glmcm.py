@@ -14,18 +14,19 @@ from typing import Any
 import numpy as np
 
 from tagood.detectors.base import register
+from tagood.numeric import l2_normalize, softmax
 from tagood.types import FeatureSet, TokenSet
-from tagood.vlm.base import VLMDetector, mcm_confidence, normalise, softmax
+from tagood.vlm.base import VLMDetector, mcm_confidence
 
 
 def local_confidence(patches: TokenSet, text: np.ndarray, tau: float = 1.0, chunk: int = 65536) -> np.ndarray:
     """``max over each sample's patches of max_c softmax_c(cos(patch, t_c) / tau)``, (N,) float64.
 
     A sample without patches gets 0 (no local evidence)."""
-    t = normalise(text)
+    t = l2_normalize(text)
     per_token = np.empty(len(patches.values), dtype=np.float64)
     for a in range(0, len(per_token), chunk):
-        per_token[a : a + chunk] = softmax(normalise(patches.values[a : a + chunk]) @ t.T / tau).max(axis=1)
+        per_token[a : a + chunk] = softmax(l2_normalize(patches.values[a : a + chunk]) @ t.T / tau).max(axis=1)
     out = np.zeros(len(patches), dtype=np.float64)
     lens = patches.lengths
     nz = lens > 0

@@ -62,14 +62,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tagood.backbones.prompts import encode_prompts
 from tagood.detectors.base import register
+from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
 from tagood.types import Context, FeatureSet
 from tagood.vlm.base import VLMDetector, few_shot_indices
 from tagood.vlm.crops import encode_crops, subset_stream
 from tagood.vlm.negmining import negative_labels
 from tagood.vlm.nft import NFT, RowBank
-from tagood.vlm.prompts import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class KRNFT(VLMDetector):
         idx = few_shot_indices(train.labels, self.shots, self.seed)
         labels = np.asarray(train.labels)[idx].astype(np.int64)
         crops = self._crop_embeds(train, idx, context)
-        crops = crops / np.maximum(np.linalg.norm(crops, axis=-1, keepdims=True), 1e-12)
+        crops = l2_normalize(crops, dtype=crops.dtype)
         k_in, k_out = min(self.k_in, crops.shape[1]), min(self.k_out, max(crops.shape[1] - self.k_in, 0))
         ind_crops, ood_crops = select_crops(crops, self.text[labels], k_in, k_out)
         full = np.asarray(train.image_embeds, dtype=np.float32)[idx]

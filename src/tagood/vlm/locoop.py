@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagood.backbones.prompts import clean_name
 from tagood.detectors.base import register
 from tagood.progress import progress_bar
 from tagood.types import Context, FeatureSet
 from tagood.vlm.base import VLMDetector, few_shot_indices, mcm_confidence
 from tagood.vlm.glmcm import local_confidence
-from tagood.vlm.prompts import clean_name
 
 log = logging.getLogger(__name__)
 

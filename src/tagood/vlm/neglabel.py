@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from tagood.detectors.base import register
+from tagood.numeric import l2_normalize
 from tagood.types import Context, FeatureSet
-from tagood.vlm.base import VLMDetector, normalise
+from tagood.vlm.base import VLMDetector
 from tagood.vlm.negmining import negative_labels
 
 
@@ -26,8 +27,8 @@ def ind_share(image_embeds: np.ndarray, ind_text: np.ndarray, neg_text: np.ndarr
               groups: list[np.ndarray] | None = None, chunk: int = 4096) -> np.ndarray:
     """NegLabel confidence (N,) float64: IND softmax share over IND + negative labels, averaged over ``groups``
     (index arrays into ``neg_text``; None = one group of all)."""
-    x = normalise(image_embeds)
-    yi, yn = normalise(ind_text), normalise(neg_text)
+    x = l2_normalize(image_embeds)
+    yi, yn = l2_normalize(ind_text), l2_normalize(neg_text)
     groups = groups if groups is not None else [np.arange(len(yn))]
     out = np.empty(len(x), dtype=np.float64)
     for a in range(0, len(x), chunk):
@@ -80,7 +81,7 @@ class NegLabel(VLMDetector):
         enc = self._encoder(context)
         assert self.text is not None
         if self.given_neg:
-            from tagood.vlm.prompts import encode_prompts
+            from tagood.backbones.prompts import encode_prompts
 
             self.neg_words, self.neg_text = self.given_neg, encode_prompts(enc, self.given_neg, self.templates)
         else:

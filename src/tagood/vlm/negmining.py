@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from tagood.backbones.home import tagood_home
+from tagood.backbones.prompts import fill
+from tagood.fileio import atomic_write_with
+from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
-from tagood.vlm.prompts import fill
-from tagood.vlm.protocol import l2n
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | 
                                     str(getattr(encoder, "weights_hash", "")), *texts]).encode()).hexdigest()[:20]
     path = None
     if cache_dir is not False:
-        from tagood.backbones.efficientnet import tagood_home
-
         path = (Path(cache_dir) if cache_dir else tagood_home() / "vlm") / f"texts-{key}.safetensors"
         if path.is_file():
             from safetensors.numpy import load_file
@@ -46,7 +46,7 @@ def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | 
     out = []
     with progress_bar(desc, len(texts), enabled=len(texts) > chunk) as advance:
         for a in range(0, len(texts), chunk):
-            out.append(l2n(encoder.encode_texts(texts[a : a + chunk])))
+            out.append(l2_normalize(encoder.encode_texts(texts[a : a + chunk]), dtype=np.float32))
             advance(len(out[-1]))
     e = np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "embed_dim", 0))), np.float32)
     if path is not None and len(texts) >= 1000:  # small lists are cheaper to recompute than to store
@@ -54,9 +54,7 @@ def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | 
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
-            save_file({"embeds": np.ascontiguousarray(e)}, str(tmp))
-            tmp.replace(path)
+            atomic_write_with(path, lambda tmp: save_file({"embeds": np.ascontiguousarray(e)}, str(tmp)))
         except OSError as err:
             log.warning("cannot write the text-embedding cache %s: %s", path, err)
     return e
@@ -64,7 +62,7 @@ def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | 
 
 def neg_distance(candidates: np.ndarray, ind: np.ndarray, eta: float = 0.05, chunk: int = 8192) -> np.ndarray:
     """NegMining distance of each candidate: the ``eta``-percentile of ``-cos(candidate, IND label)``."""
-    c, y = l2n(candidates), l2n(ind)
+    c, y = l2_normalize(candidates, dtype=np.float32), l2_normalize(ind, dtype=np.float32)
     out = np.empty(len(c), dtype=np.float64)
     for a in range(0, len(c), chunk):
         out[a : a + chunk] = np.quantile(-(c[a : a + chunk] @ y.T).astype(np.float64), eta, axis=1)
@@ -123,7 +121,7 @@ def mine_fraction(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, ratio: f
     d = neg_distance(candidate_embeds, ind_embeds, eta)
     if max_sim is not None and len(d):
         top = np.empty(len(d))
-        c, y = l2n(candidate_embeds), l2n(ind_embeds)
+        c, y = l2_normalize(candidate_embeds, dtype=np.float32), l2_normalize(ind_embeds, dtype=np.float32)
         for a in range(0, len(c), 8192):
             top[a : a + 8192] = (c[a : a + 8192] @ y.T).max(axis=1)
         d = np.where(top > max_sim, -np.inf, d)

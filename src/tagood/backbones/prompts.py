@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from tagood.numeric import l2_normalize
+
 #: CLIP's zero-shot single prompt, used by MCM / GL-MCM / NegLabel / KR-NFT.
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 #: CLIP's 7-template ImageNet prompt ensemble (Radford et al., ICML 2021; the subset of its 80
 #: templates chosen in CLIP's prompt-engineering notebook). On the offline dual encoder it raises
 #: zero-shot accuracy on Fashion-MNIST classes 0-5 from 25.0% (single prompt) to 33.8% (see
-#: tagood.vlm.offline). Name it in a method spec as ``templates=clip7``.
+#: tagood.backbones.offline). Name it in a method spec as ``templates=clip7``.
 CLIP_ENSEMBLE_7 = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                    "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
@@ -54,7 +56,7 @@ def fill(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
 def encode_prompts(encoder: Any, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
     """One L2-normalised text embedding per name: templates filled, encoded, averaged, renormalised.
 
-    Uses ``encoder.encode_texts`` (the :class:`tagood.vlm.protocol.DualEncoder` protocol).
+    Uses ``encoder.encode_texts`` (the :class:`tagood.backbones.dual_encoder.DualEncoder` protocol).
     """
     templates = list(templates)
     if not templates:
@@ -64,4 +66,4 @@ def encode_prompts(encoder: Any, names: Sequence[str], templates: Sequence[str] 
             raise ValueError(f"prompt template {tpl!r} needs a '{{}}' placeholder")
     texts = [tpl.format(clean_name(n)) for n in names for tpl in templates]
     e = np.asarray(encoder.encode_texts(texts), dtype=np.float64).reshape(len(names), len(templates), -1).mean(axis=1)
-    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2_normalize(e).astype(np.float32)

@@ -16,7 +16,7 @@ Measured zero-shot accuracy (argmax of the cosine to the class prompts) on 600 s
 test images of the IND classes 0-5 (chance 16.7%; ``tests/test_vlm_offline.py``):
 
 * ``posterior``, single prompt ``"a photo of a {}."``: **25.0%**; with CLIP's 7-template prompt
-  ensemble on the class prompts (``templates="clip7"``, :data:`tagood.vlm.prompts.CLIP_ENSEMBLE_7`):
+  ensemble on the class prompts (``templates="clip7"``, :data:`tagood.backbones.prompts.CLIP_ENSEMBLE_7`):
   **33.8%** -- the best construction found, a property of the zero-shot prompts, not of the bridge;
 * ``ridge`` (alpha 1): 17.2%; alphas 0.01-1000, with or without mean-centring: at most 27.2%.
 
@@ -42,20 +42,16 @@ from typing import Any
 
 import numpy as np
 
+from tagood.backbones.dual_encoder import SourceImageStream, source_indices
+from tagood.backbones.home import tagood_home
+from tagood.backbones.prompts import DEFAULT_TEMPLATE, fill
+from tagood.fileio import atomic_write_with
+from tagood.numeric import l2_normalize, softmax
 from tagood.types import FeatureSet, TokenSet
-from tagood.vlm.prompts import DEFAULT_TEMPLATE, fill
-from tagood.vlm.protocol import SourceImageStream, l2n, source_indices
 
 log = logging.getLogger(__name__)
 
 MODES = ("posterior", "ridge")
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def fit_ridge_map(rows: np.ndarray, targets: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -68,10 +64,10 @@ def fit_ridge_map(rows: np.ndarray, targets: np.ndarray, alpha: float = 1.0) -> 
 
 
 class OfflineDualEncoder:
-    """EfficientNet-Lite0 (image) + all-MiniLM-L6-v2 (text) as a :class:`tagood.vlm.protocol.DualEncoder`.
+    """EfficientNet-Lite0 (image) + all-MiniLM-L6-v2 (text) as a :class:`tagood.backbones.dual_encoder.DualEncoder`.
 
     ``backbone`` is a :class:`tagood.backbones.efficientnet.EfficientNetLite0` (built when omitted),
-    ``text_encoder`` a :class:`tagood.vlm.minilm.MiniLMTextEncoder` (shared one when omitted).
+    ``text_encoder`` a :class:`tagood.backbones.minilm.MiniLMTextEncoder` (shared one when omitted).
     ``logit_scale`` multiplies cosine similarities into logits (CLIP's released value, 100, by default).
     """
 
@@ -87,11 +83,9 @@ class OfflineDualEncoder:
 
             backbone = EfficientNetLite0(device=device)
         if text_encoder is None:
-            from tagood.vlm.minilm import shared_minilm
+            from tagood.backbones.minilm import shared_minilm
 
             text_encoder = shared_minilm(device)
-        from tagood.backbones.efficientnet import tagood_home
-
         self.backbone = backbone
         self.text = text_encoder
         self.mode = mode
@@ -124,13 +118,11 @@ class OfflineDualEncoder:
                 log.warning("ignoring unreadable offline-encoder cache %s (%s); recomputing", p, e)
         names = list(self.backbone.tag_names)
         log.info("offline dual encoder: embedding %d ImageNet class prompts with MiniLM (once)", len(names))
-        class_text = l2n(self.text.encode(fill(names, self.template)))
+        class_text = l2_normalize(self.text.encode(fill(names, self.template)), dtype=np.float32)
         m = fit_ridge_map(self.fc_w, class_text, self.ridge_alpha)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(f".tmp{np.random.randint(1 << 30)}")
-            save_file({"class_text": class_text, "map": m}, str(tmp))
-            tmp.replace(p)
+            atomic_write_with(p, lambda tmp: save_file({"class_text": class_text, "map": m}, str(tmp)))
         except OSError as e:  # a read-only cache is not fatal: recompute next time
             log.warning("cannot write the offline-encoder cache %s: %s", p, e)
         return class_text, m
@@ -144,7 +136,7 @@ class OfflineDualEncoder:
         return self.backbone.preprocess(image)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return l2n(self.text.encode(list(texts)))
+        return l2_normalize(self.text.encode(list(texts)), dtype=np.float32)
 
     @property
     def token_dim(self) -> int:
@@ -159,9 +151,9 @@ class OfflineDualEncoder:
         """Pooled backbone features ``(N,1280)`` (and optionally their ImageNet logits) -> ``(N,384)`` embeddings."""
         f = np.asarray(features, dtype=np.float32)
         if self.mode == "ridge":
-            return l2n(f @ self.map)
+            return l2_normalize(f @ self.map, dtype=np.float32)
         z = logits if logits is not None else f @ self.fc_w.T + self.fc_b
-        return l2n((_softmax(z) @ self.class_text.astype(np.float64)).astype(np.float32))
+        return l2_normalize((softmax(z) @ self.class_text.astype(np.float64)).astype(np.float32), dtype=np.float32)
 
     def embed_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Spatial tokens ``(..., 1280)`` -> patch embeddings ``(..., 384)`` (same construction as images)."""

@@ -4,7 +4,7 @@ dual-encoder embeddings to a cached :class:`tagood.types.FeatureSet`.
 A dual encoder maps images and texts into one space where cosine similarity measures agreement
 (CLIP: Radford et al., ICML 2021). Implementations: :class:`tagood.backbones.clip.CLIPDualEncoder`
 (real CLIP from the user's disk, wrapped by :class:`EncoderAdapter`) and
-:class:`tagood.vlm.offline.OfflineDualEncoder` (EfficientNet-Lite0 + MiniLM stand-in that ships
+:class:`tagood.backbones.offline.OfflineDualEncoder` (EfficientNet-Lite0 + MiniLM stand-in that ships
 with the package).
 """
 
@@ -16,18 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
 from tagood.types import DualEncoder, FeatureSet, TokenSet
 
-__all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "l2n"]
+__all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "embed_stream", "source_indices"]
 
 log = logging.getLogger(__name__)
-
-
-def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (float32; zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 class SourceImageStream:
@@ -73,9 +68,9 @@ def embed_stream(encoder: Any, stream: Any, batch_size: int = 64, patches: bool 
             else:
                 i = encoder.encode_images(batch)
                 p = encoder.patch_tokens(batch) if patches else None
-            imgs.append(l2n(i))
+            imgs.append(l2_normalize(i, dtype=np.float32))
             if p is not None:
-                pts.append(l2n(p))
+                pts.append(l2_normalize(p, dtype=np.float32))
             advance(len(batch))
     e = np.concatenate(imgs) if imgs else np.zeros((0, encoder.embed_dim), np.float32)
     return e, (TokenSet.from_dense(np.concatenate(pts)) if pts else None)
@@ -103,7 +98,7 @@ class EncoderAdapter:
             i, p = self.encoder.encode_images_and_patches(batch)
         else:
             i, p = self.encoder.encode_images(batch), self.encoder.patch_tokens(batch)
-        return l2n(i), l2n(p)
+        return l2_normalize(i, dtype=np.float32), l2_normalize(p, dtype=np.float32)
 
     def attach(self, fs: FeatureSet, source: Any) -> FeatureSet:
         """Compute ``image_embeds`` / ``patch_embeds`` of ``fs``'s samples from ``source`` and set

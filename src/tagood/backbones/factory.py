@@ -1,0 +1,113 @@
+"""Build the backbone / tagger and the dual encoder a benchmark config or a command line names.
+
+One process drives one device. Several GPUs (or nodes) are used by starting one process per GPU with
+``torchrun --nproc-per-node N -m tagood ...`` (:mod:`tagood.distributed`); a device list such as
+``cuda:0,cuda:1`` or ``cuda:all`` is refused with that advice (:func:`single_device`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tagood.backbones.home import default_cache_root
+
+__all__ = ["PATH_KEYS", "build_backbone", "build_dual_encoder", "single_device", "tagger_context"]
+
+log = logging.getLogger(__name__)
+
+#: spec keys holding file paths (resolved against the config file's folder)
+PATH_KEYS = ("checkpoint", "tag_list", "thresholds", "path", "vocabulary")
+
+
+def single_device(device: str) -> str:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ...) unchanged, after checking it names one device.
+
+    Raises ``ValueError`` for a device list (``"cuda:0,cuda:1"``) or ``"cuda:all"``: tagood runs one process per
+    device, started by ``torchrun``, and each process uses ``--device cuda`` (its local rank's GPU).
+    """
+    d = str(device).strip()
+    if "," in d or d.endswith(":all") or not d:
+        raise ValueError(
+            f"--device {device!r}: one process drives one device. To use several GPUs, start one process per GPU: "
+            "torchrun --nproc-per-node N -m tagood extract|bench|fit ... --device cuda "
+            "(each process then uses the GPU of its local rank)")
+    return d
+
+
+def _resolve_paths(spec: Mapping[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    kw = {k: v for k, v in spec.items() if k != "name"}
+    for k in PATH_KEYS:
+        if k in kw and isinstance(kw[k], str) and base_dir is not None and not Path(kw[k]).expanduser().is_absolute():
+            kw[k] = str(base_dir / kw[k])
+    return kw
+
+
+def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path | None = None) -> Any:
+    """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "efficientnet-lite2"}`` (offline, the
+    stronger 260 px / 9x9 CAM tagger), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
+    "tag_list": TXT, "thresholds": TXT, "attention_layer": 0}`` or ``{"name": "clip", "path": HF_DIR,
+    "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``.
+    ``device`` names one device (:func:`single_device`)."""
+    device = single_device(device)
+    kw = _resolve_paths(spec, base_dir)
+    name = spec.get("name", "efficientnet-lite0")
+    if name in ("efficientnet-lite0", "efficientnet-lite2"):
+        from tagood.backbones.efficientnet import EfficientNetLite0, EfficientNetLite2
+
+        cls = EfficientNetLite0 if name == "efficientnet-lite0" else EfficientNetLite2
+        return cls(device=device, **kw)
+    if name == "ram":
+        from tagood.backbones.ram import load_ram
+
+        return load_ram(device=device, **kw)
+    if name == "clip":
+        from tagood.backbones.clip_tagger import load_clip_tagger
+
+        return load_clip_tagger(device=device, **kw)
+    raise ValueError(f"unknown backbone '{name}'; use efficientnet-lite0, efficientnet-lite2, ram or clip")
+
+
+def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """The ``Context.extra`` entries a tagging detector (TagOOD, CS, TagScore) takes from the tagger: its
+    tag names, ``attend`` (the tag-attention function: ``cam`` of the CAM tagger, ``attend`` of RAM),
+    its per-tag thresholds (RAM's ``ram_tag_list_threshold.txt``) and the work directory under the
+    feature cache where TagOOD keeps its temporary object-token store."""
+    extra: dict[str, Any] = {"work_dir": str(Path(cache_root if cache_root is not None else default_cache_root()) / "work"),
+                             "tag_names": getattr(backbone, "tag_names", None)}
+    for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
+        if getattr(backbone, attr, None) is not None and key not in extra:
+            extra[key] = getattr(backbone, attr)
+    return extra
+
+
+def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any = None, device: str = "cpu") -> Any:
+    """The dual encoder for the vision-language methods.
+
+    ``None`` or ``{"name": "offline"}`` (+ ``mode``, ``logit_scale``, ...): the EfficientNet-Lite0 +
+    MiniLM stand-in (:class:`tagood.backbones.offline.OfflineDualEncoder`), reusing ``backbone`` when it is
+    EfficientNet-Lite0; ``{"name": "clip", "path": HF_DIR_OR_FILE, "arch": ..., "batch_size": 64}``: CLIP from
+    disk (:func:`tagood.backbones.clip.load_clip`), wrapped by :class:`tagood.backbones.dual_encoder.EncoderAdapter`.
+    ``device`` names one device (:func:`single_device`).
+    """
+    device = single_device(device)
+    spec = dict(spec or {})
+    name = spec.pop("name", "offline")
+    if name == "offline":
+        from tagood.backbones.efficientnet import EfficientNetLite0
+        from tagood.backbones.offline import OfflineDualEncoder
+
+        bb = backbone if isinstance(backbone, EfficientNetLite0) else None
+        return OfflineDualEncoder(backbone=bb, device=device, **spec)
+    if name == "clip":
+        from tagood.backbones.clip import load_clip
+        from tagood.backbones.dual_encoder import EncoderAdapter
+
+        if "path" not in spec:
+            raise ValueError("dual_encoder {'name': 'clip'} needs 'path' (a Hugging Face CLIP folder or an open_clip file)")
+        batch = int(spec.pop("batch_size", 64))
+        path, arch = spec.pop("path"), spec.pop("arch", None)
+        return EncoderAdapter(load_clip(path, arch=arch, device=device, batch_size=batch), batch_size=batch)
+    raise ValueError(f"unknown dual encoder '{name}'; use 'offline' or 'clip'")
