@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tagood.backbones.prompts import DEFAULT_TEMPLATE
 from tagood.backbones.weights_hash import state_hash
 from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 #: CLIP's image normalisation (openai/CLIP ``_transform``), RGB.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-#: The default prompt (CLIP's zero-shot ImageNet single-prompt baseline; MCM uses it too).
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 _PIL_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC, 4: Image.BOX, 5: Image.HAMMING}
 
@@ -129,11 +128,6 @@ def vit_block_norm(h: torch.Tensor) -> torch.Tensor:
     spatial positions; the class token is left out), the L2 norm of each channel of ReLU(h),
     averaged over the C channels -> (B,)."""
     return torch.relu(h[:, 1:]).norm(dim=1).mean(dim=1).float()
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm, float32."""
-    return l2_normalize(x, dtype=np.float32)
 
 
 def _as_tensor(batch: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -264,7 +258,7 @@ class CLIPDualEncoder(_EncoderIdentity):
                 h = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
                 out.append(self.model.text_projection(h).float().cpu().numpy())
                 advance(len(ids))
-        return _unit(np.concatenate(out))
+        return l2_normalize(np.concatenate(out), dtype=np.float32)
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
         """One embedding per name: each template filled with the name (``{}`` placeholder), encoded
@@ -274,7 +268,7 @@ class CLIPDualEncoder(_EncoderIdentity):
             raise ValueError(f"every prompt template needs a '{{}}' placeholder, got {templates}")
         texts = [t.format(n) for n in names for t in templates]
         e = self.encode_texts(texts).reshape(len(names), len(templates), -1)
-        return _unit(e.mean(axis=1))
+        return l2_normalize(e.mean(axis=1), dtype=np.float32)
 
     # -- images ----------------------------------------------------------------------------------
     def _last_hidden(self, x: torch.Tensor, norms: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,7 +335,7 @@ class CLIPDualEncoder(_EncoderIdentity):
                 if want_patches:
                     src = self._value_path(h) if dense == "value" else out
                     patches.append(self._project(src[:, 1:]).float().cpu().numpy())
-        img = _unit(np.concatenate(imgs)) if imgs else np.zeros((0, self.embed_dim), np.float32)
+        img = l2_normalize(np.concatenate(imgs), dtype=np.float32) if imgs else np.zeros((0, self.embed_dim), np.float32)
         pt = (np.concatenate(patches) if patches else np.zeros((0, self.n_patches, self.embed_dim), np.float32)) if want_patches else None
         return img, pt
 
@@ -364,7 +358,7 @@ class CLIPDualEncoder(_EncoderIdentity):
             raise ValueError(f"dense must be 'value' or 'tokens', got {dense!r}")
         pt = self._embed(batch, True, dense)[1]
         assert pt is not None
-        return _unit(pt) if normalize else pt
+        return l2_normalize(pt, dtype=np.float32) if normalize else pt
 
     def encode_images_and_patches(self, batch: Any, dense: str = "value") -> tuple[np.ndarray, np.ndarray]:
         """One forward: (B,E) normalised image embeddings and (B,P,E) projected patch tokens."""
@@ -415,11 +409,11 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         with torch.inference_mode():
             for a in range(0, len(texts), self.batch_size * 4):
                 out.append(self.model.encode_text(self.tokenizer(texts[a : a + self.batch_size * 4]).to(self.device)).float().cpu().numpy())
-        return _unit(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+        return l2_normalize(np.concatenate(out), dtype=np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
         texts = [t.format(n) for n in names for t in templates]
-        return _unit(self.encode_texts(texts).reshape(len(names), len(templates), -1).mean(axis=1))
+        return l2_normalize(self.encode_texts(texts).reshape(len(names), len(templates), -1).mean(axis=1), dtype=np.float32)
 
     def encode_images(self, batch: Any) -> np.ndarray:
         x_all = _as_tensor(batch, torch.device("cpu"), torch.float32)
@@ -427,7 +421,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         with torch.inference_mode():
             for a in range(0, len(x_all), self.batch_size):
                 out.append(self.model.encode_image(x_all[a : a + self.batch_size].to(self.device)).float().cpu().numpy())
-        return _unit(np.concatenate(out)) if out else np.zeros((0, self.embed_dim), np.float32)
+        return l2_normalize(np.concatenate(out), dtype=np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def patch_tokens(self, batch: Any, normalize: bool = False) -> np.ndarray:
         visual = self.model.visual
@@ -447,7 +441,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         finally:
             visual.output_tokens = prev
         pt = np.concatenate(out)
-        return _unit(pt) if normalize else pt
+        return l2_normalize(pt, dtype=np.float32) if normalize else pt
 
 
 def load_open_clip(checkpoint: str | Path, arch: str, device: str = "cpu", batch_size: int = 64) -> OpenCLIPDualEncoder:

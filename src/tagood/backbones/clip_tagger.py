@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagood.backbones.clip import DEFAULT_TEMPLATE, CLIPDualEncoder, CLIPLoadError, load_clip
+from tagood.backbones.clip import CLIPDualEncoder, CLIPLoadError, load_clip
+from tagood.backbones.prompts import DEFAULT_TEMPLATE
 from tagood.numeric import l2_normalize, softmax
 from tagood.types import ModelOutput
 
