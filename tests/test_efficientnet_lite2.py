@@ -132,7 +132,7 @@ def test_torch_and_onnx_engines_agree(lite2, batch):
 
 def test_factory_builds_lite2_and_rejects_wrong_batches(lite2, tagood_home):
     from tagood.backbones.efficientnet import EfficientNetLite, EfficientNetLite2
-    from tagood.bench.models import build_backbone
+    from tagood.backbones.factory import build_backbone
 
     bb = build_backbone({"name": "efficientnet-lite2", "cache_dir": str(tagood_home / "onnx"), "num_threads": 1})
     assert isinstance(bb, EfficientNetLite2) and bb.onnx_path() == lite2.onnx_path()

@@ -13,7 +13,7 @@ from tagood.types import Context
 
 @pytest.fixture(scope="module")
 def scenes(backbone, tmp_path_factory):
-    from tagood.bench.models import tagger_context
+    from tagood.backbones.factory import tagger_context
     from tagood.data.scenes import scene_splits
     from tagood.extract import extract_split
 
