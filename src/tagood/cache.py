@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from safetensors.numpy import save as _st_save
 
-from tagood.types import FeatureSet, TagAttention, TokenSet
+from tagood.featureset import FeatureSet, from_cache
+from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -915,62 +916,43 @@ class CacheReader:
             if f not in self.fields:
                 raise KeyError(f"cache {self.dir} has no field '{f}' (has {sorted(self.fields)})")
 
-    def _shard_featureset(self, raw: dict[str, np.ndarray], fields: list[str]) -> FeatureSet:
-        """One shard's samples as a FeatureSet: dense fields as float32, ragged ones memory-mapped (fp16)."""
-        dec = self._decode(raw)
-        kw: dict[str, Any] = {}
-        for f in fields:
-            if f == "tag_ids":
-                continue
-            if f == "tag_attention":
-                kw[f] = TagAttention(np.asarray(dec["tag_ids"]).astype(np.int64), np.asarray(dec[f], dtype=np.float32))
-            elif isinstance(dec[f], TokenSet) or f not in FeatureSet.__dataclass_fields__:
-                kw[f] = dec[f]
-            elif f in ("tokens", "patch_embeds"):  # stored dense (every image has all its tokens)
-                kw[f] = TokenSet.from_dense(np.asarray(dec[f]))
-            else:
-                kw[f] = np.asarray(dec[f], dtype=np.float32)
-        extra = {f: kw.pop(f) for f in list(kw) if f not in FeatureSet.__dataclass_fields__}
-        return FeatureSet(labels=np.asarray(dec["label"]), extra=extra, **kw)
+    @property
+    def split(self) -> str:
+        """The split name this entry was extracted for."""
+        return self.manifest.split
 
-    def iter_featuresets(self, fields: list[str]) -> Iterator[tuple[int, FeatureSet]]:
-        """Stream the requested fields shard by shard: ``(first sample, FeatureSet of that shard)``.
+    def _with_ids(self, names: Sequence[str]) -> list[str]:
+        """``names`` checked, plus ``tag_ids`` when ``tag_attention`` is asked for (the maps' tag ids)."""
+        names = list(names)
+        if "tag_attention" in names and "tag_ids" not in names and "tag_ids" in self.fields:
+            names.append("tag_ids")
+        self._check_fields(names)
+        return names
 
-        Only one shard's dense fields are in memory at a time; token sets stay memory-mapped fp16."""
-        self._check_fields(fields)
+    def arrays(self, names: Sequence[str], dtype: Any = np.float32) -> dict[str, Any]:
+        """The fields ``names`` of every shard concatenated (loaded into RAM): ``label``, dense fields
+        (floats as ``dtype``), ragged ones as one TokenSet (values as ``dtype``), and ``tag_ids`` with
+        ``tag_attention``. :func:`tagood.featureset.from_arrays` makes them a FeatureSet."""
+        out: dict[str, Any] = {"label": self.labels}
+        for f in self._with_ids(names):
+            out[f] = self.tokens(f, dtype) if self.fields[f]["kind"] == "ragged" else self.array(f, dtype)
+        return out
+
+    def iter_arrays(self, names: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Stream the fields ``names`` shard by shard: ``(first sample, arrays of that shard)`` with
+        ``label``, memory-mapped arrays in their stored dtype (fp16), ragged fields as TokenSets and
+        ``tag_ids`` with ``tag_attention``. Only one shard is mapped at a time."""
+        names = self._with_ids(names)
         start = 0
         for i in self._nonempty():
-            fs = self._shard_featureset(self.shard(i, keep=False), fields)
-            yield start, fs
-            start += len(fs.labels)
+            dec = self._decode(self.shard(i, keep=False))
+            yield start, {"label": dec["label"], **{f: dec[f] for f in names}}
+            start += len(dec["label"])
 
     def to_featureset(self, fields: list[str] | None = None, name: str = "", stream: Iterable[str] = ()) -> FeatureSet:
-        """A FeatureSet of the requested fields (default: all). ``tag_ids``+``tag_attention`` become a TagAttention.
-
-        Fields named in ``stream`` are not loaded: the FeatureSet streams them shard by shard
-        (:meth:`tagood.types.FeatureSet.iter_chunks`), so a split larger than memory (ImageNet
-        train's tokens) can be used; see :func:`heavy_fields` for the usual choice."""
-        fields = list(self.fields) if fields is None else fields
-        self._check_fields(fields)
-        streamed = [f for f in fields if f in set(stream) and f != "tag_ids"]
-        kw: dict[str, Any] = {}
-        for f in fields:
-            if f == "tag_ids" or f in streamed:
-                continue
-            if f == "tag_attention":
-                kw["tag_attention"] = TagAttention(self.array("tag_ids", None).astype(np.int64), self.array("tag_attention"))
-            elif f in ("tokens", "patch_embeds"):
-                kw[f] = self.tokens(f)
-            elif f in FeatureSet.__dataclass_fields__:
-                kw[f] = self.array(f)
-        extra = {f: self.array(f) for f in fields if f not in FeatureSet.__dataclass_fields__ and f != "tag_ids" and f not in streamed}
-        fs = FeatureSet(labels=self.labels, paths=self.idents, name=name or self.manifest.split, extra=extra, **kw)
-        if streamed:
-            chunk_fields = streamed + (["tag_ids"] if "tag_attention" in streamed else [])
-            fs.chunks = lambda: self.iter_featuresets(chunk_fields)
-            fs.streamed = frozenset(streamed)
-            log.info("cache %s: streaming %s shard by shard (%d samples)", self.dir.name, streamed, len(self))
-        return fs
+        """A FeatureSet of the requested fields (default: all), ``stream``-ed ones shard by shard: the
+        same as :func:`tagood.featureset.from_cache` (where the mapping of stored fields lives)."""
+        return from_cache(self, fields, name=name, stream=stream)
 
 
 #: Fields that grow with tokens or tag vocabulary per image: the ones worth streaming.

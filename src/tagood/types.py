@@ -1,15 +1,30 @@
-"""Core data types shared by every layer: model outputs, ragged token sets, feature sets.
+"""Core data types shared by every layer: model outputs, ragged token sets, tag attention, context.
 
 Import direction is one-way (data -> backbones -> cache -> detectors/tagood -> bench -> cli);
 this module sits below all of them and depends on numpy only (torch is optional at runtime).
+``FeatureSet`` lives in :mod:`tagood.featureset` (which imports this module); ``tagood.types.FeatureSet``
+still resolves to it, lazily, while callers move to ``from tagood.featureset import FeatureSet``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tagood.featureset import FeatureSet
+
+
+def __getattr__(name: str) -> Any:
+    """``tagood.types.FeatureSet``: the class of :mod:`tagood.featureset`, imported on first use (a
+    transitional alias: this module does not import featureset, which imports it)."""
+    if name == "FeatureSet":
+        from tagood.featureset import FeatureSet
+
+        return FeatureSet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Names of the per-sample inputs a detector can declare in ``Detector.requires``.
 INPUT_FIELDS: tuple[str, ...] = (
@@ -161,187 +176,6 @@ class ImageStream(Protocol):
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Yield float32 arrays ``(b, 3, H, W)`` already preprocessed for the backbone."""
         ...
-
-
-@dataclass
-class FeatureSet:
-    """Everything cached for one split (IND train, IND test, or one OOD set), sample-aligned.
-
-    Fields are optional; a detector declares which it needs. Arrays are numpy; they may be
-    memory-mapped views of the feature cache.
-    """
-
-    labels: np.ndarray | None = None  # (N,) int64, -1 = unknown / OOD
-    logits: np.ndarray | None = None
-    features: np.ndarray | None = None
-    tokens: TokenSet | None = None
-    tag_probs: np.ndarray | None = None
-    tag_attention: TagAttention | None = None
-    block_norms: np.ndarray | None = None
-    images: ImageStream | None = None
-    image_embeds: np.ndarray | None = None
-    patch_embeds: TokenSet | None = None
-    paths: list[str] | None = None
-    name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: A streamed split (too large for memory, e.g. ImageNet train's tokens): the fields named in
-    #: ``streamed`` are not loaded (they are ``None`` here) and ``chunks()`` yields
-    #: ``(start, FeatureSet)`` for consecutive sample ranges holding them (memory-mapped from the
-    #: cache). Use :meth:`iter_chunks`, which adds the loaded fields to each chunk.
-    chunks: Callable[[], Iterator[tuple[int, "FeatureSet"]]] | None = None
-    streamed: frozenset[str] = frozenset()
-
-    def __len__(self) -> int:
-        for name in ("labels", "logits", "features", "tag_probs", "block_norms", "image_embeds"):
-            v = getattr(self, name)
-            if v is not None:
-                return len(v)
-        for name in ("tokens", "tag_attention", "patch_embeds", "images"):
-            v = getattr(self, name)
-            if v is not None:
-                return len(v)
-        return len(self.paths) if self.paths is not None else 0
-
-    def has(self, name: str) -> bool:
-        return getattr(self, name, None) is not None or name in self.extra or name in self.streamed
-
-    def is_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None) -> bool:
-        """True if any of ``names`` (default: any field) is streamed rather than loaded."""
-        if self.chunks is None or not self.streamed:
-            return False
-        return True if names is None else bool(self.streamed & set(names))
-
-    def iter_chunks(self) -> Iterator["FeatureSet"]:
-        """Consecutive chunks of this split in sample order, each holding every field (the streamed
-        ones from the cache, the loaded ones sliced). A split that is not streamed is one chunk."""
-        if not self.is_streamed():
-            yield self
-            return
-        assert self.chunks is not None
-        n = len(self)
-        done = 0
-        for start, part in self.chunks():
-            stop = start + len(part)
-            if start != done or stop > n:
-                raise RuntimeError(f"feature set '{self.name}': chunk [{start}, {stop}) out of order (expected start {done}, {n} samples)")
-            kw: dict[str, Any] = {}
-            for f in fields(self):
-                if f.name in ("chunks", "streamed", "extra", "name") or f.name in self.streamed:
-                    continue
-                v = getattr(self, f.name)
-                if v is None or getattr(part, f.name) is not None:
-                    continue
-                if f.name == "paths":
-                    kw[f.name] = v[start:stop]
-                elif f.name == "tag_attention":
-                    kw[f.name] = TagAttention(v.ids[start:stop], v.maps[start:stop])
-                elif isinstance(v, TokenSet):
-                    kw[f.name] = v.select(np.arange(start, stop))
-                elif isinstance(v, np.ndarray):
-                    kw[f.name] = v[start:stop]
-            extra = {k: v[start:stop] if isinstance(v, np.ndarray) and len(v) == n else v for k, v in self.extra.items()}
-            done = stop
-            yield part.with_(name=self.name, extra={**extra, **part.extra}, chunks=None, streamed=frozenset(), **kw)
-        if done != n:
-            raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
-
-    def derive_streamed(self, name: str, fn: Callable[["FeatureSet"], Any]) -> "FeatureSet":
-        """Add field ``name`` computed chunk by chunk from a streamed split, ``fn(chunk)`` (e.g. patch
-        embeddings from the streamed tokens): it becomes a streamed field itself, computed again on each
-        pass, never held for the whole split. In place; returns ``self``."""
-        if not self.is_streamed() or self.chunks is None:
-            raise ValueError(f"feature set '{self.name}' is not streamed; set '{name}' directly")
-        base = self.chunks
-
-        def chunks() -> Iterator[tuple[int, "FeatureSet"]]:
-            for start, part in base():
-                yield start, part.with_(**{name: fn(part)})
-
-        self.chunks = chunks
-        self.streamed = self.streamed | {name}
-        return self
-
-    def subset(self, idx: np.ndarray, lazy: bool = False) -> "FeatureSet":
-        """Samples ``idx`` (sorted, unique). By default an in-memory FeatureSet: streamed fields are
-        gathered chunk by chunk, so only the selected rows are ever loaded. ``lazy=True`` keeps a
-        streamed split streamed: its chunks yield the selected rows of each cache chunk (for a large
-        selection, e.g. all but a held-out part)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= len(self)):
-            raise ValueError(f"subset of '{self.name}': indices must be sorted, unique and in [0, {len(self)})")
-
-        def take(v: Any, rows: np.ndarray, n: int) -> Any:
-            if isinstance(v, TokenSet):
-                return v.select(rows)
-            if isinstance(v, TagAttention):
-                return TagAttention(np.asarray(v.ids)[rows], np.asarray(v.maps)[rows])
-            if isinstance(v, list):
-                return [v[int(i)] for i in rows]
-            if isinstance(v, np.ndarray) and len(v) == n:
-                return np.asarray(v)[rows]
-            return None
-
-        kw: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name in ("chunks", "streamed", "extra", "name") or f.name in self.streamed:
-                continue
-            v = getattr(self, f.name)
-            if v is not None:
-                kw[f.name] = take(v, idx, len(self))
-        extra = {k: take(v, idx, len(self)) if isinstance(v, np.ndarray) and len(v) == len(self) else v for k, v in self.extra.items()}
-        out = FeatureSet(name=self.name, extra=extra, **kw)
-        if not self.is_streamed():
-            return out
-        assert self.chunks is not None
-        base, streamed = self.chunks, self.streamed
-
-        def chunks() -> Iterator[tuple[int, "FeatureSet"]]:  # the selected rows of each chunk, renumbered
-            pos = 0
-            for start, part in base():
-                rows = idx[(idx >= start) & (idx < start + len(part))] - start
-                if len(rows):
-                    picked = {f: take(getattr(part, f), rows, len(part)) for f in streamed}
-                    yield pos, FeatureSet(name=part.name, **{k: v for k, v in picked.items() if v is not None})
-                    pos += len(rows)
-
-        out.chunks, out.streamed = chunks, streamed
-        return out if lazy else out.load_streamed(cast=False)
-
-    def load_streamed(self, names: frozenset[str] | set[str] | tuple[str, ...] | None = None, cast: bool = True) -> "FeatureSet":
-        """This split with the streamed fields ``names`` (default: all) concatenated into memory; token
-        values as float32 unless ``cast=False`` (then in their stored dtype, e.g. fp16 from the cache)."""
-        want = set(self.streamed if names is None else set(names) & self.streamed)
-        if not want or self.chunks is None:
-            return self
-        parts: dict[str, list[Any]] = {f: [] for f in want}
-        for _, part in self.chunks():
-            for f in want:
-                parts[f].append(getattr(part, f))
-        kw: dict[str, Any] = {}
-        for f, vs in parts.items():
-            if not vs:
-                continue
-            if isinstance(vs[0], TokenSet):
-                ts = TokenSet.concat(vs)
-                kw[f] = TokenSet(ts.values.astype(np.float32), ts.offsets, ts.positions) if cast else ts
-            elif isinstance(vs[0], TagAttention):
-                kw[f] = TagAttention(np.concatenate([v.ids for v in vs]), np.concatenate([v.maps for v in vs]))
-            else:
-                kw[f] = np.concatenate(vs)
-        rest = self.streamed - want
-        return self.with_(streamed=frozenset(rest), chunks=self.chunks if rest else None, **kw)
-
-    def require(self, names: frozenset[str] | set[str] | tuple[str, ...], who: str) -> None:
-        """Raise a clear error if any of ``names`` is missing."""
-        missing = [n for n in names if not self.has(n)]
-        if missing:
-            raise ValueError(
-                f"{who} needs inputs {sorted(missing)} but the feature set '{self.name}' only has "
-                f"{sorted(n for n in INPUT_FIELDS if self.has(n))}; extract them with a backbone that provides them"
-            )
-
-    def with_(self, **kw: Any) -> "FeatureSet":
-        return replace(self, **kw)
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tagood.types import FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
 

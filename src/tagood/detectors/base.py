@@ -17,7 +17,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.types import Context
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,16 @@ class Detector(ABC):
         return self
 
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
-        """OOD scores, float64 of shape (N,): **higher = more OOD**."""
+        """OOD scores, float64 of shape (N,): **higher = more OOD**. ``_score`` sees the split chunk by
+        chunk (:meth:`tagood.featureset.FeatureSet.iter_chunks`): a streamed split in cache shards, a split
+        held in memory (or whose streamed fields this detector does not need) as one chunk."""
         if not self.fitted:
             raise RuntimeError(f"{self.name}: call fit() before score()")
         data = self._coerce(data)
         data.require(self.requires, f"{self.name}.score")
-        if data.is_streamed(self.requires):  # scores are per sample: score the split chunk by chunk
-            parts = [np.asarray(self._score(c), dtype=np.float64).reshape(-1) for c in data.iter_chunks()]
-            s = np.concatenate(parts) if parts else np.zeros(0)
-        else:
-            s = np.asarray(self._score(data), dtype=np.float64).reshape(-1)
+        # scores are per sample: chunk by chunk (a split held in memory is one chunk)
+        parts = [np.asarray(self._score(c), dtype=np.float64).reshape(-1) for c in data.iter_chunks(self.requires)]
+        s = np.concatenate(parts) if parts else np.zeros(0)
         if len(s) != len(data):
             raise RuntimeError(f"{self.name} returned {len(s)} scores for {len(data)} samples")
         return s

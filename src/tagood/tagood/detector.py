@@ -33,7 +33,8 @@ from tagood.tagood.projector import Projector
 from tagood.tagood.scores import NO_TAG_SCORE, SCORES, centre_score
 from tagood.tagood.train import DETECTOR_PRESETS, PRESETS, TrainConfig, config_dict, embed, train_projector
 from tagood.tagood.vocabulary import VOCAB_RULES, Vocabulary, build_vocabulary, rank_tags, vocabulary_fit
-from tagood.types import Context, FeatureSet, TagAttention, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import Context, TagAttention, TokenSet
 
 #: Vocabularies already built from a training split (TagScore, CS, (CE)+CS and TagOOD of one run share
 #: them): id(train FeatureSet) -> (weak reference to it, {key: (vocabulary, rule, tags per class, fit)}).
