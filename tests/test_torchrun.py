@@ -253,3 +253,70 @@ def test_ddp_training_equals_one_process(tmp_path, images, backbone):
     np.testing.assert_allclose(r0["loss"], ref["loss"], rtol=1e-5)
     np.testing.assert_allclose(r0["acc"], ref["acc"])
     assert len(CacheReader(r.dir)) == 17
+
+
+BENCH_METHODS = "msp,knn[k=5],cs"
+
+
+@pytest.fixture(scope="module")
+def bench_config(tmp_path_factory) -> Path:
+    """A small benchmark of real Fashion-MNIST PNG folders (2 IND classes, a flat folder of 2 OOD classes)."""
+    from image_folders import fashion_folder
+
+    tmp = tmp_path_factory.mktemp("bench")
+    fashion_folder(tmp / "train", {"trouser": 1, "bag": 8}, 16, "train")
+    fashion_folder(tmp / "test", {"trouser": 1, "bag": 8}, 9)
+    fashion_folder(tmp / "ood", {"sneaker": 7, "shirt": 6}, 7)
+    cfg = tmp / "bench.toml"
+    cfg.write_text('name = "torchrun"\nmethods = ["msp"]\n[train]\ntype = "folder"\nroot = "train"\n'
+                   '[test]\ntype = "folder"\nroot = "test"\n[ood.wear]\ntype = "folder"\nroot = "ood"\n'
+                   '[options]\nshard_size = 4\n')
+    return cfg
+
+
+def _bench_cmd(cfg: Path, out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "tagood", "--threads", "1", "bench", str(cfg), "--out", str(out), "--cache", str(cache),
+            "--methods", BENCH_METHODS, "-q"]
+
+
+def test_bench_on_two_ranks_scores_like_one_process(tmp_path, bench_config, backbone):
+    """``tagood bench`` on 2 gloo ranks (each launched as torchrun launches it: RANK / WORLD_SIZE / LOCAL_RANK /
+    MASTER_*; each rank given its own --out so a write by rank 1 would show): rank 0's run folder holds the same
+    scores and results.json numbers as a one-process run, and rank 1 writes nothing there."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", "TAGOOD_DIST_TIMEOUT": "120",
+           "TAGOOD_HOME": str(backbone.onnx_path().parent.parent)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    one = subprocess.Popen(_bench_cmd(bench_config, tmp_path / "one", tmp_path / "c1"), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    port = str(_free_port())
+    procs = [subprocess.Popen(_bench_cmd(bench_config, tmp_path / f"rank{k}", tmp_path / "c2"),
+                              env={**env, "RANK": str(k), "WORLD_SIZE": "2", "LOCAL_RANK": str(k), "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in (0, 1)]
+    _wait([one, *procs])
+    from tagood.bench.scores import load_scores
+
+    assert not (tmp_path / "rank1").exists()  # rank 1 computed, rank 0 wrote
+    ref, got = (tmp_path / "one"), (tmp_path / "rank0")
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in ref.iterdir())
+    assert {"results.json", "scores.npz", "run.log", "results.html"} <= {p.name for p in got.iterdir()}
+    assert not list(got.glob(".*"))  # no temp files left
+    s_ref, ids_ref = load_scores(ref)
+    s_got, ids_got = load_scores(got)
+    assert set(s_got) == set(s_ref) == set(BENCH_METHODS.split(","))
+    assert {k: list(v) for k, v in ids_got.items()} == {k: list(v) for k, v in ids_ref.items()}
+    for m in s_ref:
+        for split in ("test", "wear"):
+            assert len(s_got[m][split]) == {"test": 18, "wear": 14}[split]
+            np.testing.assert_allclose(s_got[m][split], s_ref[m][split], rtol=1e-6, atol=1e-9, err_msg=f"{m}/{split}")
+    r_ref, r_got = (json.loads((d / "results.json").read_text()) for d in (ref, got))
+    assert r_got["id_accuracy"] == r_ref["id_accuracy"] and not r_got["meta"]["errors"]
+    rows = {(x["method"], x["ood"]): x for x in r_ref["rows"]}
+    assert {(x["method"], x["ood"]) for x in r_got["rows"]} == set(rows)
+    for x in r_got["rows"]:
+        for k in ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out"):
+            assert x[k] == pytest.approx(rows[(x["method"], x["ood"])][k], abs=1e-9), (x["method"], k)
+    # the extraction ran as two parts into one cache entry per split
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "c2").glob("*/manifest.json")]
+    assert len(manifests) == 3 and all(m["complete"] and m["meta"]["world_size"] == 2 for m in manifests)

@@ -65,6 +65,13 @@ def _check_detector_dir(d: Path) -> dict:
     return check_detector_dir(d)  # DetectorFileError is a ValueError: cli_command prints it and exits 2
 
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun world (or a single process): the one that prints and writes the results."""
+    from tagood.distributed import world
+
+    return world().is_main
+
+
 def _methods_opt(methods: Optional[str]) -> list[str] | None:
     """Split 'a,b[x=1,y=2],c' on the commas outside brackets."""
     return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()] if methods else None
@@ -80,10 +87,13 @@ def _write_plots(results: dict, scores: dict, out: Path, ind: str = "test") -> N
 def _run_and_report(cfg, out: Path, cache: Optional[Path], device: str, methods: Optional[str], plots: bool = False) -> None:
     from tagood.bench import report
     from tagood.bench.runner import create_detector, run
-
     for spec in _methods_opt(methods) or cfg.methods:  # every method spec is checked before any extraction starts
         create_detector(spec, cfg)
     results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=_methods_opt(methods))
+    if not _is_main():  # under torchrun rank 0 reports and writes the run folder; the others only compute
+        if state.errors:
+            raise typer.Exit(1)
+        return
     console.print(report.rich_table(results, title=escape(f"{cfg.name}: OOD detection (percent; higher = more OOD scores)")))
     if results["id_accuracy"] is not None:
         console.print(f"IND accuracy of the linear head: [bold]{results['id_accuracy']:.2f}%[/]")
@@ -136,7 +146,7 @@ _STREAM_HELP = ("Stream the folder's tokens / tag maps from the cache shard by s
 
 
 def _stream_limit(v: Optional[float]) -> Optional[float]:
-    from tagood.fitscore import STREAM_ABOVE_GB
+    from tagood.cache import STREAM_ABOVE_GB
 
     return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)
 
@@ -425,6 +435,8 @@ def extract(
               "backbone": backbone_spec(spec), "fields": field_list, "batch_size": batch_size}
     reader = extract_split(src, bb, cache, split=split, fields=field_list, batch_size=batch_size, commit_rows=commit_every,
                            commit_seconds=commit_seconds, lock_timeout=lock_timeout, meta={"recipe": recipe})
+    if not _is_main():  # under torchrun rank 0 reports
+        return
     console.print(escape(f"{len(reader)} samples cached in {reader.dir}" + (f"; {len(reader.failed)} skipped (see manifest.json)" if reader.failed else "")))
     for f in reader.failed[:20]:
         console.print(f"[yellow]skipped {escape(f['ident'])}: {escape(f['reason'])}[/]")
@@ -524,6 +536,8 @@ def fit(
     _check_clip_dir(clip)
     spec = {"name": backbone, **_backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
     meta = fit_folder(folder, out, method, spec, cache, device, seed, stream_above_gb=_stream_limit(stream_above_gb))
+    if not _is_main():  # under torchrun rank 0 reports
+        return
     tpr = meta.get("heldout_tpr")
     console.print(escape(f"saved {meta['method']} ({len(meta['classes'])} classes, {meta['n_train']} training images) to {out}; "
                          f"threshold {meta['threshold']:.4f}")
@@ -562,6 +576,8 @@ def score(
     rows, failed = score_images(detector, list(inputs), out, cache, device,
                                 backbone=_backbone_files(checkpoint, tags, thresholds, clip, vocabulary),
                                 stream_above_gb=_stream_limit(stream_above_gb))
+    if not _is_main():  # under torchrun rank 0 reports
+        return
     bad = [r["path"] for r in rows if not math.isfinite(r["score"])]
     if bad:
         _fail(f"the detector in {detector} gave non-finite scores for {len(bad)} of {len(rows)} images (e.g. {bad[0]}); "

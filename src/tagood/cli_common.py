@@ -70,11 +70,16 @@ def user_message(e: BaseException, bad_input: tuple[type[BaseException], ...] = 
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
-    """Rich log lines on a terminal, plain unwrapped lines otherwise (:mod:`tagood.logs`); ``quiet``: warnings only."""
+    """Rich log lines on a terminal, plain unwrapped lines otherwise (:mod:`tagood.logs`); ``quiet``: warnings only
+    (always on the ranks other than 0 of a torchrun world)."""
     from tagood.logs import setup_logging as _setup
+
+    from tagood.distributed import world
 
     if verbose and quiet:
         fail("--quiet and --verbose exclude each other; give one of them")
+    if not world().is_main:  # under torchrun rank 0 logs the run; the other ranks only their warnings and errors
+        quiet, verbose = True, False
     _setup(quiet=quiet, verbose=verbose)
 
 

@@ -10,6 +10,9 @@ backbone it was fitted on and a decision threshold from a held-out 10% of the IN
   counting the no-tag ones (rule ``ood``) as rejected. When more than 5% of them have no tag, 95% cannot
   be reached: the threshold then accepts every tagged held-out image, the true-positive rate actually
   reached is saved (``heldout_tpr``) and a warning says the threshold is degenerate.
+* Under torchrun (``torchrun --nproc-per-node N -m tagood fit|score ...``, :mod:`tagood.distributed`) each rank
+  extracts its part of the folder into the shared cache, TagOOD's projector trains with DDP, scoring is split
+  across the ranks and gathered in order, and only rank 0 writes the detector directory / the CSV.
 * A NaN score is never "in-distribution": fitting or scoring stops with an error naming the method,
   how many scores are NaN and, where it can tell, the cause.
 """
@@ -17,6 +20,7 @@ backbone it was fitted on and a decision threshold from a held-out 10% of the IN
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -24,12 +28,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tagood import detectors
-from tagood.backbones.multi import primary_device
+from tagood import detectors, distributed
 from tagood.bench.models import PATH_KEYS, build_backbone, tagger_context
-from tagood.cache import heavy_fields
+from tagood.cache import STREAM_ABOVE_GB, heavy_fields
 from tagood.data import FilesSource, FolderSource, ImageSource
 from tagood.extract import extract_split
+from tagood.fileio import atomic_write_text
 from tagood.tagood.scores import NO_TAG_SCORE
 from tagood.types import Context
 
@@ -46,9 +50,6 @@ FIELDS = ["features", "tokens", "tag_probs", "tag_attention"]
 #: what a vision-language detector needs from the extraction: pooled features (the offline dual
 #: encoder's input); the pass also skips and reports images that cannot be decoded
 VLM_FIELDS = ["features"]
-#: default of ``stream_above_gb``: a folder whose tokens / tag maps would take more float32 GiB than
-#: this is streamed shard by shard from the feature cache (``None``: never, 0: always)
-STREAM_ABOVE_GB = 8.0
 #: the `tagood fit` / `tagood score` option of each backbone file
 _OPTION = {"checkpoint": "--checkpoint", "tag_list": "--tags", "thresholds": "--thresholds", "path": "--clip",
            "vocabulary": "--vocabulary"}
@@ -161,6 +162,15 @@ def _nan_cause(det: Any, fs: Any, rows: np.ndarray) -> str:
     return f"The detector's inputs are finite; first image: {(part.paths or ['?'])[0]}."
 
 
+def _local_device(device: str) -> str:
+    """This process's device (``cuda`` -> ``cuda:LOCAL_RANK`` under torchrun), joining the torchrun world's process
+    group first when there is one."""
+    device = distributed.local_device(device)
+    if distributed.world().distributed:
+        distributed.init(device)
+    return device
+
+
 def _dual_encoder(spec: Mapping[str, Any], bb: Any, device: str) -> Any:
     from tagood.vlm import build_dual_encoder
 
@@ -191,7 +201,8 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     held = np.zeros(len(fs), bool)
     held[rng.choice(len(fs), size=max(1, int(holdout * len(fs))), replace=False)] = True
     fit_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
-    ctx = Context(class_names=src.class_names, device=primary_device(device), seed=seed)
+    device = _local_device(device)
+    ctx = Context(class_names=src.class_names, device=device, seed=seed)
     train, test = fs.subset(fit_idx, lazy=True), fs.subset(held_idx, lazy=True)  # a streamed folder stays streamed
     if dual_spec is None:
         ctx.extra.update(tagger_context(bb, cache))
@@ -203,7 +214,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
         ctx.dual_encoder.attach(train, src)
         ctx.dual_encoder.attach(test, src)
     det.fit(train, ctx)
-    s_held = det.score(test)
+    s_held = distributed.score(det, test)  # split across the ranks of a torchrun world, gathered in order
     nan = np.flatnonzero(np.isnan(s_held))
     if len(nan):
         check_finite(method, s_held, "held-out IND images", _nan_cause(det, test, nan))
@@ -219,7 +230,6 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
         log.warning(w)
     log.info("threshold %.6g: %.1f%% of %d held-out IND images accepted (target %.0f%%)", dec["threshold"],
              100 * dec["heldout_tpr"], len(s_held), 100 * TARGET_TPR)
-    d = det.save(out)
     meta = {"method": method, "backbone": {"name": spec["name"], "id": bb.id, "weights_hash": bb.weights_hash, "spec": spec},
             "dual_encoder": dual_spec,
             "classes": src.class_names, "threshold": dec["threshold"], "no_tag_rule": rule, "target_tpr": TARGET_TPR,
@@ -227,7 +237,10 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
             "threshold_degenerate": dec["degenerate"], "warnings": warnings,
             "n_train": int(len(train)), "n_heldout": int(len(held_idx)),
             "streamed": sorted(train.streamed), "failed_images": reader.failed}
-    (Path(d) / "tagood.json").write_text(json.dumps(meta, indent=1))
+    if distributed.world().is_main:  # under torchrun rank 0 alone writes the detector directory
+        d = det.save(out)
+        atomic_write_text(Path(d) / "tagood.json", json.dumps(meta, indent=1))
+    distributed.barrier()  # every rank returns once the directory is complete
     return meta
 
 
@@ -282,13 +295,14 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
 
     d = Path(detector_dir)
     meta = check_detector_dir(d)
+    device = _local_device(device)
     base, _ = detectors.parse_name(meta["method"])
     if base in VLM_SAVEABLE:
         from tagood.vlm.krnft import KRNFT
 
-        det: Any = KRNFT.load(d, device=primary_device(device))
+        det: Any = KRNFT.load(d, device=device)
     else:
-        det = TagOOD.load(d, device=primary_device(device))
+        det = TagOOD.load(d, device=device)
     saved = meta["backbone"].get("spec", {"name": meta["backbone"]["name"]})
     spec = backbone_spec({**saved, **(backbone or {})})
     gone = [f"{k} {spec[k]}" for k in PATH_KEYS if k in spec and not Path(spec[k]).exists()]
@@ -310,8 +324,8 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
     reader, fs = _load_split(src, bb, cache, "score", stream_above_gb, VLM_FIELDS if dual_spec else FIELDS)
     if dual_spec and len(fs):
         dual_spec = {**dual_spec, **({"path": spec["path"]} if "path" in dual_spec else {})}  # moved CLIP: --clip
-        _dual_encoder(dual_spec, bb, primary_device(device)).attach(fs, src)
-    scores = det.score(fs) if len(fs) else np.zeros(0)
+        _dual_encoder(dual_spec, bb, device).attach(fs, src)
+    scores = distributed.score(det, fs) if len(fs) else np.zeros(0)  # split across torchrun ranks, gathered in order
     bad = np.flatnonzero(np.isnan(scores))
     if len(bad):
         names = ", ".join((fs.paths or [])[i] for i in bad[:3]) if fs.paths else ""
@@ -321,9 +335,11 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
     rule = meta.get("no_tag_rule", "ood" if base in TAG_SAVEABLE else None)
     flags = is_ood(scores, meta["threshold"], rule)
     rows = [{"path": p, "score": float(s), "is_ood": bool(f)} for p, s, f in zip(fs.paths or [], scores, flags)]
-    if out is not None:
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "score", "is_ood"])
-            w.writeheader()
-            w.writerows(rows)
+    if out is not None and distributed.world().is_main:  # under torchrun rank 0 alone writes the CSV
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=["path", "score", "is_ood"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out, buf.getvalue())
+    distributed.barrier()
     return rows, reader.failed

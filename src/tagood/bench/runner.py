@@ -3,6 +3,11 @@ fit and score every detector on the same features, compute the metrics, write th
 
 Scores follow the project convention (higher = more OOD); metrics are those of
 :func:`tagood.metrics.ood_metrics`, reported in percent.
+
+Under torchrun (``torchrun --nproc-per-node N -m tagood bench ...``, :mod:`tagood.distributed`) every rank
+extracts its part of each split into the shared cache, the projector trains with DDP, and every detector's
+scores are split across the ranks and gathered in order (:func:`tagood.distributed.score`), so every rank
+holds the same results; only rank 0 writes the run folder (results, scores, ``run.log``, vocabularies).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import numpy as np
 
 import tagood
 from tagood import detectors as det_registry
+from tagood import distributed
 from tagood.bench.config import BenchConfig
-from tagood.backbones.multi import primary_device
 from tagood.bench.models import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
 from tagood.bench.sources import build_source
-from tagood.cache import CacheReader, heavy_fields
+from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields
 from tagood.data.source import ImageSource
 from tagood.extract import CachedImageStream, extract_split
 from tagood.types import Context, FeatureSet
@@ -98,13 +103,17 @@ def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[li
 
 def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str = "cpu", progress: bool = True,
             methods: list[str] | None = None, backbone: Any = None) -> tuple[RunState, list[det_registry.Detector]]:
-    """Build sources, detectors and the backbone; extract all splits; fit the head; build the context."""
+    """Build sources, detectors and the backbone; extract all splits; fit the head; build the context.
+
+    ``device``: one torch device; under torchrun ``cuda`` means this rank's ``cuda:LOCAL_RANK``
+    (:func:`tagood.distributed.local_device`). Progress is shown by rank 0 only."""
     state = RunState(cfg)
     specs = methods or cfg.methods
     dets = [create_detector(m, cfg) for m in specs]
+    device = local_device_of(device)
+    progress = progress and distributed.world().is_main
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
-    devices, device = device, primary_device(device)  # a device list (cuda:0,cuda:1): extraction and dual encoding
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
 
@@ -163,7 +172,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
             raise ValueError(f"the offline dual encoder of the vision-language methods reads EfficientNet-Lite0 features, "
                              f"not {state.backbone.id}'s; run those methods with backbone efficientnet-lite0, or give a CLIP "
                              f"dual encoder (options.dual_encoder = {{name = \"clip\", path = ...}})")
-        dual = build_dual_encoder(dual_spec, state.backbone, device=devices)
+        dual = build_dual_encoder(dual_spec, state.backbone, device=device)
         ctx.dual_encoder = dual
         state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
         dual.attach(state.vlm_train, state.splits["train"].source)
@@ -208,12 +217,18 @@ def create_detector(spec: str, cfg: BenchConfig) -> det_registry.Detector:
     return det
 
 
-#: Default of the ``stream_above_gb`` option: splits whose float32 size would exceed this stream.
-STREAM_ABOVE_GB = 8.0
+def local_device_of(device: str) -> str:
+    """This process's device (``cuda`` -> ``cuda:LOCAL_RANK`` under torchrun), joining the torchrun world's process
+    group first when there is one (gloo on CPU, nccl on CUDA)."""
+    device = distributed.local_device(device)
+    if distributed.world().distributed:
+        distributed.init(device)
+    return device
 
 
 def stream_above_gb(cfg: BenchConfig) -> float | None:
-    """The config's ``stream_above_gb`` option (GiB; ``none``/negative: never stream, 0: always)."""
+    """The config's ``stream_above_gb`` option (GiB, default :data:`tagood.cache.STREAM_ABOVE_GB`;
+    ``none``/negative: never stream, 0: always)."""
     v = cfg.options.get("stream_above_gb", STREAM_ABOVE_GB)
     if v is None or (isinstance(v, str) and v.lower() in ("none", "never")):
         return None
@@ -237,8 +252,10 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         progress: bool = True, methods: list[str] | None = None, backbone: Any = None) -> tuple[dict[str, Any], RunState]:
     """Run a benchmark end to end; returns ``(results, state)``. With ``out_dir``: writes the result files, every
     log record of the run to ``out_dir/run.log`` (plain lines, :func:`tagood.logs.run_log`) and the IND
-    vocabulary of each tag-based method to ``out_dir/vocabulary-<method>.tsv`` (the format ``vocab=FILE`` reads)."""
-    if out_dir is None:
+    vocabulary of each tag-based method to ``out_dir/vocabulary-<method>.tsv`` (the format ``vocab=FILE`` reads).
+    Under torchrun only rank 0 writes ``out_dir``; every rank returns the same metric rows (the decomposition
+    diagnostics are computed by rank 0 alone)."""
+    if out_dir is None or not distributed.world().is_main:
         return _run(cfg, None, cache_root, device, progress, methods, backbone)
     import sys
 
@@ -279,13 +296,23 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
         t = time.perf_counter()
         try:
             d.fit(state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)
-            t_fit = time.perf_counter() - t
+            fit_error = None
+        except Exception as e:  # one broken detector must not lose the others' results
+            log.exception("detector %s failed", spec)
+            fit_error = f"{type(e).__name__}: {e}"
+        # every rank skips a detector that failed to fit on any rank (the scoring below gathers across ranks)
+        failed = [err for err in distributed.all_gather(fit_error) if err is not None]
+        if failed:
+            state.errors[spec] = fit_error or f"failed on another rank: {failed[0]}"
+            continue
+        t_fit = time.perf_counter() - t
+        try:
             if getattr(d, "test_time", False):
                 per, new_rows = _score_stream(d, spec, state)
-            else:
-                per = {"test": d.score(test)}
+            else:  # split across the ranks of a torchrun world, gathered in order (the identity on one process)
+                per = {"test": distributed.score(d, test)}
                 for name in cfg.ood:
-                    per[name] = d.score(state.splits[name].features)
+                    per[name] = distributed.score(d, state.splits[name].features)
                 new_rows = metric_rows(spec, per["test"], {name: per[name] for name in cfg.ood})
             t_score = time.perf_counter() - t - t_fit
         except Exception as e:  # one broken detector must not lose the others' results
@@ -299,7 +326,8 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
         state.timings[f"{spec}_score_s"] = t_score
         rows += new_rows
         log.info("%s done in %.1fs", spec, time.perf_counter() - t)
-    _diagnose(state, list(state.fitted.items()))
+    if distributed.world().is_main:  # the report's diagnostics: rank 0 alone (no collectives inside)
+        _diagnose(state, list(state.fitted.items()))
     state.timings["total_s"] = time.perf_counter() - t_all
     results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics, cfg.options.get("ood_groups"))
     if out_dir is not None:
