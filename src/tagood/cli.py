@@ -302,7 +302,7 @@ def _compare(per: dict, pair: str, n_boot: int, level: float, seed: int, ind: st
     from rich.table import Table
 
     from tagood.bench.intervals import paired_difference
-    from tagood.cache import atomic_write_json
+    from tagood.fileio import atomic_write_json
 
     names = _methods_opt(pair) or []
     if len(names) != 2:
@@ -421,7 +421,7 @@ def extract(
 ) -> None:
     """Extract features of an image folder into the resumable feature cache (re-running does no work)."""
     from tagood import data
-    from tagood.bench.models import build_backbone
+    from tagood.backbones.factory import build_backbone
     from tagood.extract import extract_split
 
     _check_clip_dir(clip)

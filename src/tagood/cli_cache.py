@@ -154,7 +154,7 @@ def verify_cmd(
 def _repair_now(d: Path, reader, device: str, progress: bool = True) -> bool:
     """Re-extract the damaged shards of an entry that records its recipe (written by `tagood extract`)."""
     from tagood import data
-    from tagood.bench.models import build_backbone
+    from tagood.backbones.factory import build_backbone
     from tagood.extract import extract_split
 
     recipe = reader.manifest.meta.get("recipe")

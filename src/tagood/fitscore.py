@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tagood import detectors, distributed
-from tagood.bench.models import PATH_KEYS, build_backbone, tagger_context
+from tagood.backbones.factory import PATH_KEYS, build_backbone, tagger_context
 from tagood.cache import STREAM_ABOVE_GB, heavy_fields
 from tagood.data import FilesSource, FolderSource, ImageSource
 from tagood.extract import extract_split
@@ -57,7 +57,7 @@ _OPTION = {"checkpoint": "--checkpoint", "tag_list": "--tags", "thresholds": "--
 
 def backbone_spec(backbone: str | Mapping[str, Any]) -> dict[str, Any]:
     """A backbone name (``"efficientnet-lite0"``) or spec (``{"name": "ram", "checkpoint": ...}``, see
-    :func:`tagood.bench.models.build_backbone`) with its file paths made absolute, as saved in ``tagood.json``."""
+    :func:`tagood.backbones.factory.build_backbone`) with its file paths made absolute, as saved in ``tagood.json``."""
     spec = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
     spec.setdefault("name", "efficientnet-lite0")
     for k in PATH_KEYS:

@@ -202,12 +202,12 @@ def render_html(results: Mapping[str, Any], figures: Sequence[str] = (), links: 
 def write_html(results: Mapping[str, Any], out_dir: str | Path, title: str | None = None) -> Path:
     """``out_dir/results.html`` with every PNG under ``out_dir/plots`` and links to the run's files that exist
     (``results.json``, ``results.md``, ``results.csv``, ``run.log``, ``vocabulary-*.tsv``)."""
-    from tagood.cache import _atomic_write_bytes  # the project's one temp-file + rename
+    from tagood.fileio import atomic_write_text
 
     out = Path(out_dir)
     figures = [p.relative_to(out).as_posix() for p in figure_order((out / "plots").glob("*.png"))] if (out / "plots").is_dir() else []
     names = ["results.json", "results.md", "results.csv", "scores.npz", "run.log"]
     links = [n for n in names if (out / n).is_file()] + sorted(p.name for p in out.glob("vocabulary-*.tsv"))
     path = out / "results.html"
-    _atomic_write_bytes(path, render_html(results, figures, links, title).encode("utf-8"))
+    atomic_write_text(path, render_html(results, figures, links, title))
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tagood.bench.groups import group_average_rows, is_group_row
-from tagood.cache import atomic_write_json
+from tagood.fileio import atomic_write_json, atomic_write_text
 from tagood.metrics import METRIC_NAMES as METRICS
 
 
@@ -192,8 +192,8 @@ def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "csv": out / "results.csv"}
     atomic_write_json(paths["json"], results)
-    paths["md"].write_text(to_markdown(results, title))
-    paths["csv"].write_text(to_csv(results))
+    atomic_write_text(paths["md"], to_markdown(results, title))
+    atomic_write_text(paths["csv"], to_csv(results))
     return paths
 
 

@@ -25,7 +25,7 @@ import tagood
 from tagood import detectors as det_registry
 from tagood import distributed
 from tagood.bench.config import BenchConfig
-from tagood.bench.models import build_backbone, build_dual_encoder, tagger_context
+from tagood.backbones.factory import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
 from tagood.bench.sources import build_source
 from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields

@@ -9,13 +9,12 @@ without touching the models (``tagood metrics RUN_DIR``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tagood.fileio import atomic_open
 from tagood.metrics import ood_metrics
 
 SCORES_FILE = "scores.npz"
@@ -44,14 +43,8 @@ def save_scores(path: str | Path, scores: Mapping[str, Mapping[str, np.ndarray]]
             arrays[f"id/{split}"] = np.asarray([str(n) for n in names], dtype=str)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(p) as f:
+        np.savez(f, **arrays)
     return p
 
 
