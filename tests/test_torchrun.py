@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -320,3 +321,39 @@ def test_bench_on_two_ranks_scores_like_one_process(tmp_path, bench_config, back
     # the extraction ran as two parts into one cache entry per split
     manifests = [json.loads(m.read_text()) for m in (tmp_path / "c2").glob("*/manifest.json")]
     assert len(manifests) == 3 and all(m["complete"] and m["meta"]["world_size"] == 2 for m in manifests)
+
+
+@pytest.mark.slow  # four CLI launches (fit and score, 1 process and 2 ranks): about a minute on 2 shared cores
+def test_fit_and_score_on_two_ranks_like_one_process(tmp_path, bench_config, backbone):
+    """``tagood fit`` / ``tagood score`` on 2 gloo ranks: the same threshold and the same per-image scores as one
+    process; only rank 0 writes the detector directory and the CSV (each rank is given its own --out)."""
+    import csv
+
+    root = bench_config.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", "TAGOOD_DIST_TIMEOUT": "120",
+           "TAGOOD_HOME": str(backbone.onnx_path().parent.parent)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    tagood = [sys.executable, "-m", "tagood", "--threads", "1"]
+
+    def both(args: Callable[[str], list[str]], cache: str) -> None:
+        port = str(_free_port())
+        one = subprocess.Popen([*tagood, *args("one"), "--cache", str(tmp_path / "c1"), "-q"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ranks = [subprocess.Popen([*tagood, *args(f"rank{k}"), "--cache", str(tmp_path / cache), "-q"],
+                                  env={**env, "RANK": str(k), "WORLD_SIZE": "2", "LOCAL_RANK": str(k),
+                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
+        _wait([one, *ranks])
+
+    both(lambda who: ["fit", str(root / "train"), "--out", str(tmp_path / f"det-{who}"), "--method", "cs"], "c2")
+    assert not (tmp_path / "det-rank1").exists()
+    m1, m2 = (json.loads((tmp_path / f"det-{w}" / "tagood.json").read_text()) for w in ("one", "rank0"))
+    assert m2["threshold"] == pytest.approx(m1["threshold"], rel=1e-9) and m2["n_heldout"] == m1["n_heldout"]
+    both(lambda who: ["score", str(tmp_path / ("det-one" if who == "one" else "det-rank0")), str(root / "test"),
+                      str(root / "ood"), "--out", str(tmp_path / f"s-{who}.csv")], "c3")
+    assert not (tmp_path / "s-rank1.csv").exists()
+    r1, r2 = (list(csv.DictReader((tmp_path / f"s-{w}.csv").open())) for w in ("one", "rank0"))
+    assert [r["path"] for r in r2] == [r["path"] for r in r1] and len(r1) == 32
+    np.testing.assert_allclose([float(r["score"]) for r in r2], [float(r["score"]) for r in r1], rtol=1e-6, atol=1e-9)
+    assert [r["is_ood"] for r in r2] == [r["is_ood"] for r in r1]
