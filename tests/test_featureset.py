@@ -134,6 +134,23 @@ def test_subset_and_extra_follow_the_chunks():
         FeatureSet.from_chunks(parts, hold=())
 
 
+def test_derive_is_one_call_for_held_and_streamed_inputs():
+    rng = np.random.default_rng(2)
+    whole = FeatureSet(labels=np.arange(6), tokens=TokenSet.from_dense(rng.normal(size=(6, 3, 4))))
+    chunked = FeatureSet.from_chunks([whole.subset(np.arange(0, 2)), whole.subset(np.arange(2, 6))])
+    calls = []
+
+    def norms(fs: FeatureSet) -> np.ndarray:
+        calls.append(len(fs))
+        return np.linalg.norm(fs.tokens.pad()[0], axis=(1, 2))
+
+    whole.derive("tag_probs", norms, {"tokens"})
+    chunked.derive("tag_probs", norms, {"tokens"})
+    assert calls == [6] and "tag_probs" in chunked.streamed and chunked.tag_probs is None  # lazily, per chunk
+    np.testing.assert_array_equal(np.concatenate([c.tag_probs for c in chunked.iter_chunks()]), whole.tag_probs)
+    assert calls == [6, 2, 4]
+
+
 def test_types_alias_without_import_cycle():
     """``tagood.types`` does not import ``tagood.featureset`` (which imports it); the alias resolves lazily."""
     code = ("import sys, tagood.types as t; assert 'tagood.featureset' not in sys.modules; "

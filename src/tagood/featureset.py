@@ -173,6 +173,15 @@ class FeatureSet:
         if done != n:
             raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
 
+    def derive(self, name: str, fn: Callable[["FeatureSet"], Any], needs: Iterable[str]) -> "FeatureSet":
+        """Set field ``name`` to ``fn(chunk)`` from the fields ``needs`` (e.g. patch embeddings from the
+        tokens): computed once when they are held, chunk by chunk on each pass when one is streamed
+        (:meth:`derive_streamed`). In place; returns ``self``."""
+        if self.is_streamed(needs):
+            return self.derive_streamed(name, fn)
+        setattr(self, name, fn(self))
+        return self
+
     def derive_streamed(self, name: str, fn: Callable[["FeatureSet"], Any]) -> "FeatureSet":
         """Add field ``name`` computed chunk by chunk from a streamed split, ``fn(chunk)`` (e.g. patch
         embeddings from the streamed tokens): it becomes a streamed field itself, computed again on each
