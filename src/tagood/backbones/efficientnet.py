@@ -229,15 +229,6 @@ Lite0Features = LiteFeatures
 Lite0Tagger = LiteTagger
 
 
-class _PooledOnly(nn.Module):
-    def __init__(self, feats: LiteFeatures) -> None:
-        super().__init__()
-        self.f = feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x.contiguous(memory_format=torch.channels_last))[1]
-
-
 def export_onnx(module: nn.Module, path: Path) -> None:
     """Export a :class:`LiteFeatures` or :class:`LiteTagger` module to ONNX at ``path`` atomically (dynamic batch axis)."""
     feats = module.f if isinstance(module, LiteTagger) else module
@@ -417,9 +408,12 @@ class EfficientNetLite:
         return np.einsum("bkd,bnd->bkn", w, t, optimize=False)
 
     def torch_module(self) -> nn.Module:
-        """A differentiable copy: images (B,3,S,S) -> pooled features (B,1280), in eval mode, on ``device``."""
-        fresh = LiteFeatures(load_lite(self.variant)).eval().to(self.device, memory_format=torch.channels_last)
-        return _PooledOnly(fresh)
+        """A differentiable copy: images (B,3,S,S) -> pooled features (B,1280), in eval mode, on ``device``:
+        the lean graph of :class:`tagood.backbones.lite_pooled.LitePooled` (BatchNorm folded, no block
+        norms or logits; the same function to float rounding, ~2x faster input gradients for ODIN)."""
+        from tagood.backbones.lite_pooled import LitePooled
+
+        return LitePooled(load_lite(self.variant)).to(self.device, memory_format=torch.channels_last)
 
 
 class EfficientNetLite0(EfficientNetLite):

@@ -1,0 +1,78 @@
+"""The lean differentiable EfficientNet-Lite (BatchNorm folded, pooled features only) computes the same
+function as the full feature graph, on real photos with the real ImageNet weights, and ODIN's scores
+and input-gradient signs through it equal those through the full graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagood.backbones.efficientnet import LITE0, LITE2, LiteFeatures, load_lite
+from tagood.backbones.lite_pooled import LitePooled
+
+
+def _images(photos, size: int) -> torch.Tensor:
+    """The two sklearn sample photos and their mirror images, resized to ``size`` and normalised as Lite does."""
+    arrs = []
+    for im in photos.values():
+        a = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
+        arrs += [a, a[:, ::-1]]
+    x = (np.stack(arrs) - 127.0) / 128.0
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize("variant", [LITE0, LITE2], ids=lambda v: v.name)
+def test_lean_pooled_equals_full_graph(photos, variant):
+    model = load_lite(variant)
+    full, lean = LiteFeatures(model).eval(), LitePooled(model)
+    x = _images(photos, variant.crop)
+    with torch.inference_mode():
+        want, got = full(x)[1], lean(x)
+    assert got.shape == (len(x), 1280)
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= 1e-5 * max(1.0, scale) * 10, "folded BatchNorm changed the features"
+    # the test can fail: an unfolded BatchNorm (identity) gives different features
+    broken = LitePooled(model)
+    with torch.no_grad():
+        broken.stem[0][1].weight.mul_(1.01)
+        assert float((broken(x) - want).abs().max()) > 1e-3
+
+
+def test_lean_refuses_train_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        LitePooled(load_lite(LITE0).train())
+
+
+def test_odin_through_lean_equals_full(photos):
+    """ODIN (T = 1000, eps = 0.0014 / std) through both graphs: same gradient signs (but for a few pixels whose
+    gradient is ~0) and the same scores to far below their spread."""
+    torch.manual_seed(0)
+    model = load_lite(LITE0)
+    head = torch.nn.Linear(1280, 6)
+    graphs = {"full": torch.nn.Sequential(_Pooled(LiteFeatures(model).eval()), head), "lean": torch.nn.Sequential(LitePooled(model), head)}
+    x = _images(photos, LITE0.crop)
+    out = {}
+    for name, g in graphs.items():
+        xt = x.clone().requires_grad_(True)
+        logits = g(xt) / 1000.0
+        loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1))
+        (grad,) = torch.autograd.grad(loss, xt)
+        x2 = xt.detach() - (0.0014 / (128 / 255)) * torch.sign(grad)
+        with torch.no_grad():
+            s = torch.softmax(g(x2).double() / 1000.0, 1).max(1).values
+        out[name] = (torch.sign(grad), s)
+    agree = float((out["full"][0] == out["lean"][0]).double().mean())
+    assert agree > 0.999, agree
+    spread = float(out["full"][1].max() - out["full"][1].min())
+    assert spread > 0
+    assert float((out["full"][1] - out["lean"][1]).abs().max()) < 1e-3 * spread
+
+
+class _Pooled(torch.nn.Module):
+    def __init__(self, f: LiteFeatures) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x)[1]
