@@ -42,7 +42,6 @@ import os
 import re
 import socket
 import struct
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ import numpy as np
 from safetensors.numpy import save as _st_save
 
 from tagood.featureset import FeatureSet, from_cache
+from tagood.fileio import atomic_write_bytes, atomic_write_json
 from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
@@ -130,35 +130,15 @@ def file_stat(ident: str) -> list[int] | None:
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` atomically (temp file in the same directory + rename)."""
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
-
-
 def _atomic_save_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> tuple[int, str]:
     """Write ``tensors`` to ``path`` atomically; returns (bytes, SHA-256) of the file written."""
     data = _st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _atomic_write_json_hashed(path: Path, obj: Any) -> str:
-    data = json.dumps(obj, default=str).encode()
-    _atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(atomic_write_json(path, obj, indent=None)).hexdigest()
 
 
 def _canonical_hash(obj: Any) -> str:
