@@ -34,9 +34,12 @@ _META = ("chunks", "streamed", "extra", "name")
 _TOKEN_FIELDS = ("tokens", "patch_embeds")
 
 
-def _take(v: Any, rows: np.ndarray | slice, n: int, keep: bool = False) -> Any:
-    """Rows ``rows`` of one per-sample value of ``n`` samples; a value that is not per sample (an image
-    stream, a scalar) is kept as is with ``keep`` (``extra`` entries), else dropped (``None``)."""
+def take_rows(v: Any, rows: np.ndarray | slice, n: int | None = None, keep: bool = False) -> Any:
+    """Rows ``rows`` of one per-sample value of ``n`` samples (default ``len(v)``): a TokenSet, TagAttention,
+    list or array; a value that is not per sample (an image stream, a scalar) is kept as is with ``keep``
+    (``extra`` entries), else dropped (``None``)."""
+    if n is None:
+        n = len(v)
     if isinstance(v, TokenSet):
         return v.select(np.arange(len(v))[rows] if isinstance(rows, slice) else rows)
     if isinstance(v, TagAttention):
@@ -48,7 +51,7 @@ def _take(v: Any, rows: np.ndarray | slice, n: int, keep: bool = False) -> Any:
     return v if keep else None
 
 
-def _concat(parts: Sequence[Any], cast: bool) -> Any:
+def concat_rows(parts: Sequence[Any], cast: bool = False) -> Any:
     """The per-sample values of consecutive chunks as one; token values float32 when ``cast``."""
     if isinstance(parts[0], TokenSet):
         ts = TokenSet.concat(list(parts))
@@ -99,7 +102,7 @@ class FeatureSet:
         if not parts:
             raise ValueError("FeatureSet.from_chunks needs at least one part")
         names = [f.name for f in fields(cls) if f.name not in _META and getattr(parts[0], f.name) is not None]
-        held = {f: _concat([getattr(p, f) for p in parts], cast=False) for f in names if f in hold}
+        held = {f: concat_rows([getattr(p, f) for p in parts], cast=False) for f in names if f in hold}
         if not held:
             raise ValueError(f"FeatureSet.from_chunks: hold at least one field the parts have (hold={sorted(hold)}, "
                              f"parts have {names}), e.g. labels, so the split knows its length")
@@ -166,8 +169,8 @@ class FeatureSet:
             if start != done or stop > n:
                 raise RuntimeError(f"feature set '{self.name}': chunk [{start}, {stop}) out of order (expected start {done}, {n} samples)")
             sl = slice(start, stop)
-            kw = {f: _take(v, sl, n) for f, v in held.items() if getattr(part, f) is None}
-            extra = {k: _take(v, sl, n, keep=True) for k, v in self.extra.items()}
+            kw = {f: take_rows(v, sl, n) for f, v in held.items() if getattr(part, f) is None}
+            extra = {k: take_rows(v, sl, n, keep=True) for k, v in self.extra.items()}
             done = stop
             yield part.with_(name=self.name, extra={**extra, **part.extra}, chunks=None, streamed=frozenset(), **kw)
         if done != n:
@@ -207,8 +210,8 @@ class FeatureSet:
         n = len(self)
         if len(idx) and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= n):
             raise ValueError(f"subset of '{self.name}': indices must be sorted, unique and in [0, {n})")
-        out = FeatureSet(name=self.name, extra={k: _take(v, idx, n, keep=True) for k, v in self.extra.items()},
-                         **{f: _take(v, idx, n) for f, v in self._held().items()})
+        out = FeatureSet(name=self.name, extra={k: take_rows(v, idx, n, keep=True) for k, v in self.extra.items()},
+                         **{f: take_rows(v, idx, n) for f, v in self._held().items()})
         if not self.is_streamed():
             return out
         assert self.chunks is not None
@@ -219,7 +222,7 @@ class FeatureSet:
             for start, part in base():
                 rows = idx[(idx >= start) & (idx < start + len(part))] - start
                 if len(rows):
-                    picked = {f: _take(getattr(part, f), rows, len(part)) for f in streamed}
+                    picked = {f: take_rows(getattr(part, f), rows, len(part)) for f in streamed}
                     yield pos, FeatureSet(name=part.name, **{k: v for k, v in picked.items() if v is not None})
                     pos += len(rows)
 
@@ -236,7 +239,7 @@ class FeatureSet:
         for _, part in self.chunks():
             for f in want:
                 parts[f].append(getattr(part, f))
-        kw = {f: _concat(vs, cast) for f, vs in parts.items() if vs}
+        kw = {f: concat_rows(vs, cast) for f, vs in parts.items() if vs}
         rest = self.streamed - want
         return self.with_(streamed=frozenset(rest), chunks=self.chunks if rest else None, **kw)
 

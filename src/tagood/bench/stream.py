@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tagood.featureset import FeatureSet
-from tagood.types import TokenSet
+from tagood.featureset import FeatureSet, concat_rows, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +93,6 @@ def build_stream(sizes: Mapping[str, int], ind: str = "test", seed: int = 0, id_
     return StreamPlan(splits, order, int(seed), id_ood_ratio, ind)
 
 
-def _take(v: Any, rows: np.ndarray) -> Any:
-    if isinstance(v, TokenSet):
-        return v.select(rows)
-    return np.asarray(v)[rows]
-
-
-def _concat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], TokenSet):
-        return TokenSet.concat(parts)
-    return np.concatenate(parts)
-
-
 def stream_batches(plan: StreamPlan, data: Mapping[str, FeatureSet], fields: tuple[str, ...],
                    batch_size: int = 256) -> Iterator[FeatureSet]:
     """The stream's samples in order, ``batch_size`` at a time, as FeatureSets holding ``fields``."""
@@ -121,9 +108,9 @@ def stream_batches(plan: StreamPlan, data: Mapping[str, FeatureSet], fields: tup
             parts = []
             for k in np.unique(chunk[:, 0]):
                 pos = np.flatnonzero(chunk[:, 0] == k)
-                parts.append((pos, _take(getattr(data[plan.splits[int(k)]], f), chunk[pos, 1])))
+                parts.append((pos, take_rows(getattr(data[plan.splits[int(k)]], f), chunk[pos, 1])))
             back = np.argsort(np.concatenate([p for p, _ in parts]), kind="stable")
-            kw[f] = _take(_concat([v for _, v in parts]), back)
+            kw[f] = take_rows(concat_rows([v for _, v in parts]), back)
         yield FeatureSet(name="stream", **kw)
 
 
