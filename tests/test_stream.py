@@ -11,7 +11,8 @@ from tagood.bench.config import builtin
 from tagood.cache import CacheReader, heavy_fields
 from tagood.ragged import TokenSetSink
 from tagood.tagood.decompose import mean_tokens
-from tagood.types import FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import TokenSet
 
 METHODS = ["msp", "knn", "tagscore", "cs", "tagood[epochs=2]", "ce+cs[epochs=1]"]
 
