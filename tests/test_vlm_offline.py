@@ -91,3 +91,19 @@ def test_locoop_learns_token_context_on_offline_encoder(offline, fm_test) -> Non
     assert det.context_used == "tokens" and len(det.history) == 2
     s = det.score(fs)
     assert s.shape == (96,) and np.isfinite(s).all()
+
+
+def test_minilm_length_sorted_batches_keep_order_and_values(offline) -> None:
+    """MiniLM encodes texts in batches of similar length: the rows come back in input order and equal each text
+    encoded alone (padding is masked), and the order of a text in the list does not change its embedding."""
+    enc = offline.text
+    texts = ["a photo of a cat.", "a photo of a very small and extremely fluffy grey kitten asleep on a sofa.", "dog",
+             "a photo of a hippopotamus.", "an aerial photograph of the harbour of Rotterdam at night, in the rain."]
+    small = type(enc).__new__(type(enc))
+    small.__dict__.update(enc.__dict__)
+    small.batch_size = 2  # several batches, each of similar lengths
+    got = small.encode(texts)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    np.testing.assert_allclose(got, alone, atol=2e-6)
+    assert np.abs(got[0] - got[1]).max() > 1e-2  # distinct texts, distinct rows: a mix-up would fail above
+    np.testing.assert_allclose(small.encode(texts[::-1])[::-1], got, atol=2e-6)

@@ -73,14 +73,20 @@ class MiniLMTextEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (T,384) L2-normalised embeddings (float32)."""
         texts = list(texts)
-        out = []
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
+        # batches of similar token length (stable sort, results put back in input order): padding is masked out
+        # of attention and pooling, so only the wasted work on pad positions goes away
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        out = np.empty((len(texts), self.embed_dim), np.float32)
         with torch.inference_mode():
             for a in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[a : a + self.batch_size], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                sel = order[a : a + self.batch_size]
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in sel]}, return_tensors="pt").to(self.device)
                 h = self.model(**enc).last_hidden_state
-                out.append(self._pool(h, enc["attention_mask"]).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+                out[sel] = self._pool(h, enc["attention_mask"]).float().cpu().numpy()
+        return out
 
     def encode_with_context(self, ctx: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
         """Differentiable class embeddings ``(C,384)`` for prompts ``[CLS] ctx_1..ctx_M name [SEP]``.
