@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from tagood.types import FeatureSet
+from tagood.numeric import l2_normalize
+from tagood.featureset import FeatureSet
 from tagood.vlm.adaneg import AdaNeg
-from tagood.vlm.base import normalise
 from tagood.vlm.neglabel import random_groups
 
 
@@ -28,8 +28,8 @@ def build(n_ind: int, n_neg: int, dim: int, seed: int = 0) -> AdaNeg:
     rng = np.random.default_rng(seed)
     det = AdaNeg()
     det.class_names = [f"class{i}" for i in range(n_ind)]
-    det.text = normalise(rng.standard_normal((n_ind, dim))).astype(np.float32)
-    det.neg_text = normalise(rng.standard_normal((n_neg, dim))).astype(np.float32)
+    det.text = l2_normalize(rng.standard_normal((n_ind, dim))).astype(np.float32)
+    det.neg_text = l2_normalize(rng.standard_normal((n_neg, dim))).astype(np.float32)
     det.neg_words = [f"neg{i}" for i in range(n_neg)]
     det.groups = random_groups(n_neg, det.ngroup, seed)
     det.fitted = True
@@ -41,7 +41,7 @@ def stream(det: AdaNeg, n: int, seed: int = 1) -> np.ndarray:
     assert det.text is not None and det.neg_text is not None
     near = det.text[rng.integers(0, len(det.text), n // 2)] + 0.05 * rng.standard_normal((n // 2, det.text.shape[1]))
     far = rng.standard_normal((n - n // 2, det.text.shape[1]))
-    return normalise(np.concatenate([near, far])[rng.permutation(n)]).astype(np.float32)
+    return l2_normalize(np.concatenate([near, far])[rng.permutation(n)]).astype(np.float32)
 
 
 def timed(det: AdaNeg, x: np.ndarray, batch: int) -> tuple[float, np.ndarray]:

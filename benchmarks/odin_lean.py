@@ -23,7 +23,8 @@ from tagood.backbones.efficientnet import EfficientNetLite0, LiteFeatures, load_
 from tagood.backbones.lite_pooled import LitePooled
 from tagood.data.scenes import scene_splits
 from tagood.detectors.odin import ODIN
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 
 class _FullPooled(torch.nn.Module):

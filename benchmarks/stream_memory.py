@@ -43,14 +43,14 @@ def sample():
 threading.Thread(target=sample, daemon=True).start()
 from tagood.cache import CacheReader, HEAVY_FIELDS
 from tagood.detectors import create
-from tagood.types import Context
+from tagood.context import Context
 entry, mode, work = sys.argv[1], sys.argv[2], sys.argv[3]
 reader = CacheReader(entry)
 fields = ["tokens", "tag_probs", "tag_attention"]
 fs = reader.to_featureset(fields, stream=fields if mode == "stream" else ())
 det = create("tagood[epochs=1,per_class=1]")
 ctx = Context(class_names=[f"c{i}" for i in range(int(fs.labels.max()) + 1)], seed=0)
-ctx.extra["work_dir"] = work
+ctx.work_dir = work
 det.fit(fs, ctx)
 time.sleep(0.05)
 print(json.dumps({"mode": mode, "peak_mb": peak[0] / 1024, "centres": float(np.abs(det.centres).sum())}))

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 import tagood.detectors as detectors
 from tagood.bench.stream import build_stream, evaluate_stream, stream_batches
 from tagood.metrics import ood_metrics
-from tagood.types import Context, FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
+from tagood.types import TokenSet
 from tagood.vlm.adaneg import AdaNeg
 
 D = 16

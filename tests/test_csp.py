@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tagood.detectors as detectors
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.csp import CSP_EXCLUDED_LEXFILES, CSP_SUPERCLASSES, conjugated_labels, csp_pool
 from tagood.vlm.neglabel import ind_share
 from tagood.vlm.negmining import mine_fraction, neg_distance

@@ -16,7 +16,9 @@ from sklearn.neighbors import NearestNeighbors
 
 from tagood import detectors
 from tagood.detectors.ash import ash_shape
-from tagood.types import Context, FeatureSet, LinearHead, TagAttention, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
+from tagood.types import LinearHead, TagAttention, TokenSet
 
 RNG = np.random.default_rng(0)
 
@@ -320,7 +322,7 @@ def test_every_detector_smoke(name):
     rng = np.random.default_rng(5)
     train, test = _full_featureset(60, rng), _full_featureset(11, rng)
     ctx = Context(head=_head(), model=_tiny_model(), pseudo_ood=_full_featureset(20, rng), class_names=["a", "b", "c"],
-                  dual_encoder=ToyDualEncoder(), extra={"tag_names": [f"tag{i}" for i in range(20)]})
+                  dual_encoder=ToyDualEncoder(), tag_names=[f"tag{i}" for i in range(20)])
     det = detectors.create(name, **opts)
     assert set(det.requires) == requires and set(det.context_requires) == context_requires, name
     assert det.fit(train, ctx) is det  # no skip: every input it declares is here

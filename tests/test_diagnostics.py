@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tagood.bench import diagnostics as dg
 from tagood.bench import report
-from tagood.types import FeatureSet
+from tagood.featureset import FeatureSet
 
 
 # -- pixel mask -> token grid -------------------------------------------------------------------

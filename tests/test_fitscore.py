@@ -110,10 +110,10 @@ def test_fit_and_score_krnft_on_the_offline_dual_encoder(tmp_path, tagood_home):
     assert len(got) == 6 and all(-1.0 <= v <= 0.0 for v in got.values())  # minus the IND probability mass
 
     # the same images scored in Python with the loaded detector and the offline encoder
-    from tagood.bench.models import build_backbone
+    from tagood.backbones.factory import build_backbone
     from tagood.data import FolderSource
     from tagood.extract import extract_split
-    from tagood.vlm import build_dual_encoder
+    from tagood.backbones.factory import build_dual_encoder
     from tagood.vlm.krnft import KRNFT
 
     src = FolderSource(tmp_path / "new")

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from tagood.metrics import ood_metrics
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.krnft import KRNFT, select_crops
 
 torch.set_num_threads(1)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import tagood.detectors as detectors
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 C, SHAPE = 5, (3, 4, 4)
 

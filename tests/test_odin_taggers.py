@@ -25,7 +25,8 @@ import tagood.detectors as detectors
 from tagood.backbones.clip import load_clip
 from tagood.backbones.clip_tagger import load_clip_tagger
 from tagood.backbones.ram import IMAGENET_STD, load_ram
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 torch.set_num_threads(1)
 

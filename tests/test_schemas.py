@@ -141,7 +141,8 @@ def test_react_and_ash_percentile_ranges(p):
 
 
 def test_a_plugin_detector_without_a_schema_is_checked_against_its_signature():
-    from tagood.detectors.base import _REGISTRY, Detector, register
+    from tagood.detectors.base import Detector
+    from tagood.detectors.registry import _REGISTRY, register
 
     @register("plugin-test-only")
     class Plugin(Detector):

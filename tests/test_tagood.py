@@ -11,7 +11,9 @@ from tagood import detectors
 from tagood.tagood import (NO_TAG_SCORE, Projector, TagRule, Vocabulary, build_vocabulary, centre_score, ema_update,
                            mean_tokens, select_tokens, token_mask)
 from tagood.tagood.train import PRESETS, train_projector
-from tagood.types import Context, FeatureSet, TagAttention, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
+from tagood.types import TagAttention, TokenSet
 
 
 def test_vocabulary_majority_collisions_and_file(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from tagood import detectors
 from tagood.tagood import NO_TAG_SCORE, centre_score, mean_tokens, select_tokens
-from tagood.types import Context
+from tagood.context import Context
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def scenes(backbone, tmp_path_factory):
     parts = scene_splits(n_train_per_class=4, n_test_per_class=2, n_ood=4, seed=0)
     cache = tmp_path_factory.mktemp("scene-cache")
     fs = {k: extract_split(parts[k], backbone, cache, split=k, progress=False).to_featureset() for k in ("train", "test", "scene-clutter")}
-    ctx = Context(class_names=parts["train"].class_names, extra=tagger_context(backbone, cache), seed=0)
+    ctx = Context(class_names=parts["train"].class_names, **tagger_context(backbone, cache), seed=0)
     return fs, ctx
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from tagood import detectors
 from tagood.tagood import NO_TAG_SCORE, centre_score, select_tokens, token_mask
-from tagood.types import Context, FeatureSet, TagAttention, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
+from tagood.types import TagAttention, TokenSet
 
 SMALL = "epochs=2,dim=16,mlp=32,batch_size=32"
 
@@ -92,7 +94,7 @@ def test_tag_threshold_none_uses_tagger_thresholds_but_zero_is_zero():
     train, test = _toy(seed=0), _toy(n_per=5, seed=1)
     per_tag = np.full(20, 0.5)
     per_tag[11] = 0.9  # the tagger's own threshold rejects class 1's tag (prob 0.8)
-    ctx = Context(extra={"tag_thresholds": per_tag})
+    ctx = Context(tag_thresholds=per_tag)
     given = detectors.create("cs[per_class=1,tag_threshold=0.0]").fit(train, ctx)
     assert np.isscalar(given.rule.threshold) and given.rule.threshold == 0.0  # before: 0.0 meant "not given"
     assert given.vocab.class_tags == [[10], [11], [12]] and given.token_masks(test)[1].all()
@@ -255,7 +257,7 @@ def test_paper_preset_is_the_published_setting():
     assert cfg.weight_decay == 5e-4 and cfg.min_lr == 1e-5 and cfg.ce_weight == 1.0
     assert cfg.mse_weight == 0.4  # the paper's 0.1 on the public code's MSE summed over 4 chunks = 0.4 of a mean MSE
     assert det.test_tokens == "all" and det.tau == 0.5 and det.score_kind == "cosine"
-    assert det._rule_for(Context(extra={"tag_thresholds": np.full(20, 0.8)})).threshold == 0.5  # uniform 0.5 beats a per-tag file
+    assert det._rule_for(Context(tag_thresholds=np.full(20, 0.8))).threshold == 0.5  # uniform 0.5 beats a per-tag file
     # explicit options still override the preset
     over = detectors.create("tagood[preset=paper,test_tokens=object,tag_threshold=0.2,mse_weight=0.1]")
     assert over.test_tokens == "object" and over.rule.threshold == 0.2 and over.train_cfg.mse_weight == 0.1
@@ -285,7 +287,7 @@ def test_tags_gt_uses_the_class_tag_and_recomputes_attention():
 
     source, keep = det._train_keep(train, attend)
     assert calls[0][:, 0].tolist() == (10 + train.labels).tolist() and keep.all()
-    tokens, has, _ = det._decompose_train(train, Context(extra={"attend": attend}), None)
+    tokens, has, _ = det._decompose_train(train, Context(attend=attend), None)
     assert has.all() and np.all(tokens.lengths == 4)  # minmax(0..8) > 0.5 keeps tokens 5..8
     assert tokens.select(np.array([0])).positions.tolist() == [5, 6, 7, 8]
     # a GT tag missing from the stored tags, no tagger to recompute it: the predicted IND tags are used

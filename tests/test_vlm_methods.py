@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder
 from tagood.metrics import ood_metrics
-from tagood.types import Context, FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
+from tagood.types import TokenSet
 from tagood.vlm.krnft import KRNFT
 from tagood.vlm.neglabel import ind_share, random_groups
 from tagood.vlm.negmining import mine_negatives, neg_distance

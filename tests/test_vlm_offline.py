@@ -11,7 +11,8 @@ import torch
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder
 from tagood.backbones.prompts import encode_prompts
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 torch.set_num_threads(1)
 FM_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -345,7 +345,7 @@ def metrics_cmd(
 ) -> None:
     """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
     from tagood.bench import report
-    from tagood.bench.scores import load_scores, rows_from_scores
+    from tagood.bench.scores import load_scores
 
     per, _ = load_scores(scores)
     if compare:
@@ -455,7 +455,7 @@ def convert_ram_cmd(
                                                            "(run.log still records everything)."),
 ) -> None:
     """Keep only the tagger's weights of an official RAM checkpoint (drops the text encoder/decoder)."""
-    from tagood.backbones.ram import RAMCheckpointError, convert_ram
+    from tagood.backbones.ram import convert_ram
 
     d = convert_ram(checkpoint, out, tags, thresholds, fp16=fp16)
     size_in = checkpoint.stat().st_size
@@ -567,8 +567,6 @@ def score(
                                                            "(run.log still records everything)."),
 ) -> None:
     """Score new images with a fitted detector (higher = more OOD); the tagger is the one it was fitted with."""
-    import json
-
     from tagood.fitscore import score_images
 
     saved_spec = _check_detector_dir(detector)["backbone"].get("spec") or {}

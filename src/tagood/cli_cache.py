@@ -29,7 +29,7 @@ _QuietOpt = typer.Option(False, "-q", "--quiet", help="Log warnings and errors o
 
 
 def _root(cache: Optional[Path]) -> Path:
-    from tagood.extract import default_cache_root
+    from tagood.backbones.home import default_cache_root
 
     return cache if cache is not None else default_cache_root()
 

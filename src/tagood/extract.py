@@ -39,7 +39,7 @@ from tagood.cache import (
     file_stat,
     set_aside_manifest,
 )
-from tagood.backbones.home import default_cache_root  # noqa: F401  (cli_cache imports it from here)
+from tagood.backbones.home import default_cache_root
 from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
 from tagood.distributed import World, all_gather, barrier, broadcast, init, split_range, world
 from tagood.fileio import atomic_copy

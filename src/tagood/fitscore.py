@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,7 +36,7 @@ from tagood.data import FilesSource, FolderSource, ImageSource
 from tagood.extract import extract_split
 from tagood.fileio import atomic_write_text
 from tagood.tagood.scores import NO_TAG_SCORE
-from tagood.types import Context
+from tagood.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def _local_device(device: str) -> str:
 
 
 def _dual_encoder(spec: Mapping[str, Any], bb: Any, device: str) -> Any:
-    from tagood.vlm import build_dual_encoder
+    from tagood.backbones.factory import build_dual_encoder
 
     return build_dual_encoder(dict(spec), bb, device=device)
 
@@ -205,7 +206,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
     ctx = Context(class_names=src.class_names, device=device, seed=seed)
     train, test = fs.subset(fit_idx, lazy=True), fs.subset(held_idx, lazy=True)  # a streamed folder stays streamed
     if dual_spec is None:
-        ctx.extra.update(tagger_context(bb, cache))
+        ctx = replace(ctx, **tagger_context(bb, cache))
     else:  # dual-encode only the detector's own few-shot picks of the training images, and the held-out ones
         from tagood.vlm.base import few_shot_indices
 

@@ -316,17 +316,21 @@ DETECTOR_OPTIONS: dict[str, type[BaseModel]] = {
 }
 
 
+def _is_detector_base(klass: type) -> bool:
+    """``klass`` is ``tagood.detectors.base.Detector``, recognised by name: the detector registry imports this
+    module, so importing it back would be a cycle."""
+    return klass.__module__ == "tagood.detectors.base" and klass.__qualname__ == "Detector"
+
+
 def signature_options(cls: type) -> dict[str, Any]:
     """The options a detector class takes: the named parameters of each ``__init__`` along its MRO that
     passes ``**kwargs`` on (stopping at ``tagood.detectors.base.Detector``, whose ``**hparams`` only
     records them), plus the fields of ``TrainConfig`` for a detector that forwards ``**train_kw`` to it
     (TagOOD, CS, (CE)+CS). Returns ``{name: default}`` (``inspect.Parameter.empty`` when required);
     the first default met along the MRO wins."""
-    from tagood.detectors.base import Detector
-
     out: dict[str, Any] = {}
     for klass in cls.__mro__:
-        if klass is Detector or klass is object or "__init__" not in vars(klass):
+        if _is_detector_base(klass) or klass is object or "__init__" not in vars(klass):
             continue
         params = inspect.signature(vars(klass)["__init__"]).parameters
         for n, p in params.items():
@@ -349,10 +353,8 @@ def signature_options(cls: type) -> dict[str, Any]:
 def _takes_any(cls: type) -> bool:
     """True when no ``__init__`` before ``Detector`` in the MRO ends the chain without ``**kwargs``: the
     detector would record any keyword (a plugin without a schema entry)."""
-    from tagood.detectors.base import Detector
-
     for klass in cls.__mro__:
-        if klass is Detector:
+        if _is_detector_base(klass):
             return True
         if "__init__" in vars(klass):
             params = inspect.signature(vars(klass)["__init__"]).parameters.values()
@@ -452,7 +454,7 @@ def _example(name: str, e: ValidationError, defaults: Mapping[str, Any], preset:
 
 def _spec_options(spec: str) -> None:
     """Check one method spec (``name[key=value,...]``): known detector (with a suggestion) and valid options."""
-    from tagood.detectors.base import available, get_class, parse_name
+    from tagood.detectors.registry import available, get_class, parse_name
 
     base, opts = parse_name(spec)
     names = available()
@@ -625,7 +627,7 @@ def _method_spec(v: Any) -> Any:
 
 
 def _method_defaults(v: Any) -> Any:
-    from tagood.detectors.base import available, get_class
+    from tagood.detectors.registry import available, get_class
 
     if not isinstance(v, Mapping):
         raise PydanticCustomError("method_defaults", "method_defaults is a table [options.method_defaults.<method>]")
@@ -800,7 +802,7 @@ class BackboneRecord(_Strict):
 
 def _saved_method(v: Any) -> Any:
     """The saved ``method`` is a spec of a registered detector (not quoted back: it was read from a file)."""
-    from tagood.detectors.base import available, parse_name
+    from tagood.detectors.registry import available, parse_name
 
     try:
         base, _ = parse_name(v) if isinstance(v, str) else ("", {})

@@ -1,30 +1,18 @@
-"""Core data types shared by every layer: model outputs, ragged token sets, tag attention, context.
+"""Core data types shared by every layer: model outputs, ragged token sets, tag attention, the linear head.
 
 Import direction is one-way (data -> backbones -> cache -> detectors/tagood -> bench -> cli);
 this module sits below all of them and depends on numpy only (torch is optional at runtime).
-``FeatureSet`` lives in :mod:`tagood.featureset` (which imports this module); ``tagood.types.FeatureSet``
-still resolves to it, lazily, while callers move to ``from tagood.featureset import FeatureSet``.
+``FeatureSet`` lives in :mod:`tagood.featureset` and ``Context`` in :mod:`tagood.context` (both import this
+module).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tagood.featureset import FeatureSet
-
-
-def __getattr__(name: str) -> Any:
-    """``tagood.types.FeatureSet``: the class of :mod:`tagood.featureset`, imported on first use (a
-    transitional alias: this module does not import featureset, which imports it)."""
-    if name == "FeatureSet":
-        from tagood.featureset import FeatureSet
-
-        return FeatureSet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Names of the per-sample inputs a detector can declare in ``Detector.requires``.
 INPUT_FIELDS: tuple[str, ...] = (
@@ -188,28 +176,6 @@ class LinearHead:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, dtype=np.float32) @ self.weight.T.astype(np.float32) + self.bias.astype(np.float32)
-
-
-@dataclass
-class Context:
-    """Side information a detector may use at fit time (and keep for scoring).
-
-    * ``head``: the IND linear head (ReAct, ASH, ViM, LHAct recompute logits from edited features).
-    * ``model``: a differentiable ``torch`` callable images -> IND logits (ODIN input perturbation).
-    * ``pseudo_ood``: a FeatureSet of pseudo-OOD images built from IND train (FeatureNorm's jigsaw).
-    * ``class_names``: IND class names (VLM methods build prompts from them).
-    * ``text_encoder`` / ``dual_encoder``: for vision-language methods.
-    * ``device``: torch device string for methods that train or run torch.
-    """
-
-    head: LinearHead | None = None
-    model: Callable[..., Any] | None = None
-    pseudo_ood: FeatureSet | None = None
-    class_names: list[str] | None = None
-    dual_encoder: Any = None
-    device: str = "cpu"
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -18,7 +18,8 @@ import numpy as np
 
 from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
-from tagood.types import DualEncoder, FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import DualEncoder, TokenSet
 
 __all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "embed_stream", "source_indices"]
 

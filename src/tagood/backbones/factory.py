@@ -71,16 +71,17 @@ def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path 
 
 
 def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
-    """The ``Context.extra`` entries a tagging detector (TagOOD, CS, TagScore) takes from the tagger: its
+    """The :class:`tagood.context.Context` fields (as keyword arguments) a tagging detector (TagOOD, CS,
+    TagScore) takes from the tagger: its
     tag names, ``attend`` (the tag-attention function: ``cam`` of the CAM tagger, ``attend`` of RAM),
     its per-tag thresholds (RAM's ``ram_tag_list_threshold.txt``) and the work directory under the
     feature cache where TagOOD keeps its temporary object-token store."""
-    extra: dict[str, Any] = {"work_dir": str(Path(cache_root if cache_root is not None else default_cache_root()) / "work"),
+    fields: dict[str, Any] = {"work_dir": str(Path(cache_root if cache_root is not None else default_cache_root()) / "work"),
                              "tag_names": getattr(backbone, "tag_names", None)}
     for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
-        if getattr(backbone, attr, None) is not None and key not in extra:
-            extra[key] = getattr(backbone, attr)
-    return extra
+        if getattr(backbone, attr, None) is not None and key not in fields:
+            fields[key] = getattr(backbone, attr)
+    return fields
 
 
 def build_dual_encoder(spec: Mapping[str, Any] | None, backbone: Any = None, device: str = "cpu") -> Any:

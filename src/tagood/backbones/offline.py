@@ -47,7 +47,8 @@ from tagood.backbones.home import tagood_home
 from tagood.backbones.prompts import DEFAULT_TEMPLATE, fill
 from tagood.fileio import atomic_write_with
 from tagood.numeric import l2_normalize, softmax
-from tagood.types import FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,8 @@ class OfflineDualEncoder:
         if fs.features is None:
             raise ValueError(f"feature set '{fs.name}' has no pooled 'features'; extract it with EfficientNet-Lite0 first")
         fs.image_embeds = self.embed_features(fs.features)
-        if fs.tokens is not None:
-            fs.patch_embeds = self._patches(fs)
-        elif fs.is_streamed({"tokens"}):  # a split too large for memory: patch embeddings chunk by chunk
-            fs.derive_streamed("patch_embeds", self._patches)
+        if fs.tokens is not None or fs.is_streamed({"tokens"}):  # streamed tokens: patch embeddings chunk by chunk
+            fs.derive("patch_embeds", self._patches, {"tokens"})
         if source is not None:
             fs.images = SourceImageStream(source, source_indices(fs, source), self.preprocess)
         return fs

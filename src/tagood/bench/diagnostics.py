@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from tagood.types import FeatureSet
+from tagood.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from tagood.bench.sources import build_source
 from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields
 from tagood.data.source import ImageSource
 from tagood.extract import CachedImageStream, extract_split
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         if (fit_logits if name == "train" else score_logits) and sp.features is not None and sp.features.features is not None:
             sp.features.logits = head(sp.features.features)
 
-    ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed)
-    ctx.extra.update(tagger_context(state.backbone, cache_root))
+    ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed, **tagger_context(state.backbone, cache_root))
     if "pseudo-ood" in state.splits:
         ctx.pseudo_ood = state.splits["pseudo-ood"].features
     if need_images:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from tagood.numeric import logsumexp
-from tagood.types import Context, LinearHead
+from tagood.context import Context
+from tagood.types import LinearHead
 
 
 def energy_score(logits: np.ndarray, t: float = 1.0) -> np.ndarray:

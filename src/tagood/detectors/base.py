@@ -1,4 +1,4 @@
-"""Detector base class and registry.
+"""Detector base class and ``create`` (the registry is :mod:`tagood.detectors.registry`).
 
 Contract (DESIGN section 3): ``det = create(name, **hparams)``; ``det.fit(train, context) -> det``;
 ``det.score(data) -> np.ndarray[float64] (N,)`` with **higher = more OOD**. Each detector declares
@@ -7,37 +7,18 @@ the inputs it needs in ``requires`` so the benchmark runner extracts each input 
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from abc import ABC, abstractmethod
-import re
 from collections.abc import Iterable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from tagood.featureset import FeatureSet
-from tagood.types import Context
+from tagood.context import Context
+from tagood.detectors.registry import _REGISTRY, get_class, parse_name
 
 log = logging.getLogger(__name__)
-
-_REGISTRY: dict[str, type["Detector"]] = {}
-D = TypeVar("D", bound=type["Detector"])
-
-
-def register(name: str):
-    """Class decorator: make a detector available as ``create(name)``."""
-
-    def deco(cls: D) -> D:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"detector name '{name}' registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
 
 class Detector(ABC):
     """Base class. Subclasses set ``requires`` and implement ``_fit`` and ``_score``.
@@ -75,9 +56,9 @@ class Detector(ABC):
             log.warning("%s trains in memory: loading the streamed fields %s of '%s' (%d samples)",
                         self.name, sorted(train.streamed & set(need)), train.name, len(train))
             train = train.load_streamed(set(need))
-        missing = [c for c in self.context_requires if getattr(context, c, None) is None and c not in context.extra]
+        missing = [c for c in self.context_requires if getattr(context, c, None) is None]
         if missing:
-            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.types.Context)")
+            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.context.Context)")
         self._fit(train, context)
         self.fitted = True
         return self
@@ -128,67 +109,6 @@ class Detector(ABC):
         if len(arrays) != 1:
             raise TypeError(f"{self.name} needs a FeatureSet with {sorted(self.requires)}, not a bare array")
         return FeatureSet(**{arrays[0]: np.asarray(x)})
-
-
-def _import_all() -> None:
-    pkg = importlib.import_module("tagood.detectors")
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in ("base",) and not mod.name.startswith("_"):
-            importlib.import_module(f"tagood.detectors.{mod.name}")
-    # method packages that register detectors of their own
-    for extra in ("tagood.tagood", "tagood.vlm"):
-        try:
-            importlib.import_module(extra)
-        except ModuleNotFoundError as e:  # package not built yet / optional
-            if e.name != extra:
-                raise
-
-
-_VARIANT = re.compile(r"^(?P<base>[^\[\]]+)(\[(?P<opts>[^\]]*)\])?$")
-
-
-def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
-    """``'tagood[tau=0.25,score=euclid]'`` -> ``('tagood', {'tau': 0.25, 'score': 'euclid'})``."""
-    m = _VARIANT.match(spec.strip())
-    if not m:
-        raise ValueError(f"bad detector spec '{spec}': use name or name[key=value,...]")
-    opts: dict[str, Any] = {}
-    if m.group("opts"):
-        for part in m.group("opts").split(","):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise ValueError(f"bad option '{part}' in '{spec}': use key=value")
-            k, v = part.split("=", 1)
-            opts[k.strip()] = _parse_value(v.strip())
-    return m.group("base"), opts
-
-
-def _parse_value(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
-def available() -> list[str]:
-    """Registered detector names, sorted."""
-    _import_all()
-    return sorted(_REGISTRY)
-
-
-def get_class(name: str) -> type[Detector]:
-    _import_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
 
 
 def create(spec: str, **hparams: Any) -> Detector:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from tagood.detectors._common import energy_score
-from tagood.detectors.base import Detector, register
-from tagood.types import FeatureSet
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
 
 
 @register("energy")

@@ -7,8 +7,10 @@ import logging
 
 import numpy as np
 
-from tagood.detectors.base import Detector, register
-from tagood.types import Context, FeatureSet
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 log = logging.getLogger(__name__)
 

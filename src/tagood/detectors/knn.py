@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tagood.detectors.base import Detector, register
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
 from tagood.numeric import l2_normalize
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 
 def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tagood.detectors.base import Detector, register
-from tagood.types import FeatureSet
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
 
 
 @register("maxlogit")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tagood.detectors.base import Detector, register
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
 from tagood.numeric import softmax
-from tagood.types import FeatureSet
+from tagood.featureset import FeatureSet
 
 
 @register("msp")

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tagood.detectors.base import Detector, register
-from tagood.types import Context, FeatureSet
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 log = logging.getLogger(__name__)
 

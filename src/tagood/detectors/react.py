@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from tagood.detectors._common import energy_score, head_logits, need_head
-from tagood.detectors.base import Detector, register
-from tagood.types import Context, FeatureSet
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 
 @register("react")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from tagood.detectors._common import head_logits, need_head
-from tagood.detectors.base import Detector, register
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
 from tagood.numeric import logsumexp
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 
 def default_dim(feature_dim: int) -> int:

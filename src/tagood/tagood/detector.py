@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from tagood.detectors.base import Detector, register
+from tagood.detectors.base import Detector
+from tagood.detectors.registry import register
 from tagood.ragged import TokenSetSink
 from tagood.tagood.decompose import TagRule, mean_tokens, select_tokens, token_mask
 from tagood.tagood.projector import Projector
@@ -34,7 +35,8 @@ from tagood.tagood.scores import NO_TAG_SCORE, SCORES, centre_score
 from tagood.tagood.train import DETECTOR_PRESETS, PRESETS, TrainConfig, config_dict, embed, train_projector
 from tagood.tagood.vocabulary import VOCAB_RULES, Vocabulary, build_vocabulary, rank_tags, vocabulary_fit
 from tagood.featureset import FeatureSet
-from tagood.types import Context, TagAttention, TokenSet
+from tagood.context import Context
+from tagood.types import TagAttention, TokenSet
 
 #: Vocabularies already built from a training split (TagScore, CS, (CE)+CS and TagOOD of one run share
 #: them): id(train FeatureSet) -> (weak reference to it, {key: (vocabulary, rule, tags per class, fit)}).
@@ -122,9 +124,9 @@ class _TagBase(Detector):
         self.heldout_no_tag_fraction: float | None = None
 
     def _rule_for(self, context: Context) -> TagRule:
-        """The tag rule: the tagger's per-tag thresholds (``context.extra['tag_thresholds']``) apply only
+        """The tag rule: the tagger's per-tag thresholds (``context.tag_thresholds``) apply only
         when no ``tag_threshold`` was given (``None``); an explicit number, 0.0 included, is used as is."""
-        thr = context.extra.get("tag_thresholds")
+        thr = context.tag_thresholds
         if thr is not None and self.tag_threshold is None:
             return TagRule(np.asarray(thr), self.rule.top_k)
         return self.rule
@@ -181,7 +183,7 @@ class _TagBase(Detector):
     def _build_vocab(self, train: FeatureSet, context: Context) -> Vocabulary:
         """The IND vocabulary (a file, or built by the ``vocab`` rule with ``per_class`` tags per class, each
         chosen on held-out IND training images when ``auto``); then resolves ``no_tag="auto"``."""
-        names = context.extra.get("tag_names")
+        names = context.tag_names
         labels = np.asarray(train.labels)
         num_classes = int(np.max(labels)) + 1
         kept = self._train_kept(train)
@@ -404,7 +406,7 @@ class TagOOD(_TagBase):
         n_pos = 0
         with progress_bar(f"{self.name}: decompose IND train", total=len(train), unit="img") as advance:
             for chunk in train.iter_chunks():
-                source, keep = self._train_keep(chunk, context.extra.get("attend"))
+                source, keep = self._train_keep(chunk, context.attend)
                 mask, has = token_mask(source.tag_attention.maps, keep, self.tau)
                 sink.append(select_tokens(chunk.tokens, mask))
                 has_parts.append(has)
@@ -416,7 +418,7 @@ class TagOOD(_TagBase):
         self.rule = self._rule_for(context)
         self.device = context.device
         self.vocab = self._build_vocab(train, context)
-        work = context.extra.get("work_dir")
+        work = context.work_dir
         if work is not None:
             Path(work).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tagood-train-", dir=work) as tmp:

@@ -18,17 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tagood.numeric import l2_normalize, log_softmax
+
 NO_TAG_SCORE = 1e12
 SCORES = ("cosine", "chunk", "euclid", "kl")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def centre_score(feats: np.ndarray, centres: np.ndarray, kind: str = "cosine", tag_prob: np.ndarray | None = None,
@@ -37,12 +30,12 @@ def centre_score(feats: np.ndarray, centres: np.ndarray, kind: str = "cosine", t
     f = np.asarray(feats, dtype=np.float64)
     c = np.asarray(centres, dtype=np.float64)
     if kind == "cosine":
-        return -(_unit(f) @ _unit(c).T).max(axis=1)
+        return -(l2_normalize(f) @ l2_normalize(c).T).max(axis=1)
     if kind == "chunk":
         if f.shape[1] % chunks:
             raise ValueError(f"chunk score: feature dim {f.shape[1]} is not divisible by {chunks}")
-        fs = _unit(f.reshape(len(f), chunks, -1))
-        cs = _unit(c.reshape(len(c), chunks, -1))
+        fs = l2_normalize(f.reshape(len(f), chunks, -1))
+        cs = l2_normalize(c.reshape(len(c), chunks, -1))
         sim = np.einsum("nkd,ckd->nck", fs, cs).mean(axis=2).max(axis=1)
         p = np.ones(len(f)) if tag_prob is None else np.asarray(tag_prob, dtype=np.float64)
         return -sim * p
@@ -50,7 +43,7 @@ def centre_score(feats: np.ndarray, centres: np.ndarray, kind: str = "cosine", t
         d2 = (f * f).sum(1)[:, None] - 2.0 * f @ c.T + (c * c).sum(1)[None, :]
         return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
     if kind == "kl":
-        lf, lc = _log_softmax(f), _log_softmax(c)
+        lf, lc = log_softmax(f), log_softmax(c)
         pc = np.exp(lc)
         # KL(pc || pf) = sum pc (lc - lf) = sum pc lc - pc . lf
         kl = (pc * lc).sum(1)[None, :] - lf @ pc.T

@@ -5,7 +5,6 @@ EfficientNet-Lite0 + MiniLM stand-in), their protocol and factory live in :mod:`
 from __future__ import annotations
 
 from tagood.backbones.dual_encoder import DualEncoder, EncoderAdapter
-from tagood.backbones.factory import build_dual_encoder  # re-export: tagood.fitscore imports it from here
 from tagood.vlm import adaneg, csp, glmcm, krnft, locoop, mcm, neglabel  # noqa: F401  (register the detectors)
 from tagood.vlm.adaneg import AdaNeg
 from tagood.vlm.csp import CSP
@@ -15,4 +14,4 @@ from tagood.vlm.locoop import LoCoOp
 from tagood.vlm.mcm import MCM
 from tagood.vlm.neglabel import NegLabel
 
-__all__ = ["AdaNeg", "CSP", "DualEncoder", "EncoderAdapter", "GLMCM", "KRNFT", "LoCoOp", "MCM", "NegLabel", "build_dual_encoder"]
+__all__ = ["AdaNeg", "CSP", "DualEncoder", "EncoderAdapter", "GLMCM", "KRNFT", "LoCoOp", "MCM", "NegLabel"]

@@ -40,9 +40,9 @@ from typing import Any, ClassVar, Iterable
 
 import numpy as np
 
-from tagood.detectors.base import register
+from tagood.detectors.registry import register
 from tagood.numeric import l2_normalize, softmax
-from tagood.types import FeatureSet
+from tagood.featureset import FeatureSet
 from tagood.vlm.neglabel import NegLabel, grouped_share
 
 log = logging.getLogger(__name__)

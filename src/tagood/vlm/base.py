@@ -10,7 +10,8 @@ import numpy as np
 from tagood.backbones.prompts import DEFAULT_TEMPLATE, encode_prompts, resolve_templates
 from tagood.detectors.base import Detector
 from tagood.numeric import l2_normalize, softmax
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 
 
 def mcm_confidence(image_embeds: np.ndarray, text: np.ndarray, tau: float = 1.0) -> np.ndarray:

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from tagood.backbones.prompts import fill
-from tagood.detectors.base import register
-from tagood.types import Context, FeatureSet
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.neglabel import NegLabel, random_groups
 from tagood.vlm.negmining import mine_fraction, text_embeddings
 

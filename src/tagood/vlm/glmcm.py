@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from tagood.detectors.base import register
+from tagood.detectors.registry import register
 from tagood.numeric import l2_normalize, softmax
-from tagood.types import FeatureSet, TokenSet
+from tagood.featureset import FeatureSet
+from tagood.types import TokenSet
 from tagood.vlm.base import VLMDetector, mcm_confidence
 
 

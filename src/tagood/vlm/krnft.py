@@ -63,10 +63,11 @@ import torch
 import torch.nn.functional as F
 
 from tagood.backbones.prompts import encode_prompts
-from tagood.detectors.base import register
+from tagood.detectors.registry import register
 from tagood.numeric import l2_normalize
 from tagood.progress import progress_bar
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.base import VLMDetector, few_shot_indices
 from tagood.vlm.crops import encode_crops, subset_stream
 from tagood.vlm.negmining import negative_labels
@@ -100,7 +101,7 @@ class KRNFT(VLMDetector):
     Fit needs ``train.image_embeds`` + labels, ``context.dual_encoder`` / ``class_names``, and for
     the crops either ``train.extra["crop_embeds"]`` (precomputed ``(N, n_crops, E)``, aligned with
     ``train``) or ``train.images`` (an ImageStream in the dual encoder's preprocessing); a crop
-    encoder other than ``dual_encoder.encode_images`` can be given as ``context.extra["crop_encoder"]``.
+    encoder other than ``dual_encoder.encode_images`` can be given as ``context.crop_encoder``.
 
     Inputs: ``requires = {"image_embeds"}`` (scoring); ``fit_requires = {"image_embeds", "labels"}``
     plus the pixels (``FIT_IMAGES``): ``images`` unless ``extra["crop_embeds"]`` is given. ``fit``
@@ -167,7 +168,7 @@ class KRNFT(VLMDetector):
             raise ValueError("krnft.fit needs images of the IND training split for its random-resized crops: set "
                              "train.images (an ImageStream, e.g. via dual_encoder.attach(train, source)) or give "
                              "precomputed crop embeddings in train.extra['crop_embeds']")
-        encode = context.extra.get("crop_encoder") or context.dual_encoder.encode_images
+        encode = context.crop_encoder or context.dual_encoder.encode_images
         with progress_bar("KR-NFT crops", len(idx)) as advance:
             def counted():
                 for img in subset_stream(train.images, idx):

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagood.backbones.prompts import clean_name
-from tagood.detectors.base import register
+from tagood.detectors.registry import register
 from tagood.progress import progress_bar
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.base import VLMDetector, few_shot_indices, mcm_confidence
 from tagood.vlm.glmcm import local_confidence
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from tagood.detectors.base import register
-from tagood.types import FeatureSet
+from tagood.detectors.registry import register
+from tagood.featureset import FeatureSet
 from tagood.vlm.base import VLMDetector, mcm_confidence
 
 

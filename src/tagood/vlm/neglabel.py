@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from tagood.detectors.base import register
+from tagood.detectors.registry import register
 from tagood.numeric import l2_normalize
-from tagood.types import Context, FeatureSet
+from tagood.featureset import FeatureSet
+from tagood.context import Context
 from tagood.vlm.base import VLMDetector
 from tagood.vlm.negmining import negative_labels
 

@@ -1,0 +1,91 @@
+"""The detector registry: names -> classes, and method specs ``name[key=value,...]``.
+
+Kept apart from :mod:`tagood.detectors.base` so that the option schemas (:mod:`tagood.schemas`) can look
+detectors up without importing the base class module that validates options through them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from typing import Any, TypeVar
+
+#: name -> detector class (a subclass of :class:`tagood.detectors.base.Detector`; not imported here: base imports
+#: this module)
+_REGISTRY: dict[str, type] = {}
+D = TypeVar("D", bound=type)
+
+
+def register(name: str):
+    """Class decorator: make a detector available as ``create(name)``."""
+
+    def deco(cls: D) -> D:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"detector name '{name}' registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    pkg = importlib.import_module("tagood.detectors")
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("base", "registry") and not mod.name.startswith("_"):
+            importlib.import_module(f"tagood.detectors.{mod.name}")
+    # method packages that register detectors of their own
+    for extra in ("tagood.tagood", "tagood.vlm"):
+        try:
+            importlib.import_module(extra)
+        except ModuleNotFoundError as e:  # package not built yet / optional
+            if e.name != extra:
+                raise
+
+
+_VARIANT = re.compile(r"^(?P<base>[^\[\]]+)(\[(?P<opts>[^\]]*)\])?$")
+
+
+def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
+    """``'tagood[tau=0.25,score=euclid]'`` -> ``('tagood', {'tau': 0.25, 'score': 'euclid'})``."""
+    m = _VARIANT.match(spec.strip())
+    if not m:
+        raise ValueError(f"bad detector spec '{spec}': use name or name[key=value,...]")
+    opts: dict[str, Any] = {}
+    if m.group("opts"):
+        for part in m.group("opts").split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ValueError(f"bad option '{part}' in '{spec}': use key=value")
+            k, v = part.split("=", 1)
+            opts[k.strip()] = _parse_value(v.strip())
+    return m.group("base"), opts
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def available() -> list[str]:
+    """Registered detector names, sorted."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def get_class(name: str) -> type:
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
