@@ -1,13 +1,18 @@
-"""ODIN through the lean differentiable EfficientNet-Lite0 (BatchNorm folded, pooled features only,
-:mod:`tagood.backbones.lite_pooled`) vs through the full feature graph (every block's FeatureNorm, the
-1000-class logits, BatchNorm as separate operators), on real ``scenes`` images, in one run.
+"""ODIN's cost on EfficientNet-Lite0, three ways, on real ``scenes`` images, in one run:
 
-Both go through the real :class:`tagood.detectors.odin.ODIN` (T = 1000, eps = 0.0014, batch 32) with
-the same random 6-class head; the two are timed alternately ``--repeats`` times and the medians
-compared. Printed last: ``ratio full / lean`` (> 1 = the lean graph is faster) and the largest score
-difference relative to the scores' spread.
+* ``before`` (the baseline: the code before this benchmark): the full feature graph (every block's
+  FeatureNorm, the 1000-class logits, BatchNorm as separate operators) for both passes, batch 32;
+* ``lean``: the lean differentiable graph (:mod:`tagood.backbones.lite_pooled`, BatchNorm folded,
+  pooled features only) for both passes, batch 32;
+* ``now`` (the default): :class:`tagood.head.Classifier` -- the lean graph for the gradient pass, the
+  onnxruntime engine for the perturbed pass (``Classifier.predict``), batch 16.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/odin_lean.py [--images 96] [--repeats 3]
+All through the real :class:`tagood.detectors.odin.ODIN` (T = 1000, eps = 0.0014) with the same random
+6-class head, timed alternately ``--repeats`` times; medians compared. Printed last: ``ratio before /
+now`` (> 1 = faster now), and each variant's largest score difference from ``before`` relative to the
+scores' spread.
+
+    .venv/bin/python benchmarks/odin_lean.py [--images 96] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class _Images:
 
 
 def main() -> None:
+    from tagood.head import Classifier
+    from tagood.types import LinearHead
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
@@ -58,25 +66,35 @@ def main() -> None:
     bb = EfficientNetLite0()
     src = scene_splits(n_train_per_class=1, n_test_per_class=max(1, args.images // 6), n_ood=6)["test"]
     x = np.stack([bb.preprocess(src.load(i)) for i in range(min(args.images, len(src)))])
-    torch.manual_seed(0)
-    head = torch.nn.Linear(1280, 6)
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, np.zeros(6, np.float32))
+    lin = torch.nn.Linear(1280, 6)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(head.weight))
+        lin.bias.zero_()
     model = load_lite(bb.variant)
-    graphs = {"full": torch.nn.Sequential(_FullPooled(LiteFeatures(model).eval().to(memory_format=torch.channels_last)), head).eval(),
-              "lean": torch.nn.Sequential(LitePooled(model), head).eval()}
+    variants = {
+        "before": (torch.nn.Sequential(_FullPooled(LiteFeatures(model).eval().to(memory_format=torch.channels_last)), lin).eval(), 32),
+        "lean": (torch.nn.Sequential(LitePooled(model), lin).eval(), 32),
+        "now": (Classifier(bb, head), 16),
+    }
     data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=_Images(x))
-    times: dict[str, list[float]] = {k: [] for k in graphs}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     scores: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
-        for name, g in graphs.items():
-            det = ODIN().fit(data, Context(model=g, device="cpu"))
+        for name, (g, bs) in variants.items():
+            det = ODIN(batch_size=bs).fit(data, Context(model=g, device="cpu"))
             t = time.perf_counter()
             scores[name] = det.score(data)
             times[name].append(time.perf_counter() - t)
+    spread = float(scores["before"].max() - scores["before"].min())
     for name, ts in times.items():
-        print(f"{name:5s}: {len(x)} images, median {statistics.median(ts):.2f} s ({len(x) / statistics.median(ts):.1f} img/s); runs {[round(t, 2) for t in ts]}")
-    spread = float(scores["full"].max() - scores["full"].min())
-    print(f"largest score difference / score spread: {float(np.abs(scores['full'] - scores['lean']).max()) / spread:.2e}")
-    print(f"ratio full / lean (ODIN time, >1 = lean faster): {statistics.median(times['full']) / statistics.median(times['lean']):.2f}")
+        med = statistics.median(ts)
+        diff = float(np.abs(scores[name] - scores["before"]).max()) / spread
+        print(f"{name:6s}: {len(x)} images, median {med:.2f} s ({len(x) / med:.1f} img/s), score difference / spread {diff:.1e}; "
+              f"runs {[round(t, 2) for t in ts]}")
+    print(f"ratio before / lean: {statistics.median(times['before']) / statistics.median(times['lean']):.2f}")
+    print(f"ratio before / now (ODIN time, >1 = faster now): {statistics.median(times['before']) / statistics.median(times['now']):.2f}")
 
 
 if __name__ == "__main__":

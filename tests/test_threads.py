@@ -76,16 +76,49 @@ def test_affinity_mask_limits_the_budget() -> None:
     assert out == "1 1"
 
 
-def test_configure_before_torch_sets_passive_wait_and_threads() -> None:
-    out = _run("import os; from tagood import threads; threads.configure(1); import torch; "
-               "print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'], os.environ['TAGOOD_THREADS'])")
-    assert out == "1 PASSIVE 1"
+def test_configure_before_torch_sets_passive_wait_on_a_busy_machine_only() -> None:
+    code = ("import os; from tagood import threads; threads.configure(2); import torch; "
+            "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY', 'default'), os.environ['TAGOOD_THREADS'])")
+    assert _run(code, env={"TAGOOD_BUSY": "1"}) == "2 PASSIVE 2"
+    assert _run(code, env={"TAGOOD_BUSY": "0"}) == "2 default 2"  # idle: OpenMP's spinning is faster
 
 
 def test_user_wait_policy_is_kept() -> None:
-    out = _run("import os; from tagood import threads; threads.configure(1); print(os.environ['OMP_WAIT_POLICY'])",
-               env={"OMP_WAIT_POLICY": "ACTIVE"})
+    out = _run("import os; from tagood import threads; threads.configure(2); print(os.environ['OMP_WAIT_POLICY'])",
+               env={"OMP_WAIT_POLICY": "ACTIVE", "TAGOOD_BUSY": "1"})
     assert out == "ACTIVE"
+
+
+def test_others_busy_sees_other_processes_not_this_one() -> None:
+    """Two spinning processes pinned to our CPUs count as >= 1 busy core; this process's own spinning does not."""
+    import time
+
+    spin = "import os; os.sched_setaffinity(0, {%s}); exec('while True: pass')"
+    procs = [subprocess.Popen([sys.executable, "-c", spin % ", ".join(map(str, sorted(os.sched_getaffinity(0))))])
+             for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        assert threads.others_busy(0.5) >= 1.0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    cpus = set(os.sched_getaffinity(0))
+    a = threads._proc_ticks(cpus)
+    t = time.monotonic()
+    while time.monotonic() - t < 0.4:  # this process busy for 0.4 s
+        pass
+    b = threads._proc_ticks(cpus)
+    assert a is not None and b is not None
+    hz = os.sysconf("SC_CLK_TCK")
+    assert (b[1] - a[1]) / hz >= 0.25  # counted as our own time, so subtracted from the machine's busy time
+
+
+def test_busy_override(clean_env) -> None:
+    clean_env.setenv("TAGOOD_BUSY", "1")
+    assert threads.machine_busy()
+    clean_env.setenv("TAGOOD_BUSY", "0")
+    assert not threads.machine_busy()
 
 
 def test_configure_after_torch_sets_torch_threads(clean_env) -> None:

@@ -8,6 +8,7 @@ training features, as a fine-tuned last layer would give.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,3 +73,36 @@ def head_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray) ->
         raise ValueError("head_accuracy: no samples")
     pred = head(features).argmax(1)
     return float((pred == labels).mean())
+
+
+class Classifier(torch.nn.Module):
+    """Images -> IND logits: the backbone's differentiable feature module (``backbone.torch_module()``)
+    followed by the IND linear head, in eval mode on ``device`` -- what ODIN back-propagates through.
+
+    :meth:`predict` computes the same logits without gradients, through the backbone's own inference
+    engine when it has a separate one (EfficientNet-Lite's onnxruntime engine on the CPU: about 2x
+    faster than the torch graph; the two agree to ~1e-5 in the features), else through the torch module.
+    """
+
+    def __init__(self, backbone: Any, head: LinearHead, device: str = "cpu") -> None:
+        super().__init__()
+        self.features = backbone.torch_module()
+        self.linear = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(head.weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(head.bias, dtype=torch.float32))
+        self.to(device).eval()
+        self._engine = backbone if getattr(backbone, "engine", None) == "onnx" else None
+        self._head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """IND logits ``(B,C)`` float64 of preprocessed images ``(B,3,H,W)``, no gradients."""
+        if self._engine is not None:
+            feats = self._engine.forward(np.ascontiguousarray(x, dtype=np.float32)).features
+            return np.asarray(feats, dtype=np.float64) @ self._head.weight.T.astype(np.float64) + self._head.bias.astype(np.float64)
+        dev = next(self.parameters()).device
+        return self(torch.as_tensor(x, dtype=torch.float32, device=dev)).double().cpu().numpy()

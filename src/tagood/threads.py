@@ -16,7 +16,14 @@ On a shared machine the cost of a parallel section is set by its slowest thread:
 its core to another process keeps the others waiting at the section's barrier. OpenMP's default is to
 *spin* at barriers, which burns the very core time the late thread needs; :func:`configure`, called
 before torch is first imported, therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at barriers)
-unless the user chose a policy. Measured effect: ``benchmarks/contention.py`` (README).
+unless the user chose a policy -- **when other processes are using this process's CPUs** at that moment
+(:func:`others_busy`). On an idle machine spinning is faster (ODIN's input gradients: 30.4 vs 21.4
+images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the default stays. Small training
+steps likewise run on one thread only on a busy machine (:data:`tagood.tagood.train.SMALL_STEP`).
+Measured effect: ``benchmarks/contention.py`` (README).
+
+``$TAGOOD_BUSY=0|1`` overrides the probe (for reproducible thread counts: float results of a training on
+one thread and on two differ in rounding).
 """
 
 from __future__ import annotations
@@ -69,6 +76,56 @@ def resolve(threads: int | None = None) -> int:
     return affinity_cpus()
 
 
+#: other processes using at least this many of our CPUs (on average over the probe) make the machine "busy"
+BUSY_CORES = 0.5
+
+
+def _proc_ticks(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy clock ticks of ``cpus`` since boot, this process's own user + system ticks), or None without /proc."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        head, _, rest = line.partition(" ")
+        if head.startswith("cpu") and head[3:].isdigit() and int(head[3:]) in cpus:
+            v = [int(x) for x in rest.split()]
+            busy += sum(v) - v[3] - (v[4] if len(v) > 4 else 0)  # everything but idle and iowait (steal counts)
+    return busy, int(own[11]) + int(own[12])  # utime, stime (fields 14, 15 of stat)
+
+
+def others_busy(window: float = 0.1) -> float | None:
+    """Cores of this process's affinity mask kept busy by *other* processes (or stolen by the hypervisor),
+    averaged over ``window`` seconds (Linux ``/proc``; None elsewhere)."""
+    import time
+
+    cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    a = _proc_ticks(cpus)
+    t0 = time.monotonic()
+    time.sleep(window)
+    b = _proc_ticks(cpus)
+    if a is None or b is None:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / hz / max(time.monotonic() - t0, 1e-3))
+
+
+def machine_busy() -> bool:
+    """True when other processes use at least :data:`BUSY_CORES` of our CPUs (``$TAGOOD_BUSY=0|1`` overrides)."""
+    forced = os.environ.get("TAGOOD_BUSY", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    others = others_busy()
+    busy = others is not None and others >= BUSY_CORES
+    log.debug("other processes use %s of this process's CPUs: %s", "?" if others is None else f"{others:.2f} cores",
+              "busy" if busy else "idle")
+    return busy
+
+
 def budget() -> int:
     """The configured budget (:func:`configure`), or :func:`resolve`'s answer when nothing was configured."""
     n = _STATE["threads"]
@@ -94,7 +151,8 @@ def configure(threads: int | None = None) -> int:
     os.environ[ENV] = str(n)
     if "torch" not in sys.modules:
         os.environ["OMP_NUM_THREADS"] = str(n)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if "OMP_WAIT_POLICY" not in os.environ and n > 1 and machine_busy():
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
         import torch
 

@@ -17,7 +17,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
         state.timings[f"extract_{name}_s"] = state.splits[name].seconds
 
-    from tagood.head import fit_linear_head, head_accuracy
+    from tagood.head import Classifier, fit_linear_head, head_accuracy
 
     t = time.perf_counter()
     train = state.splits["train"].features
@@ -164,7 +164,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     if "pseudo-ood" in state.splits:
         ctx.pseudo_ood = state.splits["pseudo-ood"].features
     if need_images:
-        ctx.model = _classifier_model(state.backbone, head, device)
+        ctx.model = Classifier(state.backbone, head, device)
     if any(set(d.requires) & set(_VLM_FIELDS) for d in dets):
         t = time.perf_counter()
         dual_spec = cfg.options.get("dual_encoder")
@@ -234,18 +234,6 @@ def stream_above_gb(cfg: BenchConfig) -> float | None:
         return None
     v = float(v)
     return None if v < 0 else v
-
-
-def _classifier_model(backbone: Any, head: Any, device: str) -> Callable[..., Any]:
-    """Differentiable images -> IND logits (backbone features through the IND linear head), for ODIN."""
-    import torch
-
-    feat = backbone.torch_module()
-    lin = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(torch.as_tensor(head.weight, dtype=torch.float32))
-        lin.bias.copy_(torch.as_tensor(head.bias, dtype=torch.float32))
-    return torch.nn.Sequential(feat, lin).to(device).eval()
 
 
 def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | Path | None = None, device: str = "cpu",
