@@ -76,3 +76,46 @@ class _Pooled(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(x)[1]
+
+
+def test_classifier_predict_equals_its_torch_forward(backbone, photos):
+    """``Classifier.predict`` (onnxruntime engine) gives the logits of its differentiable torch forward (lean
+    graph + head) on real photos, and ODIN scores through both paths agree far below their spread."""
+    from tagood.context import Context
+    from tagood.detectors.odin import ODIN
+    from tagood.featureset import FeatureSet
+    from tagood.head import Classifier
+    from tagood.types import LinearHead
+
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, rng.standard_normal(6).astype(np.float32))
+    clf = Classifier(backbone, head)
+    assert clf._engine is backbone  # the CPU backbone runs onnxruntime
+    x = _images(photos, LITE0.crop).numpy()
+    with torch.inference_mode():
+        want = clf(torch.from_numpy(x)).double().numpy()
+    got = clf.predict(x)
+    assert got.shape == want.shape == (len(x), 6)
+    np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, float(np.abs(want).max())))
+
+    class _Images:
+        def __len__(self) -> int:
+            return len(x)
+
+        def batches(self, bs: int):
+            for i in range(0, len(x), bs):
+                yield x[i : i + bs]
+
+    class _TorchOnly(torch.nn.Module):  # the same model without the engine path
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.m(t)
+
+    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=_Images())
+    fast = ODIN().fit(data, Context(model=clf)).score(data)
+    slow = ODIN().fit(data, Context(model=_TorchOnly(clf))).score(data)
+    spread = float(slow.max() - slow.min())
+    assert spread > 0 and float(np.abs(fast - slow).max()) < 1e-2 * spread
