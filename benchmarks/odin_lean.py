@@ -43,21 +43,9 @@ class _FullPooled(torch.nn.Module):
         return self.f(x.contiguous(memory_format=torch.channels_last))[1]
 
 
-class _Images:
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, bs: int):
-        for i in range(0, len(self.x), bs):
-            yield self.x[i : i + bs]
-
-
 def main() -> None:
     from tagood.head import Classifier
-    from tagood.types import LinearHead
+    from tagood.types import ArrayImages, LinearHead
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=96)
@@ -78,7 +66,7 @@ def main() -> None:
         "lean": (torch.nn.Sequential(LitePooled(model), lin).eval(), 32),
         "now": (Classifier(bb, head), 16),
     }
-    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=_Images(x))
+    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ArrayImages(x))
     times: dict[str, list[float]] = {k: [] for k in variants}
     scores: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):

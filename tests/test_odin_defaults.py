@@ -14,21 +14,10 @@ import torch
 
 import tagood.detectors as detectors
 from tagood.featureset import FeatureSet
+from tagood.types import ArrayImages
 from tagood.context import Context
 
 C, SHAPE = 5, (3, 4, 4)
-
-
-class _Stream:
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, bs: int):
-        for i in range(0, len(self.x), bs):
-            yield self.x[i : i + bs]
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -71,7 +60,7 @@ def test_odin_default_t_and_eps_equal_hand_perturbation(std: float) -> None:
     model = _model()
     x = np.random.default_rng(0).normal(size=(7, *SHAPE)).astype(np.float32)
     det = detectors.create("odin", pixel_std=std).fit(FeatureSet(), Context(model=model))
-    got = det.score(FeatureSet(images=_Stream(x)))
+    got = det.score(FeatureSet(images=ArrayImages(x)))
     want = _hand_odin(model, x, 1000.0, 0.0014, std)
     # the scores differ from -1/C by ~1e-3 at T = 1000; agree to float32 rounding of the logits
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-9)

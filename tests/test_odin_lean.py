@@ -85,7 +85,7 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
     from tagood.detectors.odin import ODIN
     from tagood.featureset import FeatureSet
     from tagood.head import Classifier
-    from tagood.types import LinearHead
+    from tagood.types import ArrayImages, LinearHead
 
     rng = np.random.default_rng(0)
     head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, rng.standard_normal(6).astype(np.float32))
@@ -98,14 +98,6 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
     assert got.shape == want.shape == (len(x), 6)
     np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, float(np.abs(want).max())))
 
-    class _Images:
-        def __len__(self) -> int:
-            return len(x)
-
-        def batches(self, bs: int):
-            for i in range(0, len(x), bs):
-                yield x[i : i + bs]
-
     class _TorchOnly(torch.nn.Module):  # the same model without the engine path
         def __init__(self, m: torch.nn.Module) -> None:
             super().__init__()
@@ -114,7 +106,7 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return self.m(t)
 
-    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=_Images())
+    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ArrayImages(x))
     fast = ODIN().fit(data, Context(model=clf)).score(data)
     slow = ODIN().fit(data, Context(model=_TorchOnly(clf))).score(data)
     spread = float(slow.max() - slow.min())

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import write_tiny_clip, write_tiny_ram
 
 import tagood.detectors as detectors
-from tagood.backbones.clip import load_clip
 from tagood.backbones.clip_tagger import load_clip_tagger
 from tagood.backbones.ram import IMAGENET_STD, load_ram
 from tagood.featureset import FeatureSet
+from tagood.types import ArrayImages
 from tagood.context import Context
 
 torch.set_num_threads(1)
@@ -49,18 +49,6 @@ def clip(clip_dir: Path):
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
-
-
-class _Stream:
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, bs: int):
-        for i in range(0, len(self.x), bs):
-            yield self.x[i : i + bs]
 
 
 def _jigsaw(img: np.ndarray, seed: int, grid: int = 2) -> np.ndarray:
@@ -129,7 +117,7 @@ def test_torch_module_equals_features_and_odin_through_it(kind: str, ram, clip) 
         head.weight.mul_(20.0)
     model = torch.nn.Sequential(feat, head).eval()
     det = detectors.create("odin", temperature=10.0, epsilon=0.01).fit(FeatureSet(), Context(model=model))
-    got = det.score(FeatureSet(images=_Stream(x)))
+    got = det.score(FeatureSet(images=ArrayImages(x)))
     # by hand: gradient by autograd, then a step of eps / std_c on channel c against its sign
     xt = torch.as_tensor(x).requires_grad_(True)
     z = model(xt) / 10.0

@@ -17,7 +17,7 @@ from tagood.backbones.dual_encoder import DualEncoder
 from tagood.metrics import ood_metrics
 from tagood.featureset import FeatureSet
 from tagood.context import Context
-from tagood.types import TokenSet
+from tagood.types import ArrayImages, TokenSet
 from tagood.vlm.krnft import KRNFT
 from tagood.vlm.neglabel import ind_share, random_groups
 from tagood.vlm.negmining import mine_negatives, neg_distance
@@ -277,20 +277,6 @@ def test_krnft_save_load_round_trip(world, tmp_path: Path) -> None:
     assert back.neg_words == det.neg_words and back.class_names == CLASSES
 
 
-class _ArrayStream:
-    """An ImageStream over an in-memory (N,3,H,W) array."""
-
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, batch_size: int):
-        for a in range(0, len(self.x), batch_size):
-            yield self.x[a : a + batch_size]
-
-
 def test_krnft_declares_its_inputs_and_names_what_is_missing(world) -> None:
     enc, text, train, test, ood, ctx, words = world
     assert KRNFT.requires == {"image_embeds"} and {"image_embeds", "labels"} <= KRNFT.fit_requires
@@ -307,7 +293,7 @@ def test_krnft_declares_its_inputs_and_names_what_is_missing(world) -> None:
     rng = np.random.default_rng(3)
     imgs = rng.standard_normal((len(train), 3, 8, 8)).astype(np.float32)
     det = KRNFT(neg_words=words[:5], epochs=1, shots=2, n_crops=4, k_in=1, k_out=1)
-    det.fit(train.with_(images=_ArrayStream(imgs)), ctx)
+    det.fit(train.with_(images=ArrayImages(imgs)), ctx)
     assert det.fitted and np.isfinite(det.score(test)).all()
 
 

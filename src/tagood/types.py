@@ -166,6 +166,20 @@ class ImageStream(Protocol):
         ...
 
 
+class ArrayImages:
+    """An :class:`ImageStream` over preprocessed images held in memory, ``(N, 3, H, W)``."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = np.asarray(images, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        for a in range(0, len(self.images), int(batch_size)):
+            yield self.images[a : a + batch_size]
+
+
 @dataclass
 class LinearHead:
     """A linear classifier ``logits = features @ weight.T + bias`` over IND classes."""
