@@ -88,11 +88,13 @@ def check_device(device: str) -> str:
     :func:`tagood.distributed.local_device`); exits 2 with a clear message unless it exists here (before any work)."""
     import torch
 
+    from tagood.backbones.factory import single_device
     from tagood.distributed import local_device
 
-    if "," in device or device == "cuda:all":
-        fail(f"--device {device}: one process drives one device; to use several GPUs launch one process per GPU with "
-             "torchrun (`torchrun --nproc-per-node N -m tagood ... --device cuda`, README 'Reproduce')")
+    try:
+        single_device(device)  # a device list: one process per device, through torchrun (the message says how)
+    except ValueError as e:
+        fail(str(e))
     d = local_device(device)
     try:
         td = torch.device(d)
