@@ -205,15 +205,16 @@ class _TagBase(Detector):
             rule, m, fit = self._select_vocab(kept, labels, num_classes, context.seed, context.class_names)
             v = build_vocabulary(kept, labels, num_classes, m, context.class_names, names, rule=rule)
             self.vocab_rule_used, self.per_class_used = rule, m
-        if key not in memo:
+        first = key not in memo
+        if first:
             memo[key] = (copy.deepcopy(v), self.vocab_rule_used, self.per_class_used, dict(fit))
         self.heldout_no_tag_fraction = 1.0 - fit["coverage"]
-        if self.hparams.get("no_tag", "auto") == "auto":  # resolved again on every fit
-            self.no_tag = self._choose_no_tag(self.heldout_no_tag_fraction, int(fit["n"]))
+        if self.hparams.get("no_tag", "auto") == "auto":  # resolved again on every fit, logged with the vocabulary
+            self.no_tag = self._choose_no_tag(self.heldout_no_tag_fraction, int(fit["n"]), announce=first)
         log.debug("IND vocabulary: %s", {v._cls(c): [v._tag(t) for t in ts] for c, ts in enumerate(v.class_tags)})
         return v
 
-    def _choose_no_tag(self, q: float, n: int) -> str:
+    def _choose_no_tag(self, q: float, n: int, announce: bool = True) -> str:
         """``no_tag="auto"``: the paper's rule (``ood``) when we can be confident that fewer than 5% of IND
         images have no kept IND tag -- the one-sided 95% Wilson upper bound of the held-out no-tag
         fraction ``q`` (``n`` held-out IND *training* images, never test sets) is below 5% -- else
@@ -231,8 +232,9 @@ class _TagBase(Detector):
         still ranks them (the centres were trained with untagged training images on all tokens too)."""
         upper = _wilson_upper(q, n)
         rule = "ood" if upper < NO_TAG_DEGENERATE else "fallback"
-        log.info("no-tag rule: %s (%.1f%% of %d held-out IND training images keep no IND tag; 95%% upper bound %.1f%%, "
-                 "'ood' needs < %.0f%%)", rule, 100 * q, n, 100 * upper, 100 * NO_TAG_DEGENERATE)
+        log.log(logging.INFO if announce else logging.DEBUG,
+                "no-tag rule: %s (%.1f%% of %d held-out IND training images keep no IND tag; 95%% upper bound %.1f%%, "
+                "'ood' needs < %.0f%%)", rule, 100 * q, n, 100 * upper, 100 * NO_TAG_DEGENERATE)
         return rule
 
     def _select_vocab(self, kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int,
