@@ -41,6 +41,10 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     assert "| msp |" in md and "average AUROC" in md
     assert len(list(csv.reader((out / "results.csv").open()))) == 1 + len(res["rows"])
     assert res["meta"]["sizes"]["train"] == 360 and res["meta"]["versions"]["torch"]
+    from tagood.threads import budget
+
+    assert res["meta"]["threads"]["budget"] == budget() >= 1  # what the float rounding of the run depended on
+    assert res["meta"]["threads"]["omp_wait_policy"] in ("default", "PASSIVE", "ACTIVE")
 
     # per-sample scores: the table is a function of them, recomputed without the models by `tagood metrics`
     from tagood.bench.scores import load_scores

@@ -13,6 +13,7 @@ holds the same results; only rank 0 writes the run folder (results, scores, ``ru
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 
 import tagood
 from tagood import detectors as det_registry
-from tagood import distributed
+from tagood import distributed, threads
 from tagood.bench.config import BenchConfig
 from tagood.backbones.factory import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
@@ -413,4 +414,7 @@ def _meta(state: RunState) -> dict[str, Any]:
                            "token (see tagood.bench.diagnostics)",
         },
         "platform": platform.platform(),
+        # CPU threads of this run and OpenMP's wait policy (PASSIVE only when the machine was busy at start;
+        # small projector trainings log when they ran on one thread): float rounding depends on them
+        "threads": {"budget": threads.budget(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")},
     }
