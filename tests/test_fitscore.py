@@ -177,6 +177,10 @@ def test_no_tag_images_are_flagged_tpr_reported_and_nan_never_in_distribution(tm
     assert meta["heldout_no_tag_fraction"] > 0.05 and meta["threshold_degenerate"]
     assert meta["heldout_tpr"] == pytest.approx(1 - meta["heldout_no_tag_fraction"])
     assert len(meta["warnings"]) == 1 and "TPR" in meta["warnings"][0]
+    # how the IND vocabulary was chosen (cross-validation on IND train) is saved beside the threshold
+    voc = meta["vocabulary"]
+    assert voc["rule"] in ("frequent", "specific") and 1 <= voc["tags_per_class"] <= 10
+    assert 0.0 <= voc["cv_no_tag_fraction"] <= 1.0
 
     r = runner.invoke(app, ["score", str(det), str(tmp_path / "train"), "--out", str(tmp_path / "s.csv"), "--cache", str(cache)],
                       terminal_width=200)

@@ -814,6 +814,15 @@ def _saved_method(v: Any) -> Any:
     return v
 
 
+class SavedVocabulary(_Strict):
+    """How a tag-based detector's IND vocabulary was chosen (``tagood fit``): the rule (``frequent`` /
+    ``specific`` / ``file``), tags per class, and the IND-training no-tag fraction the cross-validation saw."""
+
+    rule: Literal["frequent", "specific", "file"]
+    tags_per_class: NonNegInt
+    cv_no_tag_fraction: Fraction
+
+
 class DetectorMeta(_Strict):
     """``tagood.json`` of a detector saved by ``tagood fit`` (:func:`tagood.fitscore.fit_folder`).
     ``threshold`` is a finite OOD-score threshold (higher = more OOD: ``score > threshold`` is OOD)."""
@@ -833,6 +842,7 @@ class DetectorMeta(_Strict):
     n_heldout: NonNegInt | None = None
     streamed: list[str] | None = None
     failed_images: list[dict[str, Any]] | None = None
+    vocabulary: SavedVocabulary | None = None
 
 
 def validate_detector_meta(data: Any, path: str | Path) -> DetectorMeta:
