@@ -114,3 +114,27 @@ def test_directory(tmp_path: Path) -> None:
             raise ValueError("stop")
     assert not (tmp_path / "other").exists()
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_written_files_get_the_usual_permissions(tmp_path: Path, umask: int, file_mode: int, dir_mode: int) -> None:
+    """Atomic writes leave the permissions a plain open() / mkdir() would (temp files start owner-only): a shared
+    feature cache or a results folder stays readable to the group when the umask allows it."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, stat
+from pathlib import Path
+os.umask({umask})
+from tagood import fileio
+d = Path({str(tmp_path)!r})
+fileio.atomic_write_bytes(d / "a.bin", b"x")
+fileio.atomic_write_json(d / "b.json", {{"k": 1}})
+fileio.atomic_write_with(d / "c.bin", lambda p: p.write_bytes(b"y"))
+with fileio.atomic_directory(d / "folder") as t:
+    (t / "inner.txt").write_text("z")
+print(" ".join(oct(stat.S_IMODE((d / n).stat().st_mode)) for n in ("a.bin", "b.json", "c.bin", "folder")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [oct(file_mode)] * 3 + [oct(dir_mode)]

@@ -27,6 +27,31 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)  # elsewhere: set and restore
+    os.umask(m)
+    return m
+
+
+def _usual_mode(target: int | str | Path, directory: bool = False) -> None:
+    """Give a temp file (an open fd or a path) or temp folder the permissions a plain ``open()`` / ``mkdir()`` would
+    have: ``mkstemp`` / ``mkdtemp`` create them owner-only (0600 / 0700), which would make results and a shared
+    feature cache unreadable to the rest of a group."""
+    mode = (0o777 if directory else 0o666) & ~_umask()
+    if isinstance(target, int):
+        os.fchmod(target, mode)
+    else:
+        os.chmod(target, mode)
+
+
 def _fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -47,6 +72,7 @@ def atomic_open(path: str | Path, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
+        _usual_mode(fd)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -94,6 +120,7 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None], suffix: s
         write(tmp)
         if not tmp.is_file():
             raise FileNotFoundError(f"the writer for {path} left no file at its temp path {tmp}")
+        _usual_mode(tmp)
         _fsync_path(tmp)
         os.replace(tmp, path)
     finally:
@@ -116,6 +143,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _usual_mode(tmp, directory=True)
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
