@@ -264,7 +264,7 @@ def _extract_local(source: ImageSource, backbone: Backbone, root: Path, split: s
         if start:
             log.info("resuming %s at sample %d of %d", d, start, n)
         t0 = time.perf_counter()
-        with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress) as advance:
+        with progress_bar(f"extract {split}", total=n, completed=start, enabled=progress, unit="img") as advance:
             done = _extract_range(writer, source, backbone, fields, start, None, batch_size, workers, advance, max_batches)
         if max_batches is not None and writer._covered_to < n:
             writer.commit()
@@ -357,7 +357,7 @@ def _extract_distributed(source: ImageSource, backbone: Backbone, root: Path, sp
                 if part.next_index > a:
                     log.info("rank %d: resuming its part [%d, %d) at sample %d", w.rank, a, b, part.next_index)
                 with progress_bar(f"extract {split} (rank {w.rank}/{w.size})", total=b - a,
-                                  completed=part.next_index - a, enabled=progress and w.is_main) as advance:
+                                  completed=part.next_index - a, enabled=progress and w.is_main, unit="img") as advance:
                     _extract_range(part, source, backbone, fields, part.next_index, b, batch_size, workers, advance,
                                    max_batches)
                 if part._covered_to < b:
