@@ -45,6 +45,7 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
 
     assert res["meta"]["threads"]["budget"] == budget() >= 1  # what the float rounding of the run depended on
     assert res["meta"]["threads"]["omp_wait_policy"] in ("default", "PASSIVE", "ACTIVE")
+    assert isinstance(res["meta"]["threads"]["machine_busy"], bool)
 
     # per-sample scores: the table is a function of them, recomputed without the models by `tagood metrics`
     from tagood.bench.scores import load_scores

@@ -157,3 +157,15 @@ def test_cli_threads_option_reaches_torch_and_onnx() -> None:
                "from tagood.backbones.onnx_engine import physical_cores\n"
                "print(torch.get_num_threads(), physical_cores())")
     assert out == "1 1"
+
+
+def test_busy_probe_is_made_once_per_process(clean_env) -> None:
+    """Every training of a run makes the same thread choice (so a run is deterministic): the first probe is kept."""
+    clean_env.delenv("TAGOOD_BUSY", raising=False)
+    clean_env.setitem(threads._BUSY, "probed", None)
+    answers = iter([2.0, 0.0])
+    clean_env.setattr(threads, "others_busy", lambda window=0.1: next(answers))
+    assert threads.machine_busy() and threads.machine_busy()  # the second probe (idle) is never made
+    clean_env.setitem(threads._BUSY, "probed", None)
+    clean_env.setattr(threads, "others_busy", lambda window=0.1: 0.1)
+    assert not threads.machine_busy()

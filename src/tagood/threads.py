@@ -115,15 +115,23 @@ def others_busy(window: float = 0.1) -> float | None:
 
 
 def machine_busy() -> bool:
-    """True when other processes use at least :data:`BUSY_CORES` of our CPUs (``$TAGOOD_BUSY=0|1`` overrides)."""
+    """True when other processes use at least :data:`BUSY_CORES` of our CPUs (``$TAGOOD_BUSY=0|1`` overrides).
+
+    Probed once per process (the first call; the CLI makes it at start) and remembered, so every training of a
+    run makes the same thread choice and a run is deterministic; a later change of load does not switch it."""
     forced = os.environ.get("TAGOOD_BUSY", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    others = others_busy()
-    busy = others is not None and others >= BUSY_CORES
-    log.debug("other processes use %s of this process's CPUs: %s", "?" if others is None else f"{others:.2f} cores",
-              "busy" if busy else "idle")
-    return busy
+    if _BUSY["probed"] is None:
+        others = others_busy()
+        _BUSY["probed"] = others is not None and others >= BUSY_CORES
+        log.debug("other processes use %s of this process's CPUs: %s", "?" if others is None else f"{others:.2f} cores",
+                  "busy" if _BUSY["probed"] else "idle")
+    return bool(_BUSY["probed"])
+
+
+#: the remembered probe of :func:`machine_busy` (None: not probed yet)
+_BUSY: dict[str, bool | None] = {"probed": None}
 
 
 def budget() -> int:

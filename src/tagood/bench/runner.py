@@ -414,7 +414,8 @@ def _meta(state: RunState) -> dict[str, Any]:
                            "token (see tagood.bench.diagnostics)",
         },
         "platform": platform.platform(),
-        # CPU threads of this run and OpenMP's wait policy (PASSIVE only when the machine was busy at start;
-        # small projector trainings log when they ran on one thread): float rounding depends on them
-        "threads": {"budget": threads.budget(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")},
+        # CPU threads of this run, OpenMP's wait policy and the busy-machine probe (PASSIVE waits and one-thread
+        # small projector trainings when busy): float rounding depends on them
+        "threads": {"budget": threads.budget(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                    "machine_busy": threads.machine_busy()},
     }

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 #: On a CPU, a training step at most this large (batch x width x MLP width) runs on one thread **when other
-#: processes are using our CPUs** (:func:`tagood.threads.machine_busy`, probed when training starts): every
+#: processes are using our CPUs** (:func:`tagood.threads.machine_busy`, probed once per process): every
 #: split operator waits at a barrier for its slowest thread, which on a shared machine is one that lost its
 #: core. Measured on 2 cores (``benchmarks/contention.py``, the quick demo's ``ce+cs``, ``small`` preset:
 #: 64 x 128 x 512): 112.7 s on one thread vs 165.5 s on two beside two 2-thread processes. On an idle machine
