@@ -18,3 +18,14 @@ def fashion_folder(root: Path, classes: dict[str, int], n: int, split: str = "te
         for j, i in enumerate(idx):
             src.load(i).save(d / f"{j:03d}.png")
     return root
+
+
+def folder_config(path: Path, methods: list[str], ood_set: str = "wear", name: str | None = None, options: str = "") -> Path:
+    """Write a benchmark config at ``path`` over the folders ``train``, ``test`` (class sub-folders) and ``ood`` (one OOD
+    set ``ood_set``) beside it; ``options``: extra TOML lines of an ``[options]`` table. Returns ``path``."""
+    head = f'name = "{name}"\n' if name is not None else ""
+    methods_toml = ", ".join(f'"{m}"' for m in methods)
+    text = (f'{head}methods = [{methods_toml}]\n[train]\ntype = "folder"\nroot = "train"\n'
+            f'[test]\ntype = "folder"\nroot = "test"\n[ood.{ood_set}]\ntype = "folder"\nroot = "ood"\n')
+    path.write_text(text + (f"[options]\n{options}" if options else ""))
+    return path

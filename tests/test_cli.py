@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tagood.cli import app
-from image_folders import fashion_folder
+from image_folders import fashion_folder, folder_config
 
 runner = CliRunner()
 
@@ -72,9 +72,7 @@ def test_bench_config_with_folders_and_a_corrupt_file(tmp_path, tagood_home):
     fashion_folder(tmp_path / "test", {"trouser": 1, "bag": 8}, 10)
     fashion_folder(tmp_path / "ood", {"sneaker": 7}, 10)
     (tmp_path / "ood" / "sneaker" / "zz_broken.png").write_bytes(b"not a png")
-    cfg = tmp_path / "bench.toml"
-    cfg.write_text('name = "mine"\nmethods = ["msp", "mahalanobis"]\n[train]\ntype = "folder"\nroot = "train"\n'
-                   '[test]\ntype = "folder"\nroot = "test"\n[ood.sneakers]\ntype = "folder"\nroot = "ood"\n')
+    cfg = folder_config(tmp_path / "bench.toml", ["msp", "mahalanobis"], "sneakers", name="mine")
     r = runner.invoke(app, ["bench", str(cfg), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert "zz_broken.png" in r.output

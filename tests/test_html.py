@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from image_folders import fashion_folder
+from image_folders import fashion_folder, folder_config
 from tagood.bench.overlays import cell_edges, pick_examples
 from tagood.cli import app
 
@@ -61,9 +61,7 @@ def run_dir(tmp_path_factory, tagood_home):
     fashion_folder(tmp / "train", {"trouser": 1, "bag": 8}, 16, "train")
     fashion_folder(tmp / "test", {"trouser": 1, "bag": 8}, 8)
     fashion_folder(tmp / "ood", {"sneaker": 7, "shirt": 6}, 8)
-    cfg = tmp / "bench.toml"
-    cfg.write_text('name = "html-test"\nmethods = ["msp", "cs"]\n[train]\ntype = "folder"\nroot = "train"\n'
-                   '[test]\ntype = "folder"\nroot = "test"\n[ood.wear]\ntype = "folder"\nroot = "ood"\n')
+    cfg = folder_config(tmp / "bench.toml", ["msp", "cs"], "wear", name="html-test")
     out = tmp / "out"
     r = CliRunner().invoke(app, ["bench", str(cfg), "--out", str(out), "--cache", str(tmp / "c"), "--plots"], terminal_width=200)
     assert r.exit_code == 0, r.output

@@ -9,7 +9,7 @@ import typing
 import numpy as np
 from typer.testing import CliRunner
 
-from image_folders import fashion_folder
+from image_folders import fashion_folder, folder_config
 from tagood.cli import _description, app
 
 runner = CliRunner()
@@ -86,9 +86,7 @@ def test_quiet_bench_writes_run_log_and_prints_no_info_lines(tmp_path, tagood_ho
     flat.mkdir()
     for f in (tmp_path / "tmp" / "sneaker").iterdir():  # a flat folder of images is an OOD set
         f.rename(flat / f.name)
-    cfg = tmp_path / "b[1].toml"
-    cfg.write_text('methods = ["msp"]\n[train]\ntype = "folder"\nroot = "train"\n[test]\ntype = "folder"\nroot = "test"\n'
-                   '[ood.sneakers]\ntype = "folder"\nroot = "ood"\n')
+    cfg = folder_config(tmp_path / "b[1].toml", ["msp"], "sneakers")
     out = tmp_path / "out[x]"
     r = runner.invoke(app, ["bench", str(cfg), "--out", str(out), "--cache", str(tmp_path / "c"), "--quiet"], terminal_width=200)
     assert r.exit_code == 0, r.output

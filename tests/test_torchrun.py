@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tagood import data
 from tagood.distributed import split_range, world
 from tagood.extract import extract_split
-from image_folders import fashion_folder
+from image_folders import fashion_folder, folder_config
 
 SHARD = 4
 
@@ -262,17 +262,11 @@ BENCH_METHODS = "msp,knn[k=5],cs"
 @pytest.fixture(scope="module")
 def bench_config(tmp_path_factory) -> Path:
     """A small benchmark of real Fashion-MNIST PNG folders (2 IND classes, a flat folder of 2 OOD classes)."""
-    from image_folders import fashion_folder
-
     tmp = tmp_path_factory.mktemp("bench")
     fashion_folder(tmp / "train", {"trouser": 1, "bag": 8}, 16, "train")
     fashion_folder(tmp / "test", {"trouser": 1, "bag": 8}, 9)
     fashion_folder(tmp / "ood", {"sneaker": 7, "shirt": 6}, 7)
-    cfg = tmp / "bench.toml"
-    cfg.write_text('name = "torchrun"\nmethods = ["msp"]\n[train]\ntype = "folder"\nroot = "train"\n'
-                   '[test]\ntype = "folder"\nroot = "test"\n[ood.wear]\ntype = "folder"\nroot = "ood"\n'
-                   '[options]\nshard_size = 4\n')
-    return cfg
+    return folder_config(tmp / "bench.toml", ["msp"], "wear", name="torchrun", options="shard_size = 4\n")
 
 
 def _bench_cmd(cfg: Path, out: Path, cache: Path) -> list[str]:
