@@ -240,7 +240,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood", back
             "streamed": sorted(train.streamed), "failed_images": reader.failed}
     if getattr(det, "vocab_rule_used", None) is not None:  # a tag-based method: how its IND vocabulary was chosen
         meta["vocabulary"] = {"rule": det.vocab_rule_used, "tags_per_class": int(det.per_class_used),
-                              "cv_no_tag_fraction": float(getattr(det, "heldout_no_tag_fraction", float("nan")))}
+                              "cv_no_tag_fraction": float(det.heldout_no_tag_fraction)}
     if distributed.world().is_main:  # under torchrun rank 0 alone writes the detector directory
         d = det.save(out)
         atomic_write_text(Path(d) / "tagood.json", json.dumps(meta, indent=1))
