@@ -10,7 +10,12 @@ one ``run`` per batch with all threads (onnxruntime's defaults). Also shown: the
 with the backbone's own engine threading (each batch split over the cores), which isolates the
 pipeline's overhead. Prints the ratio pipeline / bare onnxruntime last (target >= 0.8).
 
-    python benchmarks/extract_throughput.py [--n 512] [--batch-size 64]
+``--device cuda``: the backbone runs through torch on the GPU (the ``auto`` engine there); the
+baseline is then its bare forward on the same preprocessed batches (host array in, numpy outputs
+back, as the pipeline gets them), and also shown is the forward alone on a batch already on the GPU.
+Prints ``pipeline_vs_bare_forward`` last.
+
+    python benchmarks/extract_throughput.py [--n 512] [--batch-size 64] [--device cuda]
 """
 
 from __future__ import annotations
@@ -58,7 +63,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads for both paths (default: all cores)")
+    ap.add_argument("--device", default="cpu", help="cpu (onnxruntime engine) or cuda (torch engine)")
+    ap.add_argument("--workers", type=int, default=None, help="decode threads (default: the pipeline's own choice)")
     args = ap.parse_args()
+    if args.device != "cpu":
+        return main_device(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_p = Path(tmp)
         make_images(tmp_p / "imgs", args.n)
@@ -111,6 +120,71 @@ def main() -> None:
         print(f"full extraction pipeline            : {ips_pipe:7.1f} images/s (decode, resize, forward, CAMs, fp16 cache write)")
         print(f"pipeline_vs_bare_onnxruntime_split: {ips_pipe / ips_split:.2f}")
         print(f"pipeline_vs_bare_onnxruntime: {ips_pipe / ips_bare:.2f}")
+
+
+def main_device(args: argparse.Namespace) -> None:
+    """Pipeline vs bare forward of the same torch module on a GPU."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_p = Path(tmp)
+        make_images(tmp_p / "imgs", args.n)
+        os.environ.setdefault("TAGOOD_HOME", str(tmp_p / "home"))
+        bb = EfficientNetLite0(device=args.device, batch_size=args.batch_size)
+        src = data.FolderSource(tmp_p / "imgs")
+        batch = np.stack([bb.preprocess(src.load(i)) for i in range(len(src))])
+        bb.forward(batch[: args.batch_size])  # warm-up (cuDNN autotuning, allocator)
+        sync = torch.cuda.synchronize if bb.device.type == "cuda" else (lambda: None)
+
+        def bare() -> float:  # host batch in, numpy outputs out: what the pipeline's forward gets
+            t = time.perf_counter()
+            for a in range(0, len(batch), args.batch_size):
+                bb._torch_run(batch[a : a + args.batch_size])
+            return time.perf_counter() - t
+
+        on_dev = [torch.as_tensor(batch[a : a + args.batch_size], device=bb.device).contiguous(memory_format=torch.channels_last)
+                  for a in range(0, len(batch), args.batch_size)]
+
+        def compute() -> float:  # the forward alone, inputs already on the device
+            sync()
+            t = time.perf_counter()
+            with torch.inference_mode():
+                for x in on_dev:
+                    bb.module(x)
+            sync()
+            return time.perf_counter() - t
+
+        def pipeline(k: int) -> float:
+            t = time.perf_counter()
+            r = extract_split(src, bb, tmp_p / f"cache{k}", split="bench", batch_size=args.batch_size, progress=False)
+            dt = time.perf_counter() - t
+            assert len(r) == args.n
+            return dt
+
+        from tagood.extract import _batches
+        from tagood.threads import decode_workers
+
+        workers = args.workers or decode_workers()
+
+        def decode() -> float:  # the pipeline's decode pool alone (files -> preprocessed batches)
+            t = time.perf_counter()
+            for _ in _batches(src, bb, 0, args.batch_size, workers):
+                pass
+            return time.perf_counter() - t
+
+        t_dec = min(decode() for _ in range(args.repeats))
+        t_comp = min(compute() for _ in range(args.repeats))
+        t_bare = min(bare() for _ in range(args.repeats))
+        t_pipe = min(pipeline(k) for k in range(args.repeats))
+        name = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else str(bb.device)
+        print(f"device {name}, images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, "
+              f"{os.cpu_count()} CPUs")
+        print(f"decode + preprocess alone           : {args.n / t_dec:8.1f} images/s ({workers} decode threads)")
+        print(f"forward alone, batch on the device  : {args.n / t_comp:8.1f} images/s")
+        print(f"bare forward (host in, numpy out)   : {args.n / t_bare:8.1f} images/s")
+        print(f"full extraction pipeline            : {args.n / t_pipe:8.1f} images/s (decode, resize, forward, fp16 cache write)")
+        print(f"pipeline_vs_forward_alone: {t_comp / t_pipe:.2f}")
+        print(f"pipeline_vs_bare_forward: {t_bare / t_pipe:.2f}")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def main() -> None:
     print(f"device {dev} (tf32 {args.tf32 and dev.type == 'cuda'}), batch {args.batch_size}, {args.n} images, {lens.mean():.0f} kept tokens/image on average, projector dim {args.dim}, max |diff| {err:.1e}")
     print(f"single (public-code style): {args.n / t_single:8.1f} images/s")
     print(f"batched + masked          : {args.n / t_batched:8.1f} images/s")
-    print(f"training throughput       : {args.n / t_train:8.1f} samples/s (batch 256, one forward per step)")
+    print(f"one training epoch, cold  : {args.n / t_train:8.1f} samples/s (batch 256, model build and warm-up included; "
+          "steady state: benchmarks/train_throughput.py)")
     print(f"batched_vs_single: {t_single / t_batched:.1f}x")
 
 

@@ -115,13 +115,15 @@ def time_real(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: st
 
 
 def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: str, warmup: int, steps: int) -> float:
-    """Samples/s of the same training step on pre-built padded batches already on the device."""
+    """Samples/s of the same training step on pre-built padded batches already on the device (on CUDA
+    with the real path's bf16 autocast and fused AdamW, so both do the same arithmetic)."""
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     model = Projector(tokens.dim, CLASSES, N_POS, cfg.dim, cfg.depth, cfg.heads, cfg.mlp, cfg.dropout).to(dev).train()
     centres = torch.randn(CLASSES, cfg.dim).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000, eta_min=cfg.min_lr)
     batches = []
     for _ in range(warmup + steps + 1):
@@ -130,18 +132,45 @@ def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device
         batches.append((x, pos, mask, torch.as_tensor(labels[idx], device=dev)))
     marks = []
     for x, pos, mask, y in batches:
-        feats, logits = model(x, pos, mask)
-        loss = cfg.ce_weight * F.cross_entropy(logits, y) + cfg.mse_weight * F.mse_loss(feats, centres[y])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            feats, logits = model(x, pos, mask)
+            loss = cfg.ce_weight * F.cross_entropy(logits.float(), y) + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
-            ema_update(centres, feats.detach(), y, cfg.momentum)
-        if dev.type == "cuda":
+            ema_update(centres, feats.detach().float(), y, cfg.momentum)
+        if cuda:
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
     return steps * cfg.batch_size / (marks[warmup + steps] - marks[warmup])
+
+
+def time_host(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: str, steps: int) -> float:
+    """Samples/s of the host side alone (gather from the memory map, page-lock on CUDA), one thread, no device
+    work: the data path's own ceiling."""
+    rng = np.random.default_rng(cfg.seed + 2)
+    dev = torch.device(device)
+    idxs = [np.sort(rng.choice(len(tokens), cfg.batch_size, replace=False)) for _ in range(steps + 1)]
+    train_mod._host_step(tokens, labels, idxs[0], dev)  # warm-up
+    t = time.perf_counter()
+    for idx in idxs[1:]:
+        train_mod._host_step(tokens, labels, idx, dev)
+    return steps * cfg.batch_size / (time.perf_counter() - t)
+
+
+def profile_real(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: str, steps: int) -> None:
+    """torch.profiler over ``steps`` steps of the real path: the ops with the most self time, host and device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        time_real(tokens, labels, cfg, device, 2, steps)
+    ka = prof.key_averages()
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=15))
+    if device.startswith("cuda"):
+        print(ka.table(sort_by="self_cuda_time_total", row_limit=15))
 
 
 def main() -> None:
@@ -151,6 +180,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the paper preset's 256)")
+    p.add_argument("--profile", type=int, default=0, help="also profile this many steps of the real path (torch.profiler)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/tagood-train-throughput"))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -164,11 +194,15 @@ def main() -> None:
           f"{a.warmup} warm-up + {a.steps} timed steps per path")
     real = time_real(tokens, labels, cfg, a.device, a.warmup, a.steps)
     base = time_baseline(tokens, labels, cfg, a.device, a.warmup, a.steps)
+    host = time_host(tokens, labels, cfg, a.device, max(a.steps, 4))
     hours = IMAGENET_TRAIN * PRESETS["paper"].epochs / real / 3600
     print(f"baseline (pre-built padded batches on the device): {base:,.1f} samples/s")
     print(f"real train_projector on the memory-mapped store:    {real:,.1f} samples/s")
+    print(f"host side alone (gather + page-lock, one thread):   {host:,.1f} samples/s")
     print(f"projected paper preset on ImageNet-1K ({IMAGENET_TRAIN:,} x {PRESETS['paper'].epochs} epochs) at this rate: "
           f"{hours:,.1f} h")
+    if a.profile:
+        profile_real(tokens, labels, cfg, a.device, a.profile)
     print(f"real / baseline: {real / base:.2f}")
 
 

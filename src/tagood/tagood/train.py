@@ -10,6 +10,7 @@ seeded.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -109,17 +110,34 @@ def ema_update(centres: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
     if reduce is not None:
         reduce(sums)
         reduce(counts)
-    present = counts > 0
-    means = sums[present] / counts[present, None]
-    centres[present] = momentum * centres[present] + (1.0 - momentum) * means
+    # no boolean indexing: it waits for the device (a host sync in every CUDA step); classes absent from the
+    # batch get weights (1, 0), so they keep their centre exactly, and present ones get the same products as
+    # ``m * c + (1 - m) * mean``
+    present = (counts > 0)[:, None]
+    keep = torch.where(present, momentum, 1.0).to(centres.dtype)
+    take = torch.where(present, 1.0 - momentum, 0.0).to(centres.dtype)
+    means = sums / counts.clamp(min=1)[:, None]
+    centres.copy_(keep * centres + take * means)
 
 
-def _host_batch(tokens: TokenSet, idx: np.ndarray, pin: bool = False) -> tuple[Any, ...]:
+def pad_multiple(device: torch.device) -> int:
+    """What a padded batch's width is rounded up to on ``device``: 16 on CUDA, 1 (the longest set) elsewhere.
+
+    On CUDA every new sequence length makes the attention kernels plan afresh (cuDNN's SDPA builds an execution
+    plan per shape; measured on an H200: 50-80 ms steps until the ~15 widths of RAM-shaped batches were all
+    seen, vs ~10 ms of device time per step); multiples of 16 leave a handful of shapes. The padding is masked,
+    so features do not change."""
+    return 16 if device.type == "cuda" else 1
+
+
+def _host_batch(tokens: TokenSet, idx: np.ndarray, pin: bool = False, multiple: int = 1) -> tuple[Any, ...]:
     """The host side of a padded batch: kept tokens of samples ``idx`` gathered (one fancy-index; a contiguous
     run of samples is a slice of the memory-mapped cache, no copy), with their rows and columns in the padded
-    tensor. ``pin``: in page-locked memory, so the device copy is asynchronous (CUDA)."""
+    tensor. ``pin``: in page-locked memory, so the device copy is asynchronous (CUDA); ``multiple``: round the
+    padded width up to a multiple of this (:func:`pad_multiple`)."""
     lens = tokens.lengths[idx]
     b, width = len(idx), int(lens.max()) if len(idx) else 0
+    width = -(-width // multiple) * multiple
     starts = np.zeros(b + 1, dtype=np.int64)
     np.cumsum(lens, out=starts[1:])
     col = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lens)
@@ -137,6 +155,13 @@ def _host_batch(tokens: TokenSet, idx: np.ndarray, pin: bool = False) -> tuple[A
     if pin:
         vals, pos_v, r, c = (t.pin_memory() for t in (vals, pos_v, r, c))
     return b, width, tokens.dim, vals, pos_v, r, c
+
+
+def _host_step(tokens: TokenSet, labels: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[tuple[Any, ...], torch.Tensor]:
+    """One training step's host data for ``device``: :func:`_host_batch` and the labels (page-locked on CUDA)."""
+    pin = device.type == "cuda"
+    y = torch.as_tensor(labels[idx])
+    return _host_batch(tokens, idx, pin, pad_multiple(device)), (y.pin_memory() if pin else y)
 
 
 def _device_batch(host: tuple[Any, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -157,7 +182,7 @@ def _device_batch(host: tuple[Any, ...], device: torch.device) -> tuple[torch.Te
 def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Padded batch of samples ``idx`` on ``device``: the kept tokens are gathered on the host (one
     fancy-index), moved in one transfer and scattered into the padded tensor on the device."""
-    return _device_batch(_host_batch(tokens, idx), device)
+    return _device_batch(_host_batch(tokens, idx, multiple=pad_multiple(torch.device(device))), device)
 
 
 def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_positions: int, cfg: TrainConfig,
@@ -165,8 +190,9 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     """Train a projector on object token sets; returns (model in eval mode, EMA centres (C,dim), per-epoch history).
 
     The data path keeps the device busy: the next batch is gathered from the (memory-mapped) token store by a
-    background thread while the current step runs (into page-locked memory on CUDA), and the loss and accuracy
-    are summed on the device and read once per epoch (no host synchronisation per step). On CUDA the forward
+    background thread while the current step runs (on CUDA: four batches ahead by two threads, into page-locked
+    memory), and the loss and accuracy are summed on the device and read once per epoch (no host
+    synchronisation per step; the EMA update has none either). On CUDA the forward
     pass and the loss run under bf16 autocast and AdamW is the fused kernel; on the CPU the arithmetic is the
     plain float32 of one process, deterministic for a seed.
 
@@ -208,7 +234,10 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
         a, b = distributed.split_range(len(idx), w.size, w.rank)
         return idx[a:b]
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagood-batches")
+    # CUDA: a step takes milliseconds and the main thread holds the GIL launching kernels, so batches are gathered
+    # several steps ahead by two threads; CPU: one batch ahead (the step itself is the cost)
+    depth, gatherers = (4, 2) if cuda else (1, 1)
+    pool = ThreadPoolExecutor(max_workers=gatherers, thread_name_prefix="tagood-batches")
     small = dev.type == "cpu" and cfg.batch_size * cfg.dim * cfg.mlp <= SMALL_STEP and machine_busy()
     if small:
         log.info("projector training on one thread: other processes are using this machine's CPUs")
@@ -221,14 +250,15 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 tot = torch.zeros((), dtype=torch.float64, device=dev)
                 correct = torch.zeros((), dtype=torch.int64, device=dev)
                 seen = 0
-                nxt = pool.submit(_host_batch, tokens, share(steps[0]), cuda)
+                # the next batches are gathered while this step computes (in order: futures are taken in order)
+                ahead = deque(pool.submit(_host_step, tokens, y_all, share(steps[k]), dev) for k in range(min(depth, len(steps))))
                 for s, gidx in enumerate(steps):
                     idx = share(gidx)
-                    host = nxt.result()
-                    if s + 1 < len(steps):  # gather the next batch while this step computes
-                        nxt = pool.submit(_host_batch, tokens, share(steps[s + 1]), cuda)
+                    host, y_host = ahead.popleft().result()
+                    if s + depth < len(steps):
+                        ahead.append(pool.submit(_host_step, tokens, y_all, share(steps[s + depth]), dev))
                     x, pos, mask = _device_batch(host, dev)
-                    y = torch.as_tensor(y_all[idx]).to(dev, non_blocking=True)
+                    y = y_host.to(dev, non_blocking=True)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                         feats, logits = net(x, pos, mask)  # the one forward pass of this step
                         loss = cfg.ce_weight * F.cross_entropy(logits.float(), y)
