@@ -84,6 +84,32 @@ def test_ema_uses_batch_mean_per_class():
     y = torch.tensor([0, 0, 2])
     ema_update(c, f, y, momentum=0.9)
     torch.testing.assert_close(c, torch.tensor([[0.2, 0.1], [0.0, 0.0], [0.5, 0.5]]))
+    # a class absent from the batch keeps its centre bit for bit; present ones get m*c + (1-m)*mean exactly
+    c = torch.tensor([[0.3, -1.7], [1.1, 2.9], [0.7, 0.1]])
+    before = c.clone()
+    ema_update(c, f, y, momentum=0.99)
+    assert torch.equal(c[1], before[1])
+    assert torch.equal(c[2], 0.99 * before[2] + (1 - 0.99) * f[2])
+
+
+def test_padded_width_rounding_keeps_features():
+    """CUDA batches are padded to a multiple of 16 (one attention plan per width); the extra padding is masked."""
+    from tagood.tagood.train import _device_batch, _host_batch, pad_multiple
+
+    assert pad_multiple(torch.device("cpu")) == 1 and pad_multiple(torch.device("cuda")) == 16
+    torch.manual_seed(0)
+    m = Projector(6, 3, num_positions=40, dim=16, depth=2, heads=4, mlp=32, dropout=0.0).eval()
+    rng = np.random.default_rng(1)
+    lens = np.array([3, 17, 9, 1])
+    ts = TokenSet(rng.normal(size=(lens.sum(), 6)).astype(np.float32), np.r_[0, np.cumsum(lens)],
+                  np.concatenate([np.sort(rng.choice(40, k, replace=False)) for k in lens]))
+    idx = np.array([0, 1, 3])
+    exact = _device_batch(_host_batch(ts, idx), torch.device("cpu"))
+    rounded = _device_batch(_host_batch(ts, idx, multiple=16), torch.device("cpu"))
+    assert exact[0].shape[1] == 17 and rounded[0].shape[1] == 32
+    assert rounded[2][:, 17:].sum() == 0  # the added columns are padding
+    with torch.no_grad():
+        torch.testing.assert_close(m.features(*rounded), m.features(*exact), rtol=1e-5, atol=1e-5)
 
 
 def _toy(n_per=40, seed=0, ood=False):
