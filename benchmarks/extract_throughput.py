@@ -57,6 +57,16 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
             digits.load(int(rng.integers(len(digits)))).resize((28, 28), Image.BILINEAR).save(root / "small" / f"{i:05d}.png")
 
 
+def time_pipeline(src: data.FolderSource, bb: EfficientNetLite0, cache: Path, n: int, batch_size: int,
+                  workers: int | None = None) -> float:
+    """Seconds of one full extraction of ``src`` into a new cache entry under ``cache``."""
+    t = time.perf_counter()
+    r = extract_split(src, bb, cache, split="bench", batch_size=batch_size, progress=False, workers=workers)
+    dt = time.perf_counter() - t
+    assert len(r) == n
+    return dt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=512)
@@ -92,13 +102,6 @@ def main() -> None:
                 sess.run(None, {"images": batch[a : a + args.batch_size]})
             return time.perf_counter() - t
 
-        def pipeline(k: int) -> float:
-            t = time.perf_counter()
-            r = extract_split(src, bb, tmp_p / f"cache{k}", split="bench", batch_size=args.batch_size, progress=False)
-            dt = time.perf_counter() - t
-            assert len(r) == args.n
-            return dt
-
         # a second reference: bare onnxruntime with the pipeline's own threading (each batch split
         # over the cores, one single-thread run per part), so the pipeline's overhead alone shows
         engine = bb._onnx
@@ -112,7 +115,7 @@ def main() -> None:
 
         t_bare = min(bare() for _ in range(args.repeats))
         t_split = min(bare_split() for _ in range(args.repeats))
-        t_pipe = min(pipeline(k) for k in range(args.repeats))
+        t_pipe = min(time_pipeline(src, bb, tmp_p / f"cache{k}", args.n, args.batch_size) for k in range(args.repeats))
         ips_bare, ips_split, ips_pipe = args.n / t_bare, args.n / t_split, args.n / t_pipe
         print(f"images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, threads {bb.num_threads}")
         print(f"bare onnxruntime forward            : {ips_bare:7.1f} images/s (one session run per batch, {bb.num_threads} threads)")
@@ -154,13 +157,6 @@ def main_device(args: argparse.Namespace) -> None:
             sync()
             return time.perf_counter() - t
 
-        def pipeline(k: int) -> float:
-            t = time.perf_counter()
-            r = extract_split(src, bb, tmp_p / f"cache{k}", split="bench", batch_size=args.batch_size, progress=False)
-            dt = time.perf_counter() - t
-            assert len(r) == args.n
-            return dt
-
         from tagood.extract import _batches
         from tagood.threads import decode_workers
 
@@ -175,7 +171,7 @@ def main_device(args: argparse.Namespace) -> None:
         t_dec = min(decode() for _ in range(args.repeats))
         t_comp = min(compute() for _ in range(args.repeats))
         t_bare = min(bare() for _ in range(args.repeats))
-        t_pipe = min(pipeline(k) for k in range(args.repeats))
+        t_pipe = min(time_pipeline(src, bb, tmp_p / f"cache{k}", args.n, args.batch_size, workers) for k in range(args.repeats))
         name = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else str(bb.device)
         print(f"device {name}, images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, "
               f"{os.cpu_count()} CPUs")
