@@ -18,12 +18,13 @@ its core to another process keeps the others waiting at the section's barrier. O
 before torch is first imported, therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at barriers)
 unless the user chose a policy -- **when other processes are using this process's CPUs** at that moment
 (:func:`others_busy`). On an idle machine spinning is faster (ODIN's input gradients: 30.4 vs 21.4
-images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the default stays. Small training
-steps likewise run on one thread only on a busy machine (:data:`tagood.tagood.train.SMALL_STEP`).
-Measured effect: ``benchmarks/contention.py`` (README).
+images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the default stays. Projector
+trainings keep the whole budget either way: beside two 2-thread processes on 2 cores the demo's ``ce+cs``
+training took 33.7-39.6 s on two threads with passive waits vs 39.6-48.4 s on one thread
+(``benchmarks/contention.py``, README), so the thread count, and with it the float rounding, no longer depends
+on the probe.
 
-``$TAGOOD_BUSY=0|1`` overrides the probe (for reproducible thread counts: float results of a training on
-one thread and on two differ in rounding).
+``$TAGOOD_BUSY=0|1`` overrides the probe.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -20,23 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from tagood.progress import progress_bar
-from tagood.threads import machine_busy, torch_threads
 from tagood.tagood.projector import Projector
 from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
-
-
-#: On a CPU, a training step at most this large (batch x width x MLP width) runs on one thread **when other
-#: processes are using our CPUs** (:func:`tagood.threads.machine_busy`, probed once per process): every
-#: split operator waits at a barrier for its slowest thread, which on a shared machine is one that lost its
-#: core. Measured on 2 cores (``benchmarks/contention.py``, the quick demo's ``ce+cs``, ``small`` preset:
-#: 64 x 128 x 512): 112.7 s on one thread vs 165.5 s on two beside two 2-thread processes. On an idle machine
-#: two threads are faster since the projector projects only real tokens (one demo-shaped epoch, 1,200 token
-#: sets: 4.5-4.6 s on one thread vs 3.5-3.9 s on two), so they are used. The two differ in float rounding
-#: (~1e-6 in the centres after 2 epochs); ``$TAGOOD_BUSY`` fixes the choice. The ``paper`` preset's steps
-#: (256 x 512 x 2048) always use the whole budget.
-SMALL_STEP = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -242,11 +228,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     # several steps ahead by two threads; CPU: one batch ahead (the step itself is the cost)
     depth, gatherers = (4, 2) if cuda else (1, 1)
     pool = ThreadPoolExecutor(max_workers=gatherers, thread_name_prefix="tagood-batches")
-    small = dev.type == "cpu" and cfg.batch_size * cfg.dim * cfg.mlp <= SMALL_STEP and machine_busy()
-    if small:
-        log.info("projector training on one thread: other processes are using this machine's CPUs")
     try:
-        with torch_threads(1) if small else nullcontext(), progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
+        with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
             for epoch in range(cfg.epochs):
                 model.train()
                 order = torch.randperm(n, generator=gen).numpy()
