@@ -414,8 +414,8 @@ def _meta(state: RunState) -> dict[str, Any]:
                            "token (see tagood.bench.diagnostics)",
         },
         "platform": platform.platform(),
-        # CPU threads of this run, OpenMP's wait policy and the busy-machine probe (PASSIVE waits and one-thread
-        # small projector trainings when busy): float rounding depends on them
+        # CPU threads of this run, OpenMP's wait policy and the busy-machine probe (PASSIVE waits when busy):
+        # float rounding depends on the thread budget
         "threads": {"budget": threads.budget(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                     "machine_busy": threads.machine_busy()},
     }
