@@ -94,7 +94,7 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
     x = _images(photos, LITE0.crop).numpy()
     with torch.inference_mode():
         want = clf(torch.from_numpy(x)).double().numpy()
-    got = clf.predict(x)
+    got = clf.predict(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape == (len(x), 6)
     np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, float(np.abs(want).max())))
 

@@ -99,10 +99,10 @@ class Classifier(torch.nn.Module):
         return self.linear(self.features(x))
 
     @torch.inference_mode()
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """IND logits ``(B,C)`` float64 of preprocessed images ``(B,3,H,W)``, no gradients."""
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """IND logits ``(B,C)`` float64 of preprocessed images ``(B,3,H,W)``, no gradients: on the CPU through the
+        backbone's engine when it has one, else through the torch module on ``x``'s device (no host round trip)."""
         if self._engine is not None:
-            feats = self._engine.forward(np.ascontiguousarray(x, dtype=np.float32)).features
-            return np.asarray(feats, dtype=np.float64) @ self._head.weight.T.astype(np.float64) + self._head.bias.astype(np.float64)
-        dev = next(self.parameters()).device
-        return self(torch.as_tensor(x, dtype=torch.float32, device=dev)).double().cpu().numpy()
+            feats = self._engine.forward(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)).features
+            return torch.from_numpy(self._head(feats, dtype=np.float64))
+        return self(x).double()

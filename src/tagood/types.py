@@ -188,8 +188,9 @@ class LinearHead:
     bias: np.ndarray  # (C,)
     class_names: list[str] | None = None
 
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(features, dtype=np.float32) @ self.weight.T.astype(np.float32) + self.bias.astype(np.float32)
+    def __call__(self, features: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """Logits ``(N,C)`` of features ``(N,D)``, computed in ``dtype`` (float32 unless asked otherwise)."""
+        return np.asarray(features, dtype=dtype) @ self.weight.T.astype(dtype) + self.bias.astype(dtype)
 
 
 @runtime_checkable

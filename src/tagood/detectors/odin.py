@@ -92,7 +92,7 @@ class ODIN(Detector):
         x2 = xt.detach() - self._step(xt) * torch.sign(grad)
         predict = getattr(self.model, "predict", None)
         with torch.no_grad():  # the perturbed pass needs no gradient: the model's fast inference path when it has one
-            z = torch.as_tensor(predict(x2.cpu().numpy())) if predict is not None else self.model(x2).double()
+            z = predict(x2) if predict is not None else self.model(x2).double()
             p = torch.softmax(z.double() / self.t, dim=1)
         return -p.max(dim=1).values.cpu().numpy()
 
