@@ -32,8 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +116,9 @@ def others_busy(window: float = 0.1) -> float | None:
 def machine_busy() -> bool:
     """True when other processes use at least :data:`BUSY_CORES` of our CPUs (``$TAGOOD_BUSY=0|1`` overrides).
 
-    Probed once per process (the first call; the CLI makes it at start) and remembered, so every training of a
-    run makes the same thread choice and a run is deterministic; a later change of load does not switch it."""
+    Probed once per process (the first call; the CLI makes it at start, before torch is imported, to choose
+    OpenMP's wait policy) and remembered, so what ``results.json`` records is the probe that chose the policy; a
+    later change of load does not switch it."""
     forced = os.environ.get("TAGOOD_BUSY", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
@@ -170,16 +169,3 @@ def configure(threads: int | None = None) -> int:
         torch.set_num_threads(n)
     log.debug("thread budget %d (affinity mask: %d CPUs)", n, affinity_cpus())
     return n
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with torch's intra-op threads set to ``n`` (at most the budget), restoring them after."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(int(n), budget())))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
