@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 
 from tagood.bench.config import builtin
 from tagood.bench.runner import create_detector, prepare
+from tagood.detectors.registry import split_specs
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = builtin(args.benchmark, quick=False)
     cfg.backbone = {"name": args.backbone}
-    variants = [v for v in _split_specs(args.variants)]
+    variants = split_specs(args.variants)
     state, _ = prepare(cfg, methods=variants, progress=False)
     ctx, train = state.context, state.splits["train"].features
     assert ctx is not None and train is not None and ctx.class_names is not None
@@ -63,20 +64,6 @@ def main() -> None:
             aucs.append(roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out]))
         print(f"{spec}: held-out IND vs left-out class {args.leave_out}: AUROC {[round(100 * a, 2) for a in aucs]}, "
               f"mean {100 * np.mean(aucs):.2f}; fit {fit_s:.0f} s", flush=True)
-
-
-def _split_specs(s: str) -> list[str]:
-    """Split 'a,b[x=1,y=2],c' at the commas outside brackets."""
-    out, depth, cur = [], 0, ""
-    for ch in s:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return out + ([cur.strip()] if cur.strip() else [])
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def _is_main() -> bool:
 
 def _methods_opt(methods: Optional[str]) -> list[str] | None:
     """Split 'a,b[x=1,y=2],c' on the commas outside brackets."""
-    return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()] if methods else None
+    from tagood.detectors.registry import split_specs
+
+    return split_specs(methods) if methods else None
 
 
 def _write_plots(results: dict, scores: dict, out: Path, ind: str = "test") -> None:

@@ -64,6 +64,11 @@ def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
     return m.group("base"), opts
 
 
+def split_specs(text: str) -> list[str]:
+    """Split a list of method specs, ``'a,b[x=1,y=2],c'``, on the commas outside brackets (empty parts dropped)."""
+    return [m.strip() for m in re.split(r",(?![^\[]*\])", text) if m.strip()]
+
+
 def _parse_value(v: str) -> Any:
     low = v.lower()
     if low in ("true", "false"):
