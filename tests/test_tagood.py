@@ -78,6 +78,39 @@ def test_padding_masks_make_features_batch_independent():
             torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_blocks_equal_the_padded_transformer():
+    """The CPU's packed forward (per-token layers on real tokens only) is the padded nn.TransformerEncoder's
+    function: same features in eval mode, same loss gradients in training mode; with dropout the training path
+    runs and draws masks (two forwards differ)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    lens = np.array([7, 1, 12, 4, 12, 2])
+    ts = TokenSet(rng.normal(size=(lens.sum(), 10)).astype(np.float32), np.r_[0, np.cumsum(lens)],
+                  np.concatenate([np.sort(rng.choice(20, k, replace=False)) for k in lens]))
+    x, p, mask = (torch.as_tensor(a) for a in ts.pad())
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    m = Projector(10, 3, num_positions=20, dim=16, depth=2, heads=4, mlp=32, dropout=0.0)
+    grads, feats = {}, {}
+    for packed in (False, True):
+        m.packed = packed
+        m.eval()
+        with torch.no_grad():
+            feats[packed] = m.features(x, p, mask)
+        m.train()
+        m.zero_grad()
+        f, logits = m(x, p, mask)
+        (torch.nn.functional.cross_entropy(logits, y) + f.square().mean()).backward()
+        grads[packed] = {n: q.grad.clone() for n, q in m.named_parameters()}
+    torch.testing.assert_close(feats[True], feats[False], rtol=1e-5, atol=1e-5)
+    assert set(grads[True]) == set(grads[False])
+    for n in grads[False]:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-4, atol=1e-6, msg=n)
+    assert Projector(10, 3, 20).packed is None  # the default: packed on the CPU, padded elsewhere
+    d = Projector(10, 3, num_positions=20, dim=16, depth=2, heads=4, mlp=32, dropout=0.5).train()
+    d.packed = True
+    assert not torch.allclose(d.features(x, p, mask), d.features(x, p, mask))
+
+
 def test_ema_uses_batch_mean_per_class():
     c = torch.zeros(3, 2)
     f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
@@ -104,12 +137,15 @@ def test_padded_width_rounding_keeps_features():
     ts = TokenSet(rng.normal(size=(lens.sum(), 6)).astype(np.float32), np.r_[0, np.cumsum(lens)],
                   np.concatenate([np.sort(rng.choice(40, k, replace=False)) for k in lens]))
     idx = np.array([0, 1, 3])
-    exact = _device_batch(_host_batch(ts, idx), torch.device("cpu"))
-    rounded = _device_batch(_host_batch(ts, idx, multiple=16), torch.device("cpu"))
+    exact = _device_batch(_host_batch(ts, idx), torch.device("cpu"), packed=False)
+    rounded = _device_batch(_host_batch(ts, idx, multiple=16), torch.device("cpu"), packed=False)
     assert exact[0].shape[1] == 17 and rounded[0].shape[1] == 32
     assert rounded[2][:, 17:].sum() == 0  # the added columns are padding
+    packed = _device_batch(_host_batch(ts, idx), torch.device("cpu"))  # the CPU default: the real tokens only
+    assert packed[0].shape == (lens[idx].sum(), 6) and torch.equal(packed[2], exact[2])
     with torch.no_grad():
         torch.testing.assert_close(m.features(*rounded), m.features(*exact), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.features(*packed), m.features(*exact), rtol=1e-5, atol=1e-5)
 
 
 def _toy(n_per=40, seed=0, ood=False):

@@ -5,12 +5,97 @@ token's *spatial* position (index 0 is the CLS token, token position p uses p + 
 transformer blocks (``depth`` = 2, ``heads`` = 8, MLP ``mlp`` = 2048, GELU), a final LayerNorm; the
 CLS output is the feature (d = 512 in the paper); a linear head gives class logits. Padded batches
 use key-padding masks, so a sample's feature does not depend on what it is batched with.
+
+On the CPU the blocks run **packed**: every per-token layer (LayerNorms, the q/k/v and output
+projections, the MLP) sees only the real tokens and the CLS tokens, and only attention itself is
+laid out padded (:func:`packed_block`). Padding is masked out of attention and its outputs are never
+read, so the feature is the same function as the padded ``nn.TransformerEncoder`` forward (equal to
+float rounding, ``tests/test_tagood.py``) at a fraction of the cost: object tokens keep ~40% of a
+batch's padded width, and images without a kept tag use all tokens, so nearly every training batch
+pads to the full grid. The parameters are those of the ``nn.TransformerEncoderLayer`` modules (same
+state dict); on accelerators, where boolean indexing waits for the host, the padded forward runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where the packed tokens of a batch go for attention: samples of similar length are padded together.
+
+    ``groups``: per group of samples, ``(rows, where, key_mask)`` -- the packed rows of its samples, their
+    ``(sample in group, column)`` places in the group's padded ``(n_g, W_g)`` layout and the ``(n_g,1,1,W_g)``
+    key mask (True = a real key); ``inverse``: the packed order of the groups' concatenated rows (None with one
+    group). Attention cost grows with the square of the padded width, and one long sample (an image without a
+    kept tag uses all its tokens) would otherwise set the width of the whole batch."""
+
+    groups: tuple[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor], ...]
+    inverse: torch.Tensor | None
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor) -> "PackedLayout":
+        """The layout of samples with ``lengths`` (B,) real tokens each (CLS included), packed one after the other:
+        at most two groups, split at the sample length that minimises the summed squared widths (one group unless
+        that saves a quarter). In a group, sample tokens take columns 0..n-1 of its row, in packed order."""
+        lens = lengths.tolist()
+        b, dev = len(lens), lengths.device
+        order = sorted(range(b), key=lens.__getitem__)
+        full = b * max(lens, default=0) ** 2
+        split, best = b, full
+        for k in range(1, b):
+            cost = k * lens[order[k - 1]] ** 2 + (b - k) * lens[order[-1]] ** 2
+            if cost < best:
+                split, best = k, cost
+        parts = [list(range(b))] if best > 0.75 * full else [sorted(order[:split]), sorted(order[split:])]
+        first = torch.zeros(b + 1, dtype=torch.long, device=dev)
+        torch.cumsum(lengths, 0, out=first[1:])
+        groups = []
+        for members in parts:
+            idx = torch.as_tensor(members, dtype=torch.long, device=dev)
+            n = lengths[idx]
+            width = max(lens[i] for i in members)
+            start = torch.repeat_interleave(first[idx], n)
+            row = torch.repeat_interleave(torch.arange(len(members), device=dev), n)
+            col = torch.arange(len(row), device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+            key_mask = torch.arange(width, device=dev)[None, :] < n[:, None]
+            groups.append((start + col, (row, col), key_mask[:, None, None, :]))
+        if len(groups) == 1:
+            return cls(tuple(groups), None)
+        cat = torch.cat([g[0] for g in groups])
+        inverse = torch.empty_like(cat)
+        inverse[cat] = torch.arange(len(cat), device=dev)
+        return cls(tuple(groups), inverse)
+
+
+def packed_block(layer: nn.TransformerEncoderLayer, h: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """One pre-LN ``nn.TransformerEncoderLayer`` (``norm_first=True``, batch first, GELU) on packed tokens.
+
+    ``h`` (T,d): the real tokens of a batch, laid out for attention by ``layout``. The per-token layers run on
+    ``h``; q/k/v are scattered into each group's padded layout for attention and its output is gathered back.
+    Dropout as the module applies it (on the attention weights, after the output projection, inside and after
+    the MLP) when ``layer.training``."""
+    attn = layer.self_attn
+    d = h.shape[-1]
+    heads = attn.num_heads
+    p = attn.dropout if layer.training else 0.0
+    qkv = F.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias)
+    outs = []
+    for rows, where, key_mask in layout.groups:
+        b, length = key_mask.shape[0], key_mask.shape[-1]
+        part = qkv if layout.inverse is None else qkv[rows]
+        padded = qkv.new_zeros(b, length, 3 * d).index_put(where, part)
+        q, k, v = padded.view(b, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)  # (b,heads,length,d/heads)
+        outs.append(o.transpose(1, 2).reshape(b, length, d)[where])
+    o = outs[0] if layout.inverse is None else torch.cat(outs)[layout.inverse]
+    h = h + layer.dropout1(attn.out_proj(o))
+    return h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h))))))
 
 
 class Projector(nn.Module):
@@ -28,24 +113,48 @@ class Projector(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        #: run the blocks packed (see the module docstring); ``None``: on the CPU only
+        self.packed: bool | None = None
 
     def features(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens (B,L,D_in), positions (B,L) spatial indices, mask (B,L) True = real token -> (B,dim)."""
+        """tokens (B,L,D_in), positions (B,L) spatial indices, mask (B,L) True = real token -> (B,dim).
+
+        Or already packed: tokens (T,D_in) and positions (T,) of the real tokens in row-major order of ``mask``
+        (``tokens[mask]``), which runs the packed forward whatever :attr:`packed` says."""
+        if tokens.dim() == 2:
+            return self._features_packed(tokens, positions, mask)
+        packed = tokens.device.type == "cpu" if self.packed is None else self.packed
+        if packed:
+            return self._features_packed(tokens[mask], positions[mask], mask)
         b = tokens.shape[0]
-        if tokens.device.type == "cpu":
-            # project only the real tokens: padding is masked out of attention and its outputs are never read, so
-            # the CLS feature is the same; the widest matmul of a step shrinks to the real tokens (~12% of a demo
-            # step). Not on accelerators: boolean indexing waits for the host there.
-            real = self.proj(tokens[mask])
-            x = real.new_zeros(b, tokens.shape[1], real.shape[-1]).index_put((mask,), real)
-        else:
-            x = self.proj(tokens)
-        x = x + self.pos(positions + 1)
+        x = self.proj(tokens) + self.pos(positions + 1)
         cls = self.cls.expand(b, -1, -1) + self.pos.weight[0]
         x = torch.cat([cls, x], dim=1)
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
         x = self.blocks(x, src_key_padding_mask=pad)
         return self.norm(x[:, 0])
+
+    def _features_packed(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (T,D_in) and positions (T,) packed in row-major order of mask (B,L) -> (B,dim)."""
+        b = mask.shape[0]
+        # the CLS token leads every row: real = [True, mask...]; packed rows are the real ones in row-major order,
+        # so row i's CLS token is the first packed row of sample i
+        real = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        x = self.proj(tokens) + self.pos(positions + 1)
+        cls = (self.cls[0] + self.pos.weight[0]).expand(b, -1)
+        first = torch.zeros(b + 1, dtype=torch.long, device=mask.device)
+        torch.cumsum(real.sum(1), 0, out=first[1:])
+        is_cls = torch.zeros(int(first[-1]), dtype=torch.bool, device=mask.device)
+        is_cls[first[:-1]] = True
+        h = x.new_empty(len(is_cls), x.shape[-1])
+        h[is_cls] = cls
+        h[~is_cls] = x
+        layout = PackedLayout.of(real.sum(1))
+        for layer in self.blocks.layers:
+            h = packed_block(layer, h, layout)
+        if self.blocks.norm is not None:
+            h = self.blocks.norm(h)
+        return self.norm(h[first[:-1]])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(tokens, positions, mask)

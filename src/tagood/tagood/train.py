@@ -154,24 +154,32 @@ def _host_step(tokens: TokenSet, labels: np.ndarray, idx: np.ndarray, device: to
     return _host_batch(tokens, idx, pin, pad_multiple(device)), (y.pin_memory() if pin else y)
 
 
-def _device_batch(host: tuple[Any, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Move a :func:`_host_batch` in one transfer per array and scatter it into the padded tensors on ``device``."""
+def _device_batch(host: tuple[Any, ...], device: torch.device,
+                  packed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move a :func:`_host_batch` in one transfer per array; returns ``(tokens, positions, mask)``.
+
+    ``packed`` (default: on the CPU, where :class:`Projector` runs packed): the real tokens ``(T,D)`` and their
+    positions ``(T,)`` as gathered, in row-major order of ``mask`` (no padded copy at all); else scattered into
+    padded ``(B,L,D)`` / ``(B,L)`` tensors on ``device``."""
     b, width, dim, vals, pos_v, r, c = host
     vals = vals.to(device, non_blocking=True).float()
     pos_v = pos_v.to(device, non_blocking=True)
     r, c = r.to(device, non_blocking=True), c.to(device, non_blocking=True)
+    mask = torch.zeros(b, width, dtype=torch.bool, device=device)
+    mask[r, c] = True
+    if device.type == "cpu" if packed is None else packed:
+        return vals, pos_v.long(), mask
     x = torch.zeros(b, width, dim, dtype=torch.float32, device=device)
     pos = torch.zeros(b, width, dtype=torch.long, device=device)
-    mask = torch.zeros(b, width, dtype=torch.bool, device=device)
     x[r, c] = vals
     pos[r, c] = pos_v.long()
-    mask[r, c] = True
     return x, pos, mask
 
 
 def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded batch of samples ``idx`` on ``device``: the kept tokens are gathered on the host (one
-    fancy-index), moved in one transfer and scattered into the padded tensor on the device."""
+    """A batch of samples ``idx`` on ``device`` for :class:`Projector` (packed on the CPU, padded elsewhere): the
+    kept tokens are gathered on the host (one fancy-index), moved in one transfer and, off the CPU, scattered into
+    the padded tensor on the device."""
     return _device_batch(_host_batch(tokens, idx, multiple=pad_multiple(torch.device(device))), device)
 
 
