@@ -71,3 +71,18 @@ def test_odin_default_t_and_eps_equal_hand_perturbation(std: float) -> None:
     # the perturbation raises the (tempered) max softmax: scores fall below those of the plain input
     plain = _hand_odin(model, x, 1000.0, 0.0, std)
     assert np.all(got < plain)
+
+
+def test_odin_batch_size_default_and_batch_independence() -> None:
+    """The default batch is 8 on the CPU (16 on accelerators); a score does not depend on its batch: the mean
+    cross-entropy scales each image's gradient by 1/B, which leaves its sign alone (scores differ ~1e-10)."""
+    model = _model()
+    x = np.random.default_rng(1).normal(size=(11, *SHAPE)).astype(np.float32)
+    data = FeatureSet(images=ArrayImages(x))
+    det = detectors.create("odin").fit(FeatureSet(), Context(model=model))
+    assert det.bs == 8 and det.hparams["batch_size"] is None
+    want = det.score(data)
+    for bs in (1, 3, 16):
+        other = detectors.create("odin", batch_size=bs).fit(FeatureSet(), Context(model=model))
+        assert other.bs == bs
+        np.testing.assert_allclose(other.score(data), want, rtol=0, atol=1e-8)  # float rounding of batched logits

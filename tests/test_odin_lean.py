@@ -39,6 +39,33 @@ def test_lean_pooled_equals_full_graph(photos, variant):
         assert float((broken(x) - want).abs().max()) > 1e-3
 
 
+def test_symmetric_same_padding_folds_into_the_convolution(photos):
+    """Stride-1 "same" paddings become the convolution's own padding (no zero-pad operator left), stride-2 ones
+    (one more on the right/bottom) stay in front; the input gradient is bit for bit that of the graph with every
+    padding as a separate operator."""
+    import copy
+
+    from torch import nn
+
+    lean = LitePooled(load_lite(LITE0))
+    convs = [m for m in lean.modules() if isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[1], nn.Conv2d)]
+    outside = [m for m in convs if isinstance(m[0], nn.ZeroPad2d)]
+    assert outside and all(m[1].stride == (2, 2) for m in outside)
+    assert sum(m[1].padding != (0, 0) for m in convs) >= 10
+    unfolded = copy.deepcopy(lean)
+    for m in unfolded.modules():
+        if isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[1], nn.Conv2d) and m[1].padding != (0, 0):
+            m[0], m[1].padding = nn.ZeroPad2d(m[1].padding[0]), (0, 0)
+    x = _images(photos, LITE0.crop)
+    grads = []
+    for g in (lean, unfolded):
+        xt = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(g(xt).square().sum(), xt)
+        grads.append(grad)
+    assert torch.equal(grads[0], grads[1])
+    assert float(grads[0].abs().max()) > 0
+
+
 def test_lean_refuses_train_mode():
     with pytest.raises(ValueError, match="eval mode"):
         LitePooled(load_lite(LITE0).train())

@@ -17,19 +17,26 @@ from torch import nn
 
 
 def fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Sequential:
-    """``bn(conv(x))`` of an eval-mode BatchNorm as one convolution with a bias (and the
-    convolution's static "same" padding, if it has one, in front)."""
+    """``bn(conv(x))`` of an eval-mode BatchNorm as one convolution with a bias, and the convolution's static
+    "same" padding, if it has one: inside the convolution when it is the same on all four sides (stride 1),
+    else as a zero-padding operator in front (TensorFlow's "same" pads stride-2 convolutions one more on the
+    right and bottom). Inside the convolution no padded copy of the activations is made, nor its gradient
+    taken apart again; the gradients are bit for bit the same (``tests/test_odin_lean.py``)."""
     w = conv.weight.detach()
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     bias = bn.bias.detach() - bn.running_mean * scale
     if getattr(conv, "bias", None) is not None:
         bias = bias + conv.bias.detach() * scale
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    pad = getattr(conv, "static_padding", None)
+    padding = conv.padding
+    sides = tuple(pad.padding) if isinstance(pad, nn.ZeroPad2d) else ()
+    if len(set(sides)) == 1 and tuple(_pair(conv.padding)) == (0, 0):
+        padding, pad = (sides[0], sides[0]), None
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
                       dilation=conv.dilation, groups=conv.groups, bias=True)
     with torch.no_grad():
         fused.weight.copy_(w * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bias)
-    pad = getattr(conv, "static_padding", None)
     return nn.Sequential(pad if isinstance(pad, nn.Module) else nn.Identity(), fused)
 
 
