@@ -8,10 +8,12 @@ memory-mapped back. 1,000 classes (ImageNet's), the ``paper`` preset's projector
 2048, batch 256).
 
 * **real**: :func:`tagood.tagood.train.train_projector` on the memory-mapped token sets (random batches
-  gathered from the map each step, padded, moved to the device), stopped after ``--warmup + --steps``
+  gathered from the map each step, moved to the device: packed on the CPU, padded on accelerators, as
+  :class:`tagood.tagood.projector.Projector` takes them there), stopped after ``--warmup + --steps``
   steps; samples/s over the last ``--steps`` steps.
 * **baseline** (the compute-only limit): the same model, loss, optimiser, schedule and EMA update on batches
-  of the same sizes and lengths that were padded and put on the device before the clock starts.
+  of the same sizes and lengths that were built (packed / padded) and put on the device before the clock
+  starts.
 
 Prints samples/s of both, the projected wall time of the paper preset on ImageNet-1K (1,281,167 images x
 100 epochs) at the real path's rate, and the ratio real / baseline last (target >= 0.8).
@@ -115,7 +117,7 @@ def time_real(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: st
 
 
 def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device: str, warmup: int, steps: int) -> float:
-    """Samples/s of the same training step on pre-built padded batches already on the device (on CUDA
+    """Samples/s of the same training step on pre-built batches already on the device (on CUDA
     with the real path's bf16 autocast and fused AdamW, so both do the same arithmetic)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -196,7 +198,7 @@ def main() -> None:
     base = time_baseline(tokens, labels, cfg, a.device, a.warmup, a.steps)
     host = time_host(tokens, labels, cfg, a.device, max(a.steps, 4))
     hours = IMAGENET_TRAIN * PRESETS["paper"].epochs / real / 3600
-    print(f"baseline (pre-built padded batches on the device): {base:,.1f} samples/s")
+    print(f"baseline (pre-built batches on the device):        {base:,.1f} samples/s")
     print(f"real train_projector on the memory-mapped store:    {real:,.1f} samples/s")
     print(f"host side alone (gather + page-lock, one thread):   {host:,.1f} samples/s")
     print(f"projected paper preset on ImageNet-1K ({IMAGENET_TRAIN:,} x {PRESETS['paper'].epochs} epochs) at this rate: "
