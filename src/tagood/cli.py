@@ -34,10 +34,12 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show the full trace
               "CPU threads for torch, onnxruntime and image decoding together (default: $TAGOOD_THREADS, "
               "$OMP_NUM_THREADS, else the CPUs this process may run on)."))) -> None:
     """OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines)."""
+    from tagood.alloc import keep_large_allocations
     from tagood.threads import configure
 
     set_debug(debug)
     configure(threads)  # before any command imports torch: sets its threads and OpenMP's passive wait policy
+    keep_large_allocations()  # activations from the heap, not fresh zero-filled pages each batch (tagood.alloc)
 
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt", "model.pth")

@@ -441,8 +441,18 @@ class CachedImageStream:
         return CachedImageStream(self.source, self.backbone, self.indices[start:stop], self.workers)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Preprocessed batches in order; the decode pool works one batch ahead of the consumer (ODIN's gradient
+        pass does not keep every core busy, so decoding the next batch meanwhile hides most of its cost)."""
+        chunks = [self.indices[a : a + batch_size] for a in range(0, len(self.indices), batch_size)]
+        if not chunks:
+            return
+
+        def load(i: int) -> np.ndarray:
+            return self.backbone.preprocess(self.source.load(int(i)))
+
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for a in range(0, len(self.indices), batch_size):
-                idx = self.indices[a : a + batch_size]
-                imgs = list(pool.map(lambda i: self.backbone.preprocess(self.source.load(int(i))), idx))
-                yield np.stack(imgs)
+            ahead = [pool.submit(load, i) for i in chunks[0]]
+            for k in range(len(chunks)):
+                current = ahead
+                ahead = [pool.submit(load, i) for i in chunks[k + 1]] if k + 1 < len(chunks) else []
+                yield np.stack([f.result() for f in current])
