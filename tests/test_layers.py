@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tagood"
 #: The one table: each top-level module / package of ``tagood`` and its layer (lowest first).
 LAYERS: dict[str, tuple[str, ...]] = {
     # small helpers every layer may use (no engines inside)
-    "base": ("types", "featureset", "context", "numeric", "fileio", "logs", "progress", "threads", "ragged", "metrics",
+    "base": ("types", "featureset", "context", "numeric", "fileio", "logs", "progress", "threads", "alloc", "ragged", "metrics",
              "assets", "distributed"),
     "data": ("data",),
     "backbones": ("backbones",),
