@@ -7,7 +7,7 @@ every activation afresh (it has no caching allocator on the CPU), so a forward +
 images pays those page faults on each of its large activations, every batch: ODIN on EfficientNet-Lite0 (a
 16 x 96 x 112 x 112 float32 activation is 77 MiB) scored 23-26 images/s with glibc's defaults and 32-39 with
 both thresholds at 256 MiB (2 cores, two alternated runs per batch size of 8 and 16; ``tagood demo --methods
-odin``: 57-61 s vs 43-50 s, scores equal).
+odin``: 57-61 s vs 43-50 s; ``benchmarks/malloc_thresholds.py``: 1.53x, scores identical).
 
 :func:`keep_large_allocations` sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (``mallopt``): allocations
 below the limit come from the heap and freed ones are reused. What it costs: up to the limit of freed memory
