@@ -89,6 +89,10 @@ def test_packed_blocks_equal_the_padded_transformer():
                   np.concatenate([np.sort(rng.choice(20, k, replace=False)) for k in lens]))
     x, p, mask = (torch.as_tensor(a) for a in ts.pad())
     y = torch.tensor([0, 1, 2, 0, 1, 2])
+    from tagood.tagood.projector import PackedLayout
+
+    assert len(PackedLayout.of(torch.as_tensor(lens + 1)).groups) == 2  # the two-group attention path is exercised
+    assert len(PackedLayout.of(torch.tensor([4, 4, 4])).groups) == 1 and len(PackedLayout.of(torch.tensor([], dtype=torch.long)).groups) == 1
     m = Projector(10, 3, num_positions=20, dim=16, depth=2, heads=4, mlp=32, dropout=0.0)
     grads, feats = {}, {}
     for packed in (False, True):

@@ -52,14 +52,14 @@ class PackedLayout:
             cost = k * lens[order[k - 1]] ** 2 + (b - k) * lens[order[-1]] ** 2
             if cost < best:
                 split, best = k, cost
-        parts = [list(range(b))] if best > 0.75 * full else [sorted(order[:split]), sorted(order[split:])]
+        parts = [list(range(b))] if split == b or best > 0.75 * full else [sorted(order[:split]), sorted(order[split:])]
         first = torch.zeros(b + 1, dtype=torch.long, device=dev)
         torch.cumsum(lengths, 0, out=first[1:])
         groups = []
         for members in parts:
             idx = torch.as_tensor(members, dtype=torch.long, device=dev)
             n = lengths[idx]
-            width = max(lens[i] for i in members)
+            width = max((lens[i] for i in members), default=0)
             start = torch.repeat_interleave(first[idx], n)
             row = torch.repeat_interleave(torch.arange(len(members), device=dev), n)
             col = torch.arange(len(row), device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
