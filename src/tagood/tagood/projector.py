@@ -32,11 +32,12 @@ class PackedLayout:
     ``groups``: per group of samples, ``(rows, where, key_mask)`` -- the packed rows of its samples, their
     ``(sample in group, column)`` places in the group's padded ``(n_g, W_g)`` layout and the ``(n_g,1,1,W_g)``
     key mask (True = a real key); ``inverse``: the packed order of the groups' concatenated rows (None with one
-    group). Attention cost grows with the square of the padded width, and one long sample (an image without a
+    group); ``starts`` (B+1,): where each sample's rows begin in the packed order (its CLS row). Attention cost grows with the square of the padded width, and one long sample (an image without a
     kept tag uses all its tokens) would otherwise set the width of the whole batch."""
 
     groups: tuple[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor], ...]
     inverse: torch.Tensor | None
+    starts: torch.Tensor
 
     @classmethod
     def of(cls, lengths: torch.Tensor) -> "PackedLayout":
@@ -66,11 +67,11 @@ class PackedLayout:
             key_mask = torch.arange(width, device=dev)[None, :] < n[:, None]
             groups.append((start + col, (row, col), key_mask[:, None, None, :]))
         if len(groups) == 1:
-            return cls(tuple(groups), None)
+            return cls(tuple(groups), None, first)
         cat = torch.cat([g[0] for g in groups])
         inverse = torch.empty_like(cat)
         inverse[cat] = torch.arange(len(cat), device=dev)
-        return cls(tuple(groups), inverse)
+        return cls(tuple(groups), inverse, first)
 
 
 def packed_block(layer: nn.TransformerEncoderLayer, h: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
@@ -98,6 +99,12 @@ def packed_block(layer: nn.TransformerEncoderLayer, h: torch.Tensor, layout: Pac
     return h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h))))))
 
 
+def runs_packed(device: torch.device) -> bool:
+    """Whether :class:`Projector` runs packed by default on ``device``: on the CPU; not on accelerators, where
+    boolean indexing waits for the host."""
+    return device.type == "cpu"
+
+
 class Projector(nn.Module):
     def __init__(self, in_dim: int, num_classes: int, num_positions: int, dim: int = 512, depth: int = 2, heads: int = 8,
                  mlp: int = 2048, dropout: float = 0.1) -> None:
@@ -113,7 +120,7 @@ class Projector(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        #: run the blocks packed (see the module docstring); ``None``: on the CPU only
+        #: run the blocks packed (see the module docstring); ``None``: where :func:`runs_packed` says
         self.packed: bool | None = None
 
     def features(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -123,7 +130,7 @@ class Projector(nn.Module):
         (``tokens[mask]``), which runs the packed forward whatever :attr:`packed` says."""
         if tokens.dim() == 2:
             return self._features_packed(tokens, positions, mask)
-        packed = tokens.device.type == "cpu" if self.packed is None else self.packed
+        packed = runs_packed(tokens.device) if self.packed is None else self.packed
         if packed:
             return self._features_packed(tokens[mask], positions[mask], mask)
         b = tokens.shape[0]
@@ -137,24 +144,21 @@ class Projector(nn.Module):
     def _features_packed(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (T,D_in) and positions (T,) packed in row-major order of mask (B,L) -> (B,dim)."""
         b = mask.shape[0]
-        # the CLS token leads every row: real = [True, mask...]; packed rows are the real ones in row-major order,
-        # so row i's CLS token is the first packed row of sample i
-        real = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        # every sample is its CLS token followed by its real tokens, so its CLS token is its first packed row
+        layout = PackedLayout.of(mask.sum(1) + 1)
         x = self.proj(tokens) + self.pos(positions + 1)
         cls = (self.cls[0] + self.pos.weight[0]).expand(b, -1)
-        first = torch.zeros(b + 1, dtype=torch.long, device=mask.device)
-        torch.cumsum(real.sum(1), 0, out=first[1:])
-        is_cls = torch.zeros(int(first[-1]), dtype=torch.bool, device=mask.device)
-        is_cls[first[:-1]] = True
+        first = layout.starts[:-1]
+        is_cls = torch.zeros(int(layout.starts[-1]), dtype=torch.bool, device=mask.device)
+        is_cls[first] = True
         h = x.new_empty(len(is_cls), x.shape[-1])
         h[is_cls] = cls
         h[~is_cls] = x
-        layout = PackedLayout.of(real.sum(1))
         for layer in self.blocks.layers:
             h = packed_block(layer, h, layout)
         if self.blocks.norm is not None:
             h = self.blocks.norm(h)
-        return self.norm(h[first[:-1]])
+        return self.norm(h[first])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(tokens, positions, mask)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tagood.progress import progress_bar
-from tagood.tagood.projector import Projector
+from tagood.tagood.projector import Projector, runs_packed
 from tagood.types import TokenSet
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ def _device_batch(host: tuple[Any, ...], device: torch.device,
     r, c = r.to(device, non_blocking=True), c.to(device, non_blocking=True)
     mask = torch.zeros(b, width, dtype=torch.bool, device=device)
     mask[r, c] = True
-    if device.type == "cpu" if packed is None else packed:
+    if packed is None:
+        packed = runs_packed(device)
+    if packed:
         return vals, pos_v.long(), mask
     x = torch.zeros(b, width, dim, dtype=torch.float32, device=device)
     pos = torch.zeros(b, width, dtype=torch.long, device=device)
