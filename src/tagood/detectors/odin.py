@@ -62,14 +62,12 @@ class ODIN(Detector):
         super().__init__(temperature=temperature, epsilon=epsilon, pixel_std=pixel_std, batch_size=batch_size)
         self.t, self.eps = float(temperature), float(epsilon)
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.bs = 16
         self.pixel_std = pixel_std
         self.std: tuple[float, ...] = ()
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
         self.model = context.model
         self.device = torch.device(context.device)
-        self.bs = self.batch_size or (8 if self.device.type == "cpu" else 16)
         if self.pixel_std is not None:
             self.std = tuple(float(v) for v in np.atleast_1d(np.asarray(self.pixel_std, dtype=np.float64)))
         else:
@@ -77,6 +75,12 @@ class ODIN(Detector):
             log.info("odin: step eps=%g divided by pixel std %s", self.eps, [round(s, 4) for s in self.std])
         if any(s <= 0 for s in self.std):
             raise ValueError(f"odin: pixel_std must be positive, got {self.std}")
+
+    @property
+    def bs(self) -> int:
+        """The batch size scored with: ``batch_size``, else 8 on the CPU and 16 on the device it was fitted for."""
+        device = getattr(self, "device", None)
+        return self.batch_size or (16 if device is not None and device.type != "cpu" else 8)
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         """``eps / std`` broadcast over the channels of ``x`` (B,C,...)."""
