@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from tagood.types import Backbone, ModelOutput
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None, list[int] | None]:
     stat = file_stat(source.samples[i].ident)  # before reading: a file changed meanwhile is re-extracted later
@@ -60,28 +62,30 @@ def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, n
         return i, None, f"{type(e).__name__}: {e}", stat
 
 
+def _chunks_ahead(fn: Callable[[int], T], chunks: Sequence[Sequence[int]], workers: int) -> Iterator[list[T]]:
+    """``[fn(i) for i in chunk]`` for each chunk in order, computed by ``workers`` threads one chunk ahead of the
+    consumer (the next chunk is submitted before the current one is handed out)."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        ahead: list[Future] = [pool.submit(fn, int(i)) for i in chunks[0]]
+        for k in range(len(chunks)):
+            current = ahead
+            ahead = [pool.submit(fn, int(i)) for i in chunks[k + 1]] if k + 1 < len(chunks) else []
+            yield [f.result() for f in current]
+
+
 def _batches(
     source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int, stop: int | None = None
 ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]], dict[int, list[int] | None]]]:
     """Yield (indices, preprocessed batch, failures, file stats) in source order, decoding one batch ahead."""
     n = len(source) if stop is None else stop
     chunks = [list(range(a, min(a + batch_size, n))) for a in range(start, n, batch_size)]
-    if not chunks:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-
-        def submit(chunk: list[int]) -> list[Future]:
-            return [pool.submit(_decode_one, source, backbone, i) for i in chunk]
-
-        pending = submit(chunks[0])
-        for k in range(len(chunks)):
-            nxt = submit(chunks[k + 1]) if k + 1 < len(chunks) else None
-            results = [f.result() for f in pending]
-            ok = [(i, x) for i, x, err, _ in results if x is not None]
-            failed = [(i, err or "") for i, x, err, _ in results if x is None]
-            batch = np.stack([x for _, x in ok]) if ok else None
-            yield [i for i, _ in ok], batch, failed, {i: st for i, _, _, st in results}
-            pending = nxt if nxt is not None else []
+    for results in _chunks_ahead(lambda i: _decode_one(source, backbone, i), chunks, workers):
+        ok = [(i, x) for i, x, err, _ in results if x is not None]
+        failed = [(i, err or "") for i, x, err, _ in results if x is None]
+        batch = np.stack([x for _, x in ok]) if ok else None
+        yield [i for i, _ in ok], batch, failed, {i: st for i, _, _, st in results}
 
 
 def _select(out: ModelOutput, fields: Sequence[str]) -> dict[str, Any]:
@@ -444,15 +448,5 @@ class CachedImageStream:
         """Preprocessed batches in order; the decode pool works one batch ahead of the consumer (ODIN's gradient
         pass does not keep every core busy, so decoding the next batch meanwhile hides most of its cost)."""
         chunks = [self.indices[a : a + batch_size] for a in range(0, len(self.indices), batch_size)]
-        if not chunks:
-            return
-
-        def load(i: int) -> np.ndarray:
-            return self.backbone.preprocess(self.source.load(int(i)))
-
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            ahead = [pool.submit(load, i) for i in chunks[0]]
-            for k in range(len(chunks)):
-                current = ahead
-                ahead = [pool.submit(load, i) for i in chunks[k + 1]] if k + 1 < len(chunks) else []
-                yield np.stack([f.result() for f in current])
+        for imgs in _chunks_ahead(lambda i: self.backbone.preprocess(self.source.load(i)), chunks, self.workers):
+            yield np.stack(imgs)
