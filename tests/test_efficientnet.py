@@ -166,6 +166,36 @@ def test_fresh_cache_dir_exports_once(tmp_path, backbone):
     _close(bb.forward(x).logits, backbone.forward(x).logits, what="fresh export gives the same model")
 
 
+def test_pooled_logits_equal_the_full_graph(tmp_path, backbone, photo_batch, monkeypatch):
+    """The pooled-only graph (KR-NFT's crops, ODIN's perturbed pass) gives the full tagger graph's features and
+    logits to the last bit, in the same chunks and parts; it is exported once, and the torch engine gives forward's."""
+    import tagood.backbones.efficientnet as eff
+
+    x = np.concatenate([photo_batch, photo_batch[:, :, ::-1]])
+    bb = eff.EfficientNetLite0(cache_dir=tmp_path / "onnx", num_threads=2, batch_size=4)
+    full = bb.forward(x)
+    feats, logits = bb.pooled_logits(x)
+    np.testing.assert_array_equal(feats, full.features)
+    np.testing.assert_array_equal(logits, full.logits)
+    p = bb.onnx_path(graph="pooled")
+    assert p.exists() and p != bb.onnx_path() and bb.weights_hash in p.name
+
+    def no_export(*a, **k):
+        raise AssertionError("the pooled graph was exported again")
+
+    monkeypatch.setattr(eff, "export_onnx", no_export)
+    again = eff.EfficientNetLite0(cache_dir=tmp_path / "onnx", num_threads=2, batch_size=4).pooled_logits(x[:3])
+    np.testing.assert_array_equal(again[1], logits[:3])
+    t = eff.EfficientNetLite0(engine="torch", num_threads=1)
+    tf, tl = t.pooled_logits(x[:2])
+    np.testing.assert_array_equal(tl, t.forward(x[:2]).logits)
+    _close(tf, feats[:2], what="torch engine pooled features")
+    with pytest.raises(ValueError, match="expected a batch"):
+        bb.pooled_logits(x[:, :, :100])
+    with pytest.raises(ValueError, match="graph must be"):
+        bb.onnx_path(graph="tokens")
+
+
 def test_physical_cores():
     import os
 

@@ -106,6 +106,29 @@ def test_deterministic_per_seed_and_index(parts):
     assert not np.array_equal(np.asarray(parts["train"].load(0)), np.asarray(other["train"].load(0)))
 
 
+def test_resized_layers_equal_pillows_rgba_resize(parts):
+    """A layer's pixels come from a premultiplied stamp made once; they equal Pillow's own RGBA resize of the stamp
+    (premultiply, resample, unpremultiply) and alpha resize, at smaller and larger sizes and at the stamp's own size
+    (where Pillow resizes nothing)."""
+    from PIL import Image
+
+    from tagood.data.scenes import Layer
+
+    src = parts["train"]
+    for path in sorted({layer.ref for i in range(4) for layer in src.layout(i).layers if isinstance(layer.ref, str)})[:3]:
+        a = src._stamp(path)
+        h, w = a.shape[:2]
+        for size in ((max(2, w // 3), max(2, h // 2)), (w, h), (w + 7, h + 3)):
+            layer = Layer("object", path, 0, 0, size[0], size[1], False)
+            col, alpha = src._pixels(layer, rgb=True)
+            want = np.asarray(Image.fromarray(a, "RGBA").resize(size, Image.BILINEAR), dtype=np.float32)
+            np.testing.assert_array_equal(col, want[..., :3])
+            np.testing.assert_array_equal(alpha, want[..., 3] / 255.0)
+            want_alpha = np.asarray(Image.fromarray(np.ascontiguousarray(a[..., 3]), "L").resize(size, Image.BILINEAR),
+                                    dtype=np.float32) / 255.0
+            np.testing.assert_array_equal(src._pixels(layer, rgb=False)[1], want_alpha)
+
+
 def test_stamps_split_by_instance(parts):
     from tagood.data.scenes import instance_key, split_instances
 

@@ -57,6 +57,7 @@ __all__ = [
     "Lite0Tagger",
     "LiteFeatures",
     "LiteTagger",
+    "LitePooledLogits",
     "LiteVariant",
     "export_onnx",
     "file_sha256",
@@ -72,6 +73,7 @@ N_FEATURES = 1280  # the Lite head convolution's width (fixed across Lite0-4)
 N_CLASSES = 1000
 _ONNX_OUTPUTS = ("fmap", "pooled", "logits", "block_norms")
 _TAGGER_OUTPUTS = ("tokens", "pooled", "logits", "tag_probs", "tag_ids", "tag_attention", "block_norms")
+_POOLED_OUTPUTS = ("pooled", "logits")
 
 
 @dataclass(frozen=True)
@@ -224,17 +226,35 @@ class LiteTagger(nn.Module):
         return tokens, pooled, logits, probs, ids, cam, norms
 
 
+class LitePooledLogits(nn.Module):
+    """:class:`LiteFeatures` cut to what an image embedding needs: images (B,3,S,S) -> pooled (B,1280),
+    logits (B,1000). The same operators as the full graph for these two outputs (the export drops the
+    feature-map output, the block norms and the tagger's post-processing), so onnxruntime gives the same
+    values to the last bit (tested) at ~1.1x the images per second. For the callers that need no tokens:
+    KR-NFT's crops and ODIN's perturbed pass."""
+
+    def __init__(self, features: LiteFeatures) -> None:
+        super().__init__()
+        self.f = features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, pooled, logits, _ = self.f(x)
+        return pooled, logits
+
+
 # the names these classes had when only Lite0 existed
 Lite0Features = LiteFeatures
 Lite0Tagger = LiteTagger
 
 
 def export_onnx(module: nn.Module, path: Path) -> None:
-    """Export a :class:`LiteFeatures` or :class:`LiteTagger` module to ONNX at ``path`` atomically (dynamic batch axis)."""
-    feats = module.f if isinstance(module, LiteTagger) else module
+    """Export a :class:`LiteFeatures`, :class:`LiteTagger` or :class:`LitePooledLogits` module to ONNX at
+    ``path`` atomically (dynamic batch axis)."""
+    feats = module.f if isinstance(module, (LiteTagger, LitePooledLogits)) else module
     if not isinstance(feats, LiteFeatures):
-        raise TypeError(f"export_onnx takes a LiteFeatures or LiteTagger module, not {type(module).__name__}")
-    names = _TAGGER_OUTPUTS if isinstance(module, LiteTagger) else _ONNX_OUTPUTS
+        raise TypeError(f"export_onnx takes a LiteFeatures, LiteTagger or LitePooledLogits module, not {type(module).__name__}")
+    names = (_TAGGER_OUTPUTS if isinstance(module, LiteTagger) else
+             _POOLED_OUTPUTS if isinstance(module, LitePooledLogits) else _ONNX_OUTPUTS)
     s = feats.input_size
     _export(module, Path(path), (1, 3, s, s), "images", names)
 
@@ -287,6 +307,7 @@ class EfficientNetLite:
         self.engine = engine
         self.cache_dir = Path(cache_dir) if cache_dir is not None else tagood_home() / "onnx"
         self._onnx: OnnxEngine | None = None
+        self._onnx_pooled: OnnxEngine | None = None  # the pooled-and-logits graph, exported on first use
         if engine == "onnx":
             p = self.onnx_path()
             if not p.exists():
@@ -344,8 +365,13 @@ class EfficientNetLite:
         return self._crop_box(width, height), (g, g), 0
 
     # -- engines -------------------------------------------------------------------------------
-    def onnx_path(self) -> Path:
-        """Where the ONNX export of these weights lives (keyed by the weights hash)."""
+    def onnx_path(self, graph: str = "tagger") -> Path:
+        """Where the ONNX export of these weights lives (keyed by the weights hash): ``graph="tagger"`` the
+        full tagger (:class:`LiteTagger`), ``"pooled"`` the pooled features and logits only (:class:`LitePooledLogits`)."""
+        if graph == "pooled":
+            return self.cache_dir / f"{self.id}-{self.weights_hash}-pooled-v1.onnx"
+        if graph != "tagger":
+            raise ValueError(f"graph must be 'tagger' or 'pooled', not {graph!r}")
         return self.cache_dir / f"{self.id}-{self.weights_hash}-tagger-top{self.top_k_tags}-v2.onnx"
 
     def _torch_run(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -383,6 +409,33 @@ class EfficientNetLite:
             else:
                 post(0, self._torch_run(chunk))
         return out
+
+    def pooled_logits(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed batch (B,3,S,S) -> ``(features (B,1280), logits (B,1000))`` float32: the same values as
+        :meth:`forward`'s ``features`` and ``logits`` (bit for bit on the onnxruntime engine, tested), without the
+        tokens, tags, CAMs and block norms. On the onnxruntime engine a second graph (:class:`LitePooledLogits`,
+        exported once next to the tagger's) skips their work: ~1.1x the images per second."""
+        if self._onnx is None:
+            out = self.forward(batch)
+            return out.features, out.logits
+        s = self.variant.crop
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"{self.id} expected a batch of shape (B,3,{s},{s}), got {batch.shape}")
+        if self._onnx_pooled is None:
+            p = self.onnx_path(graph="pooled")
+            if not p.exists():
+                export_onnx(LitePooledLogits(self.module.f), p)
+            self._onnx_pooled = OnnxEngine(p, "images", workers=self.num_threads)
+        feats = np.empty((len(batch), N_FEATURES), np.float32)
+        logits = np.empty((len(batch), N_CLASSES), np.float32)
+        for a in range(0, len(batch), self.batch_size):
+            def post(start: int, raw: list[np.ndarray], a: int = a) -> None:
+                e = a + start + len(raw[0])
+                feats[a + start : e], logits[a + start : e] = raw
+
+            self._onnx_pooled.run_parts(batch[a : a + self.batch_size], post)
+        return feats, logits
 
     def _postprocess(self, out: ModelOutput, s: int, raw: list[np.ndarray]) -> None:
         """Copy one engine call's outputs (:class:`LiteTagger` order) into rows ``s:s+b`` of ``out``."""

@@ -166,7 +166,11 @@ class OfflineDualEncoder:
         return out.reshape(*shape, self.embed_dim)
 
     def encode_images(self, batch: Any) -> np.ndarray:
-        out = self.backbone.forward(np.asarray(batch, dtype=np.float32))
+        x = np.asarray(batch, dtype=np.float32)
+        pooled = getattr(self.backbone, "pooled_logits", None)  # no tokens or CAMs computed (KR-NFT's crops)
+        if pooled is not None:
+            return self.embed_features(*pooled(x))
+        out = self.backbone.forward(x)
         return self.embed_features(out.features, out.logits)
 
     def patch_tokens(self, batch: Any) -> np.ndarray:

@@ -42,6 +42,7 @@ import colorsys
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,10 +100,19 @@ def _load_photo(package: str, name: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3].astype(np.uint8))
 
 
+_PHOTOS_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=None)
-def background_photos() -> tuple[np.ndarray, ...]:
-    """The background photographs of :data:`BACKGROUNDS` as (H, W, 3) uint8 arrays (loaded once)."""
+def _background_photos() -> tuple[np.ndarray, ...]:
     return tuple(_load_photo(p, n) for p, n in BACKGROUNDS)
+
+
+def background_photos() -> tuple[np.ndarray, ...]:
+    """The background photographs of :data:`BACKGROUNDS` as (H, W, 3) uint8 arrays (loaded once per process:
+    the decode threads that render the first scenes wait for one load instead of each decoding the photos)."""
+    with _PHOTOS_LOCK:
+        return _background_photos()
 
 
 def background_region(photo_shape: tuple[int, ...], region: str) -> tuple[int, int, int, int]:
@@ -201,6 +211,7 @@ class SceneSource(ImageSource):
         self._samples = [Sample(f"{name}:{i}:{o if o is not None else 'none'}", l)
                          for i, (o, l) in enumerate(zip(self.objects, self.labels))]
         self._stamps: dict[str, np.ndarray] = {}
+        self._stamp_images: dict[tuple[str, str], Image.Image] = {}
         self._layouts: dict[int, Layout] = {}
 
     @property
@@ -213,6 +224,17 @@ class SceneSource(ImageSource):
         if a is None:
             a = self._stamps[path] = load_stamp(self.root, path)
         return a
+
+    def _stamp_image(self, path: str, mode: str) -> Image.Image:
+        """Stamp ``path`` as a PIL image to resize: ``"RGBa"`` (alpha-premultiplied, what Pillow converts an RGBA
+        image to before resampling it) or ``"L"`` (its alpha channel); made once per stamp, not once per scene."""
+        im = self._stamp_images.get((path, mode))
+        if im is None:
+            a = self._stamp(path)
+            im = (Image.fromarray(a, "RGBA").convert("RGBa") if mode == "RGBa" else
+                  Image.fromarray(np.ascontiguousarray(a[..., 3]), "L"))
+            self._stamp_images[(path, mode)] = im
+        return im
 
     def _item_size(self, ref: str | int, rng: np.random.Generator, scale: tuple[float, float]) -> tuple[int, int]:
         h, w = (self.ink.shape[1:3] if isinstance(ref, (int, np.integer)) else self._stamp(str(ref)).shape[:2])  # type: ignore[union-attr]
@@ -278,13 +300,17 @@ class SceneSource(ImageSource):
             col = np.broadcast_to(np.asarray(layer.tint, dtype=np.float32) * 255.0, (layer.h, layer.w, 3)) if rgb else None
         else:
             a = self._stamp(layer.ref)
+            size = (layer.w, layer.h)
             if rgb:
-                im = np.asarray(Image.fromarray(a, "RGBA").resize((layer.w, layer.h), Image.BILINEAR), dtype=np.float32)
+                # what Image.resize does to an RGBA image (premultiply, resample, unpremultiply), with the premultiplied
+                # stamp made once; at the stamp's own size Pillow returns an unchanged copy, and so does this
+                same = size == (a.shape[1], a.shape[0])
+                im = np.asarray(Image.fromarray(a, "RGBA") if same else
+                                self._stamp_image(layer.ref, "RGBa").resize(size, Image.BILINEAR).convert("RGBA"), dtype=np.float32)
                 col, alpha = im[..., :3], im[..., 3] / 255.0
             else:
                 col = None
-                alpha = np.asarray(Image.fromarray(np.ascontiguousarray(a[..., 3]), "L").resize((layer.w, layer.h), Image.BILINEAR),
-                                   dtype=np.float32) / 255.0
+                alpha = np.asarray(self._stamp_image(layer.ref, "L").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
         if layer.flip:
             alpha = alpha[:, ::-1]
             col = col[:, ::-1] if col is not None else None

@@ -7,8 +7,10 @@ Used by KR-NFT to build surrogate IND / OOD views of the few-shot images.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -67,23 +69,24 @@ def subset_stream(stream: Any, idx: np.ndarray) -> Iterator[np.ndarray]:
 
 def encode_crops(images: Iterator[np.ndarray], encode: Callable[[np.ndarray], np.ndarray], n_crops: int,
                  seed: int = 0, scale: tuple[float, float] = (0.08, 1.0), batch_images: int = 4) -> np.ndarray:
-    """Embeddings ``(n_images, n_crops, E)`` of ``n_crops`` random-resized crops of each image."""
+    """Embeddings ``(n_images, n_crops, E)`` of ``n_crops`` random-resized crops of each image.
+
+    The crops of the next ``batch_images`` images are cut (and those images read) in a background thread
+    while ``encode`` runs on the current ones; one thread draws all crops in order, so the result does not
+    depend on the overlap."""
     rng = np.random.default_rng(seed)
+
+    def next_crops() -> tuple[int, np.ndarray] | None:
+        buf = list(itertools.islice(images, batch_images))
+        return (len(buf), random_resized_crops(np.stack(buf), n_crops, rng, scale)) if buf else None
+
     out: list[np.ndarray] = []
-    buf: list[np.ndarray] = []
-
-    def flush() -> None:
-        crops = random_resized_crops(np.stack(buf), n_crops, rng, scale)
-        e = np.asarray(encode(crops), dtype=np.float32)
-        out.append(e.reshape(len(buf), n_crops, -1))
-        buf.clear()
-
-    for img in images:
-        buf.append(img)
-        if len(buf) == batch_images:
-            flush()
-    if buf:
-        flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagood-crops") as pool:
+        ahead = pool.submit(next_crops)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next_crops)
+            n, crops = item
+            out.append(np.asarray(encode(crops), dtype=np.float32).reshape(n, n_crops, -1))
     if not out:
         raise ValueError("no images to crop")
     return np.concatenate(out)
