@@ -8,7 +8,10 @@ checkout's ``.venv``); ``now`` is this checkout. The two alternate ``--runs`` ti
 time and its per-method times over 1 s (``run.log``), whether the two result tables are identical, and last
 the ratio of the median wall times ``before / now`` (> 1 = faster now).
 
-    .venv/bin/python benchmarks/demo_time.py --before 692b146 [--runs 2] [--demo-args "--methods odin,tagood"]
+    .venv/bin/python benchmarks/demo_time.py --before 692b146 [--runs 2] [--demo-args "--methods odin,tagood"] [--keep DIR]
+
+``--keep DIR`` keeps each run's output folder (results.md, results.json, run.log, ...) as ``DIR/<before|now>-<run>``.
+When the tables differ, the methods whose rows differ are listed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="git revision of the baseline")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--demo-args", default="", help="extra arguments of both demos")
+    ap.add_argument("--keep", type=Path, default=None, help="keep each run's output folder under this folder")
     args = ap.parse_args()
     extra = shlex.split(args.demo_args)
     with tempfile.TemporaryDirectory(prefix="tagood-demo-time-") as tmp:
@@ -59,12 +64,18 @@ def main() -> None:
                     wall, methods, table = demo(src, Path(tmp) / f"{name}-{r}", extra)
                     walls[name].append(wall)
                     tables[name].add(table)
+                    if args.keep is not None:
+                        shutil.copytree(Path(tmp) / f"{name}-{r}" / "run", args.keep / f"{name}-{r}", dirs_exist_ok=True)
                     slow = ", ".join(f"{k} {v:.1f}" for k, v in methods.items() if v >= 1.0)
                     print(f"{name:6s} run {r + 1}: {wall:.1f} s ({slow})", flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     same = len(tables["before"] | tables["now"]) == 1
     print(f"result tables identical across all runs: {same}")
+    if not same:
+        rows = [set(t.splitlines()) for t in tables["before"] | tables["now"]]
+        changed = sorted({r.split("|")[1].strip() for r in set.union(*rows) - set.intersection(*rows)})
+        print(f"methods whose rows differ: {', '.join(changed)}")
     print(f"median wall time: before {statistics.median(walls['before']):.1f} s, now {statistics.median(walls['now']):.1f} s")
     print(f"ratio before / now: {statistics.median(walls['before']) / statistics.median(walls['now']):.2f}")
 
