@@ -1,6 +1,6 @@
 """Held-out check of the embedded benchmarks' text-candidate budget (issue 13): NegLabel, CSP and KR-NFT with the
-demo defaults (``max_candidates`` 5,000; NegLabel / KR-NFT keep ``n_neg`` 1,000) against the earlier 10,000 / 2,000,
-on data the test sets play no part in.
+demo defaults (``max_candidates`` 5,000; NegLabel / KR-NFT keep ``n_neg`` 1,000; KR-NFT cuts 16 crops per image and
+takes the top / bottom 4) against the earlier 10,000 / 2,000 and 32 / 8 / 8, on data the test sets play no part in.
 
 IND: training images of the benchmark that no vision-language method trains on (outside every method's seeded
 few-shot picks). Pseudo-OOD: jigsaw-shuffled versions of *other* such images (3x3 patches, as FeatureNorm's
@@ -26,7 +26,7 @@ import numpy as np
 PAIRS = {  # method -> (the demo default now, the setting before)
     "neglabel": ("neglabel", "neglabel[max_candidates=10000,n_neg=2000]"),
     "csp": ("csp", "csp[max_candidates=10000]"),
-    "krnft": ("krnft", "krnft[max_candidates=10000,n_neg=2000]"),
+    "krnft": ("krnft", "krnft[max_candidates=10000,n_neg=2000,n_crops=32,k_in=8,k_out=8]"),
 }
 
 
