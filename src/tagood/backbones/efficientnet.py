@@ -387,10 +387,7 @@ class EfficientNetLite:
         GxG grid), ``tag_probs (B,1000)``, ``tag_ids (B,k)`` int64 sorted by descending probability,
         ``tag_attention (B,k,G*G)`` their raw CAMs, ``block_norms (B,n_blocks+1)``.
         """
-        s = self.variant.crop
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
-            raise ValueError(f"{self.id} expected a batch of shape (B,3,{s},{s}), got {batch.shape}")
+        batch = self._as_batch(batch)
         n, k, t = len(batch), self.top_k_tags, self.n_tokens
         out = ModelOutput(
             logits=np.empty((n, N_CLASSES), np.float32), features=np.empty((n, N_FEATURES), np.float32),
@@ -410,6 +407,14 @@ class EfficientNetLite:
                 post(0, self._torch_run(chunk))
         return out
 
+    def _as_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` as float32 (B,3,S,S), or a ValueError naming the shape expected."""
+        s = self.variant.crop
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"{self.id} expected a batch of shape (B,3,{s},{s}), got {batch.shape}")
+        return batch
+
     def pooled_logits(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed batch (B,3,S,S) -> ``(features (B,1280), logits (B,1000))`` float32: the same values as
         :meth:`forward`'s ``features`` and ``logits`` (bit for bit on the onnxruntime engine, tested), without the
@@ -418,10 +423,7 @@ class EfficientNetLite:
         if self._onnx is None:
             out = self.forward(batch)
             return out.features, out.logits
-        s = self.variant.crop
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
-            raise ValueError(f"{self.id} expected a batch of shape (B,3,{s},{s}), got {batch.shape}")
+        batch = self._as_batch(batch)
         if self._onnx_pooled is None:
             p = self.onnx_path(graph="pooled")
             if not p.exists():

@@ -305,8 +305,8 @@ class SceneSource(ImageSource):
                 # what Image.resize does to an RGBA image (premultiply, resample, unpremultiply), with the premultiplied
                 # stamp made once; at the stamp's own size Pillow returns an unchanged copy, and so does this
                 same = size == (a.shape[1], a.shape[0])
-                im = np.asarray(Image.fromarray(a, "RGBA") if same else
-                                self._stamp_image(layer.ref, "RGBa").resize(size, Image.BILINEAR).convert("RGBA"), dtype=np.float32)
+                im = np.asarray(a if same else self._stamp_image(layer.ref, "RGBa").resize(size, Image.BILINEAR).convert("RGBA"),
+                                dtype=np.float32)
                 col, alpha = im[..., :3], im[..., 3] / 255.0
             else:
                 col = None
