@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tagood.types import LinearHead
+from tagood.types import LinearHead, pooled_logits
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,6 @@ class Classifier(torch.nn.Module):
         """IND logits ``(B,C)`` float64 of preprocessed images ``(B,3,H,W)``, no gradients: on the CPU through the
         backbone's engine when it has one, else through the torch module on ``x``'s device (no host round trip)."""
         if self._engine is not None:
-            batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-            pooled = getattr(self._engine, "pooled_logits", None)  # the engine's graph without tokens or CAMs
-            feats = pooled(batch)[0] if pooled is not None else self._engine.forward(batch).features
+            feats, _ = pooled_logits(self._engine, np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
             return torch.from_numpy(self._head(feats, dtype=np.float64))
         return self(x).double()

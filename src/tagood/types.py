@@ -215,6 +215,18 @@ class Backbone(Protocol):
         ...
 
 
+def pooled_logits(backbone: Backbone, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(features (B,D), logits (B,C) or None)`` of a preprocessed batch: through the backbone's own
+    ``pooled_logits(batch)`` when it has one (EfficientNet-Lite's pooled-only onnxruntime graph: the same values
+    without the tokens, tags and CAMs), else from its full :meth:`Backbone.forward`. For callers that need no
+    tokens (ODIN's perturbed pass, the offline dual encoder's image embeddings)."""
+    own = getattr(backbone, "pooled_logits", None)
+    if own is not None:
+        return own(batch)
+    out = backbone.forward(batch)
+    return out.features, out.logits
+
+
 @runtime_checkable
 class DualEncoder(Protocol):
     """Image and text encoders into one embedding space of size ``embed_dim`` (CLIP: Radford et al.,

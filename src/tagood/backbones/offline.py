@@ -48,7 +48,7 @@ from tagood.backbones.prompts import DEFAULT_TEMPLATE, fill
 from tagood.fileio import atomic_write_with
 from tagood.numeric import l2_normalize, softmax
 from tagood.featureset import FeatureSet
-from tagood.types import TokenSet
+from tagood.types import TokenSet, pooled_logits
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +166,7 @@ class OfflineDualEncoder:
         return out.reshape(*shape, self.embed_dim)
 
     def encode_images(self, batch: Any) -> np.ndarray:
-        x = np.asarray(batch, dtype=np.float32)
-        pooled = getattr(self.backbone, "pooled_logits", None)  # no tokens or CAMs computed (KR-NFT's crops)
-        if pooled is not None:
-            return self.embed_features(*pooled(x))
-        out = self.backbone.forward(x)
-        return self.embed_features(out.features, out.logits)
+        return self.embed_features(*pooled_logits(self.backbone, np.asarray(batch, dtype=np.float32)))
 
     def patch_tokens(self, batch: Any) -> np.ndarray:
         return self.embed_tokens(self.backbone.forward(np.asarray(batch, dtype=np.float32)).tokens)
