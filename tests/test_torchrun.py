@@ -80,7 +80,9 @@ def _launch(tmp: Path, images: Path, cache: Path, onnx_dir: Path, out: str, n: i
     for rank in range(n):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RANK": str(rank), "WORLD_SIZE": str(n),
                "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "TAGOOD_DIST_TIMEOUT": "120", "KILL_AT": str((kill_at or {}).get(rank, -1))}
+               "TAGOOD_DIST_TIMEOUT": "120", "KILL_AT": str((kill_at or {}).get(rank, -1)),
+               # what tagood.threads sets on a busy machine; it made the exit abort below (test_leaving_...) frequent
+               "OMP_WAIT_POLICY": "PASSIVE"}
         procs.append(subprocess.Popen([sys.executable, str(script), str(images), str(cache), str(onnx_dir), out], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
@@ -179,6 +181,42 @@ def test_torchrun_cli_extract(tmp_path, images, backbone, single):
     assert got["complete"] and got["meta"]["world_size"] == 2
     assert [(s["start"], s["stop"], s["count"], s["sha256"]) for s in got["shards"]] == \
            [(s["start"], s["stop"], s["count"], s["sha256"]) for s in ref["shards"]]
+
+
+LEAVE_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np, torch
+    from tagood import distributed
+    threads = lambda: len(os.listdir("/proc/self/task"))
+    before = threads()
+    distributed.init()
+    gathered = distributed.all_gather(np.arange(3) * distributed.world().rank)
+    during = threads()
+    distributed._leave()  # what atexit runs
+    json.dump({"before": before, "during": during, "after": threads(), "initialised": torch.distributed.is_initialized(),
+               "gathered": [g.tolist() for g in gathered]}, open(sys.argv[1] + f".{os.environ['RANK']}.json", "w"))
+""")
+
+
+def test_leaving_the_group_joins_gloos_threads(tmp_path):
+    """Gloo's worker threads release finished collectives' tensors themselves, taking the GIL; one doing so after
+    the interpreter began finalising aborted a rank after all its work ("terminate called without an active
+    exception", exit -6; seen in CI). The atexit handler must free the groups, which joins those threads, while
+    the interpreter is whole: after it, the rank has no more threads than before it joined."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_WORKER)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "o")],
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+                                   "RANK": str(k), "WORLD_SIZE": "2", "LOCAL_RANK": str(k), "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port, "TAGOOD_DIST_TIMEOUT": "60"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
+    _wait(procs, timeout=120)
+    for k in (0, 1):
+        r = json.loads((tmp_path / f"o.{k}.json").read_text())
+        assert r["gathered"] == [[0, 0, 0], [0, 1, 2]]
+        assert r["during"] > r["before"]  # gloo's threads ran
+        assert r["after"] <= r["before"] and not r["initialised"], r  # ... and were joined; the group is gone
 
 
 @settings(max_examples=200, deadline=None)

@@ -93,8 +93,7 @@ def init(device: str = "cpu") -> World:
             torch.cuda.set_device(w.local_rank)
         dist.init_process_group(backend=backend, timeout=_timeout())
         _STATE["initialised_here"] = True
-        # leave the group before the interpreter tears down: a gloo group still alive at exit can abort the
-        # process ("terminate called without an active exception") after all its work is done
+        # leave the group before the interpreter tears down (see _leave)
         atexit.register(_leave)
         log.info("joined a torch.distributed world: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     if _STATE["cpu_group"] is None:
@@ -103,8 +102,20 @@ def init(device: str = "cpu") -> World:
 
 
 def _leave() -> None:
+    """Leave the process group while the interpreter is still whole (``atexit``).
+
+    Gloo's worker threads release each finished collective's tensors themselves, which takes the GIL; one that
+    does so after the interpreter has begun finalising aborts the process ("terminate called without an active
+    exception") although all its work is done. ``destroy_process_group`` frees the groups, and freeing a gloo
+    group joins its threads, but only once nothing else holds it: the reference kept in ``_STATE`` goes first, and
+    a collection frees what unreachable cycles still hold (a finished DDP wrapper references its group).
+    """
+    import gc
+
     import torch.distributed as dist
 
+    _STATE["cpu_group"] = None
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
