@@ -196,13 +196,18 @@ def test_no_tag_images_are_most_ood():
 
 
 def test_one_forward_pass_per_training_step():
-    train = _toy(n_per=10)
-    calls = {"n": 0}
+    """Every sample passes through the projector once per epoch: one forward call per part of each step's batch
+    (CPU: ``CPU_PARTS`` parts; a last batch of one sample is one part)."""
+    from tagood.tagood.train import CPU_PARTS
+
+    train = _toy(n_per=11)  # 33 samples: batches 8, 8, 8, 8, 1
+    calls = {"n": 0, "samples": 0}
     orig = Projector.forward
 
-    def counting(self, *a):
+    def counting(self, x, pos, mask):
         calls["n"] += 1
-        return orig(self, *a)
+        calls["samples"] += len(mask)
+        return orig(self, x, pos, mask)
 
     Projector.forward = counting
     try:
@@ -210,7 +215,63 @@ def test_one_forward_pass_per_training_step():
         train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
     finally:
         Projector.forward = orig
-    assert calls["n"] == 2 * int(np.ceil(30 / 8))
+    assert calls["samples"] == 2 * 33
+    assert calls["n"] == 2 * (4 * CPU_PARTS + 1)
+
+
+def _trained(cfg, threads: int, train):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, centres, hist = train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
+        assert torch.get_num_threads() == threads  # the parts' threads leave the budget as it was
+    finally:
+        torch.set_num_threads(old)
+    # the attention key bias has a zero gradient in exact arithmetic (it adds the same q.b to every key's logit),
+    # so Adam turns its rounding noise into lr-sized steps that differ between any two summation orders: left out
+    dim = cfg.dim
+    kept = [(p.detach()[torch.arange(len(p)) // dim != 1] if n.endswith("in_proj_bias") else p.detach()).flatten()
+            for n, p in model.named_parameters()]
+    return torch.cat(kept), centres, hist
+
+
+def test_cpu_training_is_the_same_whatever_the_thread_budget():
+    """Without dropout the CPU step runs each batch's fixed parts on threads of their own with single-thread
+    operators (budget 2) or in turn on one thread (budget 1) and sums their gradients in part order: both train
+    the same bits, so a run's numbers do not depend on ``--threads`` or the load."""
+    train = _toy(n_per=20)
+    cfg = PRESETS["small"].with_(epochs=3, batch_size=16, dim=32, mlp=64, seed=3)
+    p1, c1, h1 = _trained(cfg, 1, train)
+    p2, c2, h2 = _trained(cfg, 2, train)
+    assert torch.equal(p1, p2) and torch.equal(c1, c2) and h1 == h2
+    assert h1[-1]["loss"] < h1[0]["loss"]  # it trained
+
+
+def test_cpu_training_with_dropout_is_deterministic():
+    """With dropout the parts run in turn (concurrent parts would draw the masks from torch's one global generator
+    in a varying order): two runs of one seed and budget train the same bits, another seed other bits."""
+    train = _toy(n_per=20)
+    cfg = PRESETS["small"].with_(epochs=2, batch_size=16, dim=32, mlp=64, dropout=0.2, seed=3)
+    a, b, c = _trained(cfg, 2, train), _trained(cfg, 2, train), _trained(cfg.with_(seed=4), 2, train)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert not torch.equal(a[0], c[0])
+
+
+def test_cpu_parts_equal_the_whole_batch_up_to_rounding(monkeypatch):
+    """The parts' weighted losses sum to the batch's mean loss, so their summed gradients are the whole batch's:
+    training with the batch in one piece (``CPU_PARTS = 1``) reaches the same weights up to float rounding."""
+    from tagood.tagood import train as tr
+
+    train = _toy(n_per=20)
+    cfg = PRESETS["small"].with_(epochs=2, batch_size=16, dim=32, mlp=64, seed=1)
+    p2, c2, h2 = _trained(cfg, 2, train)
+    monkeypatch.setattr(tr, "CPU_PARTS", 1)
+    p1, c1, h1 = _trained(cfg, 2, train)
+    assert not torch.equal(p1, p2)  # a different summation order ...
+    torch.testing.assert_close(p2, p1, atol=2e-5, rtol=1e-4)  # ... of the same arithmetic
+    torch.testing.assert_close(c2, c1, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose([h["loss"] for h in h2], [h["loss"] for h in h1], rtol=1e-5)
+    assert [h["train_acc"] for h in h2] == [h["train_acc"] for h in h1]
 
 
 def test_scores_by_hand():

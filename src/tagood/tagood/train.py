@@ -185,6 +185,42 @@ def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[tor
     return _device_batch(_host_batch(tokens, idx, multiple=pad_multiple(torch.device(device))), device)
 
 
+#: How many parts a CPU training step's batch is cut into (contiguous, as :func:`tagood.distributed.split_range`
+#: cuts a global batch among ranks). Each part's forward and backward run with single-thread operators on a
+#: worker thread of their own (a budget of 2 threads: both at once), their gradients are summed in part order, and
+#: one optimizer step follows. Fixed, not the thread budget, so the arithmetic -- and every trained result -- is
+#: the same whatever ``--threads`` or the load: with fewer threads the parts run one after the other.
+#:
+#: Why not torch's intra-op threads on the whole batch: each operator of a step then ends at a barrier where the
+#: threads wait for each other, and on a shared machine one of them has often lost its core (beside two 2-thread
+#: processes on 2 cores, ``benchmarks/projector_data_parallel.py``: 313 ms per step vs 167 ms for the two parts).
+CPU_PARTS = 2
+
+
+def _step_loss(feats: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, centres: torch.Tensor,
+               cfg: TrainConfig) -> torch.Tensor:
+    """CE + MSE to the class centres (paper Eq. 5): means over the samples of ``y``."""
+    loss = cfg.ce_weight * F.cross_entropy(logits.float(), y)
+    if cfg.mse_weight:
+        loss = loss + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
+    return loss
+
+
+def _part_grads(net: torch.nn.Module, params: list[torch.nn.Parameter], host: tuple[Any, ...], y: torch.Tensor,
+                centres: torch.Tensor, cfg: TrainConfig, weight: float,
+                threads: int) -> tuple[list[torch.Tensor | None], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One part of a CPU step: forward, ``weight`` x its mean loss (``weight``: the part's share of the batch, so
+    the parts' losses sum to the batch's mean loss) and the gradients of that, with ``threads`` intra-op
+    threads in this thread. Returns (gradients, features, logits, weighted loss); nothing is written to
+    ``.grad``, so parts may run at once on different threads."""
+    torch.set_num_threads(threads)  # this thread's own OpenMP setting
+    x, pos, mask = _device_batch(host, torch.device("cpu"))
+    feats, logits = net(x, pos, mask)
+    loss = weight * _step_loss(feats, logits, y, centres, cfg)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return list(grads), feats.detach(), logits.detach(), loss.detach()
+
+
 def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_positions: int, cfg: TrainConfig,
                     device: str = "cpu", progress: bool = True) -> tuple[Projector, torch.Tensor, list[dict[str, float]]]:
     """Train a projector on object token sets; returns (model in eval mode, EMA centres (C,dim), per-epoch history).
@@ -193,8 +229,9 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     background thread while the current step runs (on CUDA: four batches ahead by two threads, into page-locked
     memory), and the loss and accuracy are summed on the device and read once per epoch (no host
     synchronisation per step; the EMA update has none either). On CUDA the forward
-    pass and the loss run under bf16 autocast and AdamW is the fused kernel; on the CPU the arithmetic is the
-    plain float32 of one process, deterministic for a seed.
+    pass and the loss run under bf16 autocast and AdamW is the fused kernel. On the CPU each batch is cut into
+    :data:`CPU_PARTS` contiguous parts whose gradients are computed on threads of their own and summed in part
+    order: plain float32, deterministic for a seed and the same whatever the thread budget or the machine's load.
 
     Under torchrun (:mod:`tagood.distributed`, a process group of ``WORLD_SIZE`` > 1) every rank draws the same
     global batches of ``cfg.batch_size`` and trains on its contiguous share of each through DDP (gradients
@@ -234,6 +271,22 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
         a, b = distributed.split_range(len(idx), w.size, w.rank)
         return idx[a:b]
 
+    # CPU, one process: each batch in CPU_PARTS parts, each on its own thread with single-thread operators when
+    # the budget allows and nothing random is drawn in the forward pass (dropout's masks come from one global
+    # generator: parts at once would draw them in a varying order); else the same parts one after the other
+    parts = CPU_PARTS if dev.type == "cpu" and not w.distributed else 1
+    budget = torch.get_num_threads()
+    concurrent = parts > 1 and budget >= parts and cfg.dropout == 0
+    part_threads = max(1, budget // parts) if concurrent else budget
+    params = [p for p in model.parameters() if p.requires_grad]
+    workers = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="tagood-parts") if concurrent else None
+
+    def split(idx: np.ndarray) -> list[np.ndarray]:
+        return [idx[a:b] for a, b in (distributed.split_range(len(idx), parts, k) for k in range(parts)) if b > a]
+
+    def gather(idx: np.ndarray) -> list[tuple[tuple[Any, ...], torch.Tensor]]:
+        return [_host_step(tokens, y_all, sub, dev) for sub in split(idx)]
+
     # CUDA: a step takes milliseconds and the main thread holds the GIL launching kernels, so batches are gathered
     # several steps ahead by two threads; CPU: one batch ahead (the step itself is the cost)
     depth, gatherers = (4, 2) if cuda else (1, 1)
@@ -248,23 +301,35 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 correct = torch.zeros((), dtype=torch.int64, device=dev)
                 seen = 0
                 # the next batches are gathered while this step computes (in order: futures are taken in order)
-                ahead = deque(pool.submit(_host_step, tokens, y_all, share(steps[k]), dev) for k in range(min(depth, len(steps))))
+                ahead = deque(pool.submit(gather, share(steps[k])) for k in range(min(depth, len(steps))))
                 for s, gidx in enumerate(steps):
                     idx = share(gidx)
-                    host, y_host = ahead.popleft().result()
+                    hosts = ahead.popleft().result()
                     if s + depth < len(steps):
-                        ahead.append(pool.submit(_host_step, tokens, y_all, share(steps[s + depth]), dev))
-                    x, pos, mask = _device_batch(host, dev)
-                    y = y_host.to(dev, non_blocking=True)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        feats, logits = net(x, pos, mask)  # the one forward pass of this step
-                        loss = cfg.ce_weight * F.cross_entropy(logits.float(), y)
-                        if cfg.mse_weight:
-                            loss = loss + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
-                    # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the batch
-                    step_loss = loss * (len(idx) * w.size / len(gidx)) if w.distributed else loss
-                    opt.zero_grad(set_to_none=True)
-                    step_loss.backward()
+                        ahead.append(pool.submit(gather, share(steps[s + depth])))
+                    if parts > 1:  # CPU: the parts' gradients (at once or in turn), summed in part order
+                        jobs = [(net, params, host, y_host, centres, cfg, len(y_host) / len(idx), part_threads)
+                                for host, y_host in hosts]
+                        done = list(workers.map(lambda a: _part_grads(*a), jobs)) if workers else [_part_grads(*a) for a in jobs]
+                        for k, p in enumerate(params):
+                            p.grad = None
+                            for grads, *_ in done:
+                                if grads[k] is not None:
+                                    p.grad = grads[k] if p.grad is None else p.grad + grads[k]
+                        feats, logits = torch.cat([d[1] for d in done]), torch.cat([d[2] for d in done])
+                        y = torch.cat([y_host for _, y_host in hosts])
+                        loss = torch.stack([d[3] for d in done]).sum()
+                    else:
+                        ((host, y_host),) = hosts
+                        x, pos, mask = _device_batch(host, dev)
+                        y = y_host.to(dev, non_blocking=True)
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                            feats, logits = net(x, pos, mask)  # the one forward pass of this step
+                            loss = _step_loss(feats, logits, y, centres, cfg)
+                        # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the batch
+                        step_loss = loss * (len(idx) * w.size / len(gidx)) if w.distributed else loss
+                        opt.zero_grad(set_to_none=True)
+                        step_loss.backward()
                     opt.step()
                     sched.step()
                     with torch.no_grad():
@@ -284,6 +349,9 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot_v / seen_v, correct_v / seen_v)
     finally:
         pool.shutdown(wait=True)
+        if workers is not None:
+            workers.shutdown(wait=True)
+            torch.set_num_threads(budget)  # a worker's setting also became the default of threads started later
     if history:
         log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"], history[-1]["train_acc"])
     return model.eval(), centres, history
