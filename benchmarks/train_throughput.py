@@ -13,7 +13,8 @@ memory-mapped back. 1,000 classes (ImageNet's), the ``paper`` preset's projector
   steps; samples/s over the last ``--steps`` steps.
 * **baseline** (the compute-only limit): the same model, loss, optimiser, schedule and EMA update on batches
   of the same sizes and lengths that were built (packed / padded) and put on the device before the clock
-  starts.
+  starts; on the CPU computed as the real path computes them, from the batch's parts
+  (:class:`tagood.tagood.train.CpuParts`, converted to float32 beforehand).
 
 Prints samples/s of both, the projected wall time of the paper preset on ImageNet-1K (1,281,167 images x
 100 epochs) at the real path's rate, and the ratio real / baseline last (target >= 0.8).
@@ -127,18 +128,28 @@ def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device
     centres = torch.randn(CLASSES, cfg.dim).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000, eta_min=cfg.min_lr)
-    batches = []
+    parts = train_mod.CpuParts(cfg.dropout) if dev.type == "cpu" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches: list[Any] = []
     for _ in range(warmup + steps + 1):
         idx = np.sort(rng.choice(len(tokens), cfg.batch_size, replace=False))
-        x, pos, mask = train_mod._batch(tokens, idx, dev)
-        batches.append((x, pos, mask, torch.as_tensor(labels[idx], device=dev)))
+        if parts is not None:  # each part's packed tokens, already float32
+            hosts = [train_mod._host_step(tokens, labels, sub, dev) for sub in parts.split(idx)]
+            batches.append([((b, w, d, v.float(), *rest), y) for (b, w, d, v, *rest), y in hosts])
+        else:
+            x, pos, mask = train_mod._batch(tokens, idx, dev)
+            batches.append((x, pos, mask, torch.as_tensor(labels[idx], device=dev)))
     marks = []
-    for x, pos, mask, y in batches:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            feats, logits = model(x, pos, mask)
-            loss = cfg.ce_weight * F.cross_entropy(logits.float(), y) + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+    for batch in batches:
+        if parts is not None:
+            feats, logits, y, loss = parts.backward(model, params, batch, centres, cfg)
+        else:
+            x, pos, mask, y = batch
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                feats, logits = model(x, pos, mask)
+                loss = cfg.ce_weight * F.cross_entropy(logits.float(), y) + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -146,6 +157,8 @@ def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device
         if cuda:
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
+    if parts is not None:
+        parts.close()
     return steps * cfg.batch_size / (marks[warmup + steps] - marks[warmup])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -188,8 +189,9 @@ def _batch(tokens: TokenSet, idx: np.ndarray, device: torch.device) -> tuple[tor
 #: How many parts a CPU training step's batch is cut into (contiguous, as :func:`tagood.distributed.split_range`
 #: cuts a global batch among ranks). Each part's forward and backward run with single-thread operators on a
 #: worker thread of their own (a budget of 2 threads: both at once), their gradients are summed in part order, and
-#: one optimizer step follows. Fixed, not the thread budget, so the arithmetic -- and every trained result -- is
-#: the same whatever ``--threads`` or the load: with fewer threads the parts run one after the other.
+#: one optimizer step follows (:class:`CpuParts`). Fixed, not the thread budget, so without dropout the arithmetic
+#: -- and every trained result -- is the same whatever ``--threads`` or the load: with fewer threads the parts run
+#: one after the other.
 #:
 #: Why not torch's intra-op threads on the whole batch: each operator of a step then ends at a barrier where the
 #: threads wait for each other, and on a shared machine one of them has often lost its core (beside two 2-thread
@@ -221,6 +223,55 @@ def _part_grads(net: torch.nn.Module, params: list[torch.nn.Parameter], host: tu
     return list(grads), feats.detach(), logits.detach(), loss.detach()
 
 
+class CpuParts:
+    """How a CPU training step computes its gradients (:data:`CPU_PARTS`): :meth:`split` cuts a batch's indices
+    into the parts, :meth:`backward` runs the parts' forward and backward passes -- on threads of their own with
+    ``budget // parts`` operator threads each when the budget has a thread per part and the model draws nothing
+    random (dropout's masks come from torch's one global generator: parts at once would draw them in a varying
+    order), else in turn with the whole budget -- and sums their gradients into ``.grad`` in part order.
+    A context manager: leaving it stops the threads and restores the process's thread budget."""
+
+    def __init__(self, dropout: float, parts: int | None = None) -> None:
+        self.parts = CPU_PARTS if parts is None else parts
+        self.budget = torch.get_num_threads()
+        self.concurrent = self.parts > 1 and self.budget >= self.parts and dropout == 0
+        self.threads = max(1, self.budget // self.parts) if self.concurrent else self.budget
+        self._pool = ThreadPoolExecutor(self.parts, thread_name_prefix="tagood-parts") if self.concurrent else None
+
+    def __enter__(self) -> "CpuParts":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        torch.set_num_threads(self.budget)  # a part's setting also became the default of threads started later
+
+    def split(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The parts of a batch's indices, contiguous and in order (as ranks share a global batch)."""
+        from tagood.distributed import split_range
+
+        return [idx[a:b] for a, b in (split_range(len(idx), self.parts, k) for k in range(self.parts)) if b > a]
+
+    def backward(self, net: torch.nn.Module, params: list[torch.nn.Parameter],
+                 hosts: list[tuple[tuple[Any, ...], torch.Tensor]], centres: torch.Tensor,
+                 cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradients of the batch whose parts are ``hosts`` (:func:`_host_step` of each part) into ``.grad``;
+        returns the batch's detached (features, logits, labels, mean loss), rows in batch order."""
+        n = sum(len(y) for _, y in hosts)
+        jobs = [(net, params, host, y, centres, cfg, len(y) / n, self.threads) for host, y in hosts]
+        done = list(self._pool.map(lambda job: _part_grads(*job), jobs)) if self._pool else [_part_grads(*j) for j in jobs]
+        for k, p in enumerate(params):
+            p.grad = None
+            for grads, *_ in done:
+                if grads[k] is not None:
+                    p.grad = grads[k] if p.grad is None else p.grad + grads[k]
+        feats, logits = torch.cat([d[1] for d in done]), torch.cat([d[2] for d in done])
+        return feats, logits, torch.cat([y for _, y in hosts]), torch.stack([d[3] for d in done]).sum()
+
+
 def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_positions: int, cfg: TrainConfig,
                     device: str = "cpu", progress: bool = True) -> tuple[Projector, torch.Tensor, list[dict[str, float]]]:
     """Train a projector on object token sets; returns (model in eval mode, EMA centres (C,dim), per-epoch history).
@@ -239,8 +290,6 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     updated from class sums and counts all-reduced across the ranks, so every rank holds identical centres.
     Without dropout this equals one process training on the same global batches up to float rounding
     (dropout masks are drawn per rank)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tagood import distributed
 
     dev = torch.device(device)
@@ -271,21 +320,12 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
         a, b = distributed.split_range(len(idx), w.size, w.rank)
         return idx[a:b]
 
-    # CPU, one process: each batch in CPU_PARTS parts, each on its own thread with single-thread operators when
-    # the budget allows and nothing random is drawn in the forward pass (dropout's masks come from one global
-    # generator: parts at once would draw them in a varying order); else the same parts one after the other
-    parts = CPU_PARTS if dev.type == "cpu" and not w.distributed else 1
-    budget = torch.get_num_threads()
-    concurrent = parts > 1 and budget >= parts and cfg.dropout == 0
-    part_threads = max(1, budget // parts) if concurrent else budget
+    # CPU, one process: each batch's gradients from its parts (CpuParts); else one forward pass of the whole share
+    cpu_parts = CpuParts(cfg.dropout) if dev.type == "cpu" and not w.distributed else None
     params = [p for p in model.parameters() if p.requires_grad]
-    workers = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="tagood-parts") if concurrent else None
-
-    def split(idx: np.ndarray) -> list[np.ndarray]:
-        return [idx[a:b] for a, b in (distributed.split_range(len(idx), parts, k) for k in range(parts)) if b > a]
 
     def gather(idx: np.ndarray) -> list[tuple[tuple[Any, ...], torch.Tensor]]:
-        return [_host_step(tokens, y_all, sub, dev) for sub in split(idx)]
+        return [_host_step(tokens, y_all, sub, dev) for sub in (cpu_parts.split(idx) if cpu_parts else [idx])]
 
     # CUDA: a step takes milliseconds and the main thread holds the GIL launching kernels, so batches are gathered
     # several steps ahead by two threads; CPU: one batch ahead (the step itself is the cost)
@@ -307,18 +347,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                     hosts = ahead.popleft().result()
                     if s + depth < len(steps):
                         ahead.append(pool.submit(gather, share(steps[s + depth])))
-                    if parts > 1:  # CPU: the parts' gradients (at once or in turn), summed in part order
-                        jobs = [(net, params, host, y_host, centres, cfg, len(y_host) / len(idx), part_threads)
-                                for host, y_host in hosts]
-                        done = list(workers.map(lambda a: _part_grads(*a), jobs)) if workers else [_part_grads(*a) for a in jobs]
-                        for k, p in enumerate(params):
-                            p.grad = None
-                            for grads, *_ in done:
-                                if grads[k] is not None:
-                                    p.grad = grads[k] if p.grad is None else p.grad + grads[k]
-                        feats, logits = torch.cat([d[1] for d in done]), torch.cat([d[2] for d in done])
-                        y = torch.cat([y_host for _, y_host in hosts])
-                        loss = torch.stack([d[3] for d in done]).sum()
+                    if cpu_parts is not None:
+                        feats, logits, y, loss = cpu_parts.backward(net, params, hosts, centres, cfg)
                     else:
                         ((host, y_host),) = hosts
                         x, pos, mask = _device_batch(host, dev)
@@ -349,9 +379,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
                 log.debug("epoch %d loss %.4f acc %.3f", epoch + 1, tot_v / seen_v, correct_v / seen_v)
     finally:
         pool.shutdown(wait=True)
-        if workers is not None:
-            workers.shutdown(wait=True)
-            torch.set_num_threads(budget)  # a worker's setting also became the default of threads started later
+        if cpu_parts is not None:
+            cpu_parts.close()
     if history:
         log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"], history[-1]["train_acc"])
     return model.eval(), centres, history
