@@ -6,7 +6,8 @@ CPU-bound 2-thread numpy processes:
 * ``one-thread``: the same with 1 thread;
 * ``two-halves``: two single-thread workers, each the forward and backward of one half of the batch
   (``torch.autograd.grad``), their gradients summed in a fixed order, then one optimizer step: no barrier per
-  operator between the two cores. Not what ``train_projector`` does: the float order of every gradient changes.
+  operator between the two cores. What ``train_projector`` does on the CPU since this measurement
+  (:class:`tagood.tagood.train.CpuParts`); kept here as the bare step, without the data path.
 
 Each in a fresh process (``OMP_WAIT_POLICY=PASSIVE`` beside the competitors, as ``tagood.threads`` sets it on a busy
 machine), ``--steps`` timed steps after 3 warm-up steps. Printed: ms per step of each way, alone and busy, and last the

@@ -19,10 +19,10 @@ before torch is first imported, therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (thre
 unless the user chose a policy -- **when other processes are using this process's CPUs** at that moment
 (:func:`others_busy`). On an idle machine spinning is faster (ODIN's input gradients: 30.4 vs 21.4
 images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the default stays. Projector
-trainings keep the whole budget either way: beside two 2-thread processes on 2 cores the demo's ``ce+cs``
-training took 33.7-39.6 s on two threads with passive waits vs 39.6-48.4 s on one thread
-(``benchmarks/contention.py``, README), so the thread count, and with it the float rounding, no longer depends
-on the probe.
+trainings on the CPU avoid the barriers altogether: each batch's two parts run on threads of their own with
+single-thread operators (:class:`tagood.tagood.train.CpuParts`), whose trained bits do not depend on the budget
+or the probe (beside two 2-thread processes on 2 cores the demo's ``ce+cs`` training slows 2.45-2.89x instead
+of 3.99-4.26x with torch's two intra-op threads; ``benchmarks/contention.py``, README).
 
 ``$TAGOOD_BUSY=0|1`` overrides the probe.
 """
