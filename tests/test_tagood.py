@@ -235,16 +235,40 @@ def _trained(cfg, threads: int, train):
     return torch.cat(kept), centres, hist
 
 
-def test_cpu_training_is_the_same_whatever_the_thread_budget():
+def test_cpu_training_is_the_same_for_budgets_of_one_to_three_threads():
     """Without dropout the CPU step runs each batch's fixed parts on threads of their own with single-thread
-    operators (budget 2) or in turn on one thread (budget 1) and sums their gradients in part order: both train
-    the same bits, so a run's numbers do not depend on ``--threads`` or the load."""
+    operators (budgets 2 and 3) or in turn on one thread (budget 1) and sums their gradients in part order: all
+    train the same bits, so a run's numbers do not depend on ``--threads`` there, nor on the load."""
     train = _toy(n_per=20)
     cfg = PRESETS["small"].with_(epochs=3, batch_size=16, dim=32, mlp=64, seed=3)
     p1, c1, h1 = _trained(cfg, 1, train)
-    p2, c2, h2 = _trained(cfg, 2, train)
-    assert torch.equal(p1, p2) and torch.equal(c1, c2) and h1 == h2
+    for threads in (2, 3):
+        p2, c2, h2 = _trained(cfg, threads, train)
+        assert torch.equal(p1, p2) and torch.equal(c1, c2) and h1 == h2, threads
     assert h1[-1]["loss"] < h1[0]["loss"]  # it trained
+
+
+@pytest.mark.parametrize("dropout,threads,concurrent", [(0.0, 2, True), (0.0, 1, False), (0.2, 2, False)])
+def test_cpu_parts_run_on_threads_of_their_own_only_when_they_can(monkeypatch, dropout, threads, concurrent):
+    """The parts' forward passes run on two worker threads (each with one operator thread) when the budget has a
+    thread per part and nothing random is drawn; else all on the calling thread, with the whole budget."""
+    import threading
+
+    seen: list[tuple[int, int]] = []
+    orig = Projector.forward
+
+    def recording(self, x, pos, mask):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return orig(self, x, pos, mask)
+
+    monkeypatch.setattr(Projector, "forward", recording)
+    cfg = PRESETS["small"].with_(epochs=1, batch_size=16, dim=16, mlp=32, dropout=dropout)
+    _trained(cfg, threads, _toy(n_per=8))
+    idents = {i for i, _ in seen}
+    if concurrent:
+        assert len(idents) == 2 and threading.get_ident() not in idents and {n for _, n in seen} == {1}
+    else:
+        assert idents == {threading.get_ident()} and {n for _, n in seen} == {threads}
 
 
 def test_cpu_training_with_dropout_is_deterministic():
