@@ -20,9 +20,10 @@ unless the user chose a policy -- **when other processes are using this process'
 (:func:`others_busy`). On an idle machine spinning is faster (ODIN's input gradients: 30.4 vs 21.4
 images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the default stays. Projector
 trainings on the CPU avoid the barriers altogether: each batch's two parts run on threads of their own with
-single-thread operators (:class:`tagood.tagood.train.CpuParts`), whose trained bits do not depend on the probe
-(nor on budgets from 1 to 3 threads) (beside two 2-thread processes on 2 cores the demo's ``ce+cs`` training slows 2.45-2.89x instead
-of 3.99-4.26x with torch's two intra-op threads; ``benchmarks/contention.py``, README).
+single-thread operators (:class:`tagood.tagood.train.CpuParts`). Beside two 2-thread processes on 2 cores the
+demo's ``ce+cs`` training then slows 2.45-2.89x instead of 3.99-4.26x with torch's two intra-op threads
+(``benchmarks/contention.py``, README), and its trained bits depend neither on the probe nor on budgets of 1
+to 3 threads.
 
 ``$TAGOOD_BUSY=0|1`` overrides the probe.
 """
