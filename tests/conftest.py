@@ -7,7 +7,27 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+#: what ``tagood.threads.configure`` (every in-process CLI call) writes to the environment for child processes
+_CONFIGURED_ENV = ("TAGOOD_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+
+
+@pytest.fixture(autouse=True)
+def _thread_settings_do_not_leak():
+    """Each test starts from the same thread settings: an in-process ``tagood`` CLI call sets the thread budget and,
+    on a busy machine, ``OMP_WAIT_POLICY=PASSIVE`` in ``os.environ``, which every later test's subprocesses
+    inherited (that made a torchrun exit abort appear in some orders of the suite only)."""
+    saved = {k: os.environ.get(k) for k in _CONFIGURED_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
