@@ -37,7 +37,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tagood.ragged import TokenSetSink
 from tagood.tagood import train as train_mod
@@ -147,7 +146,7 @@ def time_baseline(tokens: TokenSet, labels: np.ndarray, cfg: TrainConfig, device
             x, pos, mask, y = batch
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 feats, logits = model(x, pos, mask)
-                loss = cfg.ce_weight * F.cross_entropy(logits.float(), y) + cfg.mse_weight * F.mse_loss(feats.float(), centres[y])
+                loss = train_mod._step_loss(feats, logits, y, centres, cfg)  # the real path's loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()
