@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
-from tagood.numeric import l2_normalize
-from tagood.featureset import FeatureSet
-from tagood.vlm.adaneg import AdaNeg
-from tagood.vlm.neglabel import random_groups
+from tagood.core.numeric import l2_normalize
+from tagood.core.featureset import FeatureSet
+from tagood.detectors.vlm.adaneg import AdaNeg
+from tagood.detectors.vlm.neglabel import random_groups
 
 
 def build(n_ind: int, n_neg: int, dim: int, seed: int = 0) -> AdaNeg:

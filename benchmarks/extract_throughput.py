@@ -158,7 +158,7 @@ def main_device(args: argparse.Namespace) -> None:
             return time.perf_counter() - t
 
         from tagood.extract import _batches
-        from tagood.threads import decode_workers
+        from tagood.runtime.threads import decode_workers
 
         workers = args.workers or decode_workers()
 

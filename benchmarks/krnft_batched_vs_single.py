@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from tagood.vlm.krnft import KRNFT
-from tagood.vlm.nft import NFT
+from tagood.detectors.vlm.krnft import KRNFT
+from tagood.detectors.vlm.nft import NFT
 
 log = logging.getLogger("krnft_bench")
 
@@ -103,7 +103,7 @@ def main() -> None:
         single = single_confidence(nft, v_d[:m], tp_d, tn_d, 100.0)
         t_single = min(t_single, (time.perf_counter() - t0) * a.n / m)
     err = float(np.abs(single - batched[:m]).max())
-    from tagood.vlm.nft import RowBank
+    from tagood.detectors.vlm.nft import RowBank
 
     log.info("images %d, rows %d IND + %d neg, E=%d, threads %d, products: %s, malloc: %s", a.n, a.ind, a.neg, a.dim,
              a.threads, RowBank(tn[:2].to(dev)).backend, a.malloc)

@@ -1,7 +1,7 @@
-"""ODIN scoring with glibc's default malloc thresholds vs :func:`tagood.alloc.keep_large_allocations` (what the
+"""ODIN scoring with glibc's default malloc thresholds vs :func:`tagood.runtime.alloc.keep_large_allocations` (what the
 CLI sets at start), each in a fresh process, alternated ``--repeats`` times in one run.
 
-The work: ODIN (T = 1000, eps = 0.0014) through :class:`tagood.head.Classifier` (EfficientNet-Lite0's lean
+The work: ODIN (T = 1000, eps = 0.0014) through :class:`tagood.detectors.head.Classifier` (EfficientNet-Lite0's lean
 gradient graph + its onnxruntime engine) on ``--images`` real ``scenes`` test images, preprocessed before the
 clock starts, at ODIN's default batch size; best of three passes per process. The baseline is the same code
 with glibc's defaults. Prints images/s of each run, whether the scores are identical, and last the ratio of
@@ -22,15 +22,15 @@ WORK = """
 import json, sys, time
 import numpy as np
 if sys.argv[1] == "heap":
-    from tagood.alloc import keep_large_allocations
+    from tagood.runtime.alloc import keep_large_allocations
     assert keep_large_allocations()
 from tagood.backbones.efficientnet import EfficientNetLite0
-from tagood.context import Context
+from tagood.core.context import Context
 from tagood.data.scenes import scene_splits
 from tagood.detectors.odin import ODIN
-from tagood.featureset import FeatureSet
-from tagood.head import Classifier
-from tagood.types import ArrayImages, LinearHead
+from tagood.core.featureset import FeatureSet
+from tagood.detectors.head import Classifier
+from tagood.core.types import ArrayImages, LinearHead
 n, bs = int(sys.argv[2]), (int(sys.argv[3]) or None)
 bb = EfficientNetLite0()
 src = scene_splits(n_train_per_class=1, n_test_per_class=-(-n // 6), n_ood=6)["test"]

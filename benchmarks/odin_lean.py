@@ -4,7 +4,7 @@
   FeatureNorm, the 1000-class logits, BatchNorm as separate operators) for both passes, batch 32;
 * ``lean``: the lean differentiable graph (:mod:`tagood.backbones.lite_pooled`, BatchNorm folded,
   pooled features only) for both passes, batch 32;
-* ``now`` (the default): :class:`tagood.head.Classifier` -- the lean graph for the gradient pass, the
+* ``now`` (the default): :class:`tagood.detectors.head.Classifier` -- the lean graph for the gradient pass, the
   onnxruntime engine for the perturbed pass (``Classifier.predict``), ODIN's default batch size (8 on
   the CPU; 16 until the convolutions took their "same" padding inside, and batches of 8 measured faster).
 
@@ -29,8 +29,8 @@ from tagood.backbones.efficientnet import EfficientNetLite0, LiteFeatures, load_
 from tagood.backbones.lite_pooled import LitePooled
 from tagood.data.scenes import scene_splits
 from tagood.detectors.odin import ODIN
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 
 class _FullPooled(torch.nn.Module):
@@ -45,8 +45,8 @@ class _FullPooled(torch.nn.Module):
 
 
 def main() -> None:
-    from tagood.head import Classifier
-    from tagood.types import ArrayImages, LinearHead
+    from tagood.detectors.head import Classifier
+    from tagood.core.types import ArrayImages, LinearHead
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=96)

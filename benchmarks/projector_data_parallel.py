@@ -7,9 +7,9 @@ CPU-bound 2-thread numpy processes:
 * ``two-halves``: two single-thread workers, each the forward and backward of one half of the batch
   (``torch.autograd.grad``), their gradients summed in a fixed order, then one optimizer step: no barrier per
   operator between the two cores. What ``train_projector`` does on the CPU since this measurement
-  (:class:`tagood.tagood.train.CpuParts`); kept here as the bare step, without the data path.
+  (:class:`tagood.detectors.tagood.train.CpuParts`); kept here as the bare step, without the data path.
 
-Each in a fresh process (``OMP_WAIT_POLICY=PASSIVE`` beside the competitors, as ``tagood.threads`` sets it on a busy
+Each in a fresh process (``OMP_WAIT_POLICY=PASSIVE`` beside the competitors, as ``tagood.runtime.threads`` sets it on a busy
 machine), ``--steps`` timed steps after 3 warm-up steps. Printed: ms per step of each way, alone and busy, and last the
 ratio ``intra-op busy / two-halves busy`` (> 1: the halves hold up better beside other work).
 
@@ -28,7 +28,7 @@ STEP = r"""
 import sys, time, torch, numpy as np
 from concurrent.futures import ThreadPoolExecutor
 from torch.nn import functional as F
-from tagood.tagood.projector import Projector
+from tagood.detectors.tagood.projector import Projector
 mode, steps = sys.argv[1], int(sys.argv[2])
 B, L, D = 64, 49, 1280
 rng = np.random.default_rng(0)

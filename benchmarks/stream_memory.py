@@ -43,7 +43,7 @@ def sample():
 threading.Thread(target=sample, daemon=True).start()
 from tagood.cache import CacheReader, HEAVY_FIELDS
 from tagood.detectors import create
-from tagood.context import Context
+from tagood.core.context import Context
 entry, mode, work = sys.argv[1], sys.argv[2], sys.argv[3]
 reader = CacheReader(entry)
 fields = ["tokens", "tag_probs", "tag_attention"]

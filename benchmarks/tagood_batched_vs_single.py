@@ -1,7 +1,7 @@
 """Benchmark: TagOOD scoring of cached token sets, batched and masked vs one image at a time.
 
 Token sets shaped like RAM's (145 tokens of 512 dims per image, a variable number kept after
-decomposition). Ours: ``tagood.tagood.embed`` (length-sorted padded batches with key-padding
+decomposition). Ours: ``tagood.detectors.tagood.embed`` (length-sorted padded batches with key-padding
 masks). Baseline, as the public TagOOD code scores: a loop over images, each its own forward with
 exactly its kept tokens (batch of 1, no mask). Checks both give the same features, prints the
 training throughput of the projector, and the ratio batched / single last (target >= 20x).
@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from tagood.tagood import Projector, embed
-from tagood.tagood.train import PRESETS, train_projector
-from tagood.types import TokenSet
+from tagood.detectors.tagood import Projector, embed
+from tagood.detectors.tagood.train import PRESETS, train_projector
+from tagood.core.types import TokenSet
 
 
 def main() -> None:

@@ -3,18 +3,18 @@
 Data: ``--n`` (default 20,000) RAM-shaped object-token sets -- 145 token positions of width 512 (RAM's
 ``image_proj`` output), fp16, about 40% of the tokens kept per image with a realistic spread (kept fraction
 ~ Beta(2, 3): a few tokens for a small object, most of the image for a large one) -- written through
-:class:`tagood.ragged.TokenSetSink` to disk exactly as ``TagOOD.fit`` spills a streamed training split, and
+:class:`tagood.core.ragged.TokenSetSink` to disk exactly as ``TagOOD.fit`` spills a streamed training split, and
 memory-mapped back. 1,000 classes (ImageNet's), the ``paper`` preset's projector (width 512, 2 blocks, MLP
 2048, batch 256).
 
-* **real**: :func:`tagood.tagood.train.train_projector` on the memory-mapped token sets (random batches
+* **real**: :func:`tagood.detectors.tagood.train.train_projector` on the memory-mapped token sets (random batches
   gathered from the map each step, moved to the device: packed on the CPU, padded on accelerators, as
-  :class:`tagood.tagood.projector.Projector` takes them there), stopped after ``--warmup + --steps``
+  :class:`tagood.detectors.tagood.projector.Projector` takes them there), stopped after ``--warmup + --steps``
   steps; samples/s over the last ``--steps`` steps.
 * **baseline** (the compute-only limit): the same model, loss, optimiser, schedule and EMA update on batches
   of the same sizes and lengths that were built (packed / padded) and put on the device before the clock
   starts; on the CPU computed as the real path computes them, from the batch's parts
-  (:class:`tagood.tagood.train.CpuParts`, converted to float32 beforehand).
+  (:class:`tagood.detectors.tagood.train.CpuParts`, converted to float32 beforehand).
 
 Prints samples/s of both, the projected wall time of the paper preset on ImageNet-1K (1,281,167 images x
 100 epochs) at the real path's rate, and the ratio real / baseline last (target >= 0.8).
@@ -38,11 +38,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tagood.ragged import TokenSetSink
-from tagood.tagood import train as train_mod
-from tagood.tagood.projector import Projector
-from tagood.tagood.train import PRESETS, TrainConfig, ema_update, train_projector
-from tagood.types import TokenSet
+from tagood.core.ragged import TokenSetSink
+from tagood.detectors.tagood import train as train_mod
+from tagood.detectors.tagood.projector import Projector
+from tagood.detectors.tagood.train import PRESETS, TrainConfig, ema_update, train_projector
+from tagood.core.types import TokenSet
 
 N_POS, DIM, CLASSES = 145, 512, 1000
 IMAGENET_TRAIN = 1_281_167

@@ -18,7 +18,7 @@ import numpy as np
 from tagood.backbones.efficientnet import CROP, RESIZE
 from tagood.bench import runner
 from tagood.bench.config import builtin
-from tagood.tagood.decompose import token_mask
+from tagood.detectors.tagood.decompose import token_mask
 
 
 def cell_boxes(grid: int = 7) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch
 THREADS = max(1, min(2, os.cpu_count() or 1))
 torch.set_num_threads(THREADS)
 
-#: what ``tagood.threads.configure`` (every in-process CLI call) writes to the environment for child processes
+#: what ``tagood.runtime.threads.configure`` (every in-process CLI call) writes to the environment for child processes
 _CONFIGURED_ENV = ("TAGOOD_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
 
 

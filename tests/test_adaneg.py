@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 import tagood.detectors as detectors
 from tagood.bench.stream import build_stream, evaluate_stream, stream_batches
 from tagood.metrics import ood_metrics
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.types import TokenSet
-from tagood.vlm.adaneg import AdaNeg
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.core.types import TokenSet
+from tagood.detectors.vlm.adaneg import AdaNeg
 
 D = 16
 CLASSES = ["c0", "c1", "c2"]

@@ -1,4 +1,4 @@
-"""glibc malloc thresholds (tagood.alloc): a freed 64 MiB buffer is reused from the heap instead of being faulted
+"""glibc malloc thresholds (tagood.runtime.alloc): a freed 64 MiB buffer is reused from the heap instead of being faulted
 in (and zero-filled) again, measured by the process's minor page faults in a fresh interpreter."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from tagood.alloc import keep_large_allocations
+from tagood.runtime.alloc import keep_large_allocations
 
 PROBE = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "1":
-    from tagood.alloc import keep_large_allocations
+    from tagood.runtime.alloc import keep_large_allocations
     assert keep_large_allocations()
 def touch():
     a = np.empty(64 * 1024 * 1024, dtype=np.uint8)

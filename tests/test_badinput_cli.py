@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tagood.cli import app
+from tagood.cli.main import app
 from image_folders import fashion_folder
 
 runner = CliRunner()

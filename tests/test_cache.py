@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagood.cache import CacheError, CacheReader, CacheWriter, Manifest, cache_key, entry_dir, mmap_safetensors
-from tagood.types import TokenSet
+from tagood.core.types import TokenSet
 
 KEY = cache_key("toy", "w0", "t0", "d0", {"tau": 0.5})
 

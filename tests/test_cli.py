@@ -9,7 +9,7 @@ import pytest
 
 from typer.testing import CliRunner
 
-from tagood.cli import app
+from tagood.cli.main import app
 from image_folders import fashion_folder, folder_config
 
 runner = CliRunner()
@@ -41,7 +41,7 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     assert "| msp |" in md and "average AUROC" in md
     assert len(list(csv.reader((out / "results.csv").open()))) == 1 + len(res["rows"])
     assert res["meta"]["sizes"]["train"] == 360 and res["meta"]["versions"]["torch"]
-    from tagood.threads import budget
+    from tagood.runtime.threads import budget
 
     assert res["meta"]["threads"]["budget"] == budget() >= 1  # what the float rounding of the run depended on
     assert res["meta"]["threads"]["omp_wait_policy"] in ("default", "PASSIVE", "ACTIVE")

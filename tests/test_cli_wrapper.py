@@ -1,4 +1,4 @@
-"""The one CLI wrapper (:func:`tagood.cli_common.cli_command`): every registered command is wrapped, errors become
+"""The one CLI wrapper (:func:`tagood.cli.common.cli_command`): every registered command is wrapped, errors become
 one message with exit status 2, the device is checked before any work, and `tagood cache` takes --quiet/--verbose."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tagood.cli import app
-from tagood.cli_common import WRAPPED, user_message
+from tagood.cli.main import app
+from tagood.cli.common import WRAPPED, user_message
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from tagood.backbones.clip import (
     load_open_clip,
 )
 from tagood.backbones.clip_tagger import CLIPDenseTagger, load_clip_tagger
-from tagood.types import Backbone
+from tagood.core.types import Backbone
 
 torch.set_num_threads(1)
 

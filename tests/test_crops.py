@@ -1,11 +1,11 @@
-"""KR-NFT's random-resized crops (tagood.vlm.crops): the overlapped encoding gives the sequential result."""
+"""KR-NFT's random-resized crops (tagood.detectors.vlm.crops): the overlapped encoding gives the sequential result."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tagood.vlm.crops import encode_crops, random_resized_crops
+from tagood.detectors.vlm.crops import encode_crops, random_resized_crops
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tagood.detectors as detectors
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.vlm.csp import CSP_EXCLUDED_LEXFILES, CSP_SUPERCLASSES, conjugated_labels, csp_pool
-from tagood.vlm.neglabel import ind_share
-from tagood.vlm.negmining import mine_fraction, neg_distance
-from tagood.vlm.wordnet import WordNetError, read_data_lexfiles, wordnet_words, wordnet_words_by_lexfile
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.detectors.vlm.csp import CSP_EXCLUDED_LEXFILES, CSP_SUPERCLASSES, conjugated_labels, csp_pool
+from tagood.detectors.vlm.neglabel import ind_share
+from tagood.detectors.vlm.negmining import mine_fraction, neg_distance
+from tagood.detectors.vlm.wordnet import WordNetError, read_data_lexfiles, wordnet_words, wordnet_words_by_lexfile
 
 E = 24
 CLASSES = ["tabby cat", "golden retriever", "sports car", "pizza"]

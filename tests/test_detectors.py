@@ -16,9 +16,9 @@ from sklearn.neighbors import NearestNeighbors
 
 from tagood import detectors
 from tagood.detectors.ash import ash_shape
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.types import LinearHead, TagAttention, TokenSet
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.core.types import LinearHead, TagAttention, TokenSet
 
 RNG = np.random.default_rng(0)
 
@@ -209,7 +209,7 @@ def test_separates_ood_samples(name):
 
 
 class ToyDualEncoder:
-    """A tiny deterministic dual encoder (implements :class:`tagood.types.DualEncoder`): texts map to
+    """A tiny deterministic dual encoder (implements :class:`tagood.core.types.DualEncoder`): texts map to
     fixed unit vectors seeded by their sha256, images (B,3,H,W) to a fixed random projection of their
     pixels, patches to projections of the image's 2x2 quadrants."""
 
@@ -295,7 +295,7 @@ TEST_TIME = {"adaneg"}
 
 
 def test_detector_table_lists_every_registered_detector():
-    from tagood.types import DualEncoder
+    from tagood.core.types import DualEncoder
 
     assert set(DETECTORS) == set(detectors.available())
     assert isinstance(ToyDualEncoder(), DualEncoder)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tagood.bench import diagnostics as dg
 from tagood.bench import report
-from tagood.featureset import FeatureSet
+from tagood.core.featureset import FeatureSet
 
 
 # -- pixel mask -> token grid -------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_runner_writes_diagnostics_of_real_scenes(tmp_path, backbone):
     the share of IND test images scored NO_TAG_SCORE under rule no_tag=ood, and the table in results.md."""
     from tagood.bench import runner
     from tagood.bench.config import builtin
-    from tagood.tagood.scores import NO_TAG_SCORE
+    from tagood.detectors.tagood.scores import NO_TAG_SCORE
 
     cfg = builtin("scenes", quick=True)
     small = {"n_train_per_class": 8, "n_test_per_class": 6, "n_ood": 24}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tagood.assets import imagenet_classes, imagenet_synonyms, imagenet_wnids
-from tagood.types import Backbone
+from tagood.core.types import Backbone
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tagood.types import Backbone
+from tagood.core.types import Backbone
 
 torch.set_num_threads(1)
 

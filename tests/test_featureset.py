@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagood import detectors
-from tagood.featureset import FeatureSet, from_arrays, from_cache
-from tagood.context import Context
-from tagood.types import TagAttention, TokenSet
+from tagood.core.featureset import FeatureSet, from_arrays, from_cache
+from tagood.core.context import Context
+from tagood.core.types import TagAttention, TokenSet
 
 FIELDS = ["logits", "features", "tokens", "tag_probs", "tag_attention"]
 #: detectors over each kind of input: logits (msp, energy), pooled features (knn, mahalanobis),
@@ -153,8 +153,8 @@ def test_derive_is_one_call_for_held_and_streamed_inputs():
 
 
 def test_types_is_below_featureset_and_context():
-    """``tagood.types`` (the base data types) imports neither ``tagood.featureset`` nor ``tagood.context``, which
+    """``tagood.core.types`` (the base data types) imports neither ``tagood.core.featureset`` nor ``tagood.core.context``, which
     import it; ``FeatureSet`` and ``Context`` have one home each."""
-    code = ("import sys, tagood.types as t; assert 'tagood.featureset' not in sys.modules and 'tagood.context' not in sys.modules; "
+    code = ("import sys, tagood.core.types as t; assert 'tagood.core.featureset' not in sys.modules and 'tagood.core.context' not in sys.modules; "
             "assert not hasattr(t, 'FeatureSet') and not hasattr(t, 'Context')")
     subprocess.run([sys.executable, "-c", code], check=True)

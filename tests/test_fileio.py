@@ -1,4 +1,4 @@
-"""tagood.fileio: atomic writes leave either the old file or the complete new one, and no temp files."""
+"""tagood.runtime.fileio: atomic writes leave either the old file or the complete new one, and no temp files."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagood.fileio import (atomic_copy, atomic_directory, atomic_open, atomic_write_bytes, atomic_write_json,
+from tagood.runtime.fileio import (atomic_copy, atomic_directory, atomic_open, atomic_write_bytes, atomic_write_json,
                            atomic_write_text, atomic_write_with)
 
 
@@ -127,7 +127,7 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path, umask: int, fil
 import os, stat
 from pathlib import Path
 os.umask({umask})
-from tagood import fileio
+from tagood.runtime import fileio
 d = Path({str(tmp_path)!r})
 fileio.atomic_write_bytes(d / "a.bin", b"x")
 fileio.atomic_write_json(d / "b.json", {{"k": 1}})

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tagood.cli import app
-from tagood.fitscore import decision_threshold, is_ood
-from tagood.tagood.scores import NO_TAG_SCORE
+from tagood.cli.main import app
+from tagood.pipeline.fitscore import decision_threshold, is_ood
+from tagood.detectors.tagood.scores import NO_TAG_SCORE
 from image_folders import fashion_folder
 from tiny_models import write_tiny_ram
 
@@ -114,7 +114,7 @@ def test_fit_and_score_krnft_on_the_offline_dual_encoder(tmp_path, tagood_home):
     from tagood.data import FolderSource
     from tagood.extract import extract_split
     from tagood.backbones.factory import build_dual_encoder
-    from tagood.vlm.krnft import KRNFT
+    from tagood.detectors.vlm.krnft import KRNFT
 
     src = FolderSource(tmp_path / "new")
     fs = extract_split(src, build_backbone({}), tmp_path / "c2", split="x", fields=["features"], progress=False).to_featureset(["features"])

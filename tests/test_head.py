@@ -1,4 +1,4 @@
-"""The IND linear head (tagood.head): exact folding of the standardisation, determinism, real features."""
+"""The IND linear head (tagood.detectors.head): exact folding of the standardisation, determinism, real features."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagood import data
-from tagood.head import fit_linear_head, head_accuracy
+from tagood.detectors.head import fit_linear_head, head_accuracy
 
 torch.set_num_threads(1)
 

@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from image_folders import fashion_folder, folder_config
-from tagood.bench.overlays import cell_edges, pick_examples
-from tagood.cli import app
+from tagood.bench.report.overlays import cell_edges, pick_examples
+from tagood.cli.main import app
 
 
 class _Page(HTMLParser):

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tagood.assets import imagenet_wnids
-from tagood.cli import app
+from tagood.cli.main import app
 
 from tiny_models import write_tiny_clip, write_tiny_ram
 

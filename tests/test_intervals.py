@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tagood.bench.intervals import bootstrap_intervals
 from tagood.bench.scores import save_scores
-from tagood.cli import app
+from tagood.cli.main import app
 from tagood.metrics import ood_metrics
 
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from tagood.metrics import ood_metrics
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.vlm.krnft import KRNFT, select_crops
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.detectors.vlm.krnft import KRNFT, select_crops
 
 torch.set_num_threads(1)
 E, NC = 32, 16

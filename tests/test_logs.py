@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from tagood import progress
-from tagood.logs import console_level, run_log, setup_logging
+from tagood.runtime import progress
+from tagood.runtime.logs import console_level, run_log, setup_logging
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_vocabulary_logged_once_per_run_and_written_to_the_run_folder(tmp_path, 
     from image_folders import fashion_folder
     from tagood.bench.config import BenchConfig
     from tagood.bench.runner import run
-    from tagood.tagood.vocabulary import Vocabulary
+    from tagood.detectors.tagood.vocabulary import Vocabulary
 
     fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8, "sandal": 5}, 16, "train")
     fashion_folder(tmp_path / "test", {"trouser": 1, "bag": 8, "sandal": 5}, 6)

@@ -10,14 +10,14 @@ import numpy as np
 from typer.testing import CliRunner
 
 from image_folders import fashion_folder, folder_config
-from tagood.cli import _description, app
+from tagood.cli.main import _description, app
 
 runner = CliRunner()
 
 
 def _schema_keys() -> set[str]:
     """Every key a benchmark config may hold, from the config schema (top level, splits, backbones, options)."""
-    from tagood import schemas
+    from tagood.bench import schema as schemas
 
     models = [schemas.ConfigModel, schemas.BenchOptions, schemas.PseudoOOD, *schemas.SPLIT_TYPES.values(),
               *schemas.BACKBONES.values()]
@@ -25,7 +25,7 @@ def _schema_keys() -> set[str]:
 
 
 def test_example_config_loads_and_names_every_key_and_split_type(tmp_path):
-    from tagood import schemas
+    from tagood.bench import schema as schemas
     from tagood.bench.config import load_config
 
     r = runner.invoke(app, ["bench", "--example-config"])

@@ -1,4 +1,4 @@
-"""tagood.numeric against scipy.special / numpy.linalg references (hypothesis property tests)."""
+"""tagood.core.numeric against scipy.special / numpy.linalg references (hypothesis property tests)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tagood.numeric import l2_normalize, log_softmax, logsumexp, softmax
+from tagood.core.numeric import l2_normalize, log_softmax, logsumexp, softmax
 
 finite = st.floats(min_value=-300.0, max_value=300.0, allow_nan=False, allow_infinity=False)
 matrices = arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 9)), elements=finite)

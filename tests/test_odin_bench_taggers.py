@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tagood.cli import app
+from tagood.cli.main import app
 from test_imagenet_bench import mini  # noqa: F401  (the module-scoped mini ImageNet layout)
 
 runner = CliRunner()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import tagood.detectors as detectors
-from tagood.featureset import FeatureSet
-from tagood.types import ArrayImages
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import ArrayImages
+from tagood.core.context import Context
 
 C, SHAPE = 5, (3, 4, 4)
 

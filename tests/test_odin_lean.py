@@ -108,11 +108,11 @@ class _Pooled(torch.nn.Module):
 def test_classifier_predict_equals_its_torch_forward(backbone, photos):
     """``Classifier.predict`` (onnxruntime engine) gives the logits of its differentiable torch forward (lean
     graph + head) on real photos, and ODIN scores through both paths agree far below their spread."""
-    from tagood.context import Context
+    from tagood.core.context import Context
     from tagood.detectors.odin import ODIN
-    from tagood.featureset import FeatureSet
-    from tagood.head import Classifier
-    from tagood.types import ArrayImages, LinearHead
+    from tagood.core.featureset import FeatureSet
+    from tagood.detectors.head import Classifier
+    from tagood.core.types import ArrayImages, LinearHead
 
     rng = np.random.default_rng(0)
     head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, rng.standard_normal(6).astype(np.float32))

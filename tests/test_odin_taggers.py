@@ -24,9 +24,9 @@ from tiny_models import write_tiny_clip, write_tiny_ram
 import tagood.detectors as detectors
 from tagood.backbones.clip_tagger import load_clip_tagger
 from tagood.backbones.ram import IMAGENET_STD, load_ram
-from tagood.featureset import FeatureSet
-from tagood.types import ArrayImages
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import ArrayImages
+from tagood.core.context import Context
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from tagood.bench.plots import fpr95_index, roc_curve_ind
+from tagood.bench.report.plots import fpr95_index, roc_curve_ind
 from tagood.bench.scores import save_scores
-from tagood.cli import app
+from tagood.cli.main import app
 from tagood.metrics import ood_metrics
 
 _scores = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=40)  # few values: many ties

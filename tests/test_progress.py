@@ -7,8 +7,8 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagood import progress
-from tagood.progress import LineReporter, format_seconds, progress_bar
+from tagood.runtime import progress
+from tagood.runtime.progress import LineReporter, format_seconds, progress_bar
 
 
 class Clock:
@@ -48,11 +48,11 @@ def test_time_based_lines_when_progress_is_slow(caplog):
 
 
 def test_short_work_closes_at_debug_only(caplog):
-    with caplog.at_level(logging.INFO, logger="tagood.progress"):
+    with caplog.at_level(logging.INFO, logger="tagood.runtime.progress"):
         with progress_bar("quick", 3) as advance:
             advance(3)
     assert not caplog.records
-    with caplog.at_level(logging.DEBUG, logger="tagood.progress"):
+    with caplog.at_level(logging.DEBUG, logger="tagood.runtime.progress"):
         with progress_bar("quick", 3) as advance:
             advance(3)
     assert [r.levelno for r in caplog.records] == [logging.DEBUG] and "quick: 3/3 in" in caplog.records[0].getMessage()
@@ -62,7 +62,7 @@ def test_not_a_terminal_gives_log_lines(caplog, monkeypatch):
     monkeypatch.setattr(progress, "MIN_LINE_SECONDS", 0.0)
     clock = Clock()
     monkeypatch.setattr(progress.time, "monotonic", clock)
-    with caplog.at_level(logging.INFO, logger="tagood.progress"):
+    with caplog.at_level(logging.INFO, logger="tagood.runtime.progress"):
         with progress_bar("extract x", 20, completed=10, unit="img") as advance:
             for _ in range(10):
                 clock.t += 1.0

@@ -34,7 +34,7 @@ from tagood.backbones.ram import (
     ram_preprocess,
 )
 from tagood.backbones.ram_swin import SwinConfig, SwinEncoder
-from tagood.types import Backbone
+from tagood.core.types import Backbone
 
 torch.set_num_threads(1)
 

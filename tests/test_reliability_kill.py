@@ -28,7 +28,7 @@ def _manifest(cache):
 def test_cli_extract_killed_repeatedly_resumes_and_equals_a_clean_run(tmp_path, backbone):
     root = fashion_folder(tmp_path / "imgs", {"top": 0, "bag": 8, "boot": 9}, 100)  # 300 real images
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "tagood.cli", "extract", str(root), "--cache", str(cache), "--split", "s",
+    cmd = [sys.executable, "-m", "tagood.cli.main", "extract", str(root), "--cache", str(cache), "--split", "s",
            "--fields", "features,logits", "--batch-size", "10", "--commit-every", "20"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     progress: list[int] = []  # samples covered by committed shards at each kill

@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 
 from tagood import detectors
 from tagood.bench.config import BUILTIN, ConfigError, builtin, load_config
-from tagood.schemas import (DETECTOR_OPTIONS, ConfigModel, OptionError, SchemaError, check_detector_options,
-                            signature_options, validate_config, validate_detector_meta)
+from tagood.detectors.options import DETECTOR_OPTIONS, OptionError, check_detector_options
+from tagood.bench.schema import ConfigModel
+from tagood.core.validation import SchemaError
+from tagood.detectors.options import signature_options
+from tagood.bench.schema import validate_config
+from tagood.pipeline.meta import validate_detector_meta
 
 SECRET = "hunter2-secret-value"
 
@@ -37,12 +41,12 @@ def test_every_detector_has_an_option_schema_equal_to_its_signature():
 def test_literal_choices_match_the_detectors_constants():
     from typing import get_args
 
-    from tagood.schemas import AdaNegOpts, TagBaseOpts, TagOODOpts
-    from tagood.tagood.detector import NO_TAG_RULES
-    from tagood.tagood.scores import SCORES
-    from tagood.tagood.train import PRESETS
-    from tagood.tagood.vocabulary import VOCAB_RULES
-    from tagood.vlm.adaneg import PROXIES
+    from tagood.detectors.options import AdaNegOpts, TagBaseOpts, TagOODOpts
+    from tagood.detectors.tagood.detector import NO_TAG_RULES
+    from tagood.detectors.tagood.scores import SCORES
+    from tagood.detectors.tagood.train import PRESETS
+    from tagood.detectors.tagood.vocabulary import VOCAB_RULES
+    from tagood.detectors.vlm.adaneg import PROXIES
 
     def choices(model, field):
         return set(get_args(model.model_fields[field].annotation)) - {type(None)}
@@ -313,7 +317,7 @@ def _saved_dir(tmp_path: Path, meta: dict) -> Path:
 
 def test_library_check_detector_dir(tmp_path):
     """fitscore.check_detector_dir is the one check `tagood score` and score_images share."""
-    from tagood.fitscore import DetectorFileError, check_detector_dir, score_images
+    from tagood.pipeline.fitscore import DetectorFileError, check_detector_dir, score_images
 
     d = _saved_dir(tmp_path, META)
     assert check_detector_dir(d)["threshold"] == 0.25
@@ -372,7 +376,7 @@ def test_clip_from_pretrained_refuses_a_pickle_itself(tmp_path):
 
 
 def test_vocabulary_reader_names_row_and_column_only(tmp_path):
-    from tagood.tagood.vocabulary import Vocabulary
+    from tagood.detectors.tagood.vocabulary import Vocabulary
 
     p = tmp_path / "vocab.tsv"
     head = "class\tclass_name\ttag_id\ttag_name\tfrequency\n"

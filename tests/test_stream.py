@@ -9,10 +9,10 @@ import pytest
 from tagood.bench import runner
 from tagood.bench.config import builtin
 from tagood.cache import CacheReader, heavy_fields
-from tagood.ragged import TokenSetSink
-from tagood.tagood.decompose import mean_tokens
-from tagood.featureset import FeatureSet
-from tagood.types import TokenSet
+from tagood.core.ragged import TokenSetSink
+from tagood.detectors.tagood.decompose import mean_tokens
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import TokenSet
 
 METHODS = ["msp", "knn", "tagscore", "cs", "tagood[epochs=2]", "ce+cs[epochs=1]"]
 

@@ -8,12 +8,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tagood import detectors
-from tagood.tagood import (NO_TAG_SCORE, Projector, TagRule, Vocabulary, build_vocabulary, centre_score, ema_update,
+from tagood.detectors.tagood import (NO_TAG_SCORE, Projector, TagRule, Vocabulary, build_vocabulary, centre_score, ema_update,
                            mean_tokens, select_tokens, token_mask)
-from tagood.tagood.train import PRESETS, train_projector
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.types import TagAttention, TokenSet
+from tagood.detectors.tagood.train import PRESETS, train_projector
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.core.types import TagAttention, TokenSet
 
 
 def test_vocabulary_majority_collisions_and_file(tmp_path):
@@ -89,7 +89,7 @@ def test_packed_blocks_equal_the_padded_transformer():
                   np.concatenate([np.sort(rng.choice(20, k, replace=False)) for k in lens]))
     x, p, mask = (torch.as_tensor(a) for a in ts.pad())
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    from tagood.tagood.projector import PackedLayout
+    from tagood.detectors.tagood.projector import PackedLayout
 
     assert len(PackedLayout.of(torch.as_tensor(lens + 1)).groups) == 2  # the two-group attention path is exercised
     assert len(PackedLayout.of(torch.tensor([4, 4, 4])).groups) == 1 and len(PackedLayout.of(torch.tensor([], dtype=torch.long)).groups) == 1
@@ -131,7 +131,7 @@ def test_ema_uses_batch_mean_per_class():
 
 def test_padded_width_rounding_keeps_features():
     """CUDA batches are padded to a multiple of 16 (one attention plan per width); the extra padding is masked."""
-    from tagood.tagood.train import _device_batch, _host_batch, pad_multiple
+    from tagood.detectors.tagood.train import _device_batch, _host_batch, pad_multiple
 
     assert pad_multiple(torch.device("cpu")) == 1 and pad_multiple(torch.device("cuda")) == 16
     torch.manual_seed(0)
@@ -198,7 +198,7 @@ def test_no_tag_images_are_most_ood():
 def test_one_forward_pass_per_training_step():
     """Every sample passes through the projector once per epoch: one forward call per part of each step's batch
     (CPU: ``CPU_PARTS`` parts; a last batch of one sample is one part)."""
-    from tagood.tagood.train import CPU_PARTS
+    from tagood.detectors.tagood.train import CPU_PARTS
 
     train = _toy(n_per=11)  # 33 samples: batches 8, 8, 8, 8, 1
     calls = {"n": 0, "samples": 0}
@@ -284,7 +284,7 @@ def test_cpu_training_with_dropout_is_deterministic():
 def test_cpu_parts_equal_the_whole_batch_up_to_rounding(monkeypatch):
     """The parts' weighted losses sum to the batch's mean loss, so their summed gradients are the whole batch's:
     training with the batch in one piece (``CPU_PARTS = 1``) reaches the same weights up to float rounding."""
-    from tagood.tagood import train as tr
+    from tagood.detectors.tagood import train as tr
 
     train = _toy(n_per=20)
     cfg = PRESETS["small"].with_(epochs=2, batch_size=16, dim=32, mlp=64, seed=1)

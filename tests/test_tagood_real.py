@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tagood import detectors
-from tagood.tagood import NO_TAG_SCORE, centre_score, mean_tokens, select_tokens
-from tagood.context import Context
+from tagood.detectors.tagood import NO_TAG_SCORE, centre_score, mean_tokens, select_tokens
+from tagood.core.context import Context
 
 
 @pytest.fixture(scope="module")

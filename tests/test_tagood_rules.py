@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tagood import detectors
-from tagood.tagood import NO_TAG_SCORE, centre_score, select_tokens, token_mask
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.types import TagAttention, TokenSet
+from tagood.detectors.tagood import NO_TAG_SCORE, centre_score, select_tokens, token_mask
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.core.types import TagAttention, TokenSet
 
 SMALL = "epochs=2,dim=16,mlp=32,batch_size=32"
 
@@ -68,7 +68,7 @@ def test_token_masks_contract_matches_scoring_and_streams(spec):
     np.testing.assert_array_equal(h2, has)
     assert [a.tolist() for a in det.kept_tag_ids(_streamed(test, 5))] == [a.tolist() for a in ids]
     if spec.startswith("cs"):  # CS scores the mean of exactly these tokens
-        from tagood.tagood import mean_tokens
+        from tagood.detectors.tagood import mean_tokens
         feats = mean_tokens(select_tokens(test.tokens, mask))
         expect = centre_score(feats, det.centres, "cosine")
         expect[~has] = NO_TAG_SCORE if det.no_tag == "ood" else expect[~has]
@@ -195,8 +195,8 @@ def _background_toy(n_per: int = 40, seed: int = 0) -> FeatureSet:
 
 
 def test_specific_vocabulary_drops_the_tag_every_class_shares():
-    from tagood.tagood import build_vocabulary
-    from tagood.tagood.vocabulary import vocabulary_fit
+    from tagood.detectors.tagood import build_vocabulary
+    from tagood.detectors.tagood.vocabulary import vocabulary_fit
     kept = [np.array([5, 10 + k]) if j % 10 < 7 else np.array([5]) for k in range(3) for j in range(10)]
     labels = np.repeat(np.arange(3), 10)
     freq = build_vocabulary(kept, labels, 3, rule="frequent", quiet=True)
@@ -266,7 +266,7 @@ def test_paper_preset_is_the_published_setting():
 
 
 def test_cosine_schedule_ends_at_min_lr():
-    from tagood.tagood.train import PRESETS, train_projector
+    from tagood.detectors.tagood.train import PRESETS, train_projector
     train = _toy(n_per=10)
     cfg = PRESETS["small"].with_(epochs=3, batch_size=8, dim=16, mlp=32, lr=1e-2, min_lr=1e-5)
     _, _, hist = train_projector(train.tokens, train.labels, 3, 9, cfg, progress=False)
@@ -300,7 +300,7 @@ def test_tags_gt_uses_the_class_tag_and_recomputes_attention():
 
 
 def test_ce_cs_centres_are_class_means_of_projected_training_features():
-    from tagood.tagood import embed
+    from tagood.detectors.tagood import embed
     train = _toy(seed=0)
     det = detectors.create(f"ce+cs[per_class=1,{SMALL}]").fit(train, Context())
     assert det.train_cfg.mse_weight == 0.0
@@ -311,7 +311,7 @@ def test_ce_cs_centres_are_class_means_of_projected_training_features():
 
 
 def test_mse_term_pulls_features_to_the_ema_centres():
-    from tagood.tagood.train import PRESETS, embed, train_projector
+    from tagood.detectors.tagood.train import PRESETS, embed, train_projector
     train = _toy(n_per=30, seed=0)
     gaps = {}
     for w in (0.0, 1.0):
@@ -340,7 +340,7 @@ def _kept_lists(draw):
 @settings(max_examples=60, deadline=None)
 @given(_kept_lists())
 def test_vocabulary_rules_match_a_naive_count(case):
-    from tagood.tagood.vocabulary import rank_tags, vocabulary_fit
+    from tagood.detectors.tagood.vocabulary import rank_tags, vocabulary_fit
     kept, labels, n_cls = case
     # naive P(t|c): fraction of class c's images holding tag t (an image counts a tag once)
     p = np.zeros((n_cls, 8))
@@ -358,7 +358,7 @@ def test_vocabulary_rules_match_a_naive_count(case):
         positive = np.flatnonzero((counts[c] > 0) & (spec > 1e-9))
         if len(positive):  # exactly the tags more frequent here than in the other classes on average
             assert sorted(tags.tolist()) == positive.tolist()
-    from tagood.tagood import Vocabulary
+    from tagood.detectors.tagood import Vocabulary
     v = Vocabulary([tags[:2].tolist() for tags, _ in rank_tags(kept, labels, n_cls, "specific")])
     fit = vocabulary_fit(v, kept, labels)
     assert 0.0 <= fit["separation"] <= fit["coverage"] <= 1.0 and fit["n"] == len(labels)

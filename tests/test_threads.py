@@ -1,4 +1,4 @@
-"""Thread discipline (tagood.threads): the budget's precedence, the affinity mask, what configure() does to
+"""Thread discipline (tagood.runtime.threads): the budget's precedence, the affinity mask, what configure() does to
 torch / OpenMP / onnxruntime / the decode pool, and the CLI's --threads option."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagood import threads
+from tagood.runtime import threads
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_cli_threads_option_reaches_torch_and_onnx() -> None:
     """``tagood --threads 1 ...`` in a fresh process: torch and the Lite0 ONNX engine run single-threaded."""
     out = _run("import sys, torch\n"
                "from typer.testing import CliRunner\n"
-               "from tagood.cli import app\n"
+               "from tagood.cli.main import app\n"
                "r = CliRunner().invoke(app, ['--threads', '1', 'methods'])\n"
                "assert r.exit_code == 0, r.output\n"
                "from tagood.backbones.onnx_engine import physical_cores\n"

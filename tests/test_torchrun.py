@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagood import data
-from tagood.distributed import split_range, world
+from tagood.runtime.distributed import split_range, world
 from tagood.extract import extract_split
 from image_folders import fashion_folder, folder_config
 
@@ -45,7 +45,8 @@ def images(tmp_path_factory) -> Path:
 WORKER = textwrap.dedent("""
     import os, signal, sys, json
     import numpy as np
-    from tagood import data, detectors, distributed
+    from tagood import data, detectors
+    from tagood.runtime import distributed
     from tagood.backbones.efficientnet import EfficientNetLite0
     from tagood.extract import extract_split
     images, cache, onnx_dir, out = sys.argv[1:5]
@@ -81,7 +82,7 @@ def _launch(tmp: Path, images: Path, cache: Path, onnx_dir: Path, out: str, n: i
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RANK": str(rank), "WORLD_SIZE": str(n),
                "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
                "TAGOOD_DIST_TIMEOUT": "120", "KILL_AT": str((kill_at or {}).get(rank, -1)),
-               # what tagood.threads sets on a busy machine; it made the exit abort below (test_leaving_...) frequent
+               # what tagood.runtime.threads sets on a busy machine; it made the exit abort below (test_leaving_...) frequent
                "OMP_WAIT_POLICY": "PASSIVE"}
         procs.append(subprocess.Popen([sys.executable, str(script), str(images), str(cache), str(onnx_dir), out], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -186,7 +187,7 @@ def test_torchrun_cli_extract(tmp_path, images, backbone, single):
 LEAVE_WORKER = textwrap.dedent("""
     import json, os, sys
     import numpy as np, torch
-    from tagood import distributed
+    from tagood.runtime import distributed
     threads = lambda: len(os.listdir("/proc/self/task"))
     before = threads()
     distributed.init()
@@ -246,9 +247,9 @@ def test_single_process_world_by_default(monkeypatch) -> None:
 TRAIN_WORKER = textwrap.dedent("""
     import sys
     import numpy as np, torch
-    from tagood import distributed
+    from tagood.runtime import distributed
     from tagood.cache import CacheReader
-    from tagood.tagood.train import PRESETS, train_projector
+    from tagood.detectors.tagood.train import PRESETS, train_projector
     entry, out = sys.argv[1:3]
     r = CacheReader(entry)
     ts, y = r.tokens("tokens"), r.labels

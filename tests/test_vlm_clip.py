@@ -17,8 +17,8 @@ import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder, EncoderAdapter
 from tagood.backbones.factory import build_dual_encoder
 from tagood.data.arrays import ArraySource
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 torch.set_num_threads(1)
 NAMES = ["dog", "cat", "car"]

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder
 from tagood.metrics import ood_metrics
-from tagood.featureset import FeatureSet
-from tagood.context import Context
-from tagood.types import ArrayImages, TokenSet
-from tagood.vlm.krnft import KRNFT
-from tagood.vlm.neglabel import ind_share, random_groups
-from tagood.vlm.negmining import mine_negatives, neg_distance
-from tagood.vlm.nft import NFT, nft_cosine, per_image_cosines
-from tagood.vlm.wordnet import WordNetError, read_index, read_word_list, wordnet_words
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
+from tagood.core.types import ArrayImages, TokenSet
+from tagood.detectors.vlm.krnft import KRNFT
+from tagood.detectors.vlm.neglabel import ind_share, random_groups
+from tagood.detectors.vlm.negmining import mine_negatives, neg_distance
+from tagood.detectors.vlm.nft import NFT, nft_cosine, per_image_cosines
+from tagood.detectors.vlm.wordnet import WordNetError, read_index, read_word_list, wordnet_words
 
 torch.set_num_threads(1)
 E = 32
@@ -188,7 +188,7 @@ def test_batched_nft_equals_per_image(b: int, k: int, m: int, seed: int) -> None
 @given(b=st.integers(1, 6), k=st.integers(1, 7), m=st.integers(0, 9), seed=st.integers(0, 10_000))
 def test_krnft_batched_confidence_equals_per_image_softmax(b: int, k: int, m: int, seed: int) -> None:
     """The scoring path (fused, in place, chunked) == softmax over the per-image tuned rows, summed over IND rows."""
-    from tagood.vlm.krnft import KRNFT
+    from tagood.detectors.vlm.krnft import KRNFT
 
     nft = _random_nft(12, 5, seed).float()
     g = torch.Generator().manual_seed(seed)
@@ -207,7 +207,7 @@ def test_krnft_batched_confidence_equals_per_image_softmax(b: int, k: int, m: in
 def test_row_bank_closed_form_equals_per_image_in_float64() -> None:
     """The scoring algebra (transposed products, fused norm, scale folded into the factor, per-image terms as
     the product's bias) equals the explicit per-image rows exactly (float64: torch.addmm path)."""
-    from tagood.vlm.nft import RowBank
+    from tagood.detectors.vlm.nft import RowBank
 
     nft = _random_nft(24, 6, 3)
     g = torch.Generator().manual_seed(3)
@@ -226,8 +226,8 @@ def test_row_bank_closed_form_equals_per_image_in_float64() -> None:
 def test_krnft_scoring_equals_per_image_at_clip_scale(onednn: bool, monkeypatch) -> None:
     """CLIP-like sizes (E = 512, logit scale 100, 3,100 rows, two chunks): the float32 batched scoring path,
     through oneDNN or torch.addmm, equals the float32 batch-size-1 computation (the public code's) to 1e-6."""
-    from tagood.vlm.krnft import KRNFT
-    from tagood.vlm.nft import RowBank
+    from tagood.detectors.vlm.krnft import KRNFT
+    from tagood.detectors.vlm.nft import RowBank
 
     if not onednn:
         monkeypatch.setenv("TAGOOD_NO_ONEDNN", "1")

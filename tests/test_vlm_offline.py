@@ -11,8 +11,8 @@ import torch
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder
 from tagood.backbones.prompts import encode_prompts
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 torch.set_num_threads(1)
 FM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -63,7 +63,7 @@ def test_zero_shot_accuracy_above_chance(offline, fm_test) -> None:
 
 def test_attach_uses_cached_features_and_matches_encode(offline, fm_test) -> None:
     src, idx, x, y, out = fm_test
-    from tagood.types import TokenSet
+    from tagood.core.types import TokenSet
 
     fs = FeatureSet(labels=y[:8], features=out.features[:8], tokens=TokenSet.from_dense(out.tokens[:8]),
                     paths=[src.samples[int(i)].ident for i in idx[:8]], name="fm")
@@ -83,7 +83,7 @@ def test_minilm_context_prompt_reproduces_text(offline) -> None:
 
 def test_locoop_learns_token_context_on_offline_encoder(offline, fm_test) -> None:
     src, idx, x, y, out = fm_test
-    from tagood.types import TokenSet
+    from tagood.core.types import TokenSet
 
     fs = FeatureSet(labels=y[:96], image_embeds=offline.embed_features(out.features[:96], out.logits[:96]),
                     patch_embeds=TokenSet.from_dense(offline.embed_tokens(out.tokens[:96])), name="fm")

@@ -2,7 +2,7 @@
 
 import sys
 
-from tagood.cli import main
+from tagood.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ tagger over a text vocabulary is :class:`tagood.backbones.clip_tagger.CLIPDenseT
 
 from __future__ import annotations
 
+from tagood.errors import CheckpointError
 import inspect
 import json
 import logging
@@ -33,9 +34,9 @@ from PIL import Image
 
 from tagood.backbones.prompts import DEFAULT_TEMPLATE
 from tagood.backbones.weights_hash import state_hash
-from tagood.numeric import l2_normalize
-from tagood.progress import progress_bar
-from tagood.types import DualEncoder
+from tagood.core.numeric import l2_normalize
+from tagood.runtime.progress import progress_bar
+from tagood.core.types import DualEncoder
 
 __all__ = ["CLIPDualEncoder", "CLIPLoadError", "ClipTransform", "DualEncoder", "OpenCLIPDualEncoder", "load_clip",
            "load_open_clip"]
@@ -49,7 +50,7 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC, 4: Image.BOX, 5: Image.HAMMING}
 
 
-class CLIPLoadError(RuntimeError):
+class CLIPLoadError(CheckpointError):
     """A CLIP checkpoint could not be loaded; the message names the path and what to do."""
 
 

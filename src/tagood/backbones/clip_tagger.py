@@ -1,4 +1,4 @@
-"""CLIP as a dense tagger over a text vocabulary (implements :class:`tagood.types.Backbone`).
+"""CLIP as a dense tagger over a text vocabulary (implements :class:`tagood.core.types.Backbone`).
 
 Tags are the words of a user vocabulary, each turned into a text embedding by prompt templates
 (``"a photo of a {}."`` by default, several templates averaged as CLIP does). Per image:
@@ -37,8 +37,8 @@ import torch
 
 from tagood.backbones.clip import CLIPDualEncoder, CLIPLoadError, load_clip
 from tagood.backbones.prompts import DEFAULT_TEMPLATE
-from tagood.numeric import l2_normalize, softmax
-from tagood.types import ModelOutput
+from tagood.core.numeric import l2_normalize, softmax
+from tagood.core.types import ModelOutput
 
 log = logging.getLogger(__name__)
 

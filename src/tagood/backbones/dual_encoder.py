@@ -1,5 +1,5 @@
 """The dual-encoder protocol the vision-language OOD methods build on, and helpers that attach
-dual-encoder embeddings to a cached :class:`tagood.types.FeatureSet`.
+dual-encoder embeddings to a cached :class:`tagood.core.types.FeatureSet`.
 
 A dual encoder maps images and texts into one space where cosine similarity measures agreement
 (CLIP: Radford et al., ICML 2021). Implementations: :class:`tagood.backbones.clip.CLIPDualEncoder`
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from tagood.numeric import l2_normalize
-from tagood.progress import progress_bar
-from tagood.featureset import FeatureSet
-from tagood.types import DualEncoder, TokenSet
+from tagood.core.numeric import l2_normalize
+from tagood.runtime.progress import progress_bar
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import DualEncoder, TokenSet
 
 __all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "embed_stream", "source_indices"]
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class SourceImageStream:
-    """Preprocessed images of ``source`` samples ``indices`` (an :class:`tagood.types.ImageStream`),
+    """Preprocessed images of ``source`` samples ``indices`` (an :class:`tagood.core.types.ImageStream`),
     decoded on demand with ``preprocess`` (the dual encoder's own transform)."""
 
     def __init__(self, source: Any, indices: np.ndarray, preprocess: Any) -> None:

@@ -44,7 +44,7 @@ from torch import nn
 from tagood.backbones.home import tagood_home
 from tagood.backbones.onnx_engine import OnnxEngine, physical_cores
 from tagood.backbones.onnx_engine import export_onnx as _export
-from tagood.types import ModelOutput
+from tagood.core.types import ModelOutput
 
 __all__ = [
     "LITE0",
@@ -260,7 +260,7 @@ def export_onnx(module: nn.Module, path: Path) -> None:
 
 
 class EfficientNetLite:
-    """EfficientNet-Lite backbone + CAM tagger (implements :class:`tagood.types.Backbone`); the
+    """EfficientNet-Lite backbone + CAM tagger (implements :class:`tagood.core.types.Backbone`); the
     subclasses :class:`EfficientNetLite0` and :class:`EfficientNetLite2` set ``variant``.
 
     ``device``: torch device; ``engine``: ``"auto"`` (onnxruntime on CPU, torch elsewhere),

@@ -1,7 +1,7 @@
 """Build the backbone / tagger and the dual encoder a benchmark config or a command line names.
 
 One process drives one device. Several GPUs (or nodes) are used by starting one process per GPU with
-``torchrun --nproc-per-node N -m tagood ...`` (:mod:`tagood.distributed`); a device list such as
+``torchrun --nproc-per-node N -m tagood ...`` (:mod:`tagood.runtime.distributed`); a device list such as
 ``cuda:0,cuda:1`` or ``cuda:all`` is refused with that advice (:func:`single_device`).
 """
 
@@ -71,7 +71,7 @@ def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path 
 
 
 def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
-    """The :class:`tagood.context.Context` fields (as keyword arguments) a tagging detector (TagOOD, CS,
+    """The :class:`tagood.core.context.Context` fields (as keyword arguments) a tagging detector (TagOOD, CS,
     TagScore) takes from the tagger: its
     tag names, ``attend`` (the tag-attention function: ``cam`` of the CAM tagger, ``attend`` of RAM),
     its per-tag thresholds (RAM's ``ram_tag_list_threshold.txt``) and the work directory under the

@@ -10,6 +10,7 @@ prompt learning; Zhou et al., IJCV 2022), used by LoCoOp on the offline dual enc
 
 from __future__ import annotations
 
+from tagood.errors import CheckpointError
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from tagood.backbones.weights_hash import state_hash
 log = logging.getLogger(__name__)
 
 
-class TextEncoderError(RuntimeError):
+class TextEncoderError(CheckpointError):
     """The packaged text encoder could not be loaded; the message says what to install."""
 
 

@@ -45,10 +45,10 @@ import numpy as np
 from tagood.backbones.dual_encoder import SourceImageStream, source_indices
 from tagood.backbones.home import tagood_home
 from tagood.backbones.prompts import DEFAULT_TEMPLATE, fill
-from tagood.fileio import atomic_write_with
-from tagood.numeric import l2_normalize, softmax
-from tagood.featureset import FeatureSet
-from tagood.types import TokenSet, pooled_logits
+from tagood.runtime.fileio import atomic_write_with
+from tagood.core.numeric import l2_normalize, softmax
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import TokenSet, pooled_logits
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tagood.fileio import atomic_write_with
-from tagood.threads import budget
+from tagood.runtime.fileio import atomic_write_with
+from tagood.runtime.threads import budget
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _usable_cpus() -> list[int]:
 
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (hyper-threads of one core count once),
-    at most the thread budget of :mod:`tagood.threads` (``--threads``, ``$TAGOOD_THREADS``,
+    at most the thread budget of :mod:`tagood.runtime.threads` (``--threads``, ``$TAGOOD_THREADS``,
     ``$OMP_NUM_THREADS``): the default number of workers of an engine.
 
     Reads ``/sys/devices/system/cpu/cpuN/topology`` on Linux; elsewhere (or when it cannot be

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tagood.numeric import l2_normalize
+from tagood.core.numeric import l2_normalize
 
 #: CLIP's zero-shot single prompt, used by MCM / GL-MCM / NegLabel / KR-NFT.
 DEFAULT_TEMPLATE = "a photo of a {}."

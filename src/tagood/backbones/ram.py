@@ -1,4 +1,4 @@
-"""RAM (Recognize Anything Model) as a tagger backbone for TagOOD (implements :class:`tagood.types.Backbone`).
+"""RAM (Recognize Anything Model) as a tagger backbone for TagOOD (implements :class:`tagood.core.types.Backbone`).
 
 RAM: Zhang et al., "Recognize Anything: A Strong Image Tagging Model", CVPR-W 2024; RAM++:
 Huang et al., "Open-Set Image Tagging with Multi-Grained Text Supervision", arXiv 2023.
@@ -65,8 +65,8 @@ from tagood.backbones.ram_convert import (
 )
 from tagood.backbones.ram_model import RAMConfig, RAMModel
 from tagood.backbones.weights_hash import state_hash
-from tagood.progress import progress_bar
-from tagood.types import ModelOutput
+from tagood.runtime.progress import progress_bar
+from tagood.core.types import ModelOutput
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ tagger does not have, or a shape mismatch is an error naming the key and the fil
 
 from __future__ import annotations
 
+from tagood.errors import CheckpointError
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from tagood.backbones.ram_head import HeadConfig
 from tagood.backbones.ram_model import RAMConfig, RAMModel
 from tagood.backbones.ram_swin import SwinConfig
 from tagood.backbones.weights_hash import state_hash
-from tagood.fileio import atomic_directory
+from tagood.runtime.fileio import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ _NOT_USED = re.compile(
 )
 
 
-class RAMCheckpointError(RuntimeError):
+class RAMCheckpointError(CheckpointError):
     """A RAM checkpoint or its side files do not fit the tagger; the message names the file and key."""
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tagood.numeric import l2_normalize
+from tagood.core.numeric import l2_normalize
 
 #: Tag names that count as "right" for each photo, across the vocabularies used here (RAM's 4585
 #: tags, ImageNet-1K class names, everyday words).

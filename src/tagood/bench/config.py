@@ -22,6 +22,7 @@ the detectors to score. A config file (TOML) looks like::
 
 from __future__ import annotations
 
+from tagood.errors import ConfigError
 import copy
 import tomllib
 from dataclasses import dataclass, field
@@ -71,8 +72,6 @@ def default_methods() -> list[str]:
     return CLASSIC + TAGOOD + VLM
 
 
-class ConfigError(Exception):
-    """A benchmark config is invalid; the message names the file and the key."""
 
 
 @dataclass
@@ -217,10 +216,11 @@ def load_config(path: str | Path) -> BenchConfig:
 
     The whole config -- every key, every split type with its keys, the backbone, ``pseudo_ood``,
     ``options`` and each method spec with its options -- is checked against
-    :class:`tagood.schemas.ConfigModel` before anything runs: a misspelt key gets a "did you mean", a
+    :class:`tagood.bench.schema.ConfigModel` before anything runs: a misspelt key gets a "did you mean", a
     value of the wrong type or out of range one :class:`ConfigError` naming the file and the key (never
     quoting the file's contents)."""
-    from tagood.schemas import SchemaError, suggest, validate_config
+    from tagood.bench.schema import validate_config
+    from tagood.core.validation import SchemaError, suggest
 
     path = Path(path)
     if not path.is_file():

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from tagood.featureset import FeatureSet
+from tagood.core.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ Box = tuple[float, float, float, float]
 
 
 class TokenMasker(Protocol):
-    """A tag-based detector (``tagood.tagood.detector._TagBase``): which tokens its decomposition keeps."""
+    """A tag-based detector (``tagood.detectors.tagood.detector._TagBase``): which tokens its decomposition keeps."""
 
     def token_masks(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
         """(mask (N,T) bool of kept tokens, has_tag (N,) bool)."""
@@ -207,7 +207,7 @@ def no_tag_rule(det: Any) -> str | None:
     """The detector's rule for images without a kept tag: ``"ood"`` (paper: most-OOD score),
     ``"fallback"`` (scored with all tokens), ``"none"`` for a tag-based detector that scores them like
     any image (``tagscore``: the tag probabilities alone), None for a detector without tags."""
-    from tagood.tagood.detector import TagOOD
+    from tagood.detectors.tagood.detector import TagOOD
 
     if not is_tag_based(det):
         return None

@@ -1,7 +1,7 @@
 """The annotated example benchmark config (``tagood bench --example-config``).
 
 The file ships inside the package (``tagood/assets/bench-example.toml``); it lists every key of a
-benchmark config (:func:`tagood.bench.config.load_config`, checked by :mod:`tagood.schemas`) and
+benchmark config (:func:`tagood.bench.config.load_config`, checked by :mod:`tagood.bench.schema`) and
 every split type, and it loads as it is (a test keeps it valid and complete).
 """
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tagood.bench.report import METRICS
+from tagood.bench.report.writers import METRICS
 from tagood.metrics import ood_metrics
 
 

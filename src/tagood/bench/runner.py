@@ -4,9 +4,9 @@ fit and score every detector on the same features, compute the metrics, write th
 Scores follow the project convention (higher = more OOD); metrics are those of
 :func:`tagood.metrics.ood_metrics`, reported in percent.
 
-Under torchrun (``torchrun --nproc-per-node N -m tagood bench ...``, :mod:`tagood.distributed`) every rank
+Under torchrun (``torchrun --nproc-per-node N -m tagood bench ...``, :mod:`tagood.runtime.distributed`) every rank
 extracts its part of each split into the shared cache, the projector trains with DDP, and every detector's
-scores are split across the ranks and gathered in order (:func:`tagood.distributed.score`), so every rank
+scores are split across the ranks and gathered in order (:func:`tagood.runtime.distributed.score`), so every rank
 holds the same results; only rank 0 writes the run folder (results, scores, ``run.log``, vocabularies).
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 
 import tagood
 from tagood import detectors as det_registry
-from tagood import distributed, threads
+from tagood.runtime import distributed
+from tagood.runtime import threads
 from tagood.bench.config import BenchConfig
 from tagood.backbones.factory import build_backbone, build_dual_encoder, tagger_context
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
@@ -32,8 +33,8 @@ from tagood.bench.sources import build_source
 from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields
 from tagood.data.source import ImageSource
 from tagood.extract import CachedImageStream, extract_split
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     """Build sources, detectors and the backbone; extract all splits; fit the head; build the context.
 
     ``device``: one torch device; under torchrun ``cuda`` means this rank's ``cuda:LOCAL_RANK``
-    (:func:`tagood.distributed.local_device`). Progress is shown by rank 0 only."""
+    (:func:`tagood.runtime.distributed.local_device`). Progress is shown by rank 0 only."""
     state = RunState(cfg)
     specs = methods or cfg.methods
     dets = [create_detector(m, cfg) for m in specs]
@@ -142,7 +143,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
         state.timings[f"extract_{name}_s"] = state.splits[name].seconds
 
-    from tagood.head import Classifier, fit_linear_head, head_accuracy
+    from tagood.detectors.head import Classifier, fit_linear_head, head_accuracy
 
     t = time.perf_counter()
     train = state.splits["train"].features
@@ -200,7 +201,7 @@ def _vlm_train(train: Split, vlm: list[det_registry.Detector], seed: int) -> Fea
     """The IND training samples the vision-language methods use: the union of each method's seeded
     few-shot pick (``shots``/``seed``, as the method itself draws it; one per class for zero-shot
     methods). Only these get a second (dual-encoder) pass, not the whole train split (1.28M on ImageNet)."""
-    from tagood.vlm.base import few_shot_indices
+    from tagood.detectors.vlm.base import few_shot_indices
 
     fs = train.features
     assert fs is not None and fs.labels is not None
@@ -240,7 +241,7 @@ def stream_above_gb(cfg: BenchConfig) -> float | None:
 def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | Path | None = None, device: str = "cpu",
         progress: bool = True, methods: list[str] | None = None, backbone: Any = None) -> tuple[dict[str, Any], RunState]:
     """Run a benchmark end to end; returns ``(results, state)``. With ``out_dir``: writes the result files, every
-    log record of the run to ``out_dir/run.log`` (plain lines, :func:`tagood.logs.run_log`) and the IND
+    log record of the run to ``out_dir/run.log`` (plain lines, :func:`tagood.runtime.logs.run_log`) and the IND
     vocabulary of each tag-based method to ``out_dir/vocabulary-<method>.tsv`` (the format ``vocab=FILE`` reads).
     Under torchrun only rank 0 writes ``out_dir``; every rank returns the same metric rows (the decomposition
     diagnostics are computed by rank 0 alone)."""
@@ -248,7 +249,7 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
         return _run(cfg, None, cache_root, device, progress, methods, backbone)
     import sys
 
-    from tagood.logs import run_log
+    from tagood.runtime.logs import run_log
 
     with run_log(Path(out_dir) / "run.log", fresh=True):
         log.info("tagood %s: %s", tagood.__version__, " ".join(sys.argv))
@@ -259,7 +260,7 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
 
 def _write_vocabularies(state: RunState, out_dir: Path) -> None:
     """``vocabulary-<method>.tsv`` (class, class_name, tag_id, tag_name, frequency) of each fitted tag-based method."""
-    from tagood.bench.plots import safe_name
+    from tagood.bench.report.plots import safe_name
 
     for spec, d in state.fitted.items():
         vocab = getattr(d, "vocab", None)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tagood.fileio import atomic_open
+from tagood.runtime.fileio import atomic_open
 from tagood.metrics import ood_metrics
 
 SCORES_FILE = "scores.npz"

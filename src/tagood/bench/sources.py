@@ -10,6 +10,7 @@ Common keys: ``per_class`` (seeded per-class subsample), ``n`` (seeded subsample
 
 from __future__ import annotations
 
+from tagood.errors import ConfigError
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +18,7 @@ from tagood import data
 from tagood.data.source import ImageSource
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A split spec is invalid; the message names the key."""
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tagood.featureset import FeatureSet, concat_rows, take_rows
+from tagood.core.featureset import FeatureSet, concat_rows, take_rows
 
 log = logging.getLogger(__name__)
 

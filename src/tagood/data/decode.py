@@ -8,6 +8,7 @@ an image over the limit is reported as one log line naming the file.
 
 from __future__ import annotations
 
+from tagood.errors import InputError
 import logging
 import os
 import stat as _stat
@@ -23,7 +24,7 @@ _ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(InputError):
     """A sample could not be decoded. ``ident`` names the file (or dataset index)."""
 
     def __init__(self, ident: str, reason: str) -> None:

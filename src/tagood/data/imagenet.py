@@ -283,7 +283,7 @@ def ram_vocabulary_for_imagenet(tag_names: Sequence[str], class_names: Sequence[
     """One RAM tag index per class (-1 when nothing matches), by name matching.
 
     A starting vocabulary for when no training tags are available; TagOOD's own vocabulary builder
-    (the most frequent tag among each class's training images, :mod:`tagood.tagood.vocabulary`) is
+    (the most frequent tag among each class's training images, :mod:`tagood.detectors.tagood.vocabulary`) is
     the primary path. Matching (case-insensitive, ``_ - / , . ' ( )`` treated as spaces), first hit wins:
 
     1. a tag equal to the class name;

@@ -7,6 +7,7 @@ samples that fail to decode; it never aborts a run for one bad file.
 
 from __future__ import annotations
 
+from tagood.errors import InputError
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from tagood.data.decode import ImageDecodeError, to_rgb
 __all__ = ["DataSourceError", "ImageDecodeError", "ImageSource", "Sample"]
 
 
-class DataSourceError(Exception):
+class DataSourceError(InputError):
     """A source is unusable as a whole (missing directory, empty source, bad list file)."""
 
 

@@ -1,13 +1,13 @@
 """Helpers shared by the logit- and feature-based detectors (the energy score, the IND head); the numeric
-primitives (softmax, log-sum-exp, L2 normalisation) are in :mod:`tagood.numeric`."""
+primitives (softmax, log-sum-exp, L2 normalisation) are in :mod:`tagood.core.numeric`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from tagood.numeric import logsumexp
-from tagood.context import Context
-from tagood.types import LinearHead
+from tagood.core.numeric import logsumexp
+from tagood.core.context import Context
+from tagood.core.types import LinearHead
 
 
 def energy_score(logits: np.ndarray, t: float = 1.0) -> np.ndarray:

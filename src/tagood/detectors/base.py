@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 from tagood.detectors.registry import _REGISTRY, get_class, parse_name
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class Detector(ABC):
     """
 
     name: ClassVar[str] = "base"
-    #: Inputs this detector needs from a FeatureSet (see ``tagood.types.INPUT_FIELDS``).
+    #: Inputs this detector needs from a FeatureSet (see ``tagood.core.types.INPUT_FIELDS``).
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Inputs needed at fit time only (default: same as ``requires``).
     fit_requires: ClassVar[frozenset[str] | None] = None
@@ -58,14 +58,14 @@ class Detector(ABC):
             train = train.load_streamed(set(need))
         missing = [c for c in self.context_requires if getattr(context, c, None) is None]
         if missing:
-            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.context.Context)")
+            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.core.context.Context)")
         self._fit(train, context)
         self.fitted = True
         return self
 
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
         """OOD scores, float64 of shape (N,): **higher = more OOD**. ``_score`` sees the split chunk by
-        chunk (:meth:`tagood.featureset.FeatureSet.iter_chunks`): a streamed split in cache shards, a split
+        chunk (:meth:`tagood.core.featureset.FeatureSet.iter_chunks`): a streamed split in cache shards, a split
         held in memory (or whose streamed fields this detector does not need) as one chunk."""
         if not self.fitted:
             raise RuntimeError(f"{self.name}: call fit() before score()")
@@ -114,9 +114,9 @@ class Detector(ABC):
 def create(spec: str, **hparams: Any) -> Detector:
     """Create a detector from a name or a variant spec like ``'react[percentile=95]'``; an unknown name
     raises ``KeyError`` (with a "did you mean"), an option that is unknown, of the wrong type or out of range
-    ``tagood.schemas.OptionError`` (a ``ValueError``) -- checked against the detector's option schema
-    (:data:`tagood.schemas.DETECTOR_OPTIONS`) before any work is done. Scores: higher = more OOD."""
-    from tagood.schemas import check_detector_options, suggest
+    ``tagood.detectors.options.OptionError`` (a ``ValueError``) -- checked against the detector's option schema
+    (:data:`tagood.detectors.options.DETECTOR_OPTIONS`) before any work is done. Scores: higher = more OOD."""
+    from tagood.detectors.options import check_detector_options, suggest
 
     base, opts = parse_name(spec)
     try:

@@ -7,7 +7,7 @@ import numpy as np
 from tagood.detectors._common import energy_score
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.featureset import FeatureSet
+from tagood.core.featureset import FeatureSet
 
 
 @register("energy")

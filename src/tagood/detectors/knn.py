@@ -7,9 +7,9 @@ import torch
 
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.numeric import l2_normalize
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.numeric import l2_normalize
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 
 def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu",

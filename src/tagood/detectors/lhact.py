@@ -18,8 +18,8 @@ import numpy as np
 from tagood.detectors._common import energy_score, head_logits, need_head
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 
 @register("lhact")

@@ -6,7 +6,7 @@ import numpy as np
 
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.featureset import FeatureSet
+from tagood.core.featureset import FeatureSet
 
 
 @register("maxlogit")

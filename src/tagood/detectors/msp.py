@@ -7,8 +7,8 @@ import numpy as np
 
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.numeric import softmax
-from tagood.featureset import FeatureSet
+from tagood.core.numeric import softmax
+from tagood.core.featureset import FeatureSet
 
 
 @register("msp")

@@ -11,8 +11,8 @@ import torch
 
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ODIN(Detector):
     std), else EfficientNet-Lite's 128/255.
 
     The perturbed images' logits come from ``context.model.predict`` (no gradients; EfficientNet-Lite's
-    onnxruntime engine on the CPU, :class:`tagood.head.Classifier`) when the model has it, else from a
+    onnxruntime engine on the CPU, :class:`tagood.detectors.head.Classifier`) when the model has it, else from a
     no-grad call of ``context.model``. ``batch_size`` (default 8 on the CPU, 16 on accelerators): on 2 CPU
     cores batches of 8 scored 1.15x the images per second of batches of 16 (30.1 vs 26.2 images/s, real scenes,
     five alternated runs; 4: 30.6), and 16 was faster than 32 or 64 (``benchmarks/odin_lean.py``); the

@@ -1,6 +1,6 @@
 """The detector registry: names -> classes, and method specs ``name[key=value,...]``.
 
-Kept apart from :mod:`tagood.detectors.base` so that the option schemas (:mod:`tagood.schemas`) can look
+Kept apart from :mod:`tagood.detectors.base` so that the option schemas (:mod:`tagood.detectors.options`) can look
 detectors up without importing the base class module that validates options through them.
 """
 
@@ -36,7 +36,7 @@ def _import_all() -> None:
         if mod.name not in ("base", "registry") and not mod.name.startswith("_"):
             importlib.import_module(f"tagood.detectors.{mod.name}")
     # method packages that register detectors of their own
-    for extra in ("tagood.tagood", "tagood.vlm"):
+    for extra in ("tagood.detectors.tagood", "tagood.detectors.vlm"):
         try:
             importlib.import_module(extra)
         except ModuleNotFoundError as e:  # package not built yet / optional

@@ -7,9 +7,9 @@ import numpy as np
 from tagood.detectors._common import head_logits, need_head
 from tagood.detectors.base import Detector
 from tagood.detectors.registry import register
-from tagood.numeric import logsumexp
-from tagood.featureset import FeatureSet
-from tagood.context import Context
+from tagood.core.numeric import logsumexp
+from tagood.core.featureset import FeatureSet
+from tagood.core.context import Context
 
 
 def default_dim(feature_dim: int) -> int:

@@ -1,0 +1,1 @@
+"""Writers of a benchmark run's outputs: results files, figures, overlays, the HTML page."""

@@ -1,0 +1,1 @@
+"""Core types shared by every layer: model outputs, token sets, FeatureSet, Context, numeric helpers."""

@@ -1,0 +1,130 @@
+"""NegMining (Jiang, Liu, Zhao, Ji, Fang, Wang, Wang, Kwok, Han, "Negative Label Guided OOD Detection
+with Pretrained Vision-Language Models", ICLR 2024, section 3.2): choose as negative labels the
+candidate words *farthest* from the IND labels.
+
+For candidate embedding ``u_i`` and IND label embeddings ``y_1..y_K``, its distance is the
+``eta``-percentile of ``{-cos(u_i, y_k)}_k`` (``eta = 0.05``: close to the most similar IND label,
+robust to a single outlier); the ``M`` candidates with the largest distance are kept (M = 10,000).
+Candidate embeddings are cached per encoder (safetensors under ``$TAGOOD_HOME/vlm``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagood.backbones.home import tagood_home
+from tagood.backbones.prompts import fill
+from tagood.runtime.fileio import atomic_write_with
+from tagood.core.numeric import l2_normalize
+from tagood.runtime.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | None = None, chunk: int = 2048,
+                    desc: str = "encode texts") -> np.ndarray:
+    """``encoder.encode_texts(texts)`` in chunks with a progress bar, cached on disk by encoder and text list."""
+    texts = list(texts)
+    key = hashlib.sha256("\n".join([str(getattr(encoder, "id", type(encoder).__name__)),
+                                    str(getattr(encoder, "weights_hash", "")), *texts]).encode()).hexdigest()[:20]
+    path = None
+    if cache_dir is not False:
+        path = (Path(cache_dir) if cache_dir else tagood_home() / "vlm") / f"texts-{key}.safetensors"
+        if path.is_file():
+            from safetensors.numpy import load_file
+
+            try:
+                return load_file(str(path))["embeds"]
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("ignoring unreadable text-embedding cache %s (%s)", path, e)
+    out = []
+    with progress_bar(desc, len(texts), enabled=len(texts) > chunk) as advance:
+        for a in range(0, len(texts), chunk):
+            out.append(l2_normalize(encoder.encode_texts(texts[a : a + chunk]), dtype=np.float32))
+            advance(len(out[-1]))
+    e = np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "embed_dim", 0))), np.float32)
+    if path is not None and len(texts) >= 1000:  # small lists are cheaper to recompute than to store
+        from safetensors.numpy import save_file
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_with(path, lambda tmp: save_file({"embeds": np.ascontiguousarray(e)}, str(tmp)))
+        except OSError as err:
+            log.warning("cannot write the text-embedding cache %s: %s", path, err)
+    return e
+
+
+def neg_distance(candidates: np.ndarray, ind: np.ndarray, eta: float = 0.05, chunk: int = 8192) -> np.ndarray:
+    """NegMining distance of each candidate: the ``eta``-percentile of ``-cos(candidate, IND label)``."""
+    c, y = l2_normalize(candidates, dtype=np.float32), l2_normalize(ind, dtype=np.float32)
+    out = np.empty(len(c), dtype=np.float64)
+    for a in range(0, len(c), chunk):
+        out[a : a + chunk] = np.quantile(-(c[a : a + chunk] @ y.T).astype(np.float64), eta, axis=1)
+    return out
+
+
+def mine_negatives(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, n: int = 10000, eta: float = 0.05) -> np.ndarray:
+    """Indices of the ``n`` candidates farthest from the IND labels (NegMining), most distant first."""
+    d = neg_distance(candidate_embeds, ind_embeds, eta)
+    n = min(int(n), len(d))
+    top = np.argpartition(-d, n - 1)[:n] if n < len(d) else np.arange(len(d))
+    return top[np.argsort(-d[top], kind="stable")]
+
+
+def negative_labels(encoder: Any, ind_names: Sequence[str], ind_embeds: np.ndarray, n: int = 10000, eta: float = 0.05,
+                    corpus: str | Path | Sequence[str] | None = None, template: str = "a photo of a {}.",
+                    max_candidates: int | None = None, seed: int = 0,
+                    cache_dir: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """Mine ``n`` negative labels for the IND labels and return ``(words, (n,E) prompt embeddings)``.
+
+    ``corpus``: None for WordNet nouns + adjectives (``tagood.detectors.vlm.wordnet``), a word-list file, or a
+    list of words. Words equal to an IND name (case-insensitive) are dropped. ``max_candidates``
+    subsamples the corpus (seeded) to bound the one-off encoding cost on CPU.
+    """
+    from tagood.detectors.vlm.wordnet import read_word_list, wordnet_words
+
+    if corpus is None:
+        words = wordnet_words()
+    elif isinstance(corpus, (str, Path)):
+        words = read_word_list(corpus)
+    else:
+        words = list(dict.fromkeys(str(w) for w in corpus))
+    ind_low = {str(n_).lower().replace("_", " ") for n_ in ind_names}
+    words = [w for w in words if w.lower() not in ind_low]
+    if max_candidates is not None and len(words) > max_candidates:
+        keep = np.sort(np.random.default_rng(seed).choice(len(words), int(max_candidates), replace=False))
+        words = [words[i] for i in keep]
+    if not words:
+        raise ValueError("the negative-label corpus is empty after removing the IND names")
+    emb = text_embeddings(encoder, fill(words, template), cache_dir, desc="encode negative-label candidates")
+    idx = mine_negatives(emb, ind_embeds, n, eta)
+    log.info("NegMining: kept %d of %d candidate labels (eta=%.2f)", len(idx), len(words), eta)
+    return [words[i] for i in idx], emb[idx]
+
+
+def mine_fraction(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, ratio: float = 0.15, eta: float = 0.05,
+                  max_sim: float | None = 0.95) -> np.ndarray:
+    """Indices of the ``ratio`` fraction (floored) of candidates farthest from the IND labels, most distant first.
+
+    The NegMining distance (:func:`neg_distance`, the ``eta``-percentile of ``-cos``) ranks them, as in CSP's
+    released code (its "0.95-quantile of the cosine" is the same quantity with the sign flipped); candidates whose
+    largest cosine to an IND label exceeds ``max_sim`` (near-duplicates of an IND label) are never kept.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    d = neg_distance(candidate_embeds, ind_embeds, eta)
+    if max_sim is not None and len(d):
+        top = np.empty(len(d))
+        c, y = l2_normalize(candidate_embeds, dtype=np.float32), l2_normalize(ind_embeds, dtype=np.float32)
+        for a in range(0, len(c), 8192):
+            top[a : a + 8192] = (c[a : a + 8192] @ y.T).max(axis=1)
+        d = np.where(top > max_sim, -np.inf, d)
+    n = int(len(d) * ratio)
+    order = np.argsort(-d, kind="stable")[:n]
+    return order[np.isfinite(d[order])]

@@ -1,0 +1,1 @@
+"""Runtime: CPU threads, allocation, atomic files, logging, progress bars, torchrun."""
