@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from tagood.core.numeric import l2_normalize
 from tagood.core.featureset import FeatureSet
+from tagood.core.numeric import l2_normalize
 from tagood.detectors.vlm.adaneg import AdaNeg
 from tagood.detectors.vlm.neglabel import random_groups
 

@@ -1,7 +1,7 @@
 """Benchmark: cost of the cache's freshness check vs the extraction it guards (issue 12, deliverable 1).
 
 Every extraction that finds its cache entry (a cache hit or a resume) stats each source file again and
-compares ``[size, mtime_ns]`` with what the entry's shards recorded (``tagood.extract._repair``:
+compares ``[size, mtime_ns]`` with what the entry's shards recorded (``tagood.extract.local._repair``:
 :func:`tagood.cache.file_stat` over the source, then :meth:`tagood.cache.CacheReader.changed_shards`);
 a file that changed has its shard re-extracted. This measures, in one run:
 
@@ -144,7 +144,8 @@ def main() -> None:
         print(f"stat pass:           {t_stat:.2f} s for {args.n} files ({1e6 * t_stat / args.n:.1f} us/file)")
         print(f"stat + compare:      {t_check:.2f} s with {shards} shards ({1e6 * per_file:.1f} us/file)")
         print(f"extraction:          {1e3 * per_img:.1f} ms/image (EfficientNet-Lite0, CPU, {args.images} photos, all outputs)")
-        print(f"ImageNet-1K train:   check ~{per_file * IMAGENET_TRAIN:.0f} s vs extraction ~{per_img * IMAGENET_TRAIN / 3600:.1f} h")
+        print(f"ImageNet-1K train:   check ~{per_file * IMAGENET_TRAIN:.0f} s vs extraction "
+              f"~{per_img * IMAGENET_TRAIN / 3600:.1f} h")
         print(f"ratio check / extraction per image: {per_file / per_img:.5f}")
     finally:
         if not args.keep:

@@ -54,7 +54,8 @@ def make_images(root: Path, n: int, seed: int = 0) -> None:
             y, x = int(rng.integers(0, a.shape[0] - h + 1)), int(rng.integers(0, a.shape[1] - w + 1))
             Image.fromarray(a[y : y + h, x : x + w]).save(root / "photo" / f"{i:05d}.jpg", quality=90)
         else:
-            digits.load(int(rng.integers(len(digits)))).resize((28, 28), Image.BILINEAR).save(root / "small" / f"{i:05d}.png")
+            digit = digits.load(int(rng.integers(len(digits)))).resize((28, 28), Image.Resampling.BILINEAR)
+            digit.save(root / "small" / f"{i:05d}.png")
 
 
 def time_pipeline(src: data.FolderSource, bb: EfficientNetLite0, cache: Path, n: int, batch_size: int,
@@ -117,8 +118,10 @@ def main() -> None:
         t_split = min(bare_split() for _ in range(args.repeats))
         t_pipe = min(time_pipeline(src, bb, tmp_p / f"cache{k}", args.n, args.batch_size) for k in range(args.repeats))
         ips_bare, ips_split, ips_pipe = args.n / t_bare, args.n / t_split, args.n / t_pipe
-        print(f"images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, threads {bb.num_threads}")
-        print(f"bare onnxruntime forward            : {ips_bare:7.1f} images/s (one session run per batch, {bb.num_threads} threads)")
+        print(f"images: {args.n} (half JPEG photos ~300-640 px, half 28x28 PNG digits), batch {args.batch_size}, "
+              f"threads {bb.num_threads}")
+        print(f"bare onnxruntime forward            : {ips_bare:7.1f} images/s (one session run per batch, "
+              f"{bb.num_threads} threads)")
         print(f"bare onnxruntime, batch split       : {ips_split:7.1f} images/s (the pipeline's engine threading, nothing else)")
         print(f"full extraction pipeline            : {ips_pipe:7.1f} images/s (decode, resize, forward, CAMs, fp16 cache write)")
         print(f"pipeline_vs_bare_onnxruntime_split: {ips_pipe / ips_split:.2f}")
@@ -157,14 +160,14 @@ def main_device(args: argparse.Namespace) -> None:
             sync()
             return time.perf_counter() - t
 
-        from tagood.extract import _batches
+        from tagood.extract.pipeline import decode_batches
         from tagood.runtime.threads import decode_workers
 
         workers = args.workers or decode_workers()
 
         def decode() -> float:  # the pipeline's decode pool alone (files -> preprocessed batches)
             t = time.perf_counter()
-            for _ in _batches(src, bb, 0, args.batch_size, workers):
+            for _ in decode_batches(src, bb, 0, args.batch_size, workers):
                 pass
             return time.perf_counter() - t
 
@@ -178,7 +181,8 @@ def main_device(args: argparse.Namespace) -> None:
         print(f"decode + preprocess alone           : {args.n / t_dec:8.1f} images/s ({workers} decode threads)")
         print(f"forward alone, batch on the device  : {args.n / t_comp:8.1f} images/s")
         print(f"bare forward (host in, numpy out)   : {args.n / t_bare:8.1f} images/s")
-        print(f"full extraction pipeline            : {args.n / t_pipe:8.1f} images/s (decode, resize, forward, fp16 cache write)")
+        print(f"full extraction pipeline            : {args.n / t_pipe:8.1f} images/s "
+              "(decode, resize, forward, fp16 cache write)")
         print(f"pipeline_vs_forward_alone: {t_comp / t_pipe:.2f}")
         print(f"pipeline_vs_bare_forward: {t_bare / t_pipe:.2f}")
 

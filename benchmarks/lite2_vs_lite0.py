@@ -27,7 +27,8 @@ STAMP_LABELS = {
     "animals/birds/magpie.png": {"magpie"}, "animals/birds/vulture.png": {"vulture"},
     "animals/birds/owl.png": {"great grey owl"}, "animals/birds/tucan.png": {"toucan"},
     "animals/birds/gander.png": {"goose"}, "animals/birds/crowned_crane.png": {"crane (bird)"},
-    "animals/birds/rainbow-lorikeet.png": {"lorikeet"}, "animals/mammals/elephant.png": {"Asian elephant", "African bush elephant", "tusker"},
+    "animals/birds/rainbow-lorikeet.png": {"lorikeet"},
+    "animals/mammals/elephant.png": {"Asian elephant", "African bush elephant", "tusker"},
     "animals/mammals/hippopotamus.png": {"hippopotamus"}, "animals/mammals/wildboar.png": {"wild boar"},
     "animals/mammals/badger.png": {"badger"}, "vehicles/garbagetruck.png": {"garbage truck"},
 }
@@ -90,7 +91,8 @@ def main() -> None:
             bb.forward(np.stack([bb.preprocess(im) for im in imgs]))
             times[name].append((time.perf_counter() - t) / len(imgs))
     m0, m2 = np.median(times["lite0"]), np.median(times["lite2"])
-    print(f"extraction ms/image (median of {args.repeats}): lite0 {m0 * 1e3:.1f}, lite2 {m2 * 1e3:.1f}; lite2/lite0 = {m2 / m0:.2f}x")
+    print(f"extraction ms/image (median of {args.repeats}): lite0 {m0 * 1e3:.1f}, lite2 {m2 * 1e3:.1f}; "
+          f"lite2/lite0 = {m2 / m0:.2f}x")
 
 
 def _box(w: int, h: int, frac: float) -> tuple[float, float, float, float]:

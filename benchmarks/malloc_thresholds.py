@@ -30,16 +30,17 @@ from tagood.data.scenes import scene_splits
 from tagood.detectors.odin import ODIN
 from tagood.core.featureset import FeatureSet
 from tagood.detectors.head import Classifier
-from tagood.core.types import ArrayImages, LinearHead
+from tagood.core.images import ImageStream
+from tagood.core.types import LinearHead
 n, bs = int(sys.argv[2]), (int(sys.argv[3]) or None)
 bb = EfficientNetLite0()
 src = scene_splits(n_train_per_class=1, n_test_per_class=-(-n // 6), n_ood=6)["test"]
 x = np.stack([bb.preprocess(src.load(i)) for i in range(n)])
 rng = np.random.default_rng(0)
 head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, np.zeros(6, np.float32))
-data = FeatureSet(labels=np.zeros(n, dtype=np.int64), images=ArrayImages(x))
+data = FeatureSet(labels=np.zeros(n, dtype=np.int64), images=ImageStream(x))
 det = ODIN(batch_size=bs).fit(data, Context(model=Classifier(bb, head), device="cpu"))
-det.score(FeatureSet(images=ArrayImages(x[:8])))
+det.score(FeatureSet(images=ImageStream(x[:8])))
 best, scores = float("inf"), None
 for _ in range(3):
     t = time.perf_counter()

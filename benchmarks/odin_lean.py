@@ -27,10 +27,10 @@ import torch
 
 from tagood.backbones.efficientnet import EfficientNetLite0, LiteFeatures, load_lite
 from tagood.backbones.lite_pooled import LitePooled
+from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.data.scenes import scene_splits
 from tagood.detectors.odin import ODIN
-from tagood.core.featureset import FeatureSet
-from tagood.core.context import Context
 
 
 class _FullPooled(torch.nn.Module):
@@ -45,8 +45,9 @@ class _FullPooled(torch.nn.Module):
 
 
 def main() -> None:
+    from tagood.core.images import ImageStream
+    from tagood.core.types import LinearHead
     from tagood.detectors.head import Classifier
-    from tagood.core.types import ArrayImages, LinearHead
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=96)
@@ -63,11 +64,12 @@ def main() -> None:
         lin.bias.zero_()
     model = load_lite(bb.variant)
     variants = {
-        "before": (torch.nn.Sequential(_FullPooled(LiteFeatures(model).eval().to(memory_format=torch.channels_last)), lin).eval(), 32),
+        "before": (torch.nn.Sequential(_FullPooled(LiteFeatures(model).eval().to(memory_format=torch.channels_last)),
+                                       lin).eval(), 32),
         "lean": (torch.nn.Sequential(LitePooled(model), lin).eval(), 32),
         "now": (Classifier(bb, head), None),
     }
-    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ArrayImages(x))
+    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ImageStream(x))
     times: dict[str, list[float]] = {k: [] for k in variants}
     scores: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
@@ -83,7 +85,8 @@ def main() -> None:
         print(f"{name:6s}: {len(x)} images, median {med:.2f} s ({len(x) / med:.1f} img/s), score difference / spread {diff:.1e}; "
               f"runs {[round(t, 2) for t in ts]}")
     print(f"ratio before / lean: {statistics.median(times['before']) / statistics.median(times['lean']):.2f}")
-    print(f"ratio before / now (ODIN time, >1 = faster now): {statistics.median(times['before']) / statistics.median(times['now']):.2f}")
+    ratio = statistics.median(times["before"]) / statistics.median(times["now"])
+    print(f"ratio before / now (ODIN time, >1 = faster now): {ratio:.2f}")
 
 
 if __name__ == "__main__":

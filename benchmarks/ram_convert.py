@@ -37,7 +37,8 @@ from tagood.backbones.ram_swin import (
 def _config(tiny: bool) -> RAMConfig:
     if tiny:
         return RAMConfig(swin=SwinConfig(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2),
-                         head=HeadConfig(hidden_size=32, num_heads=4, intermediate_size=64, encoder_width=16), num_tags=20, embed_dim=16)
+                         head=HeadConfig(hidden_size=32, num_heads=4, intermediate_size=64, encoder_width=16),
+                         num_tags=20, embed_dim=16)
     return RAMConfig(swin=SwinConfig(img_size=192, embed_dim=64, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), window_size=6),
                      head=HeadConfig(), num_tags=4585, embed_dim=512)
 
@@ -93,7 +94,10 @@ def main() -> None:
         _write_official(cfg, pth, args.extra)
         conv32 = convert_ram(pth, d / "conv32", tags, thr)
         conv16 = convert_ram(pth, d / "conv16", tags, thr, fp16=True)
-        size = lambda p: (p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.iterdir())) / 1e6
+
+        def size(p: Path) -> float:
+            return (p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.iterdir())) / 1e6
+
         print(f"config: swin embed {cfg.swin.embed_dim} depths {cfg.swin.depths} at {cfg.swin.img_size}px, {cfg.num_tags} tags")
         print(f"official .pth: {size(pth):.1f} MB; converted fp32: {size(conv32):.1f} MB; fp16: {size(conv16):.1f} MB")
         t_pth = _best(lambda: load_ram(pth, tags, thr), args.repeat)

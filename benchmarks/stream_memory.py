@@ -92,7 +92,8 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", CHILD, str(entry), mode, str(Path(tmp) / "work")],
                                  capture_output=True, text=True, check=True)
             res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{mode:>7}: peak anonymous memory {res[mode]['peak_mb']:8.0f} MiB   centres checksum {res[mode]['centres']:.6f}")
+            print(f"{mode:>7}: peak anonymous memory {res[mode]['peak_mb']:8.0f} MiB   "
+                  f"centres checksum {res[mode]['centres']:.6f}")
         if not np.isclose(res["memory"]["centres"], res["stream"]["centres"], rtol=1e-5):
             raise SystemExit("streamed and in-memory training disagree")
         print(f"in_memory_vs_streamed_peak_memory: {res['memory']['peak_mb'] / res['stream']['peak_mb']:.2f}")

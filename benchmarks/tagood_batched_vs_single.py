@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
+from tagood.core.types import TokenSet
 from tagood.detectors.tagood import Projector, embed
 from tagood.detectors.tagood.train import PRESETS, train_projector
-from tagood.core.types import TokenSet
 
 
 def main() -> None:
@@ -72,7 +72,8 @@ def main() -> None:
     sync()
     t_train = time.perf_counter() - t
 
-    print(f"device {dev} (tf32 {args.tf32 and dev.type == 'cuda'}), batch {args.batch_size}, {args.n} images, {lens.mean():.0f} kept tokens/image on average, projector dim {args.dim}, max |diff| {err:.1e}")
+    print(f"device {dev} (tf32 {args.tf32 and dev.type == 'cuda'}), batch {args.batch_size}, {args.n} images, "
+          f"{lens.mean():.0f} kept tokens/image on average, projector dim {args.dim}, max |diff| {err:.1e}")
     print(f"single (public-code style): {args.n / t_single:8.1f} images/s")
     print(f"batched + masked          : {args.n / t_batched:8.1f} images/s")
     print(f"one training epoch, cold  : {args.n / t_train:8.1f} samples/s (batch 256, model build and warm-up included; "

@@ -31,18 +31,19 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from tagood.core.ragged import TokenSetSink
+from tagood.core.types import TokenSet
 from tagood.detectors.tagood import train as train_mod
 from tagood.detectors.tagood.projector import Projector
 from tagood.detectors.tagood.train import PRESETS, TrainConfig, ema_update, train_projector
-from tagood.core.types import TokenSet
 
 N_POS, DIM, CLASSES = 145, 512, 1000
 IMAGENET_TRAIN = 1_281_167

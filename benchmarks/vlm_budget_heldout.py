@@ -47,8 +47,8 @@ def run(benchmark: str, n: int, cache_root: Path) -> None:
     from tagood.bench.intervals import paired_difference
     from tagood.bench.runner import prepare
     from tagood.data import JigsawSource, SubsetSource
-    from tagood.extract import extract_split
     from tagood.detectors.vlm.base import few_shot_indices
+    from tagood.extract import extract_split
 
     cfg = builtin(benchmark)
     specs = [s for pair in PAIRS.values() for s in pair]

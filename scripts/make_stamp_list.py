@@ -30,7 +30,7 @@ def on_grey(rgba: np.ndarray, canvas: int = 256, longest: int = 200) -> Image.Im
     """The stamp (longer side ``longest``) centred on a uniform grey (127) ``canvas``-square image."""
     im = Image.fromarray(rgba, "RGBA")
     s = longest / max(im.size)
-    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
+    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR)
     bg = Image.new("RGB", (canvas, canvas), (127, 127, 127))
     bg.paste(im, ((canvas - im.width) // 2, (canvas - im.height) // 2), im)
     return bg
@@ -79,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{'/'.join(sorted(st.EXCLUDED_TOP))};",
         f"#  flat fraction (share of opaque interior pixels equal to their right and lower neighbours) < {st.FLAT_MAX};",
         f"#  >= {st.MIN_PIXELS} opaque pixels (alpha >= 128) and >= {st.MIN_SOLID} of visible pixels opaque.",
-        "# lite0_top1 / lite0_prob: ImageNet EfficientNet-Lite0 top-1 with the stamp alone on mid-grey (256 px, longer side 200).",
-        "# kept/total per folder: " + ", ".join(f"{f} {kept[f]}/{total[f]}" for f in sorted(total) if st.folder_allowed(f + "/x.png")),
-        "# all PNGs: %d, folder rule passed: %d, kept: %d" % (sum(total.values()), sum(1 for r in all_png if st.folder_allowed(r)), len(rows)),
+        "# lite0_top1 / lite0_prob: ImageNet EfficientNet-Lite0 top-1 with the stamp alone on mid-grey "
+        "(256 px, longer side 200).",
+        "# kept/total per folder: "
+        + ", ".join(f"{f} {kept[f]}/{total[f]}" for f in sorted(total) if st.folder_allowed(f + "/x.png")),
+        f"# all PNGs: {sum(total.values())}, folder rule passed: {sum(1 for r in all_png if st.folder_allowed(r))}, "
+        f"kept: {len(rows)}",
     ]
     lines = ["\t".join(st.STAMP_LIST_COLUMNS)]
-    for r, k in zip(rows, top):
+    for r, k in zip(rows, top, strict=True):
         lines.append("\t".join([str(r["path"]), str(r["category"]), str(r["group"]), f"{r['flat']:.4f}",
                                 str(r["pixels"]), names[int(k)], f"{p[len(lines) - 1, k]:.4f}", str(r["caption"])]))
     Path(args.out).write_text("\n".join(head + lines) + "\n", encoding="utf-8")

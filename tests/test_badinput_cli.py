@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tagood.cli.main import app
 from image_folders import fashion_folder
+from tagood.cli.main import app
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ def imgs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory, imgs, tagood_home):
     d = tmp_path_factory.mktemp("det") / "det"
-    r = _run(["fit", imgs, "--out", d, "--method", "tagood[epochs=1]", "--cache", d.parent / "cache"])
+    r = _run(["fit", imgs, "--out", d, "--methods", "tagood[epochs=1]", "--cache", d.parent / "cache"])
     assert r.exit_code == 0, r.output
     return d
 
@@ -103,7 +103,7 @@ def test_clip_pickle_is_refused_before_unpickling(imgs, tmp_path):
             return (Path.touch, (marker,))
 
     (clip / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
-    for cmd in (["extract", imgs, "--cache", tmp_path / "c"], ["fit", imgs, "--out", tmp_path / "d", "--method", "krnft"]):
+    for cmd in (["extract", imgs, "--cache", tmp_path / "c"], ["fit", imgs, "--out", tmp_path / "d", "--methods", "krnft"]):
         r = _run([*cmd, "--backbone", "clip", "--clip", clip])
         assert r.exit_code == 2 and "pytorch_model.bin, a pickle file" in r.output, r.output
         _no_traceback(r)
@@ -131,7 +131,7 @@ def test_class_losing_all_its_images(imgs, tmp_path):
     root = tmp_path / "f"
     shutil.copytree(imgs, root)
     _broken_folder(root, {"dress": 3})
-    r = _run(["fit", root, "--out", tmp_path / "d", "--cache", tmp_path / "c", "--method", "tagood[epochs=1]"])
+    r = _run(["fit", root, "--out", tmp_path / "d", "--cache", tmp_path / "c", "--methods", "tagood[epochs=1]"])
     assert r.exit_code == 2 and "every image of class 'dress' failed to decode" in r.output, r.output
 
 
@@ -228,7 +228,7 @@ def test_cache_ls_verify_repair_rm(imgs, tmp_path):
     ("react[percentile=150]", "option percentile is a number (default 90.0), got 150"),
     ("ash[percentile=100]", "option percentile is a number (default 90.0), got 100: input should be less than 100"),
     ("tagood[tau=nan]", "option tau is a number (default 0.5), got nan: must be a finite number"),
-    ("tagood[epochs=-2]", "option epochs is a number (default: set by the preset), got -2"),
+    ("tagood[epochs=-2]", "detector 'tagood': option epochs is a number (default 15), got -2"),
     ("tagood[epoch=3]", "has no option epoch (did you mean 'epochs'?)"),
     ("knnn", "unknown detector 'knnn' (did you mean 'knn'?)"),
 ])
@@ -242,7 +242,7 @@ def test_bad_method_options_exit_2_before_extraction(tmp_path, spec, needle):
 def test_fit_with_bad_options_exits_2_before_extraction(imgs, tmp_path):
     for spec, needle in (("tagood[epochs=-2]", "option epochs"), ("cs[no_tag=maybe]", "option no_tag"),
                          ("krnft[k_in=0]", "option k_in")):
-        r = _run(["fit", imgs, "--out", tmp_path / "d", "--method", spec, "--cache", tmp_path / "c"])
+        r = _run(["fit", imgs, "--out", tmp_path / "d", "--methods", spec, "--cache", tmp_path / "c"])
         assert r.exit_code == 2 and needle in r.output, r.output
         _no_traceback(r)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
@@ -255,7 +255,8 @@ _CONFIG = ('name = "t"\nmethods = ["msp"]\nseed = 0\n[train]\ntype = "folder"\nr
 @pytest.mark.parametrize("old,new,needle", [
     ("seed = 0", 'seed = "abc"', "key 'seed': input should be a valid integer"),
     ("per_class = 3", 'per_class = "many"', "key 'train.per_class': input should be a valid integer"),
-    ('[test]\ntype = "folder"\nroot = "f"', '[test]\ntype = "folder"\nroot = 42', "key 'test.root': input should be a valid string"),
+    ('[test]\ntype = "folder"\nroot = "f"', '[test]\ntype = "folder"\nroot = 42',
+     "key 'test.root': input should be a valid string"),
     ("seed = 0", "seed = 0\nbatch_size = 0", "key 'batch_size': input should be greater than or equal to 1"),
     ("seed = 0", "sede = 0", "unknown key 'sede' (did you mean 'seed'?)"),
     ('methods = ["msp"]', 'methods = ["msp", "knn[k=0]"]', "key 'methods[1]': detector 'knn': option k"),
@@ -292,7 +293,7 @@ def test_vocabulary_file_contents_are_not_echoed(imgs, tmp_path):
     passwd = Path("/etc/passwd")
     if not passwd.is_file():
         pytest.skip("no /etc/passwd")
-    r = _run(["fit", imgs, "--out", tmp_path / "d", "--method", f"tagood[epochs=1,vocabulary={passwd}]",
+    r = _run(["fit", imgs, "--out", tmp_path / "d", "--methods", f"tagood[epochs=1,vocabulary={passwd}]",
               "--cache", tmp_path / "c"])
     assert r.exit_code == 2 and str(passwd) in r.output and "no column 'class'" in r.output, r.output
     assert ":x:" not in r.output and passwd.read_text().splitlines()[0] not in r.output

@@ -59,7 +59,7 @@ def build_corpus(root, photos) -> tuple[dict[str, str], dict[str, str], dict[str
     put("07_garbage_after_header.png", b"\x89PNG\r\n\x1a\n" + os.urandom(200), "PNG signature then garbage", "cannot decode")
     put("08_jpeg_named.png", _jpeg(photo), "JPEG with a .png name")
     put("09_cmyk.jpg", _jpeg(photo.convert("CMYK")), "CMYK JPEG")
-    put("10_grey16.png", _png(Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257))), "16-bit grey PNG")
+    put("10_grey16.png", _png(Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257)), "16-bit grey PNG")
     pal = photo.convert("P", palette=Image.ADAPTIVE, colors=16)
     pal.info["transparency"] = 0
     b = io.BytesIO()

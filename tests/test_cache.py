@@ -49,7 +49,8 @@ def test_round_trip_any_sharding(tmp_path_factory, sizes, shard, failed_every, s
         for j in range(m):
             if j in keep:
                 w.add(idx[j : j + 1], lab[j : j + 1], ids[j : j + 1],
-                      {"tokens": [arrs["tokens"][j]], "features": arrs["features"][j : j + 1], "tag_probs": arrs["tag_probs"][j : j + 1]})
+                      {"tokens": [arrs["tokens"][j]], "features": arrs["features"][j : j + 1],
+                       "tag_probs": arrs["tag_probs"][j : j + 1]})
                 want_tok.append(arrs["tokens"][j][0])
                 want_pos.append(arrs["tokens"][j][1])
                 want_feat.append(arrs["features"][j])
@@ -75,7 +76,7 @@ def test_round_trip_any_sharding(tmp_path_factory, sizes, shard, failed_every, s
     # every shard covers a contiguous, disjoint range of source indices
     stops = [(s.start, s.stop) for s in r.manifest.shards]
     assert stops[0][0] == 0 and stops[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(stops, stops[1:]))
+    assert all(a[1] == b[0] for a, b in zip(stops[:-1], stops[1:], strict=True))
 
 
 def test_fp16_storage_and_memmap(tmp_path: Path):

@@ -6,11 +6,10 @@ import csv
 import json
 
 import pytest
-
 from typer.testing import CliRunner
 
-from tagood.cli.main import app
 from image_folders import fashion_folder, folder_config
+from tagood.cli.main import app
 
 runner = CliRunner()
 
@@ -29,7 +28,8 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     assert r.exit_code == 0, r.output
     assert "tagood[epochs=2]" in r.output  # the terminal table keeps the variant's options
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == sorted(
-        ["overview.png", "msp.png", "energy.png", "knn.png", "featurenorm.png", "tagood_epochs=2.png", "tokens-tagood_epochs=2.png"])
+        ["overview.png", "msp.png", "energy.png", "knn.png", "featurenorm.png", "tagood_epochs=2.png",
+         "tokens-tagood_epochs=2.png"])
     res = json.loads((out / "results.json").read_text())
     methods = {"msp", "energy", "knn", "featurenorm", "tagood[epochs=2]"}
     sets = {"fashion-near", "mnist", "digits"}
@@ -53,7 +53,8 @@ def test_demo_quick_writes_results(tmp_path, tagood_home):
     scores, ids = load_scores(out)
     assert set(scores) == methods and all(set(per) == sets | {"test"} for per in scores.values())
     for split in sets | {"test"}:
-        assert len(ids[split]) == res["meta"]["sizes"][split] == len(scores["msp"][split]) and len(set(ids[split])) == len(ids[split])
+        assert len(ids[split]) == res["meta"]["sizes"][split] == len(scores["msp"][split])
+        assert len(set(ids[split])) == len(ids[split])
     r = runner.invoke(app, ["metrics", str(out), "--out", str(tmp_path / "again"), "--methods", "msp,tagood[epochs=2]"],
                       terminal_width=200)
     assert r.exit_code == 0, r.output
@@ -93,11 +94,13 @@ def test_fit_then_score(tmp_path, tagood_home):
     fashion_folder(tmp_path / "new", {"trouser": 1}, 5, offset=100)
     (tmp_path / "new" / "broken.jpg").write_text("nope")
     det = tmp_path / "det"
-    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", "tagood[epochs=3]",
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--methods", "tagood[epochs=3]",
                             "--cache", str(tmp_path / "c")], terminal_width=200)
     assert r.exit_code == 0, r.output
-    assert (det / "weights.safetensors").exists() and json.loads((det / "tagood.json").read_text())["classes"] == ["bag", "sandal", "trouser"]
-    r = runner.invoke(app, ["score", str(det), str(tmp_path / "new"), "--out", str(tmp_path / "s.csv"), "--cache", str(tmp_path / "c")],
+    assert (det / "weights.safetensors").exists()
+    assert json.loads((det / "tagood.json").read_text())["classes"] == ["bag", "sandal", "trouser"]
+    r = runner.invoke(app, ["score", str(det), str(tmp_path / "new"), "--out", str(tmp_path / "s.csv"),
+                            "--cache", str(tmp_path / "c")],
                       terminal_width=200)
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
@@ -105,10 +108,12 @@ def test_fit_then_score(tmp_path, tagood_home):
     assert "broken.jpg" in r.output
 
 
-def test_fit_refuses_unsaveable_method(tmp_path):
+def test_fit_refuses_a_test_time_method_before_any_work(tmp_path):
     fashion_folder(tmp_path / "train", {"bag": 8}, 2, "train")
-    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d"), "--method", "msp"])
-    assert r.exit_code == 2 and "cannot be saved" in r.output
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(tmp_path / "d"), "--methods", "adaneg",
+                            "--cache", str(tmp_path / "c")], terminal_width=250)
+    assert r.exit_code == 2 and "`tagood fit` cannot save 'adaneg': test-time" in r.output, r.output
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow  # every method of the quick scenes demo end to end: 568 s inside the parallel suite on 2 shared cores

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from tagood.cli.main import app
 from tagood.cli.common import WRAPPED, user_message
+from tagood.cli.main import app
 
 runner = CliRunner()
 
@@ -27,8 +28,8 @@ def _commands(group, prefix: str = "") -> dict:
 
 def test_every_command_is_wrapped() -> None:
     cmds = _commands(typer.main.get_command(app))
-    assert {"demo", "bench", "fit", "score", "extract", "metrics", "methods", "selftest", "convert ram", "cache ls",
-            "cache rm", "cache verify"} <= set(cmds)
+    assert {"demo", "bench run", "bench imagenet", "fit", "score", "extract", "metrics", "methods", "selftest",
+            "convert ram", "cache ls", "cache rm", "cache verify"} <= set(cmds)
     unwrapped = [n for n, c in cmds.items() if not getattr(c.callback, WRAPPED, False)]
     assert not unwrapped, f"commands without @cli_command(): {unwrapped}"
 
@@ -58,9 +59,35 @@ def test_device_lists_point_to_torchrun(tmp_path) -> None:
 
 
 def test_user_message_forms() -> None:
-    assert user_message(KeyError("no such method 'x'")) == "no such method 'x'"
+    """A TagoodError (every user-caused error) is its message; an OSError with the system's reason names the path;
+    anything else is a bug, reported as such with the pointer to --debug."""
+    from tagood.cache import CacheError as CacheModuleError
+    from tagood.data import DataSourceError
+    from tagood.detectors.options import OptionError
+    from tagood.errors import CacheError, CheckpointError, ConfigError, InputError, TagoodError
+
+    for cls in (TagoodError, ConfigError, InputError, CacheError, CheckpointError, OptionError, DataSourceError,
+                CacheModuleError):
+        assert user_message(cls("bad tau; pass tau in (0, 1]")) == "bad tau; pass tau in (0, 1]", cls
     assert user_message(FileNotFoundError(2, "No such file or directory", "/a/b")) == "/a/b: No such file or directory"
-    assert user_message(FileNotFoundError("/a/b was moved; give --clip")) == "/a/b was moved; give --clip"
-    assert user_message(ValueError("bad tau")) == "bad tau"
-    assert user_message(RuntimeError("boom")).startswith("unexpected error (RuntimeError: boom)")
-    assert user_message(RuntimeError("boom"), (RuntimeError,)) == "boom"
+    assert user_message(PermissionError(13, "Permission denied")) == "Permission denied"
+    for e in (ValueError("bad tau"), KeyError("k"), RuntimeError("boom"), FileNotFoundError("/a/b gone"),
+              type("SomethingConfigError", (Exception,), {})("named like a user error")):
+        msg = user_message(e)
+        assert msg.startswith(f"unexpected error ({type(e).__name__}: ") and "tagood --debug" in msg, msg
+
+
+def test_a_tagood_error_is_one_line_and_anything_else_unexpected(tmp_path) -> None:
+    """The mapping at the boundary, through real commands: a bad option (ConfigError) or a folder without scores
+    (InputError) is one line, exit 2, not an "unexpected error"."""
+    r = runner.invoke(app, ["metrics", str(tmp_path)], terminal_width=200)
+    assert r.exit_code == 2 and r.output.strip().startswith(f"{tmp_path / 'scores.npz'}: no per-sample scores"), r.output
+    from tagood.bench.scores import save_scores
+
+    save_scores(tmp_path / "scores.npz", {"a": {"test": np.arange(5.0), "x": np.arange(5.0)}})
+    r = runner.invoke(app, ["metrics", str(tmp_path), "--compare", "a,b,c"], terminal_width=200)
+    assert r.exit_code == 2 and r.output.strip() == "--compare takes two methods 'A,B', got 'a,b,c'", r.output
+    for bad in (["--compare", "a,zz"], ["--compare", "a,a"], ["--bootstrap", "1"], ["--bootstrap", "10", "--level", "2"]):
+        r = runner.invoke(app, ["metrics", str(tmp_path), *bad], terminal_width=200)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (bad, r.output)
+        assert "unexpected" not in r.output and "Traceback" not in r.output, (bad, r.output)

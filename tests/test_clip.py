@@ -12,8 +12,6 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import write_tiny_clip
-
 from tagood.backbones.clip import (
     CLIPDualEncoder,
     CLIPLoadError,
@@ -24,6 +22,7 @@ from tagood.backbones.clip import (
 )
 from tagood.backbones.clip_tagger import CLIPDenseTagger, load_clip_tagger
 from tagood.core.types import Backbone
+from tiny_models import write_tiny_clip
 
 torch.set_num_threads(1)
 

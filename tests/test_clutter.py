@@ -51,7 +51,8 @@ def test_jigsaw_on_a_photo_grids_and_seeds(tmp_path):
     for g in (2, 4):
         out = np.asarray(data.JigsawSource(src, grid=g).load(0))
         assert out.shape == (424 if g == 4 else 426, 640, 3)
-        ref = photo[: out.shape[0]] if out.shape[0] == photo.shape[0] else np.asarray(src.load(0).resize((640, out.shape[0]), Image.BILINEAR))
+        ref = (photo[: out.shape[0]] if out.shape[0] == photo.shape[0]
+               else np.asarray(src.load(0).resize((640, out.shape[0]), Image.BILINEAR)))
         assert _patches(out, g) == _patches(ref, g) and not np.array_equal(out, ref)
     a, b = data.JigsawSource(src, seed=0), data.JigsawSource(src, seed=1)
     assert a.fingerprint() != b.fingerprint() != data.JigsawSource(src, grid=4, seed=1).fingerprint()
@@ -114,7 +115,7 @@ def test_clutter_only_has_no_object(splits):
         assert lay["object"] is None and lay["clutter"]
         a = np.asarray(only.load(i))[..., 0]
         mask = np.zeros(a.shape, bool)
-        for j, (x0, y0, x1, y1) in lay["clutter"]:
+        for _j, (x0, y0, x1, y1) in lay["clutter"]:
             mask[y0:y1, x0:x1] = True
         assert a.max() > 0 and not (a[~mask] > 0).any()
         # every clutter item is an MNIST digit from the test part

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tagood.detectors as detectors
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.detectors.vlm.csp import CSP_EXCLUDED_LEXFILES, CSP_SUPERCLASSES, conjugated_labels, csp_pool
 from tagood.detectors.vlm.neglabel import ind_share
 from tagood.detectors.vlm.negmining import mine_fraction, neg_distance
@@ -63,7 +63,7 @@ def test_conjugated_labels_one_per_adjective_seeded(adjs: list[str], seed: int) 
     labels = conjugated_labels(adjs, seed=seed)
     assert labels == conjugated_labels(adjs, seed=seed)
     assert len(labels) == len(adjs)
-    for a, lab in zip(adjs, labels):
+    for a, lab in zip(adjs, labels, strict=True):
         head, _, sup = lab.rpartition(" ")
         assert head == a and sup in CSP_SUPERCLASSES
     if len(adjs) >= 20:  # the superclass is drawn, not fixed
@@ -149,4 +149,5 @@ def test_csp_on_real_wordnet_and_real_minilm() -> None:
         assert sup in CSP_SUPERCLASSES and a in adjs
     assert not {c.lower() for c in CLASSES} & {w.lower() for w in det.neg_words}
     assert det.neg_text.shape == (len(det.neg_words), enc.embed_dim)
-    assert "csp" in detectors.available() and set(CSP_EXCLUDED_LEXFILES) == {"noun.person", "noun.quantity", "noun.group", "adj.pert"}
+    assert "csp" in detectors.available()
+    assert set(CSP_EXCLUDED_LEXFILES) == {"noun.person", "noun.quantity", "noun.group", "adj.pert"}

@@ -25,7 +25,8 @@ def _photo() -> Image.Image:
     return Image.fromarray(load_sample_image("flower.jpg"))
 
 
-@pytest.mark.parametrize("mode,ext", [("L", ".png"), ("P", ".gif"), ("CMYK", ".jpg"), ("RGBA", ".png"), ("LA", ".png"), ("I;16", ".png"), ("RGB", ".tiff"), ("1", ".bmp")])
+@pytest.mark.parametrize("mode,ext", [("L", ".png"), ("P", ".gif"), ("CMYK", ".jpg"), ("RGBA", ".png"), ("LA", ".png"),
+                                      ("I;16", ".png"), ("RGB", ".tiff"), ("1", ".bmp")])
 def test_modes_convert_to_rgb(tmp_path, mode, ext):
     src = _photo().resize((64, 48))
     img = src.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(src.convert("L")).astype(np.uint16) * 257)
@@ -260,7 +261,8 @@ def test_fashion_dir_from_env_and_truncated_idx(tmp_path, monkeypatch):
     assert np.bincount(viaenv.labels).tolist() == [1000] * 10
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + bytes(7))
+    (bad / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2
+                                                 + bytes(7))
     (bad / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + bytes(5))
     with pytest.raises(DataSourceError, match="truncated"):
         data.fashion_mnist("test", root=bad)

@@ -15,10 +15,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from tagood import detectors
-from tagood.detectors.ash import ash_shape
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead, TagAttention, TokenSet
+from tagood.detectors.ash import ash_shape
 
 RNG = np.random.default_rng(0)
 
@@ -76,7 +76,8 @@ def test_ash_tie_rule_hand_computed():
     # the detector: energy of the shaped features through the head
     w = np.zeros((2, 10), np.float32)
     w[0, 0], w[1, 1], w[1, 2] = 1.0, 1.0, 1.0
-    det = detectors.create("ash[variant=b,percentile=80]").fit(FeatureSet(features=a), Context(head=LinearHead(w, np.zeros(2, np.float32))))
+    head = LinearHead(w, np.zeros(2, np.float32))
+    det = detectors.create("ash[variant=b,percentile=80]").fit(FeatureSet(features=a), Context(head=head))
     assert det.score(FeatureSet(features=a))[0] == pytest.approx(-np.log(np.exp(5 / 3) + np.exp(10 / 3)), abs=1e-12)
 
 
@@ -93,7 +94,7 @@ def test_ash_tie_rule_properties(rows, percentile, variant, rnd):
     kept = out != 0
     assert not (kept & (x <= 0)).any()
     k = 12 - int(np.round(12 * percentile / 100.0))
-    for row, m in zip(x, kept):
+    for row, m in zip(x, kept, strict=True):
         n_pos = int((row > 0).sum())
         assert m.sum() >= min(k, n_pos)  # at least k kept when there are k positive values
         if m.any() and (~m & (row > 0)).any():
@@ -277,7 +278,7 @@ DETECTORS: dict[str, tuple[set[str], set[str], dict]] = {
     "mahalanobis": ({"features"}, set(), {}),
     "vim": ({"features"}, {"head"}, {}),
     "tagscore": ({"tokens", "tag_probs", "tag_attention"}, set(), {}),
-    "cs": ({"tokens", "tag_probs", "tag_attention"}, set(), {"epochs": 2}),
+    "cs": ({"tokens", "tag_probs", "tag_attention"}, set(), {}),  # trains nothing: no training options
     "ce+cs": ({"tokens", "tag_probs", "tag_attention"}, set(), {"epochs": 2}),
     "tagood": ({"tokens", "tag_probs", "tag_attention"}, set(), {"epochs": 2}),
     "mcm": ({"image_embeds"}, {"class_names", "dual_encoder"}, {}),
@@ -337,8 +338,11 @@ def test_every_detector_smoke(name):
 
 
 def test_unfitted_and_missing_inputs_are_clear_errors():
-    with pytest.raises(RuntimeError, match="fit"):
-        detectors.create("msp").score(np.zeros((2, 3)))
+    from tagood.detectors.base import NotFittedError
+
+    with pytest.raises(NotFittedError, match=r"knn is not fitted: call det.fit\(train\) first"):
+        detectors.create("knn").score(np.zeros((2, 3)))
+    np.testing.assert_array_equal(detectors.create("msp").score(np.zeros((2, 3))), [-1 / 3, -1 / 3])  # training-free
     with pytest.raises(ValueError, match="needs inputs"):
         detectors.create("knn").fit(FeatureSet(logits=np.zeros((3, 2))))
     with pytest.raises(ValueError, match="context"):

@@ -78,7 +78,8 @@ def test_preprocess_and_token_geometry(lite2, photos):
     np.testing.assert_allclose(box, ((640 - side) / 2, (427 - side) / 2, (640 + side) / 2, (427 + side) / 2))
     assert grid == (9, 9) and prefix == 0
     box2, grid2, _ = lite2.token_geometry(100, 300)  # portrait: the crop spans the width's 260/292
-    np.testing.assert_allclose(box2, (50 - 44.52054794520548, 150 - 44.52054794520548, 50 + 44.52054794520548, 150 + 44.52054794520548))
+    np.testing.assert_allclose(box2, (50 - 44.52054794520548, 150 - 44.52054794520548,
+                                      50 + 44.52054794520548, 150 + 44.52054794520548))
     g = lite2.preprocess(Image.new("L", (28, 28), 200))
     assert g.shape == (3, 260, 260) and np.allclose(g, (200 - 127) / 128)
 
@@ -86,7 +87,7 @@ def test_preprocess_and_token_geometry(lite2, photos):
 def test_real_photos_get_sensible_top1(lite2, real_photos, batch):
     out = lite2.forward(batch)
     names = lite2.tag_names
-    top1 = dict(zip(real_photos, (names[int(i)] for i in out.tag_ids[:, 0])))
+    top1 = dict(zip(real_photos, (names[int(i)] for i in out.tag_ids[:, 0]), strict=True))  # batch: one row per photo
     assert top1["china.jpg"] in {"palace", "monastery", "stupa", "bell-cot"}, top1
     assert top1["chelsea"] in {"tabby cat", "tiger cat", "Egyptian Mau"}, top1
     assert top1["coffee"] in {"espresso", "cup", "coffee mug"}, top1

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from tagood import data
-from tagood.extract import CachedImageStream, extract_split
+from tagood.core.images import ImageStream
+from tagood.extract import entry_images, extract_split
 
 
 def _image_tree(root: Path, n_per: int = 12) -> Path:
@@ -75,7 +76,8 @@ def test_killed_extraction_resumes_without_loss_or_duplicates(tmp_path, backbone
     assert r.complete
     assert r.indices.tolist() == [i for i in range(len(src)) if i not in bad]  # none lost, none duplicated
     assert [f["index"] for f in r.failed] == bad and "005.png" in r.failed[0]["ident"]
-    clean = extract_split(src, backbone, tmp_path / "clean", split="s", batch_size=8, fields=["features", "tokens"], progress=False)
+    clean = extract_split(src, backbone, tmp_path / "clean", split="s", batch_size=8, fields=["features", "tokens"],
+                          progress=False)
     np.testing.assert_allclose(r.array("features"), clean.array("features"), rtol=0, atol=1e-3)
     np.testing.assert_array_equal(r.labels, clean.labels)
 
@@ -94,15 +96,42 @@ def test_finished_extraction_is_not_recomputed(tmp_path, backbone, monkeypatch):
     assert other.dir != first.dir
 
 
-def test_cached_image_stream_aligns_with_cache(tmp_path, backbone):
+def test_entry_images_align_with_cache(tmp_path, backbone):
     root = _image_tree(tmp_path / "imgs", n_per=3)
     src = data.FolderSource(root)
     r = extract_split(src, backbone, tmp_path / "c", split="s", fields=["features"], progress=False)
-    stream = CachedImageStream(src, backbone, r.indices)
+    stream = entry_images(r, src, backbone)
+    assert isinstance(stream, ImageStream) and stream.workers >= 1
     batches = list(stream.batches(4))
-    assert sum(len(b) for b in batches) == len(r) == len(src) - 1
+    assert sum(len(b) for b in batches) == len(r) == len(src) - 1  # the corrupt file is not in the entry
     feats = backbone.forward(np.concatenate(batches)).features
     np.testing.assert_allclose(feats, r.array("features"), atol=1e-2)
+
+
+def test_one_image_stream_type_in_memory_and_decoded(tmp_path, backbone):
+    """An ImageStream decoded from files (in a decode pool one batch ahead, or in the consumer's thread) and one
+    over the same images held in memory give the same batches, whole and by part (a rank's share)."""
+    src = data.FolderSource(_image_tree(tmp_path / "imgs", n_per=4))
+    idx = np.array([i for i in range(len(src)) if not src.samples[i].ident.endswith("shoe/005.png")])
+    pooled = ImageStream(source=src, indices=idx, preprocess=backbone.preprocess, workers=2)
+    inline = ImageStream(source=src, indices=idx, preprocess=backbone.preprocess, workers=0)
+    want = np.stack([backbone.preprocess(src.load(int(i))) for i in idx])
+    memory = ImageStream(want.astype(np.float64))
+    assert memory.images.dtype == np.float32 and memory.source is None and pooled.source is src
+    for s in (pooled, inline, memory):
+        got = list(s.batches(3))
+        assert len(s) == len(idx) == 8 and [len(b) for b in got] == [3, 3, 2]
+        np.testing.assert_array_equal(np.concatenate(got), want)
+        part = s.part(2, 6)
+        assert isinstance(part, ImageStream) and len(part) == 4 and part.workers == s.workers
+        np.testing.assert_array_equal(np.concatenate(list(part.batches(3))), want[2:6])
+    assert list(ImageStream(source=src, indices=idx[:0], preprocess=backbone.preprocess).batches(4)) == []
+    with pytest.raises(ValueError, match="either images"):
+        ImageStream(want, source=src, indices=idx, preprocess=backbone.preprocess)
+    with pytest.raises(ValueError, match="either images"):
+        ImageStream()
+    with pytest.raises(ValueError, match="preprocess="):
+        ImageStream(source=src, indices=idx)
 
 
 def test_empty_source_is_an_error(tmp_path, backbone):

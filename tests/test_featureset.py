@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagood import detectors
-from tagood.core.featureset import FeatureSet, from_arrays, from_cache
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet, from_arrays, from_cache
 from tagood.core.types import TagAttention, TokenSet
 
 FIELDS = ["logits", "features", "tokens", "tag_probs", "tag_attention"]
@@ -48,7 +48,8 @@ def _test_split(readers):
 
 def _chunked(fs: FeatureSet, cuts: list[int]) -> FeatureSet:
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(fs))), len(fs)]
-    return FeatureSet.from_chunks([fs.subset(np.arange(a, b)) for a, b in zip(bounds, bounds[1:])], name=fs.name)
+    return FeatureSet.from_chunks([fs.subset(np.arange(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)],
+                                  name=fs.name)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -89,7 +90,8 @@ def test_one_mapping_for_whole_split_and_shards(scenes):
         a, b = getattr(joined, f), getattr(loaded, f)
         assert a.dtype == b.dtype and np.array_equal(a, b), f
     assert loaded.tokens.values.dtype == np.float32 and np.array_equal(joined.tokens.values, loaded.tokens.values)
-    assert np.array_equal(joined.tokens.offsets, loaded.tokens.offsets) and np.array_equal(joined.tokens.positions, loaded.tokens.positions)
+    assert np.array_equal(joined.tokens.offsets, loaded.tokens.offsets)
+    assert np.array_equal(joined.tokens.positions, loaded.tokens.positions)
     assert joined.tag_attention.ids.dtype == np.int64 and np.array_equal(joined.tag_attention.ids, loaded.tag_attention.ids)
     assert joined.tag_attention.maps.dtype == np.float32 and np.array_equal(joined.tag_attention.maps, loaded.tag_attention.maps)
     assert loaded.paths == r.idents and loaded.name == "test"
@@ -155,6 +157,7 @@ def test_derive_is_one_call_for_held_and_streamed_inputs():
 def test_types_is_below_featureset_and_context():
     """``tagood.core.types`` (the base data types) imports neither ``tagood.core.featureset`` nor ``tagood.core.context``, which
     import it; ``FeatureSet`` and ``Context`` have one home each."""
-    code = ("import sys, tagood.core.types as t; assert 'tagood.core.featureset' not in sys.modules and 'tagood.core.context' not in sys.modules; "
+    code = ("import sys, tagood.core.types as t; "
+            "assert 'tagood.core.featureset' not in sys.modules and 'tagood.core.context' not in sys.modules; "
             "assert not hasattr(t, 'FeatureSet') and not hasattr(t, 'Context')")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagood.runtime.fileio import (atomic_copy, atomic_directory, atomic_open, atomic_write_bytes, atomic_write_json,
-                           atomic_write_text, atomic_write_with)
+from tagood.runtime.fileio import (
+    atomic_copy,
+    atomic_directory,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+)
 
 
 def _leftovers(d: Path) -> list[str]:

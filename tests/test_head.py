@@ -14,7 +14,8 @@ from tagood.detectors.head import fit_linear_head, head_accuracy
 torch.set_num_threads(1)
 
 
-def _blobs(n_per: int, d: int, k: int, spread: float, seed: int = 0, noise_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _blobs(n_per: int, d: int, k: int, spread: float, seed: int = 0,
+           noise_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``k`` Gaussian blobs (centres fixed by ``seed``, noise by ``noise_seed``)."""
     centres = np.random.default_rng(seed).normal(0, 3, (k, d))
     y = np.repeat(np.arange(k), n_per)

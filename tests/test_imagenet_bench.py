@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from tagood.assets import imagenet_wnids
 from tagood.cli.main import app
-
 from tiny_models import write_tiny_clip, write_tiny_ram
 
 runner = CliRunner()
@@ -61,8 +60,10 @@ def _config(root: Path, backbone: str, methods: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("backbone,methods", [
-    ('name = "ram"\ncheckpoint = "ram/ram_tiny.pth"\ntag_list = "ram/ram_tag_list.txt"\nthresholds = "ram/ram_tag_list_threshold.txt"',
-     ["msp", "energy", "knn[k=3]", "vim", "tagscore[tag_threshold=0.001]", "cs[tag_threshold=0.001]", "tagood[tag_threshold=0.001,epochs=2]"]),
+    ('name = "ram"\ncheckpoint = "ram/ram_tiny.pth"\ntag_list = "ram/ram_tag_list.txt"\n'
+     'thresholds = "ram/ram_tag_list_threshold.txt"',
+     ["msp", "energy", "knn[k=3]", "vim", "tagscore[tag_threshold=0.001]", "cs[tag_threshold=0.001]",
+      "tagood[tag_threshold=0.001,epochs=2]"]),
     ('name = "clip"\npath = "clip"', ["msp", "knn[k=3]", "cs[tag_threshold=0.0001]", "tagood[tag_threshold=0.0001,epochs=2]"]),
 ])
 def test_imagenet_benchmark_end_to_end(mini, backbone, methods, tagood_home):
@@ -79,7 +80,8 @@ def test_imagenet_benchmark_end_to_end(mini, backbone, methods, tagood_home):
 def test_convert_ram_cli(mini):
     out = mini / "ram_converted"
     r = runner.invoke(app, ["convert", "ram", str(mini / "ram" / "ram_tiny.pth"), "--out", str(out),
-                            "--tags", str(mini / "ram" / "ram_tag_list.txt"), "--thresholds", str(mini / "ram" / "ram_tag_list_threshold.txt")],
+                            "--tags", str(mini / "ram" / "ram_tag_list.txt"),
+                            "--thresholds", str(mini / "ram" / "ram_tag_list_threshold.txt")],
                       terminal_width=200)
     assert r.exit_code == 0, r.output
     assert (out / "config.json").exists() and "MiB" in r.output
@@ -131,7 +133,7 @@ def test_bench_imagenet_runs_the_vision_language_methods_on_clip(mini, tagood_ho
     from tagood.bench.config import VLM, imagenet
 
     cfg = imagenet(mini / "data", {"name": "clip", "path": str(mini / "clip")})
-    assert set(VLM) <= set(cfg.methods) and cfg.options["dual_encoder"]["name"] == "clip"
+    assert set(VLM) <= set(cfg.methods) and cfg.options.dual_encoder["name"] == "clip"
     assert not set(VLM) & set(imagenet(mini / "data", {"name": "ram", "checkpoint": "x"}).methods)  # no CLIP, no VLM rows
     # csp: the tiny random CLIP puts every text within cosine 0.95 of an IND prompt, so CSP's near-duplicate cut is lifted
     methods = ("mcm,glmcm,neglabel[max_candidates=300,n_neg=50],csp[max_candidates=300,max_sim=1.01],"

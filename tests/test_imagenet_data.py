@@ -138,8 +138,8 @@ def test_vocabulary_matching_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "01749939 05 n 02 green_mamba 0 mamba 0 001 @ 01726692 n 0000 | a mamba\n"
         "01726692 05 n 02 snake 0 serpent 0 000 | a snake\n"
     )
-    v2 = ram_vocabulary_for_imagenet(tags, classes, synonyms=syn, wnids=["n1", "n2", "n3", "n4", "n5", "n01440764", "n01749939", "n9"],
-                                     wordnet_dir=wn)
+    v2 = ram_vocabulary_for_imagenet(tags, classes, synonyms=syn,
+                                     wnids=["n1", "n2", "n3", "n4", "n5", "n01440764", "n01749939", "n9"], wordnet_dir=wn)
     assert [tags[i] if i >= 0 else None for i in v2][5:] == ["fish", "snake", None]
 
 

@@ -56,7 +56,8 @@ def test_metrics_command_adds_intervals(tmp_path) -> None:
     rng = np.random.default_rng(2)
     s_id, s_ood = _draw(rng, 200, 1.5)
     save_scores(tmp_path / "scores.npz", {"m": {"test": s_id, "far": s_ood}})
-    r = CliRunner().invoke(app, ["metrics", str(tmp_path), "--bootstrap", "200", "--out", str(tmp_path / "o")], terminal_width=250)
+    r = CliRunner().invoke(app, ["metrics", str(tmp_path), "--bootstrap", "200", "--out", str(tmp_path / "o")],
+                           terminal_width=250)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     row = next(x for x in res["rows"] if x["ood"] == "far")
@@ -90,8 +91,10 @@ def test_paired_difference() -> None:
 def test_metrics_compare_command(tmp_path) -> None:
     rng = np.random.default_rng(4)
     s_id, s_ood = _draw(rng, 150, 1.0)
-    save_scores(tmp_path / "scores.npz", {"a": {"test": s_id, "x": s_ood}, "b[k=2]": {"test": s_id + rng.normal(0, 2, 150), "x": s_ood}})
-    r = CliRunner().invoke(app, ["metrics", str(tmp_path), "--compare", "a,b[k=2]", "--bootstrap", "200", "--out", str(tmp_path / "o")],
+    save_scores(tmp_path / "scores.npz",
+                {"a": {"test": s_id, "x": s_ood}, "b[k=2]": {"test": s_id + rng.normal(0, 2, 150), "x": s_ood}})
+    r = CliRunner().invoke(app, ["metrics", str(tmp_path), "--compare", "a,b[k=2]", "--bootstrap", "200",
+                                 "--out", str(tmp_path / "o")],
                            terminal_width=250)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "o" / "comparison.json").read_text())

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from tagood.metrics import ood_metrics
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.detectors.vlm.krnft import KRNFT, select_crops
+from tagood.metrics import ood_metrics
 
 torch.set_num_threads(1)
 E, NC = 32, 16

@@ -101,6 +101,6 @@ def test_vocabulary_logged_once_per_run_and_written_to_the_run_folder(tmp_path, 
     # a fresh detector fitted alone builds the same vocabulary
     from tagood import detectors
 
-    alone = detectors.create("tagscore").fit(state.splits["train"].features.subset(np.arange(len(state.splits["train"].features))),
-                                             state.context)
+    train = state.splits["train"].features
+    alone = detectors.create("tagscore").fit(train.subset(np.arange(len(train))), state.context)
     assert alone.vocab.class_tags == state.fitted["tagscore"].vocab.class_tags

@@ -10,7 +10,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from image_folders import fashion_folder, folder_config
-from tagood.cli.main import _description, app
+from tagood.cli.main import app
+from tagood.cli.methods import description as _description
 
 runner = CliRunner()
 
@@ -19,7 +20,7 @@ def _schema_keys() -> set[str]:
     """Every key a benchmark config may hold, from the config schema (top level, splits, backbones, options)."""
     from tagood.bench import schema as schemas
 
-    models = [schemas.ConfigModel, schemas.BenchOptions, schemas.PseudoOOD, *schemas.SPLIT_TYPES.values(),
+    models = [schemas.BenchConfig, schemas.BenchOptions, schemas.PseudoOOD, *schemas.SPLIT_TYPES.values(),
               *schemas.BACKBONES.values()]
     return {k for m in models for k in m.model_fields}
 
@@ -34,8 +35,9 @@ def test_example_config_loads_and_names_every_key_and_split_type(tmp_path):
     cfg_path = tmp_path / "bench.toml"
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)  # the schema accepts it as printed
-    assert cfg.name == "my-benchmark" and cfg.ood["textures"] == {"type": "folder", "root": "data/dtd"}
-    assert cfg.pseudo_ood == {"type": "jigsaw", "of": "train", "n": 600} and cfg.options["method_defaults"]["knn"] == {"k": 50}
+    assert cfg.name == "my-benchmark" and cfg.ood["textures"] == schemas.FolderSplit(type="folder", root="data/dtd")
+    assert cfg.pseudo_ood == schemas.PseudoOOD(type="jigsaw", of="train", n=600)
+    assert cfg.options.method_defaults["knn"] == {"k": 50}
     missing = sorted(k for k in _schema_keys() if not re.search(rf"(^|[\s#\[{{.]){re.escape(k)}(\s*=|\]|\.)", text, re.M))
     assert not missing, f"keys of the config schema not shown in the example config: {missing}"
     for t in schemas.SPLIT_TYPES:
@@ -105,7 +107,7 @@ def test_fit_and_score_print_bracketed_paths_as_given(tmp_path, tagood_home):
     fashion_folder(tmp_path / "train", {"trouser": 1, "bag": 8}, 15, "train")
     fashion_folder(tmp_path / "new", {"trouser": 1}, 4, offset=100)
     det = tmp_path / "det[/]"  # a folder "]" inside a folder "det["
-    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--method", "cs", "--cache", str(tmp_path / "c")],
+    r = runner.invoke(app, ["fit", str(tmp_path / "train"), "--out", str(det), "--methods", "cs", "--cache", str(tmp_path / "c")],
                       terminal_width=400)
     assert r.exit_code == 0, r.output
     assert f"to {det};" in r.output and (det / "tagood.json").is_file()

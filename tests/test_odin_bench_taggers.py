@@ -54,6 +54,7 @@ def test_bench_imagenet_lists_odin_featurenorm_and_krnft_paper_settings(tmp_path
     assert {"odin", "featurenorm"} <= set(ram.methods)
     cfg = imagenet(tmp_path, {"name": "clip", "path": str(tmp_path / "clip")})
     det = create_detector("krnft", cfg)
-    assert (det.shots, det.n_crops, det.k_in, det.k_out, det.epochs, det.lr, det.hidden) == (4, 128, 32, 32, 3, 1e-5, 8)
+    o = det.options
+    assert (o.shots, o.n_crops, o.k_in, o.k_out, o.epochs, o.lr, o.hidden) == (4, 128, 32, 32, 3, 1e-5, 8)
     assert create_detector("krnft[shots=16]", cfg).shots == 16  # a spec's own option still wins
     assert cfg.to_json()["options"]["method_defaults"]["krnft"]["n_crops"] == 128  # recorded in results.json meta

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import tagood.detectors as detectors
-from tagood.core.featureset import FeatureSet
-from tagood.core.types import ArrayImages
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.images import ImageStream
 
 C, SHAPE = 5, (3, 4, 4)
 
@@ -60,7 +60,7 @@ def test_odin_default_t_and_eps_equal_hand_perturbation(std: float) -> None:
     model = _model()
     x = np.random.default_rng(0).normal(size=(7, *SHAPE)).astype(np.float32)
     det = detectors.create("odin", pixel_std=std).fit(FeatureSet(), Context(model=model))
-    got = det.score(FeatureSet(images=ArrayImages(x)))
+    got = det.score(FeatureSet(images=ImageStream(x)))
     want = _hand_odin(model, x, 1000.0, 0.0014, std)
     # the scores differ from -1/C by ~1e-3 at T = 1000; agree to float32 rounding of the logits
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-9)
@@ -78,7 +78,7 @@ def test_odin_batch_size_default_and_batch_independence() -> None:
     cross-entropy scales each image's gradient by 1/B, which leaves its sign alone (scores differ ~1e-10)."""
     model = _model()
     x = np.random.default_rng(1).normal(size=(11, *SHAPE)).astype(np.float32)
-    data = FeatureSet(images=ArrayImages(x))
+    data = FeatureSet(images=ImageStream(x))
     det = detectors.create("odin").fit(FeatureSet(), Context(model=model))
     assert det.bs == 8 and det.hparams["batch_size"] is None
     want = det.score(data)

@@ -77,7 +77,8 @@ def test_odin_through_lean_equals_full(photos):
     torch.manual_seed(0)
     model = load_lite(LITE0)
     head = torch.nn.Linear(1280, 6)
-    graphs = {"full": torch.nn.Sequential(_Pooled(LiteFeatures(model).eval()), head), "lean": torch.nn.Sequential(LitePooled(model), head)}
+    graphs = {"full": torch.nn.Sequential(_Pooled(LiteFeatures(model).eval()), head),
+              "lean": torch.nn.Sequential(LitePooled(model), head)}
     x = _images(photos, LITE0.crop)
     out = {}
     for name, g in graphs.items():
@@ -109,10 +110,11 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
     """``Classifier.predict`` (onnxruntime engine) gives the logits of its differentiable torch forward (lean
     graph + head) on real photos, and ODIN scores through both paths agree far below their spread."""
     from tagood.core.context import Context
-    from tagood.detectors.odin import ODIN
     from tagood.core.featureset import FeatureSet
+    from tagood.core.images import ImageStream
+    from tagood.core.types import LinearHead
     from tagood.detectors.head import Classifier
-    from tagood.core.types import ArrayImages, LinearHead
+    from tagood.detectors.odin import ODIN
 
     rng = np.random.default_rng(0)
     head = LinearHead(rng.standard_normal((6, 1280)).astype(np.float32) * 0.05, rng.standard_normal(6).astype(np.float32))
@@ -133,7 +135,7 @@ def test_classifier_predict_equals_its_torch_forward(backbone, photos):
         def forward(self, t: torch.Tensor) -> torch.Tensor:
             return self.m(t)
 
-    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ArrayImages(x))
+    data = FeatureSet(labels=np.zeros(len(x), dtype=np.int64), images=ImageStream(x))
     fast = ODIN().fit(data, Context(model=clf)).score(data)
     slow = ODIN().fit(data, Context(model=_TorchOnly(clf))).score(data)
     spread = float(slow.max() - slow.min())

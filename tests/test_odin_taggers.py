@@ -19,14 +19,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import write_tiny_clip, write_tiny_ram
-
 import tagood.detectors as detectors
 from tagood.backbones.clip_tagger import load_clip_tagger
 from tagood.backbones.ram import IMAGENET_STD, load_ram
-from tagood.core.featureset import FeatureSet
-from tagood.core.types import ArrayImages
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.images import ImageStream
+from tiny_models import write_tiny_clip, write_tiny_ram
 
 torch.set_num_threads(1)
 
@@ -117,7 +116,7 @@ def test_torch_module_equals_features_and_odin_through_it(kind: str, ram, clip) 
         head.weight.mul_(20.0)
     model = torch.nn.Sequential(feat, head).eval()
     det = detectors.create("odin", temperature=10.0, epsilon=0.01).fit(FeatureSet(), Context(model=model))
-    got = det.score(FeatureSet(images=ArrayImages(x)))
+    got = det.score(FeatureSet(images=ImageStream(x)))
     # by hand: gradient by autograd, then a step of eps / std_c on channel c against its sign
     xt = torch.as_tensor(x).requires_grad_(True)
     z = model(xt) / 10.0

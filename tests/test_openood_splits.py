@@ -104,8 +104,9 @@ def test_imagenet_config_takes_near_and_far_sets_and_their_groups(openood_root: 
 
     cfg = imagenet(openood_root, {"name": "efficientnet-lite0"})
     assert list(cfg.ood) == ["inaturalist", "textures", "openimage_o", "ssb_hard", "ninco"]
-    assert cfg.ood["ninco"] == {"type": "imagenet", "root": str(openood_root.resolve()), "part": "ninco"}
-    assert cfg.options["ood_groups"] == {"near-average": list(OPENOOD_NEAR), "far-average": list(OPENOOD_FAR)}
+    assert cfg.ood["ninco"].model_dump(exclude_none=True) == {
+        "type": "imagenet", "root": str(openood_root.resolve()), "part": "ninco", "relabel": True, "ood_labels": False}
+    assert cfg.options.ood_groups == {"near-average": list(OPENOOD_NEAR), "far-average": list(OPENOOD_FAR)}
     assert imagenet_groups(list(MOS_4SET) + ["openimage_o", "imagenet_o"]) == {
         "far-average": list(OPENOOD_FAR), "4set-average": list(MOS_4SET)}
     assert imagenet_groups(list(MOS_4SET)) == {}  # the 4-set alone is the "average" row
@@ -124,14 +125,14 @@ def test_ninco_benchmark_run_gives_near_and_far_averages(openood_root: Path, bac
     assert {k: len(sp.features) for k, sp in state.splits.items()} == {
         "train": 9, "test": 6, "inaturalist": 3, "textures": 3, "openimage_o": 3, "ssb_hard": 4, "ninco": 3}
     rows = [r for r in results["rows"] if not is_group_row(r)]
-    extra = group_average_rows(rows, cfg.options["ood_groups"])
+    extra = group_average_rows(rows, cfg.options.ood_groups)
     # the runner writes the same group rows into results.json
     assert [r for r in results["rows"] if is_group_row(r)] == extra
     assert [(r["method"], r["ood"]) for r in extra] == [("msp", "near-average"), ("msp", "far-average"),
                                                         ("energy", "near-average"), ("energy", "far-average")]
     by = {(r["method"], r["ood"]): r for r in rows}
     for r in extra:
-        members = cfg.options["ood_groups"][r["ood"]]
+        members = cfg.options.ood_groups[r["ood"]]
         for k in ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out"):
             assert r[k] == pytest.approx(np.mean([by[(r["method"], m)][k] for m in members]))
     assert all(is_group_row(r) for r in extra) and not any(is_group_row(r) for r in rows)
@@ -141,9 +142,10 @@ def test_ninco_benchmark_run_gives_near_and_far_averages(openood_root: Path, bac
 @given(st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, min_size=0, max_size=4),
        st.lists(st.floats(0, 100), min_size=4, max_size=4))
 def test_group_rows_are_means_of_complete_groups(present: list[str], vals: list[float]) -> None:
-    rows = [{"method": "m", "ood": s, **{k: vals[i] + j for j, k in enumerate(("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out"))}}
+    metrics = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out")
+    rows = [{"method": "m", "ood": s, **{k: vals[i] + j for j, k in enumerate(metrics)}}
             for i, s in enumerate(present)]
-    rows.append({"method": "m", "ood": "average", "auroc": -1.0, "fpr95": -1.0, "fpr95_ood_pos": -1.0, "aupr_in": -1.0, "aupr_out": -1.0})
+    rows.append({"method": "m", "ood": "average", **dict.fromkeys(metrics, -1.0)})
     groups = {"x-average": ["a", "b"], "y-average": ["c"]}
     out = {r["ood"]: r for r in group_average_rows(rows, groups)}
     assert ("x-average" in out) == ({"a", "b"} <= set(present)) and ("y-average" in out) == ("c" in present)

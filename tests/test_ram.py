@@ -18,14 +18,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import (
-    TINY_TAGS,
-    official_state_dict,
-    random_ram,
-    tiny_ram_config,
-    write_tiny_ram,
-)
-
 from tagood.backbones.ram import (
     RAMCheckpointError,
     RAMTagger,
@@ -35,6 +27,13 @@ from tagood.backbones.ram import (
 )
 from tagood.backbones.ram_swin import SwinConfig, SwinEncoder
 from tagood.core.types import Backbone
+from tiny_models import (
+    TINY_TAGS,
+    official_state_dict,
+    random_ram,
+    tiny_ram_config,
+    write_tiny_ram,
+)
 
 torch.set_num_threads(1)
 
@@ -123,7 +122,8 @@ def _reference_tag_logits(model, tokens: torch.Tensor) -> tuple[torch.Tensor, li
 @pytest.mark.parametrize("img,window,depths", [(64, 2, (2, 2, 2, 2)), (96, 3, (2, 2, 2, 2)), (128, 4, (1, 2, 2, 2))])
 def test_swin_matches_transformers_swin(img: int, window: int, depths: tuple[int, ...]) -> None:
     torch.manual_seed(img)
-    mine = SwinEncoder(SwinConfig(img_size=img, patch_size=4, embed_dim=8, depths=depths, num_heads=(1, 2, 2, 4), window_size=window)).eval()
+    mine = SwinEncoder(SwinConfig(img_size=img, patch_size=4, embed_dim=8, depths=depths, num_heads=(1, 2, 2, 4),
+                                  window_size=window)).eval()
     with torch.no_grad():
         for p in mine.parameters():
             p.normal_(0, 0.3)
@@ -254,7 +254,8 @@ def test_convert_round_trip(files, tagger: RAMTagger, tmp_path: Path, fp16: bool
     from safetensors.torch import load_file
 
     stored = load_file(str(out_dir / "model.safetensors"))
-    assert not any(k.startswith(("tag_encoder", "text_decoder")) or k.endswith(("relative_position_index", "attn_mask")) for k in stored)
+    assert not any(k.startswith(("tag_encoder", "text_decoder")) or k.endswith(("relative_position_index", "attn_mask"))
+                   for k in stored)
     t2 = load_ram(out_dir, top_k_tags=4)
     x = _images(3, seed=9)
     a, b = tagger.forward(x), t2.forward(x)
@@ -294,19 +295,24 @@ def _save_modified(files, tmp_path: Path, edit) -> Path:
 
 def test_key_errors_name_the_key(files, tmp_path: Path) -> None:
     p = _save_modified(files, tmp_path, lambda sd: sd.pop("tagging_head.encoder.layer.1.output.dense.bias"))
-    with pytest.raises(RAMCheckpointError, match=r"missing key 'tagging_head\.encoder\.layer\.1\.output\.dense\.bias'"):
+    with pytest.raises(RAMCheckpointError,
+                       match=r"missing key 'tagging_head\.encoder\.layer\.1\.output\.dense\.bias'"):
         load_ram(p, files.tag_list)
-    p = _save_modified(files, tmp_path, lambda sd: sd.__setitem__("tagging_head.encoder.layer.0.crossattention.self.extra.weight", torch.zeros(2)))
-    with pytest.raises(RAMCheckpointError, match=r"unexpected key 'tagging_head\.encoder\.layer\.0\.crossattention\.self\.extra\.weight'"):
+    p = _save_modified(files, tmp_path,
+                       lambda sd: sd.__setitem__("tagging_head.encoder.layer.0.crossattention.self.extra.weight", torch.zeros(2)))
+    with pytest.raises(RAMCheckpointError,
+                       match=r"unexpected key 'tagging_head\.encoder\.layer\.0\.crossattention\.self\.extra\.weight'"):
         load_ram(p, files.tag_list)
     p = _save_modified(files, tmp_path, lambda sd: sd.__setitem__("fc.weight", torch.zeros(1, 7)))
-    with pytest.raises(RAMCheckpointError, match=r"shape mismatch for 'fc\.weight': file has \(1, 7\), the tagger expects \(1, 32\)"):
+    with pytest.raises(RAMCheckpointError,
+                       match=r"shape mismatch for 'fc\.weight': file has \(1, 7\), the tagger expects \(1, 32\)"):
         load_ram(p, files.tag_list)
     p = _save_modified(files, tmp_path, lambda sd: sd.pop("label_embed"))
     with pytest.raises(RAMCheckpointError, match="missing key 'label_embed'"):
         load_ram(p, files.tag_list)
     # the self-attention / embeddings RAM deletes from its head are dropped if present, not an error
-    p = _save_modified(files, tmp_path, lambda sd: sd.__setitem__("tagging_head.encoder.layer.0.attention.self.query.weight", torch.zeros(3)))
+    p = _save_modified(files, tmp_path,
+                       lambda sd: sd.__setitem__("tagging_head.encoder.layer.0.attention.self.query.weight", torch.zeros(3)))
     assert load_ram(p, files.tag_list).weights_hash == load_ram(files.checkpoint, files.tag_list).weights_hash
 
 

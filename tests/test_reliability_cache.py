@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from image_folders import fashion_folder
 from tagood import data
 from tagood.cache import CacheError, CacheReader, CacheWriter, EntryLock, cache_key, entry_dir
 from tagood.extract import extract_split
-from image_folders import fashion_folder
 
 FIELDS = ["features", "logits"]
 
@@ -104,7 +104,7 @@ def test_damaged_shard_is_detected_before_use_and_repaired(damage, folder, tmp_p
             CacheReader(r.dir).array("features")
     elif damage == "sidecar":
         with pytest.raises(CacheError, match=f"{f.with_suffix('.json').name} is damaged"):
-            CacheReader(r.dir).idents
+            _ = CacheReader(r.dir).idents
     else:
         with pytest.raises(CacheError, match=f.name):
             CacheReader(r.dir)
@@ -217,8 +217,9 @@ def test_lock_in_process_and_rm_refuses_while_locked(tmp_path):
     with pytest.raises(CacheError, match="already writes"):
         CacheWriter.open(tmp_path, "s", key, n_source=3)
     d = entry_dir(tmp_path, "s", key)
-    out = subprocess.run([sys.executable, "-c", "import sys; from tagood.cache import remove_entry; remove_entry(sys.argv[1])", str(d)],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = "import sys; from tagood.cache import remove_entry; remove_entry(sys.argv[1])"
+    out = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 1 and "is being written by pid" in out.stderr and d.exists()
     w.close()
     remove_entry(d)

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from image_folders import fashion_folder
 from tagood import data
 from tagood.cache import CacheReader
 from tagood.extract import extract_split
-from image_folders import fashion_folder
 
 
 def _manifest(cache):

@@ -216,19 +216,19 @@ def test_base_source_has_no_mask():
 
 def test_builtin_scenes_config_builds_every_split(parts):
     from tagood.bench.config import builtin
-    from tagood.bench.sources import SpecError, build_source
+    from tagood.bench.sources import SplitError, build_source
 
     cfg = builtin("scenes", quick=True)
     assert set(cfg.ood) == {"scene-near", "scene-clutter", "scene-far"}
     small = {"n_train_per_class": 3, "n_test_per_class": 2, "n_ood": 6}
-    tr = build_source({**cfg.train, **small}, Path("."), name="train")
-    te = build_source({**cfg.test, **small}, Path("."), name="test")
+    tr = build_source({**cfg.train.model_dump(), **small}, Path("."), name="train")
+    te = build_source({**cfg.test.model_dump(), **small}, Path("."), name="test")
     assert len(tr) == 18 and len(te) == 12
     assert tr.class_names == ["mammal", "bird", "fish", "fruit", "musical instrument", "vehicle"]
     assert sorted({s.label for s in tr.samples}) == list(range(6))
     for name, spec in cfg.ood.items():
-        o = build_source({**spec, **small}, Path("."), name=name)
+        o = build_source({**spec.model_dump(), **small}, Path("."), name=name)
         assert len(o) == 6 and all(s.label == -1 for s in o.samples)
         assert o.object_mask(0) is not None
-    with pytest.raises(SpecError, match="scene-near"):
-        build_source({**cfg.train, **small, "part": "nope"}, Path("."))
+    with pytest.raises(SplitError, match="scene-near"):
+        build_source({**cfg.train.model_dump(), **small, "part": "nope"}, Path("."))

@@ -4,6 +4,7 @@ file / option and never quote a file's contents."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import pickle
@@ -13,49 +14,66 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import Field
 
 from tagood import detectors
 from tagood.bench.config import BUILTIN, ConfigError, builtin, load_config
-from tagood.detectors.options import DETECTOR_OPTIONS, OptionError, check_detector_options
-from tagood.bench.schema import ConfigModel
-from tagood.core.validation import SchemaError
-from tagood.detectors.options import signature_options
-from tagood.bench.schema import validate_config
+from tagood.bench.schema import BenchConfig, validate_config
+from tagood.core.validation import PosInt, SchemaError
+from tagood.detectors.options import DetectorOptions, OptionError, check_detector_options
 from tagood.pipeline.meta import validate_detector_meta
 
 SECRET = "hunter2-secret-value"
 
 
 # -- detector options ---------------------------------------------------------------------------------
-def test_every_detector_has_an_option_schema_equal_to_its_signature():
-    """A new __init__ parameter (or TrainConfig field) without a schema entry -- or a stale schema entry --
-    fails here."""
-    names = detectors.available()
-    assert set(names) == set(DETECTOR_OPTIONS), "registered detectors and DETECTOR_OPTIONS differ"
-    for name in names:
-        sig = set(signature_options(detectors.get_class(name)))
-        fields = set(DETECTOR_OPTIONS[name].model_fields)
-        assert sig == fields, f"{name}: only in __init__: {sorted(sig - fields)}; only in the schema: {sorted(fields - sig)}"
+def test_every_detector_declares_its_options_once():
+    """Each registered detector's options are the fields of its ``Options`` model, and only there: no ``__init__``
+    takes a named option (the base refuses to define such a class), and every option has a one-line description."""
+    for name in detectors.available():
+        cls = detectors.get_class(name)
+        assert issubclass(cls.Options, DetectorOptions), name
+        for klass in cls.__mro__:
+            init = vars(klass).get("__init__")
+            if init is not None and klass.__module__.startswith("tagood.detectors."):
+                params = inspect.signature(init).parameters.values()
+                named = [p for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+                assert not named, f"{name}: {klass.__name__}.__init__ takes options {named}; declare them in Options"
+        for f, info in cls.Options.model_fields.items():
+            assert info.description, f"{name}: option {f} has no description"
+
+
+def test_an_init_with_named_options_is_refused_when_the_class_is_defined():
+    from tagood.detectors.base import Detector
+
+    with pytest.raises(TypeError, match="declare options once"):
+        class Twice(Detector):  # noqa: F841 - defining it is the test
+            def __init__(self, width: int = 3) -> None:
+                super().__init__(width=width)
+
+            def _score(self, data):  # pragma: no cover - never scored
+                return np.zeros(len(data))
 
 
 def test_literal_choices_match_the_detectors_constants():
     from typing import get_args
 
-    from tagood.detectors.options import AdaNegOpts, TagBaseOpts, TagOODOpts
-    from tagood.detectors.tagood.detector import NO_TAG_RULES
+    from tagood.detectors.ash import VARIANTS
+    from tagood.detectors.tagood.config import PRESETS
     from tagood.detectors.tagood.scores import SCORES
-    from tagood.detectors.tagood.train import PRESETS
+    from tagood.detectors.tagood.tagbase import NO_TAG_RULES
     from tagood.detectors.tagood.vocabulary import VOCAB_RULES
     from tagood.detectors.vlm.adaneg import PROXIES
 
-    def choices(model, field):
-        return set(get_args(model.model_fields[field].annotation)) - {type(None)}
+    def choices(name, field):
+        return set(get_args(detectors.get_class(name).Options.model_fields[field].annotation)) - {type(None)}
 
-    assert choices(TagOODOpts, "score") == set(SCORES)
-    assert choices(TagOODOpts, "preset") == set(PRESETS)
-    assert choices(TagBaseOpts, "no_tag") == set(NO_TAG_RULES)
-    assert choices(TagBaseOpts, "vocab") == {"auto", *VOCAB_RULES}
-    assert choices(AdaNegOpts, "proxies") == set(PROXIES)
+    assert choices("tagood", "score") == set(SCORES)
+    assert choices("tagood", "preset") == set(PRESETS)
+    assert choices("cs", "no_tag") == set(NO_TAG_RULES)
+    assert choices("tagscore", "vocab") == {"auto", *VOCAB_RULES}
+    assert choices("adaneg", "proxies") == set(PROXIES)
+    assert choices("ash", "variant") == set(VARIANTS)
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -67,7 +85,7 @@ def test_literal_choices_match_the_detectors_constants():
     ("ash[percentile=100]", "option percentile is a number (default 90.0), got 100: input should be less than 100"),
     ("tagood[tau=nan]", "option tau is a number (default 0.5), got nan: must be a finite number"),
     ("cs[tau=inf]", "must be a finite number"),
-    ("tagood[epochs=-2]", "option epochs is a number (default: set by the preset), got -2"),
+    ("tagood[epochs=-2]", "option epochs is a number (default 15), got -2"),
     ("krnft[epochs=-2]", "detector 'krnft': option epochs is a number (default 10), got -2"),
     ("locoop[epochs=-1]", "detector 'locoop': option epochs"),
     ("tagood[lr=0]", "option lr"),
@@ -91,7 +109,7 @@ def test_bad_option_values_are_refused_at_create(spec, needle):
     ("tagood[epoch=3]", "has no option epoch (did you mean 'epochs'?)"),
     ("knn[kk=3]", "has no option kk (did you mean 'k'?)"),
     ("react[percentil=95]", "has no option percentil (did you mean 'percentile'?)"),
-    ("mcm[foo=1]", "detector 'mcm' has no option foo; its options: tau, template, templates"),
+    ("mcm[foo=1]", "detector 'mcm' has no option foo; its options: template, templates, tau"),
     ("msp[k=1]", "detector 'msp' has no option k; its options: none"),
 ])
 def test_unknown_options_get_a_suggestion(spec, needle):
@@ -107,14 +125,14 @@ def test_unknown_detector_gets_a_suggestion():
 
 def test_valid_options_pass_in_their_declared_type():
     det = detectors.create("knn[k=2.0]")
-    assert det.k == 2 and isinstance(det.hparams["k"], int)
-    assert detectors.create("knn", k=np.int64(7)).k == 7
+    assert det.options.k == 2 and isinstance(det.options.k, int) and isinstance(det.hparams["k"], int)
+    assert detectors.create("knn", k=np.int64(7)).options.k == 7
     assert detectors.create("react[percentile=100]").hparams["percentile"] == 100
-    assert detectors.create("krnft[epochs=0]").epochs == 0  # untrained KR-NFT (README's trained-vs-untrained rows)
-    assert detectors.create("csp[max_sim=1.01]").max_sim == 1.01  # above 1 lifts CSP's near-duplicate cut
-    assert detectors.create("tagood[epochs=3.0,per_class=auto]").train_cfg.epochs == 3
+    assert detectors.create("krnft[epochs=0]").options.epochs == 0  # untrained KR-NFT (README's trained-vs-untrained rows)
+    assert detectors.create("csp[max_sim=1.01]").options.max_sim == 1.01  # above 1 lifts CSP's near-duplicate cut
+    assert detectors.create("tagood[epochs=3.0,per_class=auto]").options.epochs == 3
     assert detectors.create("odin", pixel_std=(0.2, 0.3, 0.25)).hparams["pixel_std"] == (0.2, 0.3, 0.25)
-    assert detectors.create("cs[tag_threshold=null]").tag_threshold is None
+    assert detectors.create("cs[tag_threshold=null]").options.tag_threshold is None
     with pytest.raises(OptionError, match="pixel_std"):
         detectors.create("odin", pixel_std=[0.2, -1.0, 0.3])
 
@@ -144,26 +162,37 @@ def test_react_and_ash_percentile_ranges(p):
                 check_detector_options(name, cls, {"percentile": p})
 
 
-def test_a_plugin_detector_without_a_schema_is_checked_against_its_signature():
+def test_a_plugin_detector_is_checked_against_its_options():
     from tagood.detectors.base import Detector
     from tagood.detectors.registry import _REGISTRY, register
 
     @register("plugin-test-only")
     class Plugin(Detector):
-        def __init__(self, width: int = 3) -> None:
-            super().__init__(width=width)
+        class Options(DetectorOptions):
+            width: PosInt = Field(3, description="a width")
 
         def _score(self, data):  # pragma: no cover - never scored
             return np.zeros(len(data))
 
     try:
         assert detectors.create("plugin-test-only[width=5]").hparams["width"] == 5
+        assert Plugin(width=4).options.width == 4 and Plugin().options.width == 3
         with pytest.raises(OptionError, match="has no option widht \\(did you mean 'width'\\?\\)"):
             detectors.create("plugin-test-only[widht=5]")
-        with pytest.raises(OptionError, match="option width"):
+        with pytest.raises(OptionError, match=r"option width is a number \(default 3\), got 'abc'"):
             detectors.create("plugin-test-only[width=abc]")
+        with pytest.raises(OptionError, match="option width"):
+            Plugin(width=0)  # the constructor validates too: one place
+        assert [(o.name, o.default, o.constraint) for o in detectors.describe("plugin-test-only")] == [("width", 3, ">= 1")]
     finally:
         _REGISTRY.pop("plugin-test-only", None)
+
+
+def test_a_plain_number_field_is_refused_in_an_options_model():
+    """Options must use the validated value types (which refuse true/false and NaN), never a bare int / float."""
+    with pytest.raises(TypeError, match="value types of tagood.core.validation"):
+        class Bad(DetectorOptions):  # noqa: F841 - defining it is the test
+            x: float = 1.0
 
 
 # -- benchmark configs --------------------------------------------------------------------------------
@@ -192,12 +221,14 @@ def _cfg(tmp_path: Path, text: str) -> Path:
 def test_good_config_and_every_builtin_pass():
     for name in BUILTIN:
         for quick in (True, False):
-            assert isinstance(validate_config(builtin(name, quick).to_json(), "builtin"), ConfigModel)
+            cfg = builtin(name, quick)
+            again = validate_config(cfg.to_json(), "builtin")
+            assert isinstance(cfg, BenchConfig) and again == cfg and again.to_json() == cfg.to_json()
 
 
 def test_good_config_loads(tmp_path):
     cfg = load_config(_cfg(tmp_path, GOOD))
-    assert cfg.methods == ["msp", "knn[k=5]"] and cfg.train["per_class"] == 3 and cfg.base_dir == tmp_path.resolve()
+    assert cfg.methods == ["msp", "knn[k=5]"] and cfg.train.per_class == 3 and cfg.base_dir == tmp_path.resolve()
 
 
 @pytest.mark.parametrize("old,new,needles", [
@@ -208,7 +239,8 @@ def test_good_config_loads(tmp_path):
     ("seed = 0", "seed = -1", ["key 'seed'", "greater than or equal to 0"]),
     ("seed = 0", "sed = 0", ["unknown key 'sed' (did you mean 'seed'?)", "allowed at the top level"]),
     ("per_class = 3", "per_clas = 3", ["unknown key 'train.per_clas' (did you mean 'per_class'?)"]),
-    ('type = "folder"\nroot = "data/dtd"', 'type = "foldr"\nroot = "data/dtd"', ["key 'ood.tex'", "unknown split type (did you mean 'folder'?)"]),
+    ('type = "folder"\nroot = "data/dtd"', 'type = "foldr"\nroot = "data/dtd"',
+     ["key 'ood.tex'", "unknown split type (did you mean 'folder'?)"]),
     ('type = "folder"\nroot = "data/dtd"', 'root = "data/dtd"', ["key 'ood.tex'", "a split needs 'type'"]),
     ('knn[k=5]', 'knn[k=0]', ["key 'methods[1]'", "detector 'knn': option k"]),
     ('knn[k=5]', 'knnn[k=5]', ["key 'methods[1]'", "unknown detector 'knnn' (did you mean 'knn'?)"]),
@@ -238,7 +270,8 @@ def test_bad_configs_name_the_file_and_key(tmp_path, old, new, needles):
     (GOOD.replace("[test]", "[tset]"), "unknown key 'tset' (did you mean 'test'?)"),
     ('benchmark = "fashon"\n', "unknown built-in benchmark (did you mean 'fashion'?)"),
     ('benchmark = "scenes"\nquick = "yes"\n', "key 'quick' must be true or false"),
-    ('benchmark = "scenes"\nquick = true\nmethods = ["msp", "energy[temperature=-1]"]\n', "detector 'energy': option temperature"),
+    ('benchmark = "scenes"\nquick = true\nmethods = ["msp", "energy[temperature=-1]"]\n',
+     "detector 'energy': option temperature"),
 ])
 def test_more_bad_configs(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=None) as e:
@@ -248,7 +281,7 @@ def test_more_bad_configs(tmp_path, text, needle):
 
 def test_builtin_override_config_is_validated_and_loads(tmp_path):
     cfg = load_config(_cfg(tmp_path, 'benchmark = "scenes"\nquick = true\nmethods = ["msp", "knn[k=3]"]\nseed = 2\n'))
-    assert cfg.seed == 2 and cfg.options["quick"] is True and cfg.methods == ["msp", "knn[k=3]"]
+    assert cfg.seed == 2 and cfg.benchmark == "scenes" and cfg.quick is True and cfg.methods == ["msp", "knn[k=3]"]
 
 
 @pytest.mark.parametrize("old,new", [("seed = 0", f'seed = "{SECRET}"'), ('root = "data/val"', f'root = ["{SECRET}"]'),

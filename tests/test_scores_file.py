@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagood.bench.scores import load_scores, rows_from_scores, save_scores
+from tagood.errors import InputError
 from tagood.metrics import ood_metrics
 
 _method = st.text(alphabet=st.sampled_from("abcz+[]=,._-/0123456789"), min_size=1, max_size=20)
@@ -45,9 +46,9 @@ def test_rows_are_the_metrics_of_the_scores(tmp_path) -> None:
 def test_bad_inputs_are_clear(tmp_path) -> None:
     with pytest.raises(ValueError, match="without '/'"):
         save_scores(tmp_path / "s.npz", {"m": {"a/b": np.zeros(2)}})
-    with pytest.raises(FileNotFoundError, match="no per-sample scores"):
+    with pytest.raises(InputError, match="no per-sample scores"):
         load_scores(tmp_path)
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
-    with pytest.raises(ValueError, match="holds no 'score/"):
+    with pytest.raises(InputError, match="holds no 'score/"):
         load_scores(tmp_path / "other.npz")
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind by the failed write

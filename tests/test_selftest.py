@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 
 from tagood.backbones.selftest import selftest_dual_encoder, selftest_tagger
 from tagood.cli.main import app
-
 from tiny_models import write_tiny_clip, write_tiny_ram
 
 runner = CliRunner()

@@ -9,10 +9,10 @@ import pytest
 from tagood.bench import runner
 from tagood.bench.config import builtin
 from tagood.cache import CacheReader, heavy_fields
-from tagood.core.ragged import TokenSetSink
-from tagood.detectors.tagood.decompose import mean_tokens
 from tagood.core.featureset import FeatureSet
+from tagood.core.ragged import TokenSetSink
 from tagood.core.types import TokenSet
+from tagood.detectors.tagood.decompose import mean_tokens
 
 METHODS = ["msp", "knn", "tagscore", "cs", "tagood[epochs=2]", "ce+cs[epochs=1]"]
 
@@ -20,7 +20,7 @@ METHODS = ["msp", "knn", "tagscore", "cs", "tagood[epochs=2]", "ce+cs[epochs=1]"
 def _cfg(stream: float | None):
     cfg = builtin("fashion", quick=True)
     cfg.ood = {"mnist": cfg.ood["mnist"]}
-    cfg.options.update({"shard_size": 64, "stream_above_gb": stream})
+    cfg.options.shard_size, cfg.options.stream_above_gb = 64, stream
     return cfg
 
 
@@ -92,7 +92,8 @@ def test_token_sink_on_disk_equals_in_memory(tmp_path):
         disk.append(p)
     a, b = mem.finish(), disk.finish()
     assert isinstance(b.values, np.memmap)
-    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.values, b.values) and np.array_equal(a.positions, b.positions)
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.values, b.values)
+    assert np.array_equal(a.positions, b.positions)
     np.testing.assert_allclose(mean_tokens(b, chunk=2), mean_tokens(a), rtol=1e-12)
     sink = TokenSetSink(None)
     sink.append(parts[0])

@@ -8,12 +8,22 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tagood import detectors
-from tagood.detectors.tagood import (NO_TAG_SCORE, Projector, TagRule, Vocabulary, build_vocabulary, centre_score, ema_update,
-                           mean_tokens, select_tokens, token_mask)
-from tagood.detectors.tagood.train import PRESETS, train_projector
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.core.types import TagAttention, TokenSet
+from tagood.detectors.tagood import (
+    NO_TAG_SCORE,
+    Projector,
+    TagRule,
+    Vocabulary,
+    build_vocabulary,
+    centre_score,
+    ema_update,
+    mean_tokens,
+    select_tokens,
+    token_mask,
+)
+from tagood.detectors.tagood.train import PRESETS, train_projector
 
 
 def test_vocabulary_majority_collisions_and_file(tmp_path):
@@ -92,7 +102,8 @@ def test_packed_blocks_equal_the_padded_transformer():
     from tagood.detectors.tagood.projector import PackedLayout
 
     assert len(PackedLayout.of(torch.as_tensor(lens + 1)).groups) == 2  # the two-group attention path is exercised
-    assert len(PackedLayout.of(torch.tensor([4, 4, 4])).groups) == 1 and len(PackedLayout.of(torch.tensor([], dtype=torch.long)).groups) == 1
+    assert len(PackedLayout.of(torch.tensor([4, 4, 4])).groups) == 1
+    assert len(PackedLayout.of(torch.tensor([], dtype=torch.long)).groups) == 1
     m = Projector(10, 3, num_positions=20, dim=16, depth=2, heads=4, mlp=32, dropout=0.0)
     grads, feats = {}, {}
     for packed in (False, True):
@@ -303,7 +314,8 @@ def test_scores_by_hand():
     f = np.array([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     np.testing.assert_allclose(centre_score(f, centres, "cosine"), [-1.0, 0.0])
     np.testing.assert_allclose(centre_score(f, centres, "euclid"), [1.0, np.sqrt(2)])
-    np.testing.assert_allclose(centre_score(f, centres, "chunk", tag_prob=np.array([0.5, 1.0]), chunks=2), [-0.25, -0.0])  # chunk 1 cos 1, chunk 2 (all zeros) 0 -> 0.5 x prob 0.5
+    # chunk 1 cos 1, chunk 2 (all zeros) 0 -> 0.5 x prob 0.5
+    np.testing.assert_allclose(centre_score(f, centres, "chunk", tag_prob=np.array([0.5, 1.0]), chunks=2), [-0.25, -0.0])
     kl = centre_score(f, centres, "kl")
     assert kl[0] < kl[1] and centre_score(centres, centres, "kl") == pytest.approx([0.0, 0.0], abs=1e-12)
     with pytest.raises(ValueError):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tagood import detectors
-from tagood.detectors.tagood import NO_TAG_SCORE, centre_score, mean_tokens, select_tokens
 from tagood.core.context import Context
+from tagood.detectors.tagood import NO_TAG_SCORE, VocabularyError, centre_score, mean_tokens, select_tokens
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,8 @@ def scenes(backbone, tmp_path_factory):
 
     parts = scene_splits(n_train_per_class=4, n_test_per_class=2, n_ood=4, seed=0)
     cache = tmp_path_factory.mktemp("scene-cache")
-    fs = {k: extract_split(parts[k], backbone, cache, split=k, progress=False).to_featureset() for k in ("train", "test", "scene-clutter")}
+    fs = {k: extract_split(parts[k], backbone, cache, split=k, progress=False).to_featureset()
+          for k in ("train", "test", "scene-clutter")}
     ctx = Context(class_names=parts["train"].class_names, **tagger_context(backbone, cache), seed=0)
     return fs, ctx
 
@@ -52,7 +53,8 @@ def test_paper_preset_on_real_features(scenes):
     fs, ctx = scenes
     # the uniform tag threshold 0.5 of the public code: too high for the CAM tagger on these few scenes,
     # and the error says which class and what to do
-    with pytest.raises(ValueError, match=r"IND class \d \(\w+\): none of its 4 training images kept a tag; lower the tag threshold"):
+    with pytest.raises(VocabularyError, match=r"IND class \d \(\w+\): none of its 4 training images kept a tag; lower the tag "
+                                              r"threshold"):
         detectors.create("tagood[preset=paper,epochs=2,dim=32,mlp=64,batch_size=16]").fit(fs["train"], ctx)
     det = detectors.create("tagood[preset=paper,tag_threshold=0.05,epochs=2,dim=32,mlp=64,batch_size=16]").fit(fs["train"], ctx)
     assert det.train_cfg.weight_decay == 5e-4 and det.train_cfg.min_lr == 1e-5 and det.train_cfg.mse_weight == 0.4

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tagood import detectors
-from tagood.detectors.tagood import NO_TAG_SCORE, centre_score, select_tokens, token_mask
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 from tagood.core.types import TagAttention, TokenSet
+from tagood.detectors.tagood import NO_TAG_SCORE, centre_score, choose_no_tag, select_tokens, token_mask
 
 SMALL = "epochs=2,dim=16,mlp=32,batch_size=32"
 
@@ -47,7 +49,8 @@ def _streamed(fs: FeatureSet, size: int) -> FeatureSet:
     return FeatureSet(labels=fs.labels, tag_probs=fs.tag_probs, chunks=chunks, streamed=frozenset({"tokens", "tag_attention"}))
 
 
-@pytest.mark.parametrize("spec", ["cs[per_class=1]", "cs[per_class=1,tau=0]", f"tagood[per_class=1,test_tokens=all,{SMALL}]", "tagscore[per_class=1]"])
+@pytest.mark.parametrize("spec", ["cs[per_class=1]", "cs[per_class=1,tau=0]", f"tagood[per_class=1,test_tokens=all,{SMALL}]",
+                                  "tagscore[per_class=1]"])
 def test_token_masks_contract_matches_scoring_and_streams(spec):
     train, test = _toy(seed=0), _toy(n_per=8, seed=1)
     test.tag_probs[:2] = 0.0  # two images keep no tag
@@ -76,7 +79,9 @@ def test_token_masks_contract_matches_scoring_and_streams(spec):
 
 
 def test_token_masks_need_fit():
-    with pytest.raises(RuntimeError, match="fit"):
+    from tagood.detectors.base import NotFittedError
+
+    with pytest.raises(NotFittedError, match="fit"):
         detectors.create("cs").token_masks(_toy(n_per=2))
 
 
@@ -86,8 +91,8 @@ def test_tau_zero_keeps_every_token_of_every_image():
     det = detectors.create("cs[per_class=1,tau=0]").fit(train, Context())
     mask, has = det.token_masks(train)
     assert has.all() and mask.all()  # before: each image's minimum-attention token was dropped
-    np.testing.assert_allclose(det.centres, np.stack([train.tokens.pad()[0][train.labels == c].mean(axis=(0, 1)) for c in range(3)]),
-                               rtol=1e-5, atol=1e-6)  # all 9 tokens of every training image
+    means = np.stack([train.tokens.pad()[0][train.labels == c].mean(axis=(0, 1)) for c in range(3)])
+    np.testing.assert_allclose(det.centres, means, rtol=1e-5, atol=1e-6)  # all 9 tokens of every training image
 
 
 def test_tag_threshold_none_uses_tagger_thresholds_but_zero_is_zero():
@@ -148,8 +153,8 @@ def test_no_tag_auto_is_chosen_on_held_out_ind_train():
     few = detectors.create("cs[per_class=1]").fit(_toy(n_per=10, seed=0), Context())
     assert few.heldout_no_tag_fraction == 0.0 and few.no_tag == "fallback"  # 0 of 30 held-out images: not sure it is < 5%
     # the bound: 0 of 72 held-out images untagged is surely < 5%, 2 of 72 (2.8%) is not
-    assert few._choose_no_tag(0.0, 72) == "ood" and few._choose_no_tag(2 / 72, 72) == "fallback"
-    assert few._choose_no_tag(0.01, 10_000) == "ood" and few._choose_no_tag(0.045, 100_000) == "ood"
+    assert choose_no_tag(0.0, 72) == "ood" and choose_no_tag(2 / 72, 72) == "fallback"
+    assert choose_no_tag(0.01, 10_000) == "ood" and choose_no_tag(0.045, 100_000) == "ood"
     poor = _toy(seed=0)
     rng = np.random.default_rng(0)
     poor.tag_probs[rng.random(len(poor)) < 0.25] = 0.0  # a quarter of IND training images keep no tag
@@ -167,7 +172,8 @@ def test_untagged_training_images_fall_back_to_all_tokens():
     train = _toy(seed=0)
     train.tag_probs[[0, 31, 62]] = 0.0  # one image per class keeps no tag
     det = detectors.create(f"tagood[per_class=1,{SMALL}]")
-    det.rule, det.tau = det._rule_for(Context()), 0.5
+    assert det.tau == 0.5
+    det.rule = det._rule_for(Context())
     det.vocab = det._build_vocab(train, Context())
     tokens, has, n_pos = det._decompose_train(train, Context(), None)
     assert n_pos == 9 and has.sum() == len(train) - 3 and not has[[0, 31, 62]].any()
@@ -227,7 +233,10 @@ def test_vocab_auto_picks_specific_on_held_out_and_frequent_stays_available(tmp_
     obj = test.tag_attention.maps[:, 0] > 5.0
     m_spec, h_spec = auto.token_masks(test)
     m_freq, _ = frequent.token_masks(test)
-    prec = lambda m, h: (m & obj)[h].sum() / m[h].sum()
+
+    def prec(m, h):
+        return (m & obj)[h].sum() / m[h].sum()
+
     assert prec(m_spec, h_spec) > 0.9 and prec(m_freq, np.ones(len(test), bool)) < 0.1
     with pytest.raises(ValueError, match="vocab"):
         detectors.create("cs[vocab=rare]")
@@ -253,7 +262,8 @@ def test_per_class_auto_grows_until_held_out_coverage():
 def test_paper_preset_is_the_published_setting():
     det = detectors.create("tagood[preset=paper]")
     cfg = det.train_cfg
-    assert (cfg.dim, cfg.depth, cfg.heads, cfg.mlp, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum) == (512, 2, 8, 2048, 100, 256, 0.01, 0.999)
+    got = (cfg.dim, cfg.depth, cfg.heads, cfg.mlp, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum)
+    assert got == (512, 2, 8, 2048, 100, 256, 0.01, 0.999)
     assert cfg.weight_decay == 5e-4 and cfg.min_lr == 1e-5 and cfg.ce_weight == 1.0
     assert cfg.mse_weight == 0.4  # the paper's 0.1 on the public code's MSE summed over 4 chunks = 0.4 of a mean MSE
     assert det.test_tokens == "all" and det.tau == 0.5 and det.score_kind == "cosine"
@@ -291,8 +301,8 @@ def test_tags_gt_uses_the_class_tag_and_recomputes_attention():
     assert has.all() and np.all(tokens.lengths == 4)  # minmax(0..8) > 0.5 keeps tokens 5..8
     assert tokens.select(np.array([0])).positions.tolist() == [5, 6, 7, 8]
     # a GT tag missing from the stored tags, no tagger to recompute it: the predicted IND tags are used
-    miss = train.with_(tag_attention=TagAttention(np.where(np.arange(len(train))[:, None] == 0, [[19, 3]], train.tag_attention.ids),
-                                                  train.tag_attention.maps))
+    ids = np.where(np.arange(len(train))[:, None] == 0, [[19, 3]], train.tag_attention.ids)
+    miss = train.with_(tag_attention=TagAttention(ids, train.tag_attention.maps))
     miss.tag_probs[0, 3] = 0.0
     _, keep = det._train_keep(miss, None)
     assert keep[0].tolist() == [False, False] and keep[1:, 0].all()
@@ -324,8 +334,6 @@ def test_mse_term_pulls_features_to_the_ema_centres():
 
 
 # -- property tests of the vocabulary rules -------------------------------------------------------------
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @st.composite
@@ -344,14 +352,14 @@ def test_vocabulary_rules_match_a_naive_count(case):
     kept, labels, n_cls = case
     # naive P(t|c): fraction of class c's images holding tag t (an image counts a tag once)
     p = np.zeros((n_cls, 8))
-    for k, y in zip(kept, labels):
+    for k, y in zip(kept, labels, strict=True):
         p[y, np.unique(k)] += 1
     counts = p.copy()
     p /= np.bincount(labels, minlength=n_cls)[:, None]
     for c, (tags, n) in enumerate(rank_tags(kept, labels, n_cls, "frequent")):
         assert sorted(tags.tolist()) == np.flatnonzero(counts[c]).tolist() and n.tolist() == counts[c, tags].tolist()
         assert np.all(np.diff(n) <= 0)  # most frequent first
-    for c, (tags, n) in enumerate(rank_tags(kept, labels, n_cls, "specific")):
+    for c, (tags, _) in enumerate(rank_tags(kept, labels, n_cls, "specific")):
         spec = p[c] - (p.sum(axis=0) - p[c]) / max(n_cls - 1, 1) if n_cls > 1 else p[c]
         s = spec[tags]
         assert len(tags) >= 1 and np.all(np.diff(s) <= 1e-12)  # most specific first

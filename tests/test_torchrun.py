@@ -13,18 +13,18 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagood import data
-from tagood.runtime.distributed import split_range, world
-from tagood.extract import extract_split
 from image_folders import fashion_folder, folder_config
+from tagood import data
+from tagood.extract import extract_split
+from tagood.runtime.distributed import split_range, world
 
 SHARD = 4
 
@@ -60,7 +60,7 @@ WORKER = textwrap.dedent("""
         decoded.append(i)
         return load(i)
     src.load = counted
-    r = extract_split(src, bb, cache, split="s", batch_size=2, shard_size=%d, fields=["logits", "features"],
+    r = extract_split(src, bb, cache, split="s", batch_size=2, shard_size=SHARD, fields=["logits", "features"],
                       progress=False, workers=1)
     w = distributed.world()
     fs = r.to_featureset(["logits", "features"])
@@ -69,7 +69,7 @@ WORKER = textwrap.dedent("""
     json.dump({"decoded": decoded, "complete": r.complete}, open(f"{out}.rank{w.rank}.json", "w"))
     if w.is_main:
         np.save(f"{out}.scores.npy", scores)
-""" % SHARD)
+""".replace("SHARD", str(SHARD)))
 
 
 def _launch(tmp: Path, images: Path, cache: Path, onnx_dir: Path, out: str, n: int = 2,
@@ -225,7 +225,7 @@ def test_leaving_the_group_joins_gloos_threads(tmp_path):
 def test_split_range_partitions(n: int, parts: int, align: int) -> None:
     ranges = [split_range(n, parts, r, align) for r in range(parts)]
     assert ranges[0][0] == 0 and ranges[-1][1] == n
-    for (a, b), (c, _) in zip(ranges, ranges[1:]):
+    for (a, b), (c, _) in zip(ranges[:-1], ranges[1:], strict=True):
         assert b == c and a <= b
     for a, b in ranges:
         assert a % align == 0 and (b % align == 0 or b == n)

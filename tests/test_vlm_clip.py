@@ -11,14 +11,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import write_tiny_clip
-
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder, EncoderAdapter
 from tagood.backbones.factory import build_dual_encoder
-from tagood.data.arrays import ArraySource
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.data.arrays import ArraySource
+from tiny_models import write_tiny_clip
 
 torch.set_num_threads(1)
 NAMES = ["dog", "cat", "car"]

@@ -11,8 +11,8 @@ import torch
 import tagood.detectors as detectors
 from tagood.backbones.dual_encoder import DualEncoder
 from tagood.backbones.prompts import encode_prompts
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
 
 torch.set_num_threads(1)
 FM_DIR = Path("/usr/share/datasets/fashion-mnist")

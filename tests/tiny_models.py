@@ -120,8 +120,9 @@ def write_tiny_clip(path: Path, seed: int = 0, image_size: int = 32, patch: int 
     tok.save_pretrained(str(path))
     eot = vocab["<|endoftext|>"]
     cfg = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                         "max_position_embeddings": 48, "eos_token_id": eot, "bos_token_id": vocab["<|startoftext|>"], "pad_token_id": eot},
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 48, "eos_token_id": eot,
+                     "bos_token_id": vocab["<|startoftext|>"], "pad_token_id": eot},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                            "image_size": image_size, "patch_size": patch},
         projection_dim=16,
@@ -134,7 +135,8 @@ def write_tiny_clip(path: Path, seed: int = 0, image_size: int = 32, patch: int 
     if preprocessor:
         (path / "preprocessor_config.json").write_text(json.dumps({
             "crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True, "do_normalize": True,
-            "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
             "resample": 3, "size": {"shortest_edge": image_size},
         }), encoding="utf-8")
     return path

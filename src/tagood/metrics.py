@@ -1,4 +1,4 @@
-"""Exact OOD-detection metrics (DESIGN section 4). Scores are OOD scores: higher = more OOD.
+"""Exact OOD-detection metrics. Scores are OOD scores: higher = more OOD.
 
 IND is "accepted" by a threshold ``t`` when its score is ``<= t`` and OOD is "rejected" when its
 score is ``>= t`` (scikit-learn's ``roc_curve`` rule, score >= threshold predicts the positive).
@@ -31,45 +31,67 @@ score is ``>= t`` (scikit-learn's ``roc_curve`` rule, score >= threshold predict
 How: each set is sorted once (``np.sort``), collapsed into runs of equal scores, and the two run
 lists are merged with one ``np.searchsorted``; every metric is then a vectorised expression over
 the runs. Cost O(N log N), exact with ties, float64 results in [0, 1]. NaN/inf scores or empty
-arrays raise ``ValueError`` naming the array.
+arrays raise :class:`tagood.errors.InputError` (a ``ValueError``) naming the array; a bad ``tpr``, ``positive`` or
+``rule`` raises :class:`tagood.errors.ConfigError` (also a ``ValueError``).
+
+Example:
+    >>> from tagood.metrics import ood_metrics
+    >>> m = ood_metrics([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6])
+    >>> round(m["auroc"], 4), round(m["fpr95"], 4)
+    (0.9167, 0.3333)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from tagood.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES: tuple[str, ...] = ("auroc", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out", "aupr_in_trapz", "aupr_out_trapz")
 
 
-def check_scores(scores: Any, name: str) -> np.ndarray:
-    """Return ``scores`` as a 1-D float64 array; ``ValueError`` (naming ``name``) if empty, not 1-D or non-finite."""
-    a = np.asarray(scores, dtype=np.float64)
+def check_scores(scores: ArrayLike, name: str) -> NDArray[np.float64]:
+    """Return ``scores`` as a 1-D float64 array.
+
+    Args:
+        scores: per-sample OOD scores (a sequence or array of numbers).
+        name: what to call the array in the error message (``"id_scores"``).
+
+    Returns:
+        The scores as a 1-D float64 array (no copy when they already are one).
+
+    Raises:
+        InputError: (a ``ValueError``) naming ``name`` when the scores are empty, not 1-D or not finite.
+    """
+    a: NDArray[np.float64] = np.asarray(scores, dtype=np.float64)
     if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-sample OOD scores, got shape {a.shape}; "
+        raise InputError(f"{name} must be a 1-D array of per-sample OOD scores, got shape {a.shape}; "
                          "reduce each sample to one score first")
     if a.size == 0:
-        raise ValueError(f"{name} is empty: need at least one score")
+        raise InputError(f"{name} is empty: need at least one score")
     finite = np.isfinite(a)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(f"{name} holds {bad.size} NaN/inf score(s) (first at index {int(bad[0])}, value {a[bad[0]]!r}); "
+        raise InputError(f"{name} holds {bad.size} NaN/inf score(s) (first at index {int(bad[0])}, value {a[bad[0]]!r}); "
                          "scores must be finite: fix the detector instead of dropping samples")
     return a
 
 
 def _check_tpr(tpr: float) -> float:
     if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr!r}")
     return float(tpr)
 
 
-def _runs(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _runs(sorted_scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Distinct values of an ascending array and how often each occurs (int64)."""
     n = sorted_scores.size
     new = np.empty(n, dtype=bool)
@@ -94,13 +116,13 @@ class ScoreGroups:
     ``<= id_values[i]``. Every metric in this module is a closed-form expression over these.
     """
 
-    id_values: np.ndarray
-    id_counts: np.ndarray
-    ood_values: np.ndarray
-    ood_counts: np.ndarray
-    id_below: np.ndarray
-    id_equal: np.ndarray
-    ood_at_or_below: np.ndarray
+    id_values: NDArray[np.float64]
+    id_counts: NDArray[np.int64]
+    ood_values: NDArray[np.float64]
+    ood_counts: NDArray[np.int64]
+    id_below: NDArray[np.int64]
+    id_equal: NDArray[np.int64]
+    ood_at_or_below: NDArray[np.int64]
 
     @property
     def n_id(self) -> int:
@@ -164,7 +186,8 @@ class ScoreGroups:
         return self._trapz(tp, fp, tp - self.ood_counts, fp - self.id_equal, self.n_ood)
 
     @staticmethod
-    def _trapz(tp: np.ndarray, fp: np.ndarray, tp_prev: np.ndarray, fp_prev: np.ndarray, n_pos: int) -> float:
+    def _trapz(tp: NDArray[np.int64], fp: NDArray[np.int64], tp_prev: NDArray[np.int64], fp_prev: NDArray[np.int64],
+               n_pos: int) -> float:
         """sum over positive runs of (recall step) x (mean of the precisions at both ends). A previous
         point with no sample accepted is the curve's end point (recall 0, precision 1); one with only
         negatives accepted has precision 0 (scikit-learn's convention)."""
@@ -186,8 +209,16 @@ class ScoreGroups:
         }
 
 
-def score_groups(id_scores: Any, ood_scores: Any) -> ScoreGroups:
-    """Validate, sort each set once and merge their runs of equal scores (see :class:`ScoreGroups`)."""
+def score_groups(id_scores: ArrayLike, ood_scores: ArrayLike) -> ScoreGroups:
+    """Validate, sort each set once and merge their runs of equal scores (see :class:`ScoreGroups`).
+
+    Args:
+        id_scores: OOD scores of the in-distribution samples, 1-D.
+        ood_scores: OOD scores of the out-of-distribution samples, 1-D.
+
+    Returns:
+        The runs and cross counts every metric is computed from; compute several metrics from one.
+    """
     id_values, id_counts = _runs(np.sort(check_scores(id_scores, "id_scores")))
     ood_values, ood_counts = _runs(np.sort(check_scores(ood_scores, "ood_scores")))
     # pos[j] = number of distinct IND values strictly below ood_values[j] (ood_values ascending)
@@ -204,44 +235,83 @@ def score_groups(id_scores: Any, ood_scores: Any) -> ScoreGroups:
     return ScoreGroups(id_values, id_counts, ood_values, ood_counts, id_below, id_equal, ood_at_or_below)
 
 
-def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> dict[str, float]:
-    """The metrics of DESIGN section 4 for per-sample OOD scores (higher = more OOD).
+def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95) -> dict[str, float]:
+    """Every OOD-detection metric of per-sample OOD scores (higher = more OOD).
 
-    Returns float fractions in [0, 1] keyed ``auroc``, ``fpr95`` (IND positive; TagOOD/MCM),
-    ``fpr95_ood_pos`` (OOD positive; OpenOOD v1.5), ``aupr_in`` and ``aupr_out`` (average precision,
-    scikit-learn), ``aupr_in_trapz`` and ``aupr_out_trapz`` (trapezoid rule, OpenOOD / pytorch-ood); see the module
-    docstring for the exact definitions and tie rules. ``tpr`` moves the operating point of both
-    FPRs (the keys keep their names). Raises ``ValueError`` for empty, non-1-D or non-finite input.
+    Args:
+        id_scores: OOD scores of the in-distribution samples, 1-D, finite.
+        ood_scores: OOD scores of the out-of-distribution samples, 1-D, finite.
+        tpr: operating point of both FPRs, in (0, 1] (the keys keep their names).
+
+    Returns:
+        Float fractions in [0, 1] keyed ``auroc``, ``fpr95`` (IND positive; TagOOD/MCM), ``fpr95_ood_pos`` (OOD
+        positive; OpenOOD v1.5), ``aupr_in`` and ``aupr_out`` (average precision, scikit-learn), ``aupr_in_trapz``
+        and ``aupr_out_trapz`` (trapezoid rule, OpenOOD / pytorch-ood); see the module docstring for the exact
+        definitions and tie rules.
+
+    Raises:
+        InputError: for empty, non-1-D or non-finite scores; ConfigError: for ``tpr`` outside (0, 1] (both are
+            ``ValueError``).
     """
     return score_groups(id_scores, ood_scores).metrics(tpr)
 
 
-def auroc(id_scores: Any, ood_scores: Any) -> float:
-    """AUROC with OOD positive: P(OOD score > IND score) + 1/2 P(tie) (= sklearn ``roc_auc_score``)."""
+def auroc(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
+    """AUROC with OOD positive: P(OOD score > IND score) + 1/2 P(tie) (= sklearn ``roc_auc_score``).
+
+    Args:
+        id_scores: OOD scores of the in-distribution samples, 1-D.
+        ood_scores: OOD scores of the out-of-distribution samples, 1-D.
+
+    Returns:
+        The AUROC as a fraction in [0, 1] (1 = every OOD sample scores above every IND sample).
+    """
     return score_groups(id_scores, ood_scores).auroc()
 
 
-def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95, positive: str = "id") -> float:
-    """FPR at the given TPR. ``positive="id"``: TagOOD/MCM ``fpr95``; ``"ood"``: OpenOOD ``fpr95_ood_pos``."""
+def fpr_at_tpr(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95,
+               positive: Literal["id", "ood"] = "id") -> float:
+    """False-positive rate at the given true-positive rate.
+
+    Args:
+        id_scores: OOD scores of the in-distribution samples, 1-D.
+        ood_scores: OOD scores of the out-of-distribution samples, 1-D.
+        tpr: the true-positive rate of the operating point, in (0, 1].
+        positive: ``"id"``: IND positive, TagOOD/MCM ``fpr95``; ``"ood"``: OOD positive, OpenOOD ``fpr95_ood_pos``.
+
+    Returns:
+        The FPR as a fraction in [0, 1] (lower is better).
+    """
     if positive not in ("id", "ood"):
-        raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
+        raise ConfigError(f"positive must be 'id' or 'ood', got {positive!r}")
     groups = score_groups(id_scores, ood_scores)
     return groups.fpr_id_positive(tpr) if positive == "id" else groups.fpr_ood_positive(tpr)
 
 
-def aupr(id_scores: Any, ood_scores: Any, positive: str = "ood", rule: str = "ap") -> float:
-    """Area under the PR curve with ``positive`` = ``"id"`` (aupr_in) or ``"ood"`` (aupr_out); ``rule="ap"``:
-    average precision (scikit-learn semantics), ``"trapz"``: trapezoid rule (OpenOOD / pytorch-ood)."""
+def aupr(id_scores: ArrayLike, ood_scores: ArrayLike, positive: Literal["id", "ood"] = "ood",
+         rule: Literal["ap", "trapz"] = "ap") -> float:
+    """Area under the precision-recall curve.
+
+    Args:
+        id_scores: OOD scores of the in-distribution samples, 1-D.
+        ood_scores: OOD scores of the out-of-distribution samples, 1-D.
+        positive: the positive class: ``"id"`` (``aupr_in``) or ``"ood"`` (``aupr_out``).
+        rule: ``"ap"``: average precision (scikit-learn semantics); ``"trapz"``: trapezoid rule (OpenOOD /
+            pytorch-ood).
+
+    Returns:
+        The area as a fraction in [0, 1] (higher is better).
+    """
     if positive not in ("id", "ood"):
-        raise ValueError(f"positive must be 'id' or 'ood', got {positive!r}")
+        raise ConfigError(f"positive must be 'id' or 'ood', got {positive!r}")
     if rule not in ("ap", "trapz"):
-        raise ValueError(f"rule must be 'ap' (average precision) or 'trapz' (trapezoid), got {rule!r}")
+        raise ConfigError(f"rule must be 'ap' (average precision) or 'trapz' (trapezoid), got {rule!r}")
     g = score_groups(id_scores, ood_scores)
     if rule == "trapz":
         return g.aupr_in_trapz() if positive == "id" else g.aupr_out_trapz()
     return g.aupr_in() if positive == "id" else g.aupr_out()
 
 
-def to_percent(metrics: dict[str, float]) -> dict[str, float]:
+def to_percent(metrics: Mapping[str, float]) -> dict[str, float]:
     """Copy of ``metrics`` with every value multiplied by 100 (papers' tables report percent)."""
     return {k: 100.0 * float(v) for k, v in metrics.items()}

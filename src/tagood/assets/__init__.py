@@ -15,7 +15,7 @@ from importlib import resources
 def read_lines(name: str) -> list[str]:
     """Non-empty lines of a packaged text asset."""
     text = resources.files("tagood.assets").joinpath(name).read_text(encoding="utf-8")
-    return [l for l in text.splitlines() if l.strip()]
+    return [line for line in text.splitlines() if line.strip()]
 
 
 @lru_cache(maxsize=1)
@@ -33,4 +33,4 @@ def imagenet_wnids() -> list[str]:
 @lru_cache(maxsize=1)
 def imagenet_synonyms() -> list[list[str]]:
     """WordNet synonyms of each ImageNet-1K class, index order."""
-    return [l.split("\t", 1)[1].split(", ") for l in read_lines("imagenet_synsets.tsv")]
+    return [line.split("\t", 1)[1].split(", ") for line in read_lines("imagenet_synsets.tsv")]

@@ -19,7 +19,6 @@ tagger over a text vocabulary is :class:`tagood.backbones.clip_tagger.CLIPDenseT
 
 from __future__ import annotations
 
-from tagood.errors import CheckpointError
 import inspect
 import json
 import logging
@@ -35,8 +34,9 @@ from PIL import Image
 from tagood.backbones.prompts import DEFAULT_TEMPLATE
 from tagood.backbones.weights_hash import state_hash
 from tagood.core.numeric import l2_normalize
-from tagood.runtime.progress import progress_bar
 from tagood.core.types import DualEncoder
+from tagood.errors import CheckpointError
+from tagood.runtime.progress import progress_bar
 
 __all__ = ["CLIPDualEncoder", "CLIPLoadError", "ClipTransform", "DualEncoder", "OpenCLIPDualEncoder", "load_clip",
            "load_open_clip"]
@@ -47,11 +47,20 @@ log = logging.getLogger(__name__)
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-_PIL_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC, 4: Image.BOX, 5: Image.HAMMING}
+_PIL_RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
+                 3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
 
 
 class CLIPLoadError(CheckpointError):
     """A CLIP checkpoint could not be loaded; the message names the path and what to do."""
+
+
+def _rgb(values: Any, key: str, path: Path) -> tuple[float, float, float]:
+    """One float per RGB channel from the preprocessing config's ``key`` (``image_mean`` / ``image_std``)."""
+    v = tuple(float(x) for x in values)
+    if len(v) != 3:
+        raise CLIPLoadError(f"{path}: {key} has {len(v)} values, not one per RGB channel; fix or delete the file")
+    return v[0], v[1], v[2]
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,8 @@ class ClipTransform:
         return cls(
             resize=int(size),
             crop=crop,
-            mean=tuple(float(v) for v in cfg.get("image_mean", CLIP_MEAN)),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in cfg.get("image_std", CLIP_STD)),  # type: ignore[arg-type]
+            mean=_rgb(cfg.get("image_mean", CLIP_MEAN), "image_mean", path),
+            std=_rgb(cfg.get("image_std", CLIP_STD), "image_std", path),
             resample=int(cfg.get("resample", 3)),
             center_crop=bool(cfg.get("do_center_crop", True)),
         )
@@ -113,12 +122,12 @@ class ClipTransform:
         # as openai/CLIP's torchvision transform: the long side is floored, the crop offset rounded
         # (Hugging Face's processor floors the offset: at most a one-pixel shift for odd margins)
         nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
-        img = image.resize((nw, nh), _PIL_RESAMPLE.get(self.resample, Image.BICUBIC))
+        img = image.resize((nw, nh), _PIL_RESAMPLE.get(self.resample, Image.Resampling.BICUBIC))
         if self.center_crop:
             ch, cw = self.crop
             left, top = round((nw - cw) / 2.0), round((nh - ch) / 2.0)
             img = img.crop((left, top, left + cw, top + ch))
-        a = np.asarray(img, dtype=np.float32) / 255.0
+        a: np.ndarray = np.asarray(img, dtype=np.float32) / 255.0
         a = (a - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return a.transpose(2, 0, 1).copy()
 
@@ -147,7 +156,8 @@ class _EncoderIdentity:
 
     @property
     def id(self) -> str:
-        """The model's name (``clip-hf:<dir>``, ``open_clip:<arch>``); with ``weights_hash`` and ``transform_id`` it keys caches."""
+        """The model's name (``clip-hf:<dir>``, ``open_clip:<arch>``); with ``weights_hash`` and ``transform_id``
+        it keys caches."""
         return self.name
 
     @property
@@ -192,7 +202,7 @@ class CLIPDualEncoder(_EncoderIdentity):
         The tokenizer is read from the same directory; the preprocessing from its
         ``preprocessor_config.json`` when present, else CLIP's defaults (224, bicubic, CLIP mean/std).
         """
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel, CLIPVisionConfig
 
         p = Path(path)
         if not p.is_dir() or not (p / "config.json").is_file():
@@ -223,10 +233,13 @@ class CLIPDualEncoder(_EncoderIdentity):
                 "(CLIPTokenizer.save_pretrained into the same folder)"
             ) from e
         pp = p / "preprocessor_config.json"
+        vision = model.config.vision_config
+        size = vision.image_size if isinstance(vision, CLIPVisionConfig) else None
+        if not isinstance(size, int):
+            raise CLIPLoadError(f"{p / 'config.json'}: vision_config.image_size is {size!r}, not one number; "
+                                "pass a CLIP directory saved by CLIPModel.save_pretrained")
         transform = ClipTransform.from_preprocessor_config(pp) if pp.is_file() else ClipTransform(
-            resize=int(model.config.vision_config.image_size),
-            crop=(int(model.config.vision_config.image_size),) * 2,  # type: ignore[arg-type]
-        )
+            resize=size, crop=(size, size))
         enc = cls(model, tok, transform, device=device, batch_size=batch_size, name=f"clip-hf:{p.name}",
                   weights_hash=state_hash(model.state_dict()), dtype=dtype)
         log.info("loaded CLIP from %s (embed %d, patch %d, image %d)", p, enc.embed_dim, enc.patch_size, enc.image_size)
@@ -337,7 +350,9 @@ class CLIPDualEncoder(_EncoderIdentity):
                     src = self._value_path(h) if dense == "value" else out
                     patches.append(self._project(src[:, 1:]).float().cpu().numpy())
         img = l2_normalize(np.concatenate(imgs), dtype=np.float32) if imgs else np.zeros((0, self.embed_dim), np.float32)
-        pt = (np.concatenate(patches) if patches else np.zeros((0, self.n_patches, self.embed_dim), np.float32)) if want_patches else None
+        pt = None
+        if want_patches:
+            pt = np.concatenate(patches) if patches else np.zeros((0, self.n_patches, self.embed_dim), np.float32)
         return img, pt
 
     def encode_images(self, batch: Any) -> np.ndarray:
@@ -409,7 +424,8 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
         out = []
         with torch.inference_mode():
             for a in range(0, len(texts), self.batch_size * 4):
-                out.append(self.model.encode_text(self.tokenizer(texts[a : a + self.batch_size * 4]).to(self.device)).float().cpu().numpy())
+                tokens = self.tokenizer(texts[a : a + self.batch_size * 4]).to(self.device)
+                out.append(self.model.encode_text(tokens).float().cpu().numpy())
         return l2_normalize(np.concatenate(out), dtype=np.float32) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_prompts(self, names: Sequence[str], templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> np.ndarray:
@@ -448,7 +464,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
 def load_open_clip(checkpoint: str | Path, arch: str, device: str = "cpu", batch_size: int = 64) -> OpenCLIPDualEncoder:
     """Load an open_clip checkpoint file (``arch`` e.g. ``"ViT-B-16"``) without downloading anything."""
     try:
-        import open_clip  # type: ignore[import-not-found]
+        import open_clip
     except ImportError as e:
         raise CLIPLoadError(
             f"{checkpoint} looks like an open_clip checkpoint but the 'open_clip' package is not installed; "
@@ -463,11 +479,13 @@ def load_open_clip(checkpoint: str | Path, arch: str, device: str = "cpu", batch
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(getattr(model.visual, "image_mean", None) or CLIP_MEAN)
     std = tuple(getattr(model.visual, "image_std", None) or CLIP_STD)
-    return OpenCLIPDualEncoder(model, tok, ClipTransform(resize=size, crop=(size, size), mean=mean, std=std),  # type: ignore[arg-type]
-                               device=device, batch_size=batch_size, name=f"open_clip:{arch}", weights_hash=state_hash(model.state_dict()))
+    return OpenCLIPDualEncoder(model, tok, ClipTransform(resize=size, crop=(size, size), mean=mean, std=std),
+                               device=device, batch_size=batch_size, name=f"open_clip:{arch}",
+                               weights_hash=state_hash(model.state_dict()))
 
 
-def load_clip(path: str | Path, arch: str | None = None, device: str = "cpu", batch_size: int = 64) -> CLIPDualEncoder | OpenCLIPDualEncoder:
+def load_clip(path: str | Path, arch: str | None = None, device: str = "cpu",
+              batch_size: int = 64) -> CLIPDualEncoder | OpenCLIPDualEncoder:
     """Load CLIP from ``path``: a Hugging Face CLIP directory, or an open_clip checkpoint file
     (``arch`` required; needs the ``open_clip`` package)."""
     p = Path(path)

@@ -137,7 +137,7 @@ def load_clip_tagger(path: str | Path, vocabulary: Sequence[str] | str | Path | 
     elif isinstance(vocabulary, (str, Path)):
         vp = Path(vocabulary)
         try:
-            names = [l.strip() for l in vp.read_text(encoding="utf-8").splitlines() if l.strip()]
+            names = [line.strip() for line in vp.read_text(encoding="utf-8").splitlines() if line.strip()]
         except OSError as e:
             raise CLIPLoadError(f"cannot read the tag vocabulary {vp}: {e}; give a text file with one tag per line") from e
     else:

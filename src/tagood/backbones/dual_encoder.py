@@ -11,36 +11,19 @@ with the package).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from tagood.core.numeric import l2_normalize
-from tagood.runtime.progress import progress_bar
 from tagood.core.featureset import FeatureSet
+from tagood.core.images import ImageStream
+from tagood.core.numeric import l2_normalize
 from tagood.core.types import DualEncoder, TokenSet
+from tagood.runtime.progress import progress_bar
 
-__all__ = ["DualEncoder", "EncoderAdapter", "SourceImageStream", "embed_stream", "source_indices"]
+__all__ = ["DualEncoder", "EncoderAdapter", "embed_stream", "source_indices"]
 
 log = logging.getLogger(__name__)
-
-
-class SourceImageStream:
-    """Preprocessed images of ``source`` samples ``indices`` (an :class:`tagood.core.types.ImageStream`),
-    decoded on demand with ``preprocess`` (the dual encoder's own transform)."""
-
-    def __init__(self, source: Any, indices: np.ndarray, preprocess: Any) -> None:
-        self.source = source
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        for a in range(0, len(self.indices), batch_size):
-            yield np.stack([self.preprocess(self.source.load(int(i))) for i in self.indices[a : a + batch_size]])
 
 
 def source_indices(fs: FeatureSet, source: Any) -> np.ndarray:
@@ -104,7 +87,9 @@ class EncoderAdapter:
     def attach(self, fs: FeatureSet, source: Any) -> FeatureSet:
         """Compute ``image_embeds`` / ``patch_embeds`` of ``fs``'s samples from ``source`` and set
         ``fs.images`` to a stream with this encoder's preprocessing (for crop-based training)."""
-        stream = SourceImageStream(source, source_indices(fs, source), self.encoder.preprocess)
+        # decoded in this thread (workers=0): the encoder's transform may run torch code
+        stream = ImageStream(source=source, indices=source_indices(fs, source), preprocess=self.encoder.preprocess,
+                             workers=0)
         fs.image_embeds, fs.patch_embeds = embed_stream(self, stream, self.batch_size, self.patches,
                                                         desc=f"{self.id} embeddings: {fs.name}")
         fs.images = stream

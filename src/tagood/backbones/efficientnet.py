@@ -34,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from tagood.backbones.home import tagood_home
 from tagood.backbones.onnx_engine import OnnxEngine, physical_cores
 from tagood.backbones.onnx_engine import export_onnx as _export
 from tagood.core.types import ModelOutput
+
+if TYPE_CHECKING:  # imported where a model is built: the package is untyped (its names are Any to mypy)
+    from efficientnet_lite_pytorch import EfficientNet
 
 __all__ = [
     "LITE0",
@@ -146,7 +149,7 @@ def weights_path(variant: str | LiteVariant = LITE0) -> str:
     return getattr(mod, v.file_class).get_model_file_path()
 
 
-def load_lite(variant: str | LiteVariant = LITE0, path: str | None = None) -> nn.Module:
+def load_lite(variant: str | LiteVariant = LITE0, path: str | None = None) -> EfficientNet:
     """An EfficientNet-Lite torch model with its ImageNet weights, in eval mode."""
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -161,7 +164,7 @@ def load_lite(variant: str | LiteVariant = LITE0, path: str | None = None) -> nn
     return m.eval()
 
 
-def load_lite0(path: str | None = None) -> nn.Module:
+def load_lite0(path: str | None = None) -> EfficientNet:
     """The EfficientNet-Lite0 torch model with its ImageNet weights, in eval mode."""
     return load_lite(LITE0, path)
 
@@ -169,7 +172,7 @@ def load_lite0(path: str | None = None) -> nn.Module:
 class LiteFeatures(nn.Module):
     """images (B,3,S,S) -> feature map (B,1280,G,G), pooled (B,1280), logits (B,1000), block norms (B,n_blocks+1)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EfficientNet) -> None:
         super().__init__()
         self.m = model
 
@@ -316,7 +319,8 @@ class EfficientNetLite:
         else:
             if self.device.type == "cpu":
                 torch.set_num_threads(self.num_threads)
-            self.module = self.module.to(self.device, memory_format=torch.channels_last)
+            # torch's stub of Module.to lacks memory_format, which Module.to documents and accepts
+            self.module = self.module.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -349,7 +353,7 @@ class EfficientNetLite:
         if image.mode != "RGB":
             image = image.convert("RGB")
         s = self.variant.crop
-        img = image.resize((s, s), Image.BILINEAR, box=self._crop_box(*image.size))
+        img = image.resize((s, s), Image.Resampling.BILINEAR, box=self._crop_box(*image.size))
         out = np.empty((3, s, s), dtype=np.float32)
         np.subtract(np.asarray(img).transpose(2, 0, 1), np.float32(127.0), out=out, dtype=np.float32)
         out *= np.float32(1.0 / 128.0)  # a power of two: exact, same as dividing
@@ -468,7 +472,8 @@ class EfficientNetLite:
         norms or logits; the same function to float rounding, ~2x faster input gradients for ODIN)."""
         from tagood.backbones.lite_pooled import LitePooled
 
-        return LitePooled(load_lite(self.variant)).to(self.device, memory_format=torch.channels_last)
+        # torch's stub of Module.to lacks memory_format, which Module.to documents and accepts
+        return LitePooled(load_lite(self.variant)).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 class EfficientNetLite0(EfficientNetLite):

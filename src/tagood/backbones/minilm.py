@@ -10,7 +10,6 @@ prompt learning; Zhou et al., IJCV 2022), used by LoCoOp on the offline dual enc
 
 from __future__ import annotations
 
-from tagood.errors import CheckpointError
 import logging
 import os
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from tagood.backbones.weights_hash import state_hash
+from tagood.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from tagood.backbones.dual_encoder import SourceImageStream, source_indices
+from tagood.backbones.dual_encoder import source_indices
 from tagood.backbones.home import tagood_home
 from tagood.backbones.prompts import DEFAULT_TEMPLATE, fill
-from tagood.runtime.fileio import atomic_write_with
-from tagood.core.numeric import l2_normalize, softmax
 from tagood.core.featureset import FeatureSet
+from tagood.core.images import ImageStream
+from tagood.core.numeric import l2_normalize, softmax
 from tagood.core.types import TokenSet, pooled_logits
+from tagood.runtime.fileio import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -189,5 +190,6 @@ class OfflineDualEncoder:
         if fs.tokens is not None or fs.is_streamed({"tokens"}):  # streamed tokens: patch embeddings chunk by chunk
             fs.derive("patch_embeds", self._patches, {"tokens"})
         if source is not None:
-            fs.images = SourceImageStream(source, source_indices(fs, source), self.preprocess)
+            fs.images = ImageStream(source=source, indices=source_indices(fs, source), preprocess=self.preprocess,
+                                    workers=0)
         return fs

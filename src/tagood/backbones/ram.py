@@ -65,8 +65,8 @@ from tagood.backbones.ram_convert import (
 )
 from tagood.backbones.ram_model import RAMConfig, RAMModel
 from tagood.backbones.weights_hash import state_hash
-from tagood.runtime.progress import progress_bar
 from tagood.core.types import ModelOutput
+from tagood.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ def ram_preprocess(image: Image.Image, size: int = 384, resize: str = "square") 
     if image.mode != "RGB":
         image = image.convert("RGB")
     if resize == "square":
-        img = image.resize((size, size), Image.BILINEAR)
+        img = image.resize((size, size), Image.Resampling.BILINEAR)
     elif resize == "crop":
         big = round(size * 392 / 384)
         off = (big - size) // 2
-        img = image.resize((big, big), Image.BILINEAR).crop((off, off, off + size, off + size))
+        img = image.resize((big, big), Image.Resampling.BILINEAR).crop((off, off, off + size, off + size))
     else:
         raise ValueError(f"resize must be 'square' or 'crop', got {resize!r}")
     a = np.asarray(img, dtype=np.float32) / 255.0
@@ -108,7 +108,8 @@ class RAMTagger:
 
     def __init__(self, model: RAMModel, tag_names: Sequence[str], thresholds: np.ndarray | None = None, device: str = "cpu",
                  batch_size: int = 8, top_k_tags: int = 10, attention_layer: int = 0, candidate_tags: Sequence[int] | None = None,
-                 resize: str = "square", cross_attention: bool = False, weights_hash: str = "", dtype: torch.dtype = torch.float32) -> None:
+                 resize: str = "square", cross_attention: bool = False, weights_hash: str = "",
+                 dtype: torch.dtype = torch.float32) -> None:
         cfg = model.cfg
         if len(tag_names) != cfg.num_tags:
             raise ValueError(f"{len(tag_names)} tag names for a model with {cfg.num_tags} tags")
@@ -214,7 +215,8 @@ class RAMTagger:
     def tag_probs_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Tag probabilities (B,T) from cached image tokens (B,N,512)."""
         out = []
-        with torch.inference_mode(), progress_bar("RAM tag probabilities", len(tokens), enabled=len(tokens) > 8 * self.batch_size) as advance:
+        with torch.inference_mode(), progress_bar("RAM tag probabilities", len(tokens),
+                                                  enabled=len(tokens) > 8 * self.batch_size) as advance:
             for a in range(0, len(tokens), self.batch_size):
                 t = torch.as_tensor(np.asarray(tokens[a : a + self.batch_size])).to(self.device, self.dtype)
                 out.append(torch.sigmoid(self.model.tag_logits(t)[0].float()).cpu().numpy())

@@ -15,7 +15,6 @@ tagger does not have, or a shape mismatch is an error naming the key and the fil
 
 from __future__ import annotations
 
-from tagood.errors import CheckpointError
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from tagood.backbones.ram_head import HeadConfig
 from tagood.backbones.ram_model import RAMConfig, RAMModel
 from tagood.backbones.ram_swin import SwinConfig
 from tagood.backbones.weights_hash import state_hash
+from tagood.errors import CheckpointError
 from tagood.runtime.fileio import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def read_tag_list(path: str | Path) -> list[str]:
         lines.pop()
     if not lines:
         raise RAMCheckpointError(f"the RAM tag list {p} is empty; pass ram_tag_list.txt (one tag per line)")
-    return [l.strip() for l in lines]
+    return [line.strip() for line in lines]
 
 
 def read_thresholds(path: str | Path, num_tags: int) -> np.ndarray:
@@ -188,7 +188,8 @@ def infer_config(sd: Mapping[str, torch.Tensor], num_tags: int, image_size: int 
     d = 1
     if "reweight_scale" in sd:  # RAM++: several description embeddings per tag
         if rows % num_tags:
-            raise RAMCheckpointError(f"{source}: label_embed has {rows} rows, not a multiple of the {num_tags} tags of the tag list")
+            raise RAMCheckpointError(f"{source}: label_embed has {rows} rows, not a multiple of the {num_tags} tags "
+                                     "of the tag list")
         d = rows // num_tags
     elif rows != num_tags:
         raise RAMCheckpointError(f"{source}: label_embed has {rows} tags but the tag list has {num_tags}; "
@@ -198,8 +199,10 @@ def infer_config(sd: Mapping[str, torch.Tensor], num_tags: int, image_size: int 
     inter = int(_need(sd, "tagging_head.encoder.layer.0.intermediate.dense.weight", source).shape[0])
     enc_w = int(_need(sd, "tagging_head.encoder.layer.0.crossattention.self.key.weight", source).shape[1])
     return RAMConfig(
-        swin=SwinConfig(img_size=int(image_size), patch_size=patch, embed_dim=embed, depths=depths, num_heads=heads, window_size=window),
-        head=HeadConfig(hidden_size=hidden, num_heads=head_heads, num_layers=n_layers, intermediate_size=inter, encoder_width=enc_w),
+        swin=SwinConfig(img_size=int(image_size), patch_size=patch, embed_dim=embed, depths=depths, num_heads=heads,
+                        window_size=window),
+        head=HeadConfig(hidden_size=hidden, num_heads=head_heads, num_layers=n_layers, intermediate_size=inter,
+                        encoder_width=enc_w),
         num_tags=num_tags, embed_dim=width, descriptions_per_tag=d,
     )
 
@@ -213,7 +216,8 @@ def load_into(model: RAMModel, sd: Mapping[str, torch.Tensor], source: str) -> N
         raise RAMCheckpointError(f"{source}: missing key '{missing[0]}' (and {len(missing) - 1} more) that the RAM tagger needs"
                                  if len(missing) > 1 else f"{source}: missing key '{missing[0]}' that the RAM tagger needs")
     if unexpected:
-        raise RAMCheckpointError(f"{source}: unexpected key '{unexpected[0]}'" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        raise RAMCheckpointError(f"{source}: unexpected key '{unexpected[0]}'"
+                                 + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
                                  + " under a tagger module; the checkpoint's architecture differs from the configured one")
     bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)]
     if bad:

@@ -17,6 +17,7 @@ Per layer (post-LN, as BERT): ``a = LN(q + W_o . softmax(Q K^T / sqrt(d)) V)``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,8 @@ class TaggingHead(nn.Module):
         self.cfg = cfg
         self.encoder = _Encoder(cfg)
 
-    def forward(self, queries: torch.Tensor, image: torch.Tensor, probs_of: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward(self, queries: torch.Tensor, image: torch.Tensor,
+                probs_of: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         x = queries
         probs: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(self.encoder.layer):
@@ -138,6 +140,6 @@ class TaggingHead(nn.Module):
         x = queries
         for i, lyr in enumerate(self.encoder.layer):
             if i == layer:
-                return lyr.attention_probs(x, image)
+                return cast(CrossLayer, lyr).attention_probs(x, image)
             x, _ = lyr(x, image)
         raise IndexError(f"the tagging head has {len(self.encoder.layer)} layers; layer {layer} does not exist")

@@ -90,6 +90,8 @@ def shifted_window_mask(h: int, wd: int, w: int, shift: int) -> torch.Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias."""
 
+    relative_position_index: torch.Tensor  # a (non-persistent) buffer
+
     def __init__(self, dim: int, window: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -132,6 +134,8 @@ class Mlp(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP block. A window at least as large as the feature
     map becomes the whole map and the shift is dropped (as in the reference Swin)."""
+
+    attn_mask: torch.Tensor | None  # a (non-persistent) buffer; None without a shift
 
     def __init__(self, dim: int, resolution: int, heads: int, window: int, shift: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -176,7 +180,8 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, resolution: int, depth: int, heads: int, window: int, mlp_ratio: float, downsample: bool) -> None:
+    def __init__(self, dim: int, resolution: int, depth: int, heads: int, window: int, mlp_ratio: float,
+                 downsample: bool) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             SwinBlock(dim, resolution, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio) for i in range(depth)
@@ -220,7 +225,7 @@ class SwinEncoder(nn.Module):
             raise ValueError(f"image size {cfg.img_size} must be divisible by patch {cfg.patch_size} * 2^{len(cfg.depths) - 1}")
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
         self.layers = nn.ModuleList()
-        for i, (d, h) in enumerate(zip(cfg.depths, cfg.num_heads)):
+        for i, (d, h) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
             r = res // 2**i
             self.layers.append(SwinStage(cfg.embed_dim * 2**i, r, d, h, cfg.window_size, cfg.mlp_ratio, i < len(cfg.depths) - 1))
         self.norm = nn.LayerNorm(cfg.num_features)

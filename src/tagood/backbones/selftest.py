@@ -99,7 +99,8 @@ def selftest_tagger(tagger: Any, top: int = 5, tol: float = 1e-3) -> list[Check]
         problems.append(f"tokens {tokens.shape} (expected (2, {n_tok}, D), finite)")
     ids, maps = np.asarray(out.tag_ids), np.asarray(out.tag_attention, dtype=np.float64)
     if ids.ndim != 2 or ids.min() < 0 or ids.max() >= n_tags or maps.shape[:2] != ids.shape or maps.shape[2] != tokens.shape[1]:
-        problems.append(f"tag_ids {ids.shape} / tag_attention {maps.shape} inconsistent with {n_tags} tags, {tokens.shape[1]} tokens")
+        problems.append(f"tag_ids {ids.shape} / tag_attention {maps.shape} inconsistent with {n_tags} tags, "
+                        f"{tokens.shape[1]} tokens")
     if not np.isfinite(maps).all():
         problems.append("tag_attention not finite")
     checks.append(Check("shapes", not problems, "; ".join(problems) or
@@ -141,7 +142,8 @@ def selftest_dual_encoder(encoder: Any, template: str = "a photo of a {}.") -> l
         if patches.ndim != 3 or len(patches) != 2 or patches.shape[2] != img.shape[1] or not np.isfinite(patches).all():
             problems.append(f"patch tokens {patches.shape} (expected (2, P, {img.shape[1]}), finite)")
     checks.append(Check("shapes", not problems, "; ".join(problems) or
-                        f"image {img.shape[1:]}, text {txt.shape[1:]}" + (f", patches {patches.shape[1:]}" if patches is not None else "")))
+                        f"image {img.shape[1:]}, text {txt.shape[1:]}"
+                        + (f", patches {patches.shape[1:]}" if patches is not None else "")))
     again = np.asarray(encoder.encode_images(batch), dtype=np.float64)
     alone = np.asarray(encoder.encode_images(batch[1:2]), dtype=np.float64)
     scale = max(1.0, float(np.abs(img).max()))
@@ -149,7 +151,8 @@ def selftest_dual_encoder(encoder: Any, template: str = "a photo of a {}.") -> l
     checks.append(Check("deterministic", d <= 1e-3, f"largest relative difference {d:.2e} (repeat and alone vs in batch)"))
     a, b = l2_normalize(img), l2_normalize(txt)
     pred = [ZERO_SHOT[j] for j in (a @ b.T).argmax(1)]
-    ok = [p == _TRUTH[n] for p, n in zip(pred, names)]
-    checks.append(Check("semantics", all(ok), "; ".join(f"{n} -> '{p}' (want '{_TRUTH[n]}')" for n, p in zip(names, pred))))
+    ok = [p == _TRUTH[n] for p, n in zip(pred, names, strict=True)]
+    checks.append(Check("semantics", all(ok),
+                        "; ".join(f"{n} -> '{p}' (want '{_TRUTH[n]}')" for n, p in zip(names, pred, strict=True))))
     checks.append(Check("distinct", pred[0] != pred[1], f"zero-shot labels {pred}"))
     return checks

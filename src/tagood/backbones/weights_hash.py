@@ -20,5 +20,5 @@ def state_hash(sd: Mapping[str, torch.Tensor]) -> str:
         t = sd[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
         if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the array's buffer, no copy
     return h.hexdigest()[:16]

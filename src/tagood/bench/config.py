@@ -1,4 +1,5 @@
-"""Benchmark configuration: built-in benchmarks and TOML config files.
+"""Benchmark configurations: the built-in benchmarks, the ImageNet benchmark and TOML config files, each a
+validated :class:`tagood.bench.schema.BenchConfig` (its keys are declared there, once).
 
 A benchmark names an IND train split, an IND test split, one or more OOD sets, a backbone and
 the detectors to score. A config file (TOML) looks like::
@@ -22,24 +23,22 @@ the detectors to score. A config file (TOML) looks like::
 
 from __future__ import annotations
 
-from tagood.errors import ConfigError
 import copy
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Classic detectors of the foundation issue, in the order the tables list them.
-CLASSIC = ["msp", "maxlogit", "energy", "odin", "react", "ash", "lhact", "featurenorm", "knn", "mahalanobis", "vim"]
-#: TagOOD and its ablations (TagOOD paper Tables 3-5).
-TAGOOD = ["tagscore", "cs", "ce+cs", "tagood"]
-TAGOOD_SWEEP = ["tagood[tau=0]", "tagood[tau=0.25]", "tagood[tau=0.75]", "tagood[test_tokens=all]", "tagood[score=chunk]",
-                "tagood[score=euclid]", "tagood[score=kl]", "tagood[tags=gt]", "cs[tau=0]", "cs[tau=0.25]", "cs[tau=0.75]",
-                "cs[test_tokens=all]"]
-#: Vision-language methods (paper defaults on CLIP for ImageNet; see ``VLM_DEMO_DEFAULTS``).
-VLM = ["mcm", "glmcm", "neglabel", "csp", "adaneg", "locoop", "krnft"]
+from tagood.bench.methods import CLASSIC, IMAGENET_METHODS, TAGOOD, TAGOOD_SWEEP, VLM, default_methods
+from tagood.bench.schema import BenchConfig, validate_config
+from tagood.core.validation import suggest
+from tagood.errors import ConfigError
+
+__all__ = ["BUILTIN", "CLASSIC", "IMAGENET_METHODS", "KRNFT_PAPER_DEFAULTS", "TAGOOD", "TAGOOD_SWEEP", "VLM",
+           "VLM_DEMO_DEFAULTS", "VLM_QUICK_DEFAULTS", "BenchConfig", "ConfigError", "builtin", "default_methods", "imagenet",
+           "load_config"]
+
 #: Hyperparameter defaults of the embedded benchmarks (offline dual encoder), set in
-#: ``options["method_defaults"]`` and recorded in results.json (``meta.config.options``); an option
+#: ``options.method_defaults`` and recorded in results.json (``meta.config.options``); an option
 #: in a method spec (``neglabel[n_neg=5000]``) wins. NegLabel, AdaNeg and KR-NFT mine their negative labels
 #: from a seeded 5,000-word subset of the ~136k WordNet nouns and adjectives (keeping 1,000, the same 20%
 #: share as before) instead of all of them (keeping 10,000); CSP draws 5,000 from its two pools. The first
@@ -48,7 +47,8 @@ VLM = ["mcm", "glmcm", "neglabel", "csp", "adaneg", "locoop", "krnft"]
 #: 30 Nov 2026 it was 10,000 (keeping 2,000), which made the two first-run encodings ~30 s of a ~165 s demo
 #: (issue 13's target is 150 s). For the same reason KR-NFT cuts 16 random-resized crops per few-shot image and
 #: takes the top / bottom 4 (the same quarter each as the 32 / 8 / 8 before; the paper's code: 128 / 32 / 32):
-#: 1,536 crop forwards instead of 3,072 (about half of its ~20 s). README "Demo time and the candidate budget" compares the settings
+#: 1,536 crop forwards instead of 3,072 (about half of its ~20 s). docs/performance.md (the candidate budget) compares the
+#: settings
 #: on held-out training data (``benchmarks/vlm_budget_heldout.py``) and on both embedded benchmarks.
 VLM_DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "neglabel": {"max_candidates": 5000, "n_neg": 1000},
@@ -66,53 +66,15 @@ VLM_QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_methods() -> list[str]:
-    """The methods of the built-in benchmarks: classic baselines, TagOOD and its ablations, and the
-    vision-language methods on the offline dual encoder."""
-    return CLASSIC + TAGOOD + VLM
-
-
-
-
-@dataclass
-class BenchConfig:
-    """Everything one benchmark run needs."""
-
-    name: str
-    train: dict[str, Any]
-    test: dict[str, Any]
-    ood: dict[str, dict[str, Any]]
-    methods: list[str]
-    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "efficientnet-lite0"})
-    seed: int = 0
-    batch_size: int = 64
-    pseudo_ood: dict[str, Any] | None = field(default_factory=lambda: {"type": "jigsaw", "of": "train", "n": 600})
-    base_dir: Path = field(default_factory=Path.cwd)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "train": self.train,
-            "test": self.test,
-            "ood": self.ood,
-            "methods": self.methods,
-            "backbone": self.backbone,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "pseudo_ood": self.pseudo_ood,
-            "options": self.options,
-        }
-
-
 def _fashion(quick: bool) -> BenchConfig:
     n_train, n_test, n_ood = (60, 40, 160) if quick else (200, 50, 300)
     return BenchConfig(
-        name="fashion",
+        name="fashion", benchmark="fashion", quick=quick,
         train={"type": "fashion_mnist", "split": "train", "classes": [0, 1, 2, 3, 4, 5], "per_class": n_train},
         test={"type": "fashion_mnist", "split": "test", "classes": [0, 1, 2, 3, 4, 5], "per_class": n_test},
         ood={
-            "fashion-near": {"type": "fashion_mnist", "split": "test", "classes": [6, 7, 8, 9], "per_class": n_ood // 4, "relabel": False},
+            "fashion-near": {"type": "fashion_mnist", "split": "test", "classes": [6, 7, 8, 9], "per_class": n_ood // 4,
+                             "relabel": False},
             "mnist": {"type": "mnist5k", "n": n_ood},
             "digits": {"type": "digits", "n": n_ood},
         },
@@ -125,7 +87,7 @@ def _fashion(quick: bool) -> BenchConfig:
 def _composed(name: str, spec: dict[str, Any], ood: tuple[str, ...], quick: bool) -> BenchConfig:
     """A built-in benchmark whose splits are the parts of one composed data set (``spec["type"]``)."""
     return BenchConfig(
-        name=name,
+        name=name, benchmark=name, quick=quick,
         train={**spec, "part": "train"},
         test={**spec, "part": "test"},
         ood={s: {**spec, "part": s} for s in ood},
@@ -151,11 +113,6 @@ def _scenes(quick: bool) -> BenchConfig:
     return _composed("scenes", spec, ("scene-near", "scene-clutter", "scene-far"), quick)
 
 
-#: The TagOOD paper's Table 1 baselines and TagOOD. ODIN back-propagates through the tagger (RAM's Swin
-#: encoder / CLIP's vision tower, ``torch_module()``) and the IND head; FeatureNorm reads the tagger's
-#: ``block_norms`` (every Swin / ViT block) and picks its block on jigsaw-shuffled training images.
-IMAGENET_METHODS = ["msp", "maxlogit", "energy", "odin", "react", "ash", "lhact", "featurenorm", "knn[k=1000]", "mahalanobis",
-                    "vim", "tagscore", "cs", "ce+cs[preset=paper]", "tagood[preset=paper]"]
 #: KR-NFT on ImageNet: the paper's few-shot setting and the public code's training script
 #: (scripts/ood/krnft/krnft_shot4_train.sh + configs): 4 shots, 128 random-resized crops, top / bottom 32,
 #: 3 epochs, AdamW lr 1e-5, meta-network hidden 512 / 64 = 8. (Its epoch visits a tenth of the picks at batch
@@ -168,7 +125,7 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
              clip: str | Path | None = None) -> BenchConfig:
     """The TagOOD paper's benchmark: IND ImageNet-1K (train -> fit, val -> test); OOD iNaturalist, SUN,
     Places, Textures, OpenImage-O, ImageNet-O and OpenOOD v1.5's near-OOD SSB-hard, NINCO (those present
-    under ``root``; see tagood.data.imagenet). ``options["ood_groups"]`` names the group averages the sets
+    under ``root``; see tagood.data.imagenet). ``options.ood_groups`` names the group averages the sets
     allow (OpenOOD v1.5 near / far, MOS 4-set; :func:`tagood.bench.groups.imagenet_groups`).
 
     The vision-language methods (``VLM``) join when a CLIP is at hand: the tagger itself
@@ -185,7 +142,8 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
     spec = lambda part: {"type": "imagenet", "root": str(root), "part": part}  # noqa: E731
     from tagood.bench.groups import imagenet_groups
 
-    methods, options = list(IMAGENET_METHODS), {}
+    methods: list[str] = list(IMAGENET_METHODS)
+    options: dict[str, Any] = {}
     groups = imagenet_groups(sets)
     if groups:
         options["ood_groups"] = groups
@@ -196,7 +154,7 @@ def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | 
         options["dual_encoder"] = {"name": "clip", "path": str(clip)}
         options["method_defaults"] = {"krnft": dict(KRNFT_PAPER_DEFAULTS)}
     return BenchConfig(name="imagenet", train=train, test=spec("val"), ood={s: spec(s) for s in sets},
-                       methods=methods, backbone=backbone, batch_size=32, pseudo_ood={"type": "jigsaw", "of": "train", "n": 600}, options=options)
+                       methods=methods, backbone=backbone, batch_size=32, options=options)
 
 
 BUILTIN = {"scenes": _scenes, "fashion": _fashion, "fashion-clutter": _fashion_clutter}
@@ -205,23 +163,30 @@ BUILTIN = {"scenes": _scenes, "fashion": _fashion, "fashion-clutter": _fashion_c
 def builtin(name: str, quick: bool = False) -> BenchConfig:
     """A built-in benchmark: ``scenes``, ``fashion`` or ``fashion-clutter`` (``quick`` = a smaller subset for CI)."""
     if name not in BUILTIN:
-        raise ConfigError(f"unknown benchmark '{name}'; built-in: {', '.join(sorted(BUILTIN))} (or pass a config file to `tagood bench`)")
-    cfg = BUILTIN[name](quick)
-    cfg.options["quick"] = quick
-    return cfg
+        raise ConfigError(f"unknown benchmark '{name}'; built-in: {', '.join(sorted(BUILTIN))} "
+                          "(or pass a config file to `tagood bench`)")
+    return BUILTIN[name](quick)
 
 
 def load_config(path: str | Path) -> BenchConfig:
-    """Read a TOML benchmark config; relative paths in it are relative to the file.
+    """Read a TOML benchmark config into the validated :class:`~tagood.bench.schema.BenchConfig` the runner reads.
 
-    The whole config -- every key, every split type with its keys, the backbone, ``pseudo_ood``,
-    ``options`` and each method spec with its options -- is checked against
-    :class:`tagood.bench.schema.ConfigModel` before anything runs: a misspelt key gets a "did you mean", a
-    value of the wrong type or out of range one :class:`ConfigError` naming the file and the key (never
-    quoting the file's contents)."""
-    from tagood.bench.schema import validate_config
-    from tagood.core.validation import SchemaError, suggest
+    Relative paths in it are relative to the file; ``name`` defaults to the file's name. ``benchmark = "<built-in>"``
+    starts from that built-in benchmark (``quick = true``: its CI-sized variant) and the file's other top-level keys
+    replace its keys. The whole config -- every key, every split type with its keys, the backbone, ``pseudo_ood``,
+    ``options`` and each method spec with its options -- is checked once, before anything runs: a misspelt key gets
+    a "did you mean", a value of the wrong type or out of range one :class:`ConfigError` naming the file and the
+    key (never quoting the file's contents).
 
+    Args:
+        path: the TOML file.
+
+    Returns:
+        The validated config, with ``base_dir`` = the file's folder.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key is unknown or invalid.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist" if not path.exists() else f"config {path} is not a file")
@@ -232,29 +197,12 @@ def load_config(path: str | Path) -> BenchConfig:
     except tomllib.TOMLDecodeError as e:  # its message gives the line and column, not the line's text
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     if "benchmark" in d:  # `benchmark = "fashion"` starts from a built-in and overrides keys
-        name, quick = d.pop("benchmark"), d.pop("quick", False)
+        name, quick = d["benchmark"], d.get("quick", False)
         if not isinstance(name, str) or name not in BUILTIN:
             hint = suggest(name, BUILTIN) if isinstance(name, str) else ""
-            raise ConfigError(f"{path}: key 'benchmark': unknown built-in benchmark{hint}; use one of {', '.join(sorted(BUILTIN))}")
+            raise ConfigError(f"{path}: key 'benchmark': unknown built-in benchmark{hint}; "
+                              f"use one of {', '.join(sorted(BUILTIN))}")
         if not isinstance(quick, bool):
             raise ConfigError(f"{path}: key 'quick' must be true or false")
-        base = builtin(name, quick=quick)
-        d = {**base.to_json(), **d}
-    try:
-        validate_config(d, path)
-    except SchemaError as e:
-        raise ConfigError(str(e)) from None
-    methods = d.get("methods") or CLASSIC
-    return BenchConfig(
-        name=str(d.get("name", path.stem)),
-        train=dict(d["train"]),
-        test=dict(d["test"]),
-        ood={k: dict(v) for k, v in d["ood"].items()},
-        methods=list(methods),
-        backbone=dict(d.get("backbone", {"name": "efficientnet-lite0"})),
-        seed=int(d.get("seed", 0)),
-        batch_size=int(d.get("batch_size", 64)),
-        pseudo_ood=copy.deepcopy(d.get("pseudo_ood", {"type": "jigsaw", "of": "train", "n": 600})),
-        base_dir=path.parent.resolve(),
-        options=dict(d.get("options", {})),
-    )
+        d = {**builtin(name, quick=quick).to_json(), **d}
+    return validate_config({"name": path.stem, **d}, path)

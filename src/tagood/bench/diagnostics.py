@@ -33,8 +33,9 @@ here changes a score.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 
@@ -50,7 +51,7 @@ Box = tuple[float, float, float, float]
 
 
 class TokenMasker(Protocol):
-    """A tag-based detector (``tagood.detectors.tagood.detector._TagBase``): which tokens its decomposition keeps."""
+    """A tag-based detector (``tagood.detectors.tagood.TagDetector``): which tokens its decomposition keeps."""
 
     def token_masks(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
         """(mask (N,T) bool of kept tokens, has_tag (N,) bool)."""
@@ -103,7 +104,7 @@ class SplitMasks:
     note: str = ""
 
 
-def split_masks(source: Any, indices: Sequence[int], backbone: Any) -> SplitMasks:
+def split_masks(source: Any, indices: Sequence[int] | np.ndarray, backbone: Any) -> SplitMasks:
     """Object / distractor token labels of the images ``indices`` of ``source`` (the feature rows'
     source indices), or a note saying why there are none. Masks come from ``source.object_mask(i)`` /
     ``source.distractor_mask(i)`` (bool (H, W) at the loaded image's resolution, or None)."""
@@ -120,7 +121,7 @@ def split_masks(source: Any, indices: Sequence[int], backbone: Any) -> SplitMask
         m = np.asarray(obj_fn(int(i)), dtype=bool)
         box, grid, n_prefix = geometry(m.shape[1], m.shape[0])
         obj_rows.append(mask_to_tokens(m, box, grid))
-        d = dis_fn(int(i)) if dis_rows is not None else None
+        d = dis_fn(int(i)) if dis_fn is not None and dis_rows is not None else None
         if d is None:
             dis_rows = None
         elif dis_rows is not None:
@@ -133,7 +134,8 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 else None
 
 
-def decomposition_row(method: str, split: str, kept: np.ndarray, has_tag: np.ndarray, masks: SplitMasks | None = None) -> dict[str, Any]:
+def decomposition_row(method: str, split: str, kept: np.ndarray, has_tag: np.ndarray,
+                      masks: SplitMasks | None = None) -> dict[str, Any]:
     """One diagnostics row from a detector's kept-token mask (N, T) and has_tag (N,) on a split."""
     kept = np.asarray(kept, dtype=bool)
     has = np.asarray(has_tag, dtype=bool)
@@ -174,8 +176,8 @@ def token_masks(det: TokenMasker, data: FeatureSet) -> tuple[np.ndarray, np.ndar
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def is_tag_based(det: Any) -> bool:
-    """The detector exposes its decomposition (``token_masks``)."""
+def is_tag_based(det: object) -> TypeGuard[TokenMasker]:
+    """The detector exposes its decomposition (``token_masks``: a :class:`TokenMasker`)."""
     return callable(getattr(det, "token_masks", None))
 
 
@@ -185,18 +187,19 @@ class SplitInput:
 
     features: FeatureSet
     source: Any = None
-    indices: Sequence[int] | None = None
+    indices: Sequence[int] | np.ndarray | None = None
 
 
-def diagnose(dets: Iterable[tuple[str, TokenMasker]], splits: Mapping[str, SplitInput], backbone: Any) -> list[dict[str, Any]]:
-    """One row per (tag-based detector, split); each split's masks are mapped onto tokens once."""
-    dets = [(name, d) for name, d in dets if is_tag_based(d)]
-    if not dets:
+def diagnose(dets: Iterable[tuple[str, object]], splits: Mapping[str, SplitInput], backbone: Any) -> list[dict[str, Any]]:
+    """One row per (tag-based detector, split); each split's masks are mapped onto tokens once. Detectors that are
+    not tag-based (:func:`is_tag_based`) are skipped."""
+    maskers = [(name, d) for name, d in dets if is_tag_based(d)]
+    if not maskers:
         return []
     masks = {name: split_masks(sp.source, sp.indices if sp.indices is not None else range(len(sp.features)), backbone)
              if sp.source is not None else None for name, sp in splits.items()}
     rows = []
-    for method, d in dets:
+    for method, d in maskers:
         for name, sp in splits.items():
             kept, has = token_masks(d, sp.features)
             rows.append(decomposition_row(method, name, kept, has, masks[name]))
@@ -207,11 +210,11 @@ def no_tag_rule(det: Any) -> str | None:
     """The detector's rule for images without a kept tag: ``"ood"`` (paper: most-OOD score),
     ``"fallback"`` (scored with all tokens), ``"none"`` for a tag-based detector that scores them like
     any image (``tagscore``: the tag probabilities alone), None for a detector without tags."""
-    from tagood.detectors.tagood.detector import TagOOD
+    from tagood.detectors.tagood import CentreDetector
 
     if not is_tag_based(det):
         return None
-    if not isinstance(det, TagOOD):
+    if not isinstance(det, CentreDetector):
         return "none"
     rule = getattr(det, "no_tag", None)  # "auto" is resolved to "ood" / "fallback" at fit
     return str(rule) if rule in ("ood", "fallback") else "ood"

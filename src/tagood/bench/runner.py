@@ -1,6 +1,13 @@
 """The benchmark runner: extract every split once into the feature cache, fit the IND linear head,
 fit and score every detector on the same features, compute the metrics, write the results.
 
+It reads the validated :class:`tagood.bench.schema.BenchConfig`; each split builds its own image source. Before
+anything is extracted, every detector checks its options against the IND training split's size
+(``Detector.check_data``: e.g. ``knn`` with ``k`` above the number of training images fails at once). The IND
+head and its logits come from the same library calls a Python user makes (:func:`tagood.detectors.head.fit_head`,
+:func:`tagood.detectors.head.with_head_logits`), so ``tagood.create(m).fit(train, Context(head=head))`` scores
+what ``tagood bench`` scores.
+
 Scores follow the project convention (higher = more OOD); metrics are those of
 :func:`tagood.metrics.ood_metrics`, reported in percent.
 
@@ -22,19 +29,18 @@ from typing import Any
 
 import numpy as np
 
-import tagood
 from tagood import detectors as det_registry
-from tagood.runtime import distributed
-from tagood.runtime import threads
-from tagood.bench.config import BenchConfig
+from tagood._version import __version__
 from tagood.backbones.factory import build_backbone, build_dual_encoder, tagger_context
+from tagood.bench.schema import BenchConfig
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
-from tagood.bench.sources import build_source
-from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields
-from tagood.data.source import ImageSource
-from tagood.extract import CachedImageStream, extract_split
-from tagood.core.featureset import FeatureSet
+from tagood.cache import CacheReader, heavy_fields
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.data.source import ImageSource
+from tagood.errors import ConfigError
+from tagood.extract import entry_images, extract_split
+from tagood.runtime import distributed, threads
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +55,8 @@ class Split:
 
     name: str
     source: ImageSource
-    reader: CacheReader | None = None
-    features: FeatureSet | None = None
+    reader: CacheReader | None
+    features: FeatureSet
     seconds: float = 0.0
 
 
@@ -100,7 +106,7 @@ def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[li
     have = set(backbone.outputs)
     missing = sorted((need | pseudo) - have)
     if missing:
-        raise ValueError(f"backbone {backbone.id} cannot provide {missing}; drop the detectors that need them")
+        raise ConfigError(f"backbone {backbone.id} cannot provide {missing}; drop the detectors that need them")
     return sorted(need), sorted(pseudo), images
 
 
@@ -115,52 +121,44 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     dets = [create_detector(m, cfg) for m in specs]
     device = local_device_of(device)
     progress = progress and distributed.world().is_main
+    sources = {name: split.source(cfg.base_dir, cfg.seed, name=name) for name, split in cfg.splits().items()}
+    check_data(dets, sources["train"])
     t0 = time.perf_counter()
-    state.backbone = backbone or build_backbone(cfg.backbone, device=device, base_dir=cfg.base_dir)
+    state.backbone = backbone or build_backbone(cfg.backbone_spec(), device=device, base_dir=cfg.base_dir)
     state.timings["load_backbone_s"] = time.perf_counter() - t0
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
-
-    sources = {"train": build_source(cfg.train, cfg.base_dir, cfg.seed, name="train"),
-               "test": build_source(cfg.test, cfg.base_dir, cfg.seed, name="test")}
-    for name, spec in cfg.ood.items():
-        sources[name] = build_source(spec, cfg.base_dir, cfg.seed, name=name)
-    if pseudo_fields and cfg.pseudo_ood:
-        from tagood.data import JigsawSource, subsample
-
-        of = sources[cfg.pseudo_ood.get("of", "train")]
-        n = min(int(cfg.pseudo_ood.get("n", 600)), len(of))
-        sources["pseudo-ood"] = JigsawSource(subsample(of, n, seed=cfg.seed), seed=cfg.seed)
+    if pseudo_fields and cfg.pseudo_ood is not None:
+        sources["pseudo-ood"] = cfg.pseudo_ood.source(sources[cfg.pseudo_ood.of], cfg.seed)
 
     for name, src in sources.items():
         t = time.perf_counter()
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
-                               batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.get("shard_size"))
+                               batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.shard_size)
         stream = heavy_fields(reader, f, stream_above_gb(cfg)) if name != "pseudo-ood" else []
         fs = reader.to_featureset(f, name=name, stream=stream)
         if need_images and name != "pseudo-ood":
-            fs.images = CachedImageStream(src, state.backbone, reader.indices)
+            fs.images = entry_images(reader, src, state.backbone)
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
         state.timings[f"extract_{name}_s"] = state.splits[name].seconds
 
-    from tagood.detectors.head import Classifier, fit_linear_head, head_accuracy
+    from tagood.detectors.head import Classifier, fit_head, head_accuracy, with_head_logits
 
     t = time.perf_counter()
     train = state.splits["train"].features
-    assert train is not None and train.features is not None
     class_names = sources["train"].class_names
-    head = fit_linear_head(train.features, train.labels, seed=cfg.seed, device=device)
-    head.class_names = class_names
+    head = fit_head(train, class_names, seed=cfg.seed, device=device)
     state.timings["fit_head_s"] = time.perf_counter() - t
     test = state.splits["test"].features
+    assert test.features is not None and test.labels is not None  # "features" is always extracted
     state.id_accuracy = 100.0 * head_accuracy(head, test.features, test.labels)
     log.info("IND accuracy of the linear head: %.2f%%", state.id_accuracy)
     fit_logits, score_logits = _needs_logits(dets)
     for name, sp in state.splits.items():
         # IND-head logits only where a detector reads them: on ImageNet the train split's would be
         # 1.28M x 1000 float32 (5 GB) that no built-in detector uses
-        if (fit_logits if name == "train" else score_logits) and sp.features is not None and sp.features.features is not None:
-            sp.features.logits = head(sp.features.features)
+        if (fit_logits if name == "train" else score_logits) and sp.features.features is not None:
+            sp.features = with_head_logits(sp.features, head)
 
     ctx = Context(head=head, class_names=class_names, device=device, seed=cfg.seed, **tagger_context(state.backbone, cache_root))
     if "pseudo-ood" in state.splits:
@@ -169,11 +167,11 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         ctx.model = Classifier(state.backbone, head, device)
     if any(set(d.requires) & set(_VLM_FIELDS) for d in dets):
         t = time.perf_counter()
-        dual_spec = cfg.options.get("dual_encoder")
+        dual_spec = cfg.options.dual_encoder
         if (dual_spec or {}).get("name", "offline") == "offline" and state.backbone.id != "efficientnet-lite0":
-            raise ValueError(f"the offline dual encoder of the vision-language methods reads EfficientNet-Lite0 features, "
-                             f"not {state.backbone.id}'s; run those methods with backbone efficientnet-lite0, or give a CLIP "
-                             f"dual encoder (options.dual_encoder = {{name = \"clip\", path = ...}})")
+            raise ConfigError(f"the offline dual encoder of the vision-language methods reads EfficientNet-Lite0 features, "
+                              f"not {state.backbone.id}'s; run those methods with backbone efficientnet-lite0, or give a "
+                              f"CLIP dual encoder (options.dual_encoder = {{name = \"clip\", path = ...}})")
         dual = build_dual_encoder(dual_spec, state.backbone, device=device)
         ctx.dual_encoder = dual
         state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
@@ -212,11 +210,25 @@ def _vlm_train(train: Split, vlm: list[det_registry.Detector], seed: int) -> Fea
 
 
 def create_detector(spec: str, cfg: BenchConfig) -> det_registry.Detector:
-    """``create(spec)`` with the benchmark's ``options["method_defaults"][name]`` as defaults (the spec's own options win)."""
+    """``create(spec)`` with the benchmark's ``options.method_defaults[name]`` as defaults (the spec's own options win)."""
     base, opts = det_registry.parse_name(spec)
-    defaults = dict(cfg.options.get("method_defaults", {}).get(base, {}))
-    det = det_registry.create(spec, **{k: v for k, v in defaults.items() if k not in opts})
-    return det
+    defaults = cfg.options.method_defaults.get(base, {})
+    return det_registry.create(spec, **{k: v for k, v in defaults.items() if k not in opts})
+
+
+def _ind_counts(train: ImageSource) -> tuple[int, int]:
+    """(IND training images, IND classes with a training image) of the train split's source."""
+    labels = {s.label for s in train.samples if s.label >= 0}
+    return len(train), len(labels)
+
+
+def check_data(dets: list[det_registry.Detector], train: ImageSource) -> None:
+    """Let every detector refuse, before any extraction, options the IND training split cannot satisfy
+    (``Detector.check_data(n_train, n_classes)``; e.g. ``knn`` with ``k`` above the training count raises
+    :class:`tagood.detectors.options.OptionError`)."""
+    n_train, n_classes = _ind_counts(train)
+    for d in dets:
+        d.check_data(n_train, n_classes)
 
 
 def local_device_of(device: str) -> str:
@@ -229,13 +241,9 @@ def local_device_of(device: str) -> str:
 
 
 def stream_above_gb(cfg: BenchConfig) -> float | None:
-    """The config's ``stream_above_gb`` option (GiB, default :data:`tagood.cache.STREAM_ABOVE_GB`;
-    ``none``/negative: never stream, 0: always)."""
-    v = cfg.options.get("stream_above_gb", STREAM_ABOVE_GB)
-    if v is None or (isinstance(v, str) and v.lower() in ("none", "never")):
-        return None
-    v = float(v)
-    return None if v < 0 else v
+    """The config's ``options.stream_above_gb`` in GiB, ``None`` for never (0: always stream)."""
+    v = cfg.options.stream_above_gb
+    return None if v == "never" else float(v)
 
 
 def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | Path | None = None, device: str = "cpu",
@@ -252,7 +260,7 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
     from tagood.runtime.logs import run_log
 
     with run_log(Path(out_dir) / "run.log", fresh=True):
-        log.info("tagood %s: %s", tagood.__version__, " ".join(sys.argv))
+        log.info("tagood %s: %s", __version__, " ".join(sys.argv))
         results, state = _run(cfg, out_dir, cache_root, device, progress, methods, backbone)
         _write_vocabularies(state, Path(out_dir))
     return results, state
@@ -271,7 +279,7 @@ def _write_vocabularies(state: RunState, out_dir: Path) -> None:
 
 def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | None, device: str,
          progress: bool, methods: list[str] | None, backbone: Any) -> tuple[dict[str, Any], RunState]:
-    from tagood.bench import report
+    from tagood.bench.report import writers as report
 
     t_all = time.perf_counter()
     state, dets = prepare(cfg, cache_root, device, progress, methods, backbone)
@@ -319,14 +327,15 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
     if distributed.world().is_main:  # the report's diagnostics: rank 0 alone (no collectives inside)
         _diagnose(state, list(state.fitted.items()))
     state.timings["total_s"] = time.perf_counter() - t_all
-    results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics, cfg.options.get("ood_groups"))
+    results = report.build_results(rows, state.id_accuracy, _meta(state), state.diagnostics, cfg.options.ood_groups)
     if out_dir is not None:
         report.write_all(results, out_dir, title=f"{cfg.name} ({state.backbone.id})")
         save_scores(Path(out_dir) / SCORES_FILE, state.scores, {n: _sample_ids(state.splits[n]) for n in ["test", *cfg.ood]})
     return results, state
 
 
-def _score_stream(d: det_registry.Detector, spec: str, state: RunState) -> tuple[dict[str, np.ndarray] | None, list[dict[str, Any]]]:
+def _score_stream(d: det_registry.Detector, spec: str,
+                  state: RunState) -> tuple[dict[str, np.ndarray] | None, list[dict[str, Any]]]:
     """A test-time detector (e.g. AdaNeg) scored on one seeded, shuffled stream of the IND test split and the OOD
     sets (:mod:`tagood.bench.stream`; ``options``: ``stream_id_ood_ratio``, default all samples;
     ``stream_mode``, default ``joint``). Returns per-split scores for ``scores.npz`` (``None`` when the stream
@@ -335,10 +344,10 @@ def _score_stream(d: det_registry.Detector, spec: str, state: RunState) -> tuple
     from tagood.bench.stream import evaluate_stream
 
     cfg = state.config
-    ratio = cfg.options.get("stream_id_ood_ratio")
+    ratio = cfg.options.stream_id_ood_ratio
     sr = evaluate_stream(d, state.splits["test"].features, {n: state.splits[n].features for n in cfg.ood}, seed=cfg.seed,
                          id_ood_ratio=None if ratio is None else float(ratio), batch_size=int(getattr(d, "batch_size", 256)),
-                         mode=cfg.options.get("stream_mode", "joint"))
+                         mode=cfg.options.stream_mode)
     state.streams[spec] = sr.to_json()
     complete = ratio is None and sr.mode == "joint"
     if not complete:
@@ -384,7 +393,7 @@ def _sample_ids(sp: Split) -> list[str] | None:
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {"tagood": tagood.__version__, "python": platform.python_version()}
+    out = {"tagood": __version__, "python": platform.python_version()}
     for pkg in ("torch", "numpy", "onnxruntime", "safetensors", "transformers", "scikit-learn"):
         try:
             out[pkg] = md.version(pkg)
@@ -406,7 +415,8 @@ def _meta(state: RunState) -> dict[str, Any]:
         "errors": state.errors,
         "streams": state.streams,
         "warnings": state.warnings,
-        "streamed": {n: sorted(sp.features.streamed) for n, sp in state.splits.items() if sp.features is not None and sp.features.streamed},
+        "streamed": {n: sorted(sp.features.streamed) for n, sp in state.splits.items()
+                     if sp.features is not None and sp.features.streamed},
         "metric_conventions": {
             "fpr95": "FPR of OOD at 95% TPR of IND (IND positive; TagOOD/MCM/KNN papers)",
             "fpr95_ood_pos": "FPR of IND at 95% TPR of OOD (OOD positive; OpenOOD v1.5)",

@@ -1,174 +1,172 @@
-"""The schema of a benchmark config (TOML): every key, every split type, the backbone, pseudo-OOD and options."""
+"""The benchmark config, declared once: :class:`BenchConfig` is both the schema of a TOML config file and the object
+the runner reads.
+
+Every key has its type, range, default and a one-line description here; a config file is validated into a
+:class:`BenchConfig` (:func:`validate_config`, :func:`tagood.bench.config.load_config`), the built-in benchmarks
+are built as one, and each split builds its own image source (:meth:`tagood.bench.sources.SplitSpec.source`).
+Assignments are validated too (``cfg.methods = [...]``, ``cfg.options.stream_mode = "per_set"``).
+"""
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      create_model, model_validator)
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from tagood.errors import ConfigError
-from tagood.core.validation import *  # noqa: F403
-from tagood.core.validation import _Strict, _finite_check, _not_bool, _type_word, format_errors
-from tagood.detectors.options import *  # noqa: F403
-from tagood.detectors.options import _spec_options
+from tagood.bench.methods import CLASSIC
+from tagood.bench.sources import (
+    SPLIT_TYPES,
+    ClutterSplit,
+    DigitsSplit,
+    FashionSplit,
+    FolderSplit,
+    ImageNetSplit,
+    ListSplit,
+    MnistSplit,
+    ScenesSplit,
+    SplitSpec,
+    SplitTable,
+)
+from tagood.cache import STREAM_ABOVE_GB
+from tagood.core.validation import (
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    SchemaError,
+    _finite_check,
+    _Strict,
+    format_errors,
+    suggest,
+)
+from tagood.data.source import ImageSource
+from tagood.detectors.options import OptionError, _spec_options, check_detector_options
+
+__all__ = ["BACKBONES", "SPLIT_TYPES", "BenchConfig", "BenchOptions", "CLIPSpec", "ClutterSplit", "DigitsSplit",
+           "EfficientNetSpec", "FashionSplit", "FolderSplit", "ImageNetSplit", "ListSplit", "MnistSplit", "PseudoOOD",
+           "RAMSpec", "ScenesSplit", "SplitTable", "SplitSpec", "validate_config"]
+
+_VALIDATED = ConfigDict(validate_assignment=True)
 
 
-class _SplitCommon(_Strict):
-    per_class: PosInt | None = None
-    n: PosInt | None = None
-    classes: list[Int] | None = None
-    relabel: bool | None = None
-    ood_labels: bool | None = None
-
-
-class FolderSplit(_SplitCommon):
-    type: Literal["folder"]
-    root: str = Field(description="image folder, one sub-folder per class; relative to the config file")
-
-
-class ListSplit(_SplitCommon):
-    type: Literal["list"]
-    file: str
-    root: str | None = None
-
-
-class FashionSplit(_SplitCommon):
-    type: Literal["fashion_mnist"]
-    split: Literal["train", "test"] = "train"
-    root: str | None = None
-
-
-class MnistSplit(_SplitCommon):
-    type: Literal["mnist5k"]
-
-
-class DigitsSplit(_SplitCommon):
-    type: Literal["digits"]
-
-
-class _Generated(_SplitCommon):
-    n_train_per_class: PosInt | None = None
-    n_test_per_class: PosInt | None = None
-    n_ood: PosInt | None = None
-
-
-class ClutterSplit(_Generated):
-    type: Literal["fashion_clutter"]
-    part: Literal["train", "test", "clutter-near", "clutter-only"]
-
-
-class ScenesSplit(_Generated):
-    type: Literal["scenes"]
-    part: Literal["train", "test", "scene-near", "scene-clutter", "scene-far"]
-    stamps: str | None = None
-
-
-class ImageNetSplit(_SplitCommon):
-    type: Literal["imagenet"]
-    root: str
-    part: str = "val"
-
-
-SPLIT_TYPES: dict[str, type[_SplitCommon]] = {
-    "folder": FolderSplit, "list": ListSplit, "fashion_mnist": FashionSplit, "mnist5k": MnistSplit, "digits": DigitsSplit,
-    "fashion_clutter": ClutterSplit, "scenes": ScenesSplit, "imagenet": ImageNetSplit,
-}
-
-
-def _split_tag(v: Any) -> str | None:
-    t = v.get("type") if isinstance(v, Mapping) else getattr(v, "type", None)
-    return t if t in SPLIT_TYPES else None
-
-
-def _check_split(v: Any) -> Any:
-    """A split is a table with a known ``type`` (checked before the union picks the model of that type)."""
-    if not isinstance(v, Mapping):
-        raise PydanticCustomError("split", "a split is a table with 'type' = one of {types}", {"types": ", ".join(SPLIT_TYPES)})
-    if "type" not in v:
-        raise PydanticCustomError("missing_type", "a split needs 'type': one of {types}", {"types": ", ".join(SPLIT_TYPES)})
-    t = v["type"]
-    if t not in SPLIT_TYPES:
-        raise PydanticCustomError("split_type", "unknown split type{hint}; use one of {types}",
-                                  {"hint": suggest(str(t), SPLIT_TYPES) if isinstance(t, str) else "", "types": ", ".join(SPLIT_TYPES)})
-    return v
-
-
-Split = Annotated[Union[tuple(Annotated[m, Tag(t)] for t, m in SPLIT_TYPES.items())],  # type: ignore[misc]
-                  Discriminator(_split_tag), BeforeValidator(_check_split)]
-
-
+# -- backbone ---------------------------------------------------------------------------------------
 class EfficientNetSpec(_Strict):
-    name: Literal["efficientnet-lite0", "efficientnet-lite2"]
-    engine: Literal["auto", "onnx", "torch"] | None = None
-    batch_size: PosInt | None = None
-    num_threads: PosInt | None = None
-    top_k_tags: PosInt | None = None
-    cache_dir: str | None = None
+    """The built-in offline taggers (EfficientNet-Lite0 / Lite2 with CAM tag maps)."""
+
+    model_config = _VALIDATED
+
+    name: Literal["efficientnet-lite0", "efficientnet-lite2"] = Field("efficientnet-lite0", description="the tagger")
+    engine: Literal["auto", "onnx", "torch"] | None = Field(None, description="inference engine (default auto: onnx on the CPU)")
+    batch_size: PosInt | None = Field(None, description="forward batch size")
+    num_threads: PosInt | None = Field(None, description="CPU threads of the engine")
+    top_k_tags: PosInt | None = Field(None, description="tags (with their attention maps) stored per image")
+    cache_dir: str | None = Field(None, description="where its ONNX export is kept (default $TAGOOD_HOME)")
 
 
 class RAMSpec(_Strict):
-    name: Literal["ram"]
-    checkpoint: str
-    tag_list: str | None = None
-    thresholds: str | None = None
-    image_size: PosInt | None = None
-    head_heads: PosInt | None = None
-    batch_size: PosInt | None = None
-    top_k_tags: PosInt | None = None
-    attention_layer: NonNegInt | None = None
-    candidate_tags: list[NonNegInt] | None = None
-    resize: Literal["square", "crop"] | None = None
-    cross_attention: bool | None = None
+    """Recognize Anything (RAM / RAM++) as the tagger."""
+
+    model_config = _VALIDATED
+
+    name: Literal["ram"] = Field(description="the tagger")
+    checkpoint: str = Field(description="the official .pth or a `tagood convert ram` folder")
+    tag_list: str | None = Field(None, description="ram_tag_list.txt (not needed for a converted folder)")
+    thresholds: str | None = Field(None, description="ram_tag_list_threshold.txt, the per-tag thresholds")
+    image_size: PosInt | None = Field(None, description="input resolution (default 384)")
+    head_heads: PosInt | None = Field(None, description="attention heads of the tagging head")
+    batch_size: PosInt | None = Field(None, description="forward batch size")
+    top_k_tags: PosInt | None = Field(None, description="tags (with their attention maps) stored per image")
+    attention_layer: NonNegInt | None = Field(None, description="the cross-attention layer that gives the tag attention "
+                                                                "(public code: the first, 0)")
+    candidate_tags: list[NonNegInt] | None = Field(None, description="tag ids to keep attention maps for")
+    resize: Literal["square", "crop"] | None = Field(None, description="square (resize) or crop (resize the short side, "
+                                                                       "centre crop)")
+    cross_attention: bool | None = Field(None, description="keep the cross-attention maps of the tags")
 
 
 class CLIPSpec(_Strict):
-    name: Literal["clip"]
-    path: str
-    vocabulary: str | list[str] | None = None
-    templates: list[str] | None = None
-    arch: str | None = None
-    batch_size: PosInt | None = None
-    top_k_tags: PosInt | None = None
-    dense: Literal["value", "plain"] | None = None
+    """A dense CLIP tagger."""
+
+    model_config = _VALIDATED
+
+    name: Literal["clip"] = Field(description="the tagger")
+    path: str = Field(description="a Hugging Face CLIP folder (safetensors) or an open_clip file")
+    vocabulary: str | list[str] | None = Field(None, description="tag names: a file, one a line, or an array "
+                                                                 "(default: the 1000 ImageNet classes)")
+    templates: list[str] | None = Field(None, description="prompt templates such as 'a photo of a {}.'")
+    arch: str | None = Field(None, description="the open_clip architecture of an open_clip file")
+    batch_size: PosInt | None = Field(None, description="forward batch size")
+    top_k_tags: PosInt | None = Field(None, description="tags (with their attention maps) stored per image")
+    dense: Literal["value", "plain"] | None = Field(None, description="dense patch embeddings: value (value-value "
+                                                                      "attention) or plain")
 
 
+#: the backbone models by name
 BACKBONES: dict[str, type[_Strict]] = {"efficientnet-lite0": EfficientNetSpec, "efficientnet-lite2": EfficientNetSpec,
                                        "ram": RAMSpec, "clip": CLIPSpec}
+_DEFAULT_BACKBONE: str = EfficientNetSpec.model_fields["name"].default
 
 
 def _backbone_tag(v: Any) -> str | None:
-    n = v.get("name") if isinstance(v, Mapping) else getattr(v, "name", None)
+    n = v.get("name", _DEFAULT_BACKBONE) if isinstance(v, Mapping) else getattr(v, "name", None)
     if n not in BACKBONES:
         return None
     return "efficientnet" if n.startswith("efficientnet") else n
 
 
 def _check_backbone(v: Any) -> Any:
+    if isinstance(v, (EfficientNetSpec, RAMSpec, CLIPSpec)):
+        return v
     if not isinstance(v, Mapping):
-        raise PydanticCustomError("backbone", "[backbone] is a table with 'name' = one of {names}", {"names": ", ".join(BACKBONES)})
-    v = {"name": "efficientnet-lite0", **v}
-    n = v["name"]
+        raise PydanticCustomError("backbone", "[backbone] is a table with 'name' = one of {names}",
+                                  {"names": ", ".join(BACKBONES)})
+    n = v.get("name", _DEFAULT_BACKBONE)
     if n not in BACKBONES:
         raise PydanticCustomError("backbone", "unknown backbone{hint}; use one of {names}",
-                                  {"hint": suggest(str(n), BACKBONES) if isinstance(n, str) else "", "names": ", ".join(BACKBONES)})
+                                  {"hint": suggest(str(n), BACKBONES) if isinstance(n, str) else "",
+                                   "names": ", ".join(BACKBONES)})
     return v
 
 
-Backbone = Annotated[Union[Annotated[EfficientNetSpec, Tag("efficientnet")], Annotated[RAMSpec, Tag("ram")],
-                           Annotated[CLIPSpec, Tag("clip")]], Discriminator(_backbone_tag), BeforeValidator(_check_backbone)]
+#: the ``[backbone]`` table: validated into the model its ``name`` names
+Backbone = Annotated[Annotated[EfficientNetSpec, Tag("efficientnet")] | Annotated[RAMSpec, Tag("ram")]
+                     | Annotated[CLIPSpec, Tag("clip")], Discriminator(_backbone_tag), BeforeValidator(_check_backbone)]
 
 
+# -- pseudo-OOD and options -------------------------------------------------------------------------
 class PseudoOOD(_Strict):
-    type: Literal["jigsaw"] = "jigsaw"
-    of: str = "train"
-    n: PosInt = 600
+    """``[pseudo_ood]``: jigsaw-shuffled images of one split; FeatureNorm picks its block on them."""
+
+    model_config = _VALIDATED
+
+    type: Literal["jigsaw"] = Field("jigsaw", description="the only kind: jigsaw-shuffled images")
+    of: str = Field("train", description="which split to shuffle: train, test or an OOD set's name")
+    n: PosInt = Field(600, description="how many images (at most the split's size)")
+
+    def source(self, of: ImageSource, seed: int = 0) -> ImageSource:
+        """The pseudo-OOD images: a seeded subsample of ``of`` (``n``, at most all of it), jigsaw-shuffled.
+
+        Args:
+            of: the source of the split named by ``of`` (:meth:`tagood.bench.sources.SplitSpec.source`).
+            seed: seeds the subsample and the shuffles (the benchmark's ``seed``).
+
+        Returns:
+            A :class:`tagood.data.JigsawSource`, e.g. to extract ``Context.pseudo_ood`` for FeatureNorm.
+        """
+        from tagood.data import JigsawSource, subsample
+
+        return JigsawSource(subsample(of, min(self.n, len(of)), seed=seed), seed=seed)
 
 
 def _method_spec(v: Any) -> Any:
@@ -198,58 +196,134 @@ def _method_defaults(v: Any) -> Any:
 
 
 def _stream_above(v: Any) -> Any:
+    """A number of GiB; ``none`` / ``never`` / a negative number / ``None``: ``"never"``."""
     if v is None or (isinstance(v, str) and v.lower() in ("none", "never")):
-        return v
+        return "never"
     _finite_check(v)
     if not isinstance(v, (int, float)):
         raise PydanticCustomError("stream_above_gb", "must be a number of GiB, or 'never'")
-    return v
+    return "never" if v < 0 else float(v)
+
+
+MethodSpec = Annotated[str, BeforeValidator(_method_spec)]
 
 
 class BenchOptions(_Strict):
     """``[options]`` of a benchmark config (and of the built-in ones)."""
 
-    method_defaults: Annotated[dict[str, dict[str, Any]], BeforeValidator(_method_defaults)] | None = None
-    stream_above_gb: Annotated[Any, BeforeValidator(_stream_above)] = None
-    shard_size: PosInt | None = None
-    dual_encoder: dict[str, Any] | None = None
-    ood_groups: dict[str, list[str]] | None = None
-    stream_id_ood_ratio: PosFloat | None = None
-    stream_mode: Literal["joint", "per_set"] | None = None
-    quick: bool | None = None
+    model_config = _VALIDATED
+
+    method_defaults: Annotated[dict[str, dict[str, Any]], BeforeValidator(_method_defaults)] = Field(
+        default_factory=dict, description="default options per method, [options.method_defaults.<method>] "
+                                          "(a spec's own options win: 'knn[k=10]')")
+    stream_above_gb: Annotated[float | Literal["never"], BeforeValidator(_stream_above)] = Field(
+        STREAM_ABOVE_GB, description="stream tokens / tag maps from the cache when float32 would exceed this many GiB "
+                                     "(0 = always; -1 or 'never' = never)")
+    shard_size: PosInt | None = Field(None, description="images per feature-cache shard (default: the cache's)")
+    dual_encoder: dict[str, Any] | None = Field(None, description="the vision-language methods' encoder, e.g. "
+                                                                  "{name = 'clip', path = DIR} (default: the offline "
+                                                                  "EfficientNet-Lite0 + MiniLM stand-in)")
+    ood_groups: dict[str, list[str]] | None = Field(None, description="extra average rows: row name -> the OOD sets it "
+                                                                      "averages")
+    stream_id_ood_ratio: PosFloat | None = Field(None, description="test-time methods (adaneg): IND:OOD ratio of their "
+                                                                   "seeded test stream (default: every sample)")
+    stream_mode: Literal["joint", "per_set"] = Field("joint", description="test-time methods: one stream of IND test and "
+                                                                          "all OOD sets (joint), or one per OOD set")
 
 
-class ConfigModel(_Strict):
-    """A TOML benchmark config (``tagood bench CONFIG``), after ``benchmark = "<built-in>"`` is merged in."""
+# -- the config ---------------------------------------------------------------------------------------
+class BenchConfig(_Strict):
+    """A benchmark: the IND train and test splits, the OOD sets, the backbone, the detectors and the run options.
 
-    name: str | None = None
-    benchmark: str | None = None
-    quick: bool | None = None
-    methods: list[Annotated[str, BeforeValidator(_method_spec)]] | None = None
-    backbone: Backbone | None = None
-    seed: NonNegInt = 0
-    batch_size: PosInt = 64
-    train: Split
-    test: Split
-    ood: dict[str, Split] = Field(min_length=1)
-    pseudo_ood: PseudoOOD | None = None
-    options: BenchOptions | None = None
+    The one declaration of a config file's keys (``tagood bench CONFIG.toml``) and the object
+    :func:`tagood.bench.runner.run` reads. Relative paths in its splits are taken from :attr:`base_dir`
+    (a config file's folder; pass ``base_dir=`` when building one in Python, default: the working directory).
+
+    Example:
+        >>> cfg = BenchConfig(name="mine", train={"type": "folder", "root": "train"},
+        ...                   test={"type": "folder", "root": "test"}, ood={"far": {"type": "folder", "root": "ood"}},
+        ...                   methods=["msp", "knn[k=5]"])
+        >>> cfg.train.root, cfg.pseudo_ood.n, cfg.options.stream_mode
+        ('train', 600, 'joint')
+    """
+
+    model_config = _VALIDATED
+
+    name: str = Field(description="the run's name in results.json / results.md (in a file: default the file's name)")
+    benchmark: str | None = Field(None, description="start from this built-in benchmark (scenes, fashion, fashion-clutter); "
+                                                    "the file's other keys override its keys")
+    quick: bool = Field(False, description="with benchmark: its small CI-sized variant")
+    methods: list[MethodSpec] = Field(default_factory=lambda: list(CLASSIC), min_length=1,
+                                      description="detectors to run, with options in brackets: 'knn[k=50]' "
+                                                  "(`tagood methods` lists them; default: the classic baselines)")
+    backbone: Backbone = Field(default_factory=EfficientNetSpec, description="[backbone]: the tagger / feature extractor "
+                                                                             "(default: efficientnet-lite0, built in)")
+    seed: NonNegInt = Field(0, description="seeds subsampling, training and the pseudo-OOD split")
+    batch_size: PosInt = Field(64, description="images per extraction batch")
+    train: SplitTable = Field(description="[train]: the IND training split (labelled)")
+    test: SplitTable = Field(description="[test]: the IND test split")
+    ood: dict[str, SplitTable] = Field(min_length=1, description="[ood.<name>]: one table per OOD set")
+    pseudo_ood: PseudoOOD | None = Field(default_factory=PseudoOOD, description="[pseudo_ood]: the pseudo-OOD split "
+                                                                                "(Python: None for none)")
+    options: BenchOptions = Field(default_factory=BenchOptions, description="[options]: run options")
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def __init__(self, /, base_dir: str | Path | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        if base_dir is not None:
+            self._base_dir = Path(base_dir)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths of the splits are taken from."""
+        return self._base_dir
+
+    @base_dir.setter
+    def base_dir(self, value: str | Path) -> None:
+        self._base_dir = Path(value)
 
     @model_validator(mode="after")
-    def _pseudo_of(self) -> "ConfigModel":
+    def _pseudo_of(self) -> BenchConfig:
         if self.pseudo_ood is not None:
             splits = ["train", "test", *self.ood]
             if self.pseudo_ood.of not in splits:
                 raise PydanticCustomError("pseudo_of", "pseudo_ood.of must name a split: {splits}", {"splits": ", ".join(splits)})
         return self
 
+    def splits(self) -> dict[str, SplitSpec]:
+        """``train``, ``test`` and every OOD set, by name, in that order."""
+        return {"train": self.train, "test": self.test, **self.ood}
+
+    def backbone_spec(self) -> dict[str, Any]:
+        """The backbone as the keyword table :func:`tagood.backbones.factory.build_backbone` takes (given keys only)."""
+        return self.backbone.model_dump(exclude_none=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON values (recorded in results.json ``meta.config``; keys left unset are left out)."""
+        d = self.model_dump(mode="json", exclude_none=True)
+        d.setdefault("pseudo_ood", None)
+        return d
 
 
-def validate_config(data: Mapping[str, Any], path: str | Path) -> ConfigModel:
+def validate_config(data: Mapping[str, Any], path: str | Path, base_dir: str | Path | None = None) -> BenchConfig:
     """Validate a benchmark config read from ``path`` (after a ``benchmark = ...`` base is merged in).
-    Raises :class:`SchemaError` naming the file and each bad key (with a suggestion for a misspelt one);
-    method specs and ``options.method_defaults`` are checked against :data:`DETECTOR_OPTIONS`."""
+
+    Args:
+        data: the file's tables and keys.
+        path: the file, named by every error message.
+        base_dir: where relative paths are taken from (default: ``path``'s folder).
+
+    Returns:
+        The :class:`BenchConfig` the runner reads.
+
+    Raises:
+        SchemaError: naming the file and each bad key (with a suggestion for a misspelt one), never quoting a value;
+            method specs and ``options.method_defaults`` are checked against each detector's options.
+    """
     try:
-        return ConfigModel.model_validate(dict(data))
+        cfg = BenchConfig.model_validate(dict(data))
     except ValidationError as e:
-        raise SchemaError(format_errors(e, data, str(path), "See README 'Your own benchmark' for the keys")) from None
+        raise SchemaError(format_errors(e, data, str(path), "See docs/guides/bench-config.md for the keys")) from None
+    cfg.base_dir = Path(base_dir) if base_dir is not None else Path(path).parent.resolve()
+    return cfg

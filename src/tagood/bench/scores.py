@@ -9,13 +9,15 @@ without touching the models (``tagood metrics RUN_DIR``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from tagood.runtime.fileio import atomic_open
+from tagood.errors import InputError
 from tagood.metrics import ood_metrics
+from tagood.runtime.fileio import atomic_open
 
 SCORES_FILE = "scores.npz"
 IND_SPLIT = "test"
@@ -44,7 +46,7 @@ def save_scores(path: str | Path, scores: Mapping[str, Mapping[str, np.ndarray]]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(p) as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)  # float64 and text arrays only: nothing to pickle
     return p
 
 
@@ -55,7 +57,7 @@ def load_scores(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dic
     if p.is_dir():
         p = p / SCORES_FILE
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no per-sample scores here (benchmark runs write {SCORES_FILE} beside results.json)")
+        raise InputError(f"{p}: no per-sample scores here (benchmark runs write {SCORES_FILE} beside results.json)")
     scores: dict[str, dict[str, np.ndarray]] = {}
     ids: dict[str, list[str]] = {}
     with np.load(p, allow_pickle=False) as z:
@@ -67,7 +69,7 @@ def load_scores(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dic
             elif kind == "id":
                 ids[rest] = [str(x) for x in z[key]]
     if not scores:
-        raise ValueError(f"{p} holds no 'score/<method>/<split>' arrays")
+        raise InputError(f"{p} holds no 'score/<method>/<split>' arrays")
     return scores, ids
 
 
@@ -76,6 +78,7 @@ def rows_from_scores(scores: Mapping[str, Mapping[str, np.ndarray]], ind: str = 
     rows: list[dict[str, Any]] = []
     for method, per in scores.items():
         if ind not in per:
-            raise ValueError(f"method {method!r} has no scores on the IND split {ind!r} (splits: {sorted(per)})")
+            raise InputError(f"method {method!r} has no scores on the IND split {ind!r} (splits: {sorted(per)}); pass the "
+                             "IND split's name (`tagood metrics --ind NAME`)")
         rows += metric_rows(method, per[ind], {k: v for k, v in per.items() if k != ind})
     return rows

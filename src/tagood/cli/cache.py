@@ -13,22 +13,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from tagood.cli.common import cli_command, console, fail
+from tagood.cli.options import CacheOpt, QuietOpt, VerboseOpt
 
 cache_app = typer.Typer(no_args_is_help=True, help="Manage the feature cache: list, remove and verify entries.")
 
-_CacheOpt = typer.Option(None, "--cache", help="Feature cache directory (default $TAGOOD_CACHE or $TAGOOD_HOME/features).")
-_VerboseOpt = typer.Option(False, "-v", "--verbose", help="Also log DEBUG lines.")
-_QuietOpt = typer.Option(False, "-q", "--quiet", help="Log warnings and errors only, no progress bars.")
 
-
-def _root(cache: Optional[Path]) -> Path:
+def _root(cache: Path | None) -> Path:
     from tagood.backbones.home import default_cache_root
 
     return cache if cache is not None else default_cache_root()
@@ -56,7 +53,7 @@ def _size(n: int) -> str:
 
 @cache_app.command("ls")
 @cli_command()
-def ls_cmd(cache: Optional[Path] = _CacheOpt, verbose: bool = _VerboseOpt, quiet: bool = _QuietOpt) -> None:
+def ls_cmd(cache: CacheOpt = None, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
     """List the cache entries: split, samples stored / source, failed images, size on disk, state."""
     from tagood.cache import list_entries
 
@@ -83,9 +80,9 @@ def ls_cmd(cache: Optional[Path] = _CacheOpt, verbose: bool = _VerboseOpt, quiet
 def rm_cmd(
     entries: list[str] = typer.Argument(None, help="Entries to delete (directory names from `tagood cache ls`, or paths)."),
     all_: bool = typer.Option(False, "--all", help="Delete every entry under the cache root."),
-    cache: Optional[Path] = _CacheOpt,
-    verbose: bool = _VerboseOpt,
-    quiet: bool = _QuietOpt,
+    cache: CacheOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Delete cache entries (each under its write lock: an entry being extracted is refused, not deleted)."""
     from tagood.cache import remove_entry
@@ -104,10 +101,10 @@ def verify_cmd(
     entries: list[str] = typer.Argument(None, help="Entries to verify (default: all under the cache root)."),
     repair: bool = typer.Option(False, "--repair", help="Re-extract the damaged shards (entries written by `tagood extract`); "
                                                         "set a damaged manifest aside so the entry is extracted again."),
-    device: str = typer.Option("cpu", help="Device for --repair's re-extraction."),
-    cache: Optional[Path] = _CacheOpt,
-    verbose: bool = _VerboseOpt,
-    quiet: bool = _QuietOpt,
+    device: str = typer.Option("cpu", help="torch device for --repair's re-extraction: cpu, cuda, cuda:0 or mps."),
+    cache: CacheOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Check every shard of the entries against the SHA-256 in their manifest (exit 1 if damage is left)."""
     from tagood.cache import MANIFEST, CacheError, CacheReader, EntryLock, set_aside_manifest
@@ -130,7 +127,8 @@ def verify_cmd(
             if repair:
                 with EntryLock(d, 0):
                     moved = set_aside_manifest(d)
-                console.print(f"  manifest set aside as {escape(moved.name)}; the next run that uses this entry extracts it again")
+                console.print(f"  manifest set aside as {escape(moved.name)}; the next run that uses this entry extracts it "
+                              "again")
             else:
                 left += 1
             continue
@@ -151,7 +149,7 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-def _repair_now(d: Path, reader, device: str, progress: bool = True) -> bool:
+def _repair_now(d: Path, reader: Any, device: str, progress: bool = True) -> bool:
     """Re-extract the damaged shards of an entry that records its recipe (written by `tagood extract`)."""
     from tagood import data
     from tagood.backbones.factory import build_backbone

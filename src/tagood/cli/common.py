@@ -1,10 +1,10 @@
 """What every ``tagood`` command shares: the console, error messages, and :func:`cli_command`, the one wrapper
 that opens each command (log setup, device check) and turns any error into one message and exit status 2.
 
-Used by :mod:`tagood.cli.main` and :mod:`tagood.cli.cache`. Scores everywhere: higher = more OOD.
+Used by every command module of :mod:`tagood.cli`. Scores everywhere: higher = more OOD.
 
-A command's error exits with status 2 and one line that names the file or option and what to do;
-``tagood --debug ...`` (or ``TAGOOD_DEBUG=1``) shows the traceback instead.
+A command's error -- any :class:`tagood.errors.TagoodError` -- exits with status 2 and one line that names the file or
+option and what to do; ``tagood --debug ...`` (or ``TAGOOD_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ import functools
 import logging
 import os
 import sys
-from typing import Any, Callable, NoReturn, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from tagood.errors import CheckpointError, TagoodError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,32 +53,32 @@ def fail(msg: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from tagood.cache import CacheError
-    from tagood.data.source import DataSourceError, ImageDecodeError
+def user_message(e: BaseException) -> str:
+    """One line for an exception that escaped a command.
 
-    return CacheError, DataSourceError, ImageDecodeError, ValueError
+    A :class:`tagood.errors.TagoodError` (every error a user can cause: a bad option, config, path, image folder,
+    cache entry or saved detector) is shown as its message, which names the file or option and what to do; so is an
+    ``OSError`` that carries the operating system's reason (``PATH: Permission denied``, a full disk). Anything
+    else is a bug: its type and message with a pointer to ``tagood --debug``.
 
+    Args:
+        e: the exception that escaped the command.
 
-def user_message(e: BaseException, bad_input: tuple[type[BaseException], ...] = ()) -> str:
-    """One line for an exception that escaped a command: the message of the errors that describe bad input
-    (``bad_input`` adds types for one command), the exception type too for anything else."""
-    if isinstance(e, KeyError) and e.args:
-        return str(e.args[0])
+    Returns:
+        The line to print (without colour markup).
+    """
+    if isinstance(e, TagoodError):
+        return str(e)
     if isinstance(e, OSError) and e.strerror:
         return f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror}"
-    if isinstance(e, (*_bad_input_types(), FileNotFoundError, *bad_input)) or type(e).__name__.endswith(
-            ("LoadError", "CheckpointError", "ConfigError")):
-        return str(e)
     return f"unexpected error ({type(e).__name__}: {e}); run `tagood --debug ...` for the traceback and report it"
 
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
     """Rich log lines on a terminal, plain unwrapped lines otherwise (:mod:`tagood.runtime.logs`); ``quiet``: warnings only
     (always on the ranks other than 0 of a torchrun world)."""
-    from tagood.runtime.logs import setup_logging as _setup
-
     from tagood.runtime.distributed import world
+    from tagood.runtime.logs import setup_logging as _setup
 
     if verbose and quiet:
         fail("--quiet and --verbose exclude each other; give one of them")
@@ -113,13 +117,13 @@ def check_device(device: str) -> str:
     return d
 
 
-def cli_command(bad_input: tuple[type[BaseException], ...] = ()) -> Callable[[F], F]:
+def cli_command() -> Callable[[F], F]:
     """The one wrapper of every ``tagood`` command (put it under ``@app.command()``).
 
     Opening: ``--verbose`` / ``--quiet`` set up logging (:func:`setup_logging`), ``--device`` is checked and mapped to
     this process's device (:func:`check_device`; the command receives the mapped string). Then the command runs;
     an exception escaping it prints :func:`user_message` and exits 2 (``typer.Exit`` / usage errors pass through;
-    ``--debug`` re-raises). ``bad_input``: further exception types whose message is shown as is."""
+    ``--debug`` re-raises)."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -135,9 +139,56 @@ def cli_command(bad_input: tuple[type[BaseException], ...] = ()) -> Callable[[F]
             except Exception as e:  # noqa: BLE001 - the CLI boundary: every error becomes one message
                 if debug() or type(e).__module__.split(".")[0] in ("typer", "click"):  # typer.Exit, usage errors
                     raise
-                fail(user_message(e, bad_input))
+                fail(user_message(e))
 
         setattr(run, WRAPPED, True)
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+# -- helpers of several commands ---------------------------------------------------------------------------------
+def is_main() -> bool:
+    """Rank 0 of a torchrun world (or a single process): the one that prints and writes the results."""
+    from tagood.runtime.distributed import world
+
+    return world().is_main
+
+
+def method_specs(methods: str | None) -> list[str] | None:
+    """Split ``--methods 'a,b[x=1,y=2],c'`` on the commas outside brackets; None when not given."""
+    from tagood.detectors.registry import split_specs
+
+    return split_specs(methods) if methods else None
+
+
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt", "model.pth")
+
+
+def check_clip_dir(path: Path | str | None) -> None:
+    """A CLIP directory whose weights exist only as a pickle is refused before anything unpickles it."""
+    if path is None or not Path(path).is_dir():
+        return
+    p = Path(path)
+    if any(p.glob("*.safetensors")):
+        return
+    pickles = [f.name for f in p.iterdir() if f.name in _PICKLE_WEIGHTS or f.name.startswith("pytorch_model-")]
+    if pickles:
+        raise CheckpointError(f"{p}: the CLIP weights are only in {', '.join(sorted(pickles))}, a pickle file, which can run "
+                          "code when it is loaded; tagood reads safetensors only. Convert it once on a trusted machine "
+                          "(CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)) to get "
+                          "model.safetensors")
+
+
+def backbone_files(checkpoint: Path | None, tags: Path | None, thresholds: Path | None, clip: Path | None,
+                   vocabulary: Path | None) -> dict[str, str]:
+    """The backbone spec keys (:func:`tagood.backbones.factory.build_backbone`) of the file options that were given."""
+    given = {"checkpoint": checkpoint, "tag_list": tags, "thresholds": thresholds, "path": clip, "vocabulary": vocabulary}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
+def stream_limit(v: float | None) -> float | None:
+    """``--stream-above-gb``: the cache's default when not given, None (never stream) for a negative value."""
+    from tagood.cache import STREAM_ABOVE_GB
+
+    return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)

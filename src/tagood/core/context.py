@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tagood.core.featureset import FeatureSet
-from tagood.core.types import LinearHead
+from tagood.core.types import DualEncoder, LinearHead
 
 
 @dataclass
@@ -34,13 +34,16 @@ class Context:
 
     ``crop_encoder``: images ``(N,3,H,W)`` -> embeddings ``(N,E)`` for KR-NFT's crops when they should not go
     through ``dual_encoder.encode_images``.
+
+    ``shared``: work that detectors fitted with this context share, by key (the TagOOD family's IND vocabularies,
+    :mod:`tagood.detectors.tagood.memo`): fit the detectors of one training split with one context to share it.
     """
 
     head: LinearHead | None = None
     model: Callable[..., Any] | None = None
     pseudo_ood: FeatureSet | None = None
     class_names: list[str] | None = None
-    dual_encoder: Any = None
+    dual_encoder: DualEncoder | None = None
     device: str = "cpu"
     seed: int = 0
     tag_names: Sequence[str] | None = None
@@ -48,3 +51,4 @@ class Context:
     tag_thresholds: np.ndarray | None = None
     work_dir: str | None = None
     crop_encoder: Callable[[np.ndarray], np.ndarray] | None = None
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -12,19 +12,21 @@ for one shard; :func:`from_cache` builds a FeatureSet from a cache reader with i
 only stores and yields arrays (:meth:`tagood.cache.CacheReader.arrays` /
 :meth:`~tagood.cache.CacheReader.iter_arrays`).
 
-Detectors read FeatureSets and return OOD scores, **higher = more OOD** (DESIGN section 3).
+Detectors read FeatureSets and return OOD scores, **higher = more OOD**.
 This module imports :mod:`tagood.core.types` only (numpy types), never the cache.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from tagood.core.types import INPUT_FIELDS, ImageStream, TagAttention, TokenSet
+from tagood.core.images import ImageStream
+from tagood.core.types import INPUT_FIELDS, TagAttention, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,12 @@ class FeatureSet:
     paths: list[str] | None = None
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    chunks: Callable[[], Iterator[tuple[int, "FeatureSet"]]] | None = None
+    chunks: Callable[[], Iterator[tuple[int, FeatureSet]]] | None = None
     streamed: frozenset[str] = frozenset()
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_chunks(cls, parts: Sequence["FeatureSet"], name: str = "", hold: Collection[str] = ("labels", "paths")) -> "FeatureSet":
+    def from_chunks(cls, parts: Sequence[FeatureSet], name: str = "", hold: Collection[str] = ("labels", "paths")) -> FeatureSet:
         """A streamed FeatureSet over in-memory ``parts`` (consecutive samples, each with the same fields):
         the fields named in ``hold`` are concatenated and held, the others stay in the parts and come
         back chunk by chunk. Scores and results equal those of the concatenated split."""
@@ -110,7 +112,8 @@ class FeatureSet:
         starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
 
         def chunks() -> Iterator[tuple[int, FeatureSet]]:
-            for start, p in zip(starts, parts):
+            # starts has one more entry than parts (the end of the last part): zip stops at the last part.
+            for start, p in zip(starts, parts, strict=False):
                 yield int(start), cls(**{f: getattr(p, f) for f in streamed})
 
         out = cls(name=name or parts[0].name, **held)
@@ -139,7 +142,7 @@ class FeatureSet:
                 f"{sorted(n for n in INPUT_FIELDS if self.has(n))}; extract them with a backbone that provides them"
             )
 
-    def with_(self, **kw: Any) -> "FeatureSet":
+    def with_(self, **kw: Any) -> FeatureSet:
         return replace(self, **kw)
 
     def is_streamed(self, names: Iterable[str] | None = None) -> bool:
@@ -154,7 +157,7 @@ class FeatureSet:
                 if f.name not in _META and f.name not in self.streamed and getattr(self, f.name) is not None}
 
     # -- the one view over chunks -------------------------------------------------------------------
-    def iter_chunks(self, needs: Iterable[str] | None = None) -> Iterator["FeatureSet"]:
+    def iter_chunks(self, needs: Iterable[str] | None = None) -> Iterator[FeatureSet]:
         """Consecutive in-memory chunks of this split in sample order, each holding every field (the
         streamed ones from their source, the held ones sliced). A split that is not streamed -- or
         whose fields ``needs`` are all held -- is one chunk (then without its streamed fields)."""
@@ -167,7 +170,8 @@ class FeatureSet:
         for start, part in self.chunks():
             stop = start + len(part)
             if start != done or stop > n:
-                raise RuntimeError(f"feature set '{self.name}': chunk [{start}, {stop}) out of order (expected start {done}, {n} samples)")
+                raise RuntimeError(f"feature set '{self.name}': chunk [{start}, {stop}) out of order "
+                                   f"(expected start {done}, {n} samples)")
             sl = slice(start, stop)
             kw = {f: take_rows(v, sl, n) for f, v in held.items() if getattr(part, f) is None}
             extra = {k: take_rows(v, sl, n, keep=True) for k, v in self.extra.items()}
@@ -176,7 +180,7 @@ class FeatureSet:
         if done != n:
             raise RuntimeError(f"feature set '{self.name}': chunks cover {done} of {n} samples")
 
-    def derive(self, name: str, fn: Callable[["FeatureSet"], Any], needs: Iterable[str]) -> "FeatureSet":
+    def derive(self, name: str, fn: Callable[[FeatureSet], Any], needs: Iterable[str]) -> FeatureSet:
         """Set field ``name`` to ``fn(chunk)`` from the fields ``needs`` (e.g. patch embeddings from the
         tokens): computed once when they are held, chunk by chunk on each pass when one is streamed
         (:meth:`derive_streamed`). In place; returns ``self``."""
@@ -185,7 +189,7 @@ class FeatureSet:
         setattr(self, name, fn(self))
         return self
 
-    def derive_streamed(self, name: str, fn: Callable[["FeatureSet"], Any]) -> "FeatureSet":
+    def derive_streamed(self, name: str, fn: Callable[[FeatureSet], Any]) -> FeatureSet:
         """Add field ``name`` computed chunk by chunk from a streamed split, ``fn(chunk)`` (e.g. patch
         embeddings from the streamed tokens): it becomes a streamed field itself, computed again on each
         pass, never held for the whole split. In place; returns ``self``."""
@@ -201,7 +205,7 @@ class FeatureSet:
         self.streamed = self.streamed | {name}
         return self
 
-    def subset(self, idx: np.ndarray, lazy: bool = False) -> "FeatureSet":
+    def subset(self, idx: np.ndarray, lazy: bool = False) -> FeatureSet:
         """Samples ``idx`` (sorted, unique). By default an in-memory FeatureSet: streamed fields are
         gathered chunk by chunk, so only the selected rows are ever loaded. ``lazy=True`` keeps a
         streamed split streamed: its chunks yield the selected rows of each source chunk (for a large
@@ -229,7 +233,7 @@ class FeatureSet:
         out.chunks, out.streamed = chunks, streamed
         return out if lazy else out.load_streamed(cast=False)
 
-    def load_streamed(self, names: Iterable[str] | None = None, cast: bool = True) -> "FeatureSet":
+    def load_streamed(self, names: Iterable[str] | None = None, cast: bool = True) -> FeatureSet:
         """This split with the streamed fields ``names`` (default: all) concatenated into memory; token
         values as float32 unless ``cast=False`` (then in their stored dtype, e.g. fp16 from the cache)."""
         want = set(self.streamed) if names is None else set(names) & self.streamed
@@ -275,12 +279,13 @@ def from_arrays(arrays: Mapping[str, Any], names: Iterable[str]) -> FeatureSet:
     return FeatureSet(labels=np.asarray(arrays["label"]), extra=extra, **kw)
 
 
-class ArraySource(Protocol):
+class ArrayReader(Protocol):
     """What :func:`from_cache` reads (a :class:`tagood.cache.CacheReader`): stored arrays of a split,
     whole (dense floats as float32) or shard by shard (as stored), each with ``label`` and, for
     ``tag_attention``, ``tag_ids``; ragged fields as TokenSets."""
 
-    split: str
+    @property
+    def split(self) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -295,7 +300,7 @@ class ArraySource(Protocol):
     def iter_arrays(self, names: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]: ...
 
 
-def from_cache(reader: ArraySource, names: Sequence[str] | None = None, name: str = "", stream: Iterable[str] = ()) -> FeatureSet:
+def from_cache(reader: ArrayReader, names: Sequence[str] | None = None, name: str = "", stream: Iterable[str] = ()) -> FeatureSet:
     """A FeatureSet of the cache fields ``names`` (default: all) of one cache entry, with labels and paths.
 
     Fields named in ``stream`` are not loaded: the FeatureSet streams them shard by shard

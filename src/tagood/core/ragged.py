@@ -73,7 +73,8 @@ class TokenSetSink:
         if self._n_values == 0:
             return TokenSet(np.zeros(shape, self.dtype), offsets, np.zeros(0, np.int64))
         values = np.memmap(self.directory / f"{self.name}.values.bin", dtype=self.dtype, mode="r", shape=shape)
-        positions = np.memmap(self.directory / f"{self.name}.positions.bin", dtype=self.pos_dtype, mode="r", shape=(self._n_values,))
+        positions = np.memmap(self.directory / f"{self.name}.positions.bin", dtype=self.pos_dtype, mode="r",
+                              shape=(self._n_values,))
         log.info("token store %s: %d samples, %d tokens (%.1f GiB on disk)", self.directory, len(lens), self._n_values,
                  self._n_values * self._dim * self.dtype.itemsize / 2**30)
         return TokenSet(values, offsets, positions)

@@ -3,16 +3,16 @@
 Import direction is one-way (data -> backbones -> cache -> detectors/tagood -> bench -> cli);
 this module sits below all of them and depends on numpy only (torch is optional at runtime).
 ``FeatureSet`` lives in :mod:`tagood.core.featureset` and ``Context`` in :mod:`tagood.core.context` (both import this
-module).
+module); the image stream (``FeatureSet.images``) in :mod:`tagood.core.images`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
 
 #: Names of the per-sample inputs a detector can declare in ``Detector.requires``.
 INPUT_FIELDS: tuple[str, ...] = (
@@ -22,7 +22,7 @@ INPUT_FIELDS: tuple[str, ...] = (
     "tag_probs",  # (N, T) tagger probabilities
     "tag_attention",  # TagAttention: maps of the top-k tags over the tokens
     "block_norms",  # (N, B) per-block feature norms (FeatureNorm)
-    "images",  # ImageStream: preprocessed images, for input-perturbation methods (ODIN)
+    "images",  # tagood.core.images.ImageStream: preprocessed images, for input-perturbation methods (ODIN)
     "image_embeds",  # (N, E) dual-encoder image embeddings (VLM methods)
     "patch_embeds",  # TokenSet of dual-encoder patch embeddings (GL-MCM, LoCoOp)
 )
@@ -94,7 +94,7 @@ class TokenSet:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return self.values[a:b], self.positions[a:b]
 
-    def select(self, idx: np.ndarray) -> "TokenSet":
+    def select(self, idx: np.ndarray) -> TokenSet:
         """A new TokenSet holding samples ``idx`` in that order."""
         idx = np.asarray(idx, dtype=np.int64)
         lens = self.lengths[idx]
@@ -104,7 +104,7 @@ class TokenSet:
         return TokenSet(self.values[gather], offsets, self.positions[gather])
 
     @classmethod
-    def from_dense(cls, dense: np.ndarray) -> "TokenSet":
+    def from_dense(cls, dense: np.ndarray) -> TokenSet:
         """All tokens of a dense ``(N, n, D)`` array, positions ``0..n-1``."""
         n_samples, n, d = dense.shape
         offsets = np.arange(n_samples + 1, dtype=np.int64) * n
@@ -112,7 +112,7 @@ class TokenSet:
         return cls(dense.reshape(n_samples * n, d), offsets, positions)
 
     @classmethod
-    def concat(cls, parts: list["TokenSet"]) -> "TokenSet":
+    def concat(cls, parts: list[TokenSet]) -> TokenSet:
         if not parts:
             raise ValueError("TokenSet.concat needs at least one part")
         values = np.concatenate([p.values for p in parts])
@@ -154,30 +154,6 @@ class TagAttention:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-class ImageStream(Protocol):
-    """Preprocessed images of a split, in sample order, for methods that need the pixels (ODIN)."""
-
-    def __len__(self) -> int: ...
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Yield float32 arrays ``(b, 3, H, W)`` already preprocessed for the backbone."""
-        ...
-
-
-class ArrayImages:
-    """An :class:`ImageStream` over preprocessed images held in memory, ``(N, 3, H, W)``."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = np.asarray(images, dtype=np.float32)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        for a in range(0, len(self.images), int(batch_size)):
-            yield self.images[a : a + batch_size]
 
 
 @dataclass
@@ -222,7 +198,8 @@ def pooled_logits(backbone: Backbone, batch: np.ndarray) -> tuple[np.ndarray, np
     tokens (ODIN's perturbed pass, the offline dual encoder's image embeddings)."""
     own = getattr(backbone, "pooled_logits", None)
     if own is not None:
-        return own(batch)
+        pair: tuple[np.ndarray, np.ndarray | None] = own(batch)
+        return pair
     out = backbone.forward(batch)
     return out.features, out.logits
 

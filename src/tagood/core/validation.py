@@ -5,14 +5,19 @@ and the key (never quoting a file's contents)."""
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      create_model, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tagood.errors import ConfigError
@@ -52,11 +57,11 @@ NonNegFloat = Annotated[float, BeforeValidator(_finite_check), Field(ge=0)]
 Fraction = Annotated[float, BeforeValidator(_finite_check), Field(ge=0, le=1)]
 OpenFraction = Annotated[float, BeforeValidator(_finite_check), Field(gt=0, le=1)]
 Percentile = Annotated[float, BeforeValidator(_finite_check), Field(ge=0, le=100)]
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
-def _positive_std(v: Any) -> Any:
-    """ODIN's ``pixel_std``: one positive number or one per channel."""
+def _positive_std(v: Any) -> float | tuple[float, ...]:
+    """ODIN's ``pixel_std``: one positive number or one per channel (a float or a tuple of floats)."""
     import numpy as np
 
     _not_bool(v)
@@ -66,10 +71,10 @@ def _positive_std(v: Any) -> Any:
         raise PydanticCustomError("pixel_std", "must be a positive number or a list of positive numbers") from None
     if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)) or not np.all(a > 0):
         raise PydanticCustomError("pixel_std", "must be a positive number or a list of positive numbers")
-    return v
+    return float(a) if a.ndim == 0 else tuple(float(x) for x in a)
 
 
-PixelStd = Annotated[Any, BeforeValidator(_positive_std)]
+PixelStd = Annotated[Float | tuple[Float, ...], BeforeValidator(_positive_std)]
 
 
 class _Strict(BaseModel):

@@ -33,7 +33,7 @@ class ArraySource(ImageSource):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.name = name
         self.class_names = list(class_names) if class_names is not None else None
-        self._samples = [Sample(f"{name}:{i}", int(l)) for i, l in enumerate(self.labels)]
+        self._samples = [Sample(f"{name}:{i}", int(y)) for i, y in enumerate(self.labels)]
         self._content: str | None = None
 
     @property

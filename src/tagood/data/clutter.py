@@ -120,20 +120,20 @@ class ClutterSource(ImageSource):
     def _paste(canvas: Image.Image, src: Image.Image, box: Box, tint: tuple[float, float, float]) -> None:
         size = (box[2] - box[0], box[3] - box[1])
         if src.mode in _GREY_MODES:  # ink on black: intensity is the alpha
-            g = to_rgb(src).convert("L").resize(size, Image.BILINEAR)
+            g = to_rgb(src).convert("L").resize(size, Image.Resampling.BILINEAR)
             ink = Image.new("RGB", size, tuple(round(255 * t) for t in tint))
             canvas.paste(ink, box[:2], mask=g)
         elif src.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (src.mode == "P" and "transparency" in src.info):
-            rgba = src.convert("RGBA").resize(size, Image.BILINEAR)
+            rgba = src.convert("RGBA").resize(size, Image.Resampling.BILINEAR)
             canvas.paste(rgba.convert("RGB"), box[:2], mask=rgba.getchannel("A"))
         else:
-            canvas.paste(to_rgb(src).resize(size, Image.BILINEAR), box[:2])
+            canvas.paste(to_rgb(src).resize(size, Image.Resampling.BILINEAR), box[:2])
 
     def _load(self, i: int) -> Image.Image:
         lay = self.layout(i)
         img = Image.new("RGB", (self.canvas, self.canvas), (0, 0, 0))
         tints = self._tints(i, len(lay["clutter"]) + 1)
-        for (j, box), tint in zip(lay["clutter"], tints[1:]):
+        for (j, box), tint in zip(lay["clutter"], tints[1:], strict=True):
             self._paste(img, self.clutter._load(j), box, tint)
         if lay["object"] is not None and self.objects is not None:
             self._paste(img, self.objects._load(i % len(self.objects)), lay["object"], tints[0])

@@ -8,7 +8,6 @@ an image over the limit is reported as one log line naming the file.
 
 from __future__ import annotations
 
-from tagood.errors import InputError
 import logging
 import os
 import stat as _stat
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tagood.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     if _stat.S_ISDIR(mode):
         raise ImageDecodeError(str(path), "is a directory, not an image file")
     if not _stat.S_ISREG(mode):
-        kind = "a FIFO" if _stat.S_ISFIFO(mode) else "a device" if (_stat.S_ISCHR(mode) or _stat.S_ISBLK(mode)) else "a socket" if _stat.S_ISSOCK(mode) else "not a regular file"
+        kind = ("a FIFO" if _stat.S_ISFIFO(mode) else "a device" if (_stat.S_ISCHR(mode) or _stat.S_ISBLK(mode))
+                else "a socket" if _stat.S_ISSOCK(mode) else "not a regular file")
         raise ImageDecodeError(str(path), f"is {kind}, not an image file; skipped without reading it")
     try:
         with Image.open(path) as img:

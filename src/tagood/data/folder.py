@@ -37,8 +37,8 @@ def _report_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
         by.setdefault(why, []).append(p)
     for why, paths in by.items():
         more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-        log.warning("%s: skipped %d %s%s: %s%s", root, len(paths), why, "s" if len(paths) > 1 and why.startswith(("dangling", "directory")) else "",
-                    ", ".join(paths[:3]), more)
+        plural = "s" if len(paths) > 1 and why.startswith(("dangling", "directory")) else ""
+        log.warning("%s: skipped %d %s%s: %s%s", root, len(paths), why, plural, ", ".join(paths[:3]), more)
 
 
 class _FileSource(ImageSource):
@@ -67,7 +67,8 @@ class FolderSource(_FileSource):
         self.min_size = min_size
         self.name = self.root.name
         if not self.root.is_dir():
-            raise DataSourceError(f"image folder {self.root} does not exist or is not a directory; pass the folder that holds one sub-folder per class")
+            raise DataSourceError(f"image folder {self.root} does not exist or is not a directory; pass the folder that "
+                                  "holds one sub-folder per class")
         exts = {e.lower() for e in extensions}
         subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.class_names = list(classes) if classes is not None else (subdirs or None)
@@ -96,7 +97,8 @@ class FolderSource(_FileSource):
         self.skipped = skipped
         _report_skipped(self.root, skipped)
         if not samples:
-            why = f" ({len(skipped)} entries with an image extension were skipped: dangling links, directories or special files)" if skipped else ""
+            why = (f" ({len(skipped)} entries with an image extension were skipped: dangling links, directories or "
+                   "special files)" if skipped else "")
             raise DataSourceError(
                 f"no images ({', '.join(sorted(exts))}) found under {self.root}{why}; put the images in one sub-folder "
                 "per class (root/<class>/<image>) or pass extensions=... for other file types"
@@ -128,7 +130,8 @@ class ListFileSource(_FileSource):
         try:
             text = self.list_file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise DataSourceError(f"list file {self.list_file} is not a UTF-8 text file; give a text file of 'path [label]' lines") from None
+            raise DataSourceError(f"list file {self.list_file} is not a UTF-8 text file; give a text file of "
+                                  "'path [label]' lines") from None
         except OSError as e:
             raise DataSourceError(f"cannot read list file {self.list_file} ({e.strerror})") from None
         for n, line in enumerate(text.splitlines(), 1):
@@ -150,7 +153,8 @@ class ListFileSource(_FileSource):
                 path = parts[0]
             if label < -1 or (self.class_names is not None and label >= len(self.class_names)):
                 top = f"0..{len(self.class_names) - 1}" if self.class_names is not None else "an integer >= 0"
-                raise DataSourceError(f"{self.list_file}:{n}: label {label} out of range (use {top}, or -1 / no label for unlabelled)")
+                raise DataSourceError(f"{self.list_file}:{n}: label {label} out of range "
+                                      f"(use {top}, or -1 / no label for unlabelled)")
             p = Path(path)
             samples.append(Sample(str(p if p.is_absolute() else self.root / p), label))
         if not samples:

@@ -306,7 +306,8 @@ def ram_vocabulary_for_imagenet(tag_names: Sequence[str], class_names: Sequence[
         synonyms = imagenet_synonyms()
     if wnids is None and standard:
         wnids = imagenet_wnids()
-    wn_dir = Path(wordnet_dir) if wordnet_dir is not None else (Path(os.environ["WNSEARCHDIR"]) if os.environ.get("WNSEARCHDIR") else None)
+    env_dir = os.environ.get("WNSEARCHDIR")
+    wn_dir = Path(wordnet_dir) if wordnet_dir is not None else (Path(env_dir) if env_dir else None)
     out: list[int] = []
     counts = {"exact": 0, "synonym": 0, "substring": 0, "hypernym": 0, "none": 0}
     for c, name in enumerate(class_names):
@@ -324,7 +325,7 @@ def ram_vocabulary_for_imagenet(tag_names: Sequence[str], class_names: Sequence[
         if hit < 0 and wn_dir is not None and wnids is not None:
             how = "hypernym"
             for lemmas in _wordnet_hypernym_names(wnids[c], wn_dir):
-                hit = next((index[_words(l)] for l in lemmas if _words(l) in index), -1)
+                hit = next((index[_words(lem)] for lem in lemmas if _words(lem) in index), -1)
                 if hit >= 0:
                     break
         counts[how if hit >= 0 else "none"] += 1

@@ -56,7 +56,7 @@ class JigsawSource(ImageSource):
         w, h = img.size
         w2, h2 = max(g, w - w % g), max(g, h - h % g)
         if (w2, h2) != (w, h):
-            img = img.resize((w2, h2), Image.BILINEAR)
+            img = img.resize((w2, h2), Image.Resampling.BILINEAR)
         a = np.asarray(img)
         ph, pw = h2 // g, w2 // g
         patches = a.reshape(g, ph, g, pw, 3).transpose(0, 2, 1, 3, 4).reshape(g * g, ph, pw, 3)

@@ -45,7 +45,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def _load_photo(package: str, name: str) -> np.ndarray:
 _PHOTOS_LOCK = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _background_photos() -> tuple[np.ndarray, ...]:
     return tuple(_load_photo(p, n) for p, n in BACKGROUNDS)
 
@@ -208,8 +208,8 @@ class SceneSource(ImageSource):
         self.name = name
         self.class_names = list(class_names) if class_names is not None else None
         self.ink = None if ink is None else np.ascontiguousarray(ink, dtype=np.uint8)
-        self._samples = [Sample(f"{name}:{i}:{o if o is not None else 'none'}", l)
-                         for i, (o, l) in enumerate(zip(self.objects, self.labels))]
+        self._samples = [Sample(f"{name}:{i}:{o if o is not None else 'none'}", y)
+                         for i, (o, y) in enumerate(zip(self.objects, self.labels, strict=True))]
         self._stamps: dict[str, np.ndarray] = {}
         self._stamp_images: dict[tuple[str, str], Image.Image] = {}
         self._layouts: dict[int, Layout] = {}
@@ -295,7 +295,7 @@ class SceneSource(ImageSource):
         """``(rgb float32 (h, w, 3) in [0, 255] or None, alpha float32 (h, w) in [0, 1])`` of a resized layer."""
         if isinstance(layer.ref, int):
             assert self.ink is not None
-            g = Image.fromarray(self.ink[layer.ref]).resize((layer.w, layer.h), Image.BILINEAR)
+            g = Image.fromarray(self.ink[layer.ref]).resize((layer.w, layer.h), Image.Resampling.BILINEAR)
             alpha = np.asarray(g, dtype=np.float32) / 255.0
             col = np.broadcast_to(np.asarray(layer.tint, dtype=np.float32) * 255.0, (layer.h, layer.w, 3)) if rgb else None
         else:
@@ -305,12 +305,13 @@ class SceneSource(ImageSource):
                 # what Image.resize does to an RGBA image (premultiply, resample, unpremultiply), with the premultiplied
                 # stamp made once; at the stamp's own size Pillow returns an unchanged copy, and so does this
                 same = size == (a.shape[1], a.shape[0])
-                im = np.asarray(a if same else self._stamp_image(layer.ref, "RGBa").resize(size, Image.BILINEAR).convert("RGBA"),
-                                dtype=np.float32)
+                im = np.asarray(a if same else self._stamp_image(layer.ref, "RGBa").resize(size, Image.Resampling.BILINEAR)
+                                .convert("RGBA"), dtype=np.float32)
                 col, alpha = im[..., :3], im[..., 3] / 255.0
             else:
                 col = None
-                alpha = np.asarray(self._stamp_image(layer.ref, "L").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+                grey = self._stamp_image(layer.ref, "L").resize(size, Image.Resampling.BILINEAR)
+                alpha = np.asarray(grey, dtype=np.float32) / 255.0
         if layer.flip:
             alpha = alpha[:, ::-1]
             col = col[:, ::-1] if col is not None else None
@@ -350,7 +351,7 @@ class SceneSource(ImageSource):
         obj = np.zeros((CANVAS, CANVAS), dtype=bool)
         dis = np.zeros((CANVAS, CANVAS), dtype=bool)
         dsum = np.zeros((CANVAS, CANVAS), dtype=np.float32)
-        for layer, wk in zip(lay.layers, w):
+        for layer, wk in zip(lay.layers, w, strict=True):
             if layer.kind == "object":
                 if not isinstance(layer.ref, int):  # far items (Fashion-MNIST ink) are not IND objects
                     obj = wk >= 0.5
@@ -370,7 +371,7 @@ class SceneSource(ImageSource):
     def far_mask(self, i: int) -> np.ndarray:
         """Visible pixels of the far (ink) item of scene ``i``; all False for other scenes."""
         lay = self.layout(int(i))
-        for layer, wk in zip(lay.layers, self._weights(lay)):
+        for layer, wk in zip(lay.layers, self._weights(lay), strict=True):
             if layer.kind == "object" and isinstance(layer.ref, int):
                 return wk >= 0.5
         return np.zeros((CANVAS, CANVAS), dtype=bool)
@@ -379,7 +380,7 @@ class SceneSource(ImageSource):
         """The background of scene ``i`` alone, float32 (256, 256, 3) in [0, 255]."""
         lay = self.layout(int(i))
         x0, y0, x1, y1 = lay.crop
-        bg = Image.fromarray(background_photos()[lay.photo][y0:y1, x0:x1]).resize((CANVAS, CANVAS), Image.BILINEAR)
+        bg = Image.fromarray(background_photos()[lay.photo][y0:y1, x0:x1]).resize((CANVAS, CANVAS), Image.Resampling.BILINEAR)
         out = np.asarray(bg, dtype=np.float32)
         return np.ascontiguousarray(out[:, ::-1]) if lay.bg_flip else out.copy()
 
@@ -408,16 +409,16 @@ def scene_splits(n_train_per_class: int = 200, n_test_per_class: int = 50, n_ood
                  root: str | Path | None = None) -> dict[str, ImageSource]:
     """The ``scenes`` benchmark's parts: ``train``, ``test``, ``scene-near``, ``scene-clutter``, ``scene-far``.
 
-    IND classes (labels 0..5, names = stamp groups): :data:`IND_GROUPS` = mammal, bird, fish, fruit,
-    musical instrument, vehicle (photographic stamps per group: 65, 35, 11, 25, 11, 23; split by
-    instance 60/40, seed 0: train / test instances 39/26, 21/14, 7/4, 15/10, 7/4, 13/10). ``scene-near``: stamps of :data:`NEAR_GROUPS` = insect 8,
-    vegetable 18, flower 24, tool 12 (all instances; never in train), ``n_ood`` scenes cycling
-    through the groups. ``scene-clutter``: ``n_ood`` scenes of test-region background and test
-    distractors only. ``scene-far``: ``n_ood`` scenes whose object is a tinted Fashion-MNIST test item.
-    Distractors: every other group's stamps (16 groups: kitchenware, household items, trees, sports
-    equipment, ...), split by instance (seed 0: 33 train / 24 test stamps); train scenes use the train half, all other parts the test half. Scenes
-    per IND class are balanced; the object stamp of each scene is a seeded draw among the class's
-    instances of that side. Each part has its own layout seed (``seed``, ``seed + 1``, ...).
+    IND classes (labels 0..5, names = stamp groups): :data:`IND_GROUPS` = mammal, bird, fish, fruit, musical instrument,
+    vehicle (photographic stamps per group: 65, 35, 11, 25, 11, 23; split by instance 60/40, seed 0: train / test
+    instances 39/26, 21/14, 7/4, 15/10, 7/4, 13/10). ``scene-near``: stamps of :data:`NEAR_GROUPS` = insect 8, vegetable
+    18, flower 24, tool 12 (all instances; never in train), ``n_ood`` scenes cycling through the groups.
+    ``scene-clutter``: ``n_ood`` scenes of test-region background and test distractors only. ``scene-far``: ``n_ood``
+    scenes whose object is a tinted Fashion-MNIST test item. Distractors: every other group's stamps (16 groups:
+    kitchenware, household items, trees, sports equipment, ...), split by instance (seed 0: 33 train / 24 test stamps);
+    train scenes use the train half, all other parts the test half. Scenes per IND class are balanced; the object stamp
+    of each scene is a seeded draw among the class's instances of that side. Each part has its own layout seed
+    (``seed``, ``seed + 1``, ...).
     """
     stamps = read_stamp_list()
     groups = {s.group for s in stamps}

@@ -7,7 +7,6 @@ samples that fail to decode; it never aborts a run for one bad file.
 
 from __future__ import annotations
 
-from tagood.errors import InputError
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tagood.data.decode import ImageDecodeError, to_rgb
+from tagood.errors import InputError
 
 __all__ = ["DataSourceError", "ImageDecodeError", "ImageSource", "Sample"]
 

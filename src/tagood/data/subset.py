@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class SubsetSource(ImageSource):
-    """Samples ``indices`` of ``parent`` (in that order), optionally with new ``labels``."""
+    """Samples ``indices`` of ``parent`` (in that order; a sequence or an integer array), optionally with new
+    ``labels``."""
 
-    def __init__(self, parent: ImageSource, indices: Sequence[int], labels: Sequence[int] | None = None,
+    def __init__(self, parent: ImageSource, indices: Sequence[int] | np.ndarray, labels: Sequence[int] | None = None,
                  class_names: Sequence[str] | None = None, name: str | None = None) -> None:
         self.parent = parent
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -26,10 +27,10 @@ class SubsetSource(ImageSource):
         if self.indices.min() < 0 or self.indices.max() >= len(parent):
             raise DataSourceError(f"subset indices out of range for '{parent.name}' ({len(parent)} samples)")
         ps = parent.samples
-        labs = [ps[i].label for i in self.indices] if labels is None else [int(l) for l in labels]
+        labs = [ps[i].label for i in self.indices] if labels is None else [int(y) for y in labels]
         if len(labs) != len(self.indices):
             raise DataSourceError("subset: one label per index is needed")
-        self._samples = [Sample(ps[i].ident, l) for i, l in zip(self.indices, labs)]
+        self._samples = [Sample(ps[i].ident, y) for i, y in zip(self.indices, labs, strict=True)]
         self.class_names = list(class_names) if class_names is not None else parent.class_names
         self.name = name or parent.name
 
@@ -62,7 +63,8 @@ def subsample(source: ImageSource, n: int, seed: int = 0) -> ImageSource:
     return SubsetSource(source, idx)
 
 
-def subsample_per_class(source: ImageSource, n_per_class: int, seed: int = 0, classes: Sequence[int] | None = None) -> ImageSource:
+def subsample_per_class(source: ImageSource, n_per_class: int, seed: int = 0,
+                        classes: Sequence[int] | None = None) -> ImageSource:
     """Up to ``n_per_class`` samples of each label (seeded), in source order; unlabelled samples dropped."""
     labels = np.array([s.label for s in source.samples])
     rng = np.random.default_rng(seed)
@@ -90,4 +92,4 @@ def select_classes(source: ImageSource, classes: Sequence[int], relabel: bool = 
         return SubsetSource(source, idx)
     remap = {c: k for k, c in enumerate(classes)}
     names = [source.class_names[c] for c in classes] if source.class_names else None
-    return SubsetSource(source, idx, labels=[remap[int(l)] for l in labels[idx]], class_names=names)
+    return SubsetSource(source, idx, labels=[remap[int(y)] for y in labels[idx]], class_names=names)

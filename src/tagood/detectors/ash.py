@@ -1,17 +1,33 @@
-"""ASH (Djurisic et al., "Extremely Simple Activation Shaping for Out-of-Distribution Detection", ICLR 2023)."""
+"""ASH (Djurisic, Bozanic, Ashok & Liu, "Extremely Simple Activation Shaping for Out-of-Distribution Detection",
+ICLR 2023).
+
+Each sample's penultimate activations are pruned to their top ``100 - percentile`` percent and reshaped (ASH-S:
+rescaled by ``exp(s1 / s2)``; ASH-B: binarised; ASH-P: pruned only), then scored with the energy of the IND head's
+logits: ``score(x) = -logsumexp(W ash(x) + b)``, **higher = more OOD**. Learns nothing but the head.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, ClassVar, Literal
+
 import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import BeforeValidator, Field
 
-from tagood.detectors._common import energy_score, head_logits, need_head
-from tagood.detectors.base import Detector
-from tagood.detectors.registry import register
 from tagood.core.featureset import FeatureSet
-from tagood.core.context import Context
+from tagood.core.types import LinearHead
+from tagood.core.validation import _finite_check
+from tagood.detectors import energy
+from tagood.detectors._common import HeadDetector, head_logits
+from tagood.detectors.base import field_array
+from tagood.detectors.options import DetectorOptions
+from tagood.detectors.registry import register
+
+PAPER = "Djurisic, Bozanic, Ashok & Liu, Extremely Simple Activation Shaping for Out-of-Distribution Detection, ICLR 2023"
+VARIANTS = ("s", "b", "p")
 
 
-def ash_shape(x: np.ndarray, percentile: float, variant: str = "s") -> np.ndarray:
+def ash_shape(x: ArrayLike, percentile: float, variant: str = "s") -> np.ndarray:
     """ASH's activation shaping, per sample (row) of ``x`` (Djurisic et al., ICLR 2023, Sec. 3):
     keep the top ``k = D - round(D * percentile / 100)`` activations (the paper's code: ``k`` from the
     percentile, then a top-k), zero the rest; ``s`` rescales the kept ones by exp(s1 / s2) (s1, s2: the
@@ -30,11 +46,18 @@ def ash_shape(x: np.ndarray, percentile: float, variant: str = "s") -> np.ndarra
       intends (s1 / k when there are no ties); a row with nothing positive becomes all zeros.
 
     Computed with one ``np.partition`` per call (O(D) per row), in float64.
+
+    Args:
+        x: ``(N, D)`` activations.
+        percentile: the percentage of each row's activations pruned, in ``[0, 100)``.
+        variant: ``'s'``, ``'b'`` or ``'p'``.
+    Returns:
+        ``(N, D)`` float64 shaped activations.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"ash_shape expects (N, D) features, got shape {x.shape}")
-    if variant not in ("s", "b", "p"):
+    if variant not in VARIANTS:
         raise ValueError("variant must be 's', 'b' or 'p'")
     d = x.shape[1]
     n_keep = min(d, max(1, d - int(np.round(d * percentile / 100.0))))
@@ -51,24 +74,35 @@ def ash_shape(x: np.ndarray, percentile: float, variant: str = "s") -> np.ndarra
     return pruned * np.exp(s1 / np.maximum(s2, 1e-12))
 
 
+def score(features: ArrayLike, head: LinearHead, percentile: float = 90.0, variant: str = "s") -> np.ndarray:
+    """ASH OOD score: energy of the IND logits of the shaped features, ``-logsumexp(W ash(x) + b)``,
+    **higher = more OOD**.
+
+    Args:
+        features: ``(N, D)`` penultimate features.
+        head: the IND linear head.
+        percentile: the percentage of activations pruned per sample, in ``[0, 100)`` (paper, ImageNet: 90).
+        variant: ``'s'`` (ASH-S), ``'b'`` (ASH-B) or ``'p'`` (ASH-P); see :func:`ash_shape`.
+    Returns:
+        ``(N,)`` float64 scores.
+    """
+    return energy.score(head_logits(head, ash_shape(features, percentile, variant)))
+
+
 @register("ash")
-class ASH(Detector):
-    """ASH-S (default; ASH-P / ASH-B via ``variant``) on penultimate features with pruning
-    percentile 90 (the paper's ImageNet ResNet-50 setting), energy through the head.
-    Score = -logsumexp(head(ash(x))) (higher = more OOD). Ties at the pruning cut and zero
-    activations follow the rule documented in :func:`ash_shape`."""
+class ASH(HeadDetector):
+    """ASH-S (default; ASH-P / ASH-B via ``variant``) on penultimate features, energy through the IND head.
+    Score = ``-logsumexp(head(ash(x)))`` (higher = more OOD). Ties at the pruning cut and zero activations follow
+    the rule documented in :func:`ash_shape`."""
 
-    requires = frozenset({"features"})
-    context_requires = frozenset({"head"})
+    class Options(DetectorOptions):
+        percentile: Annotated[float, BeforeValidator(_finite_check), Field(ge=0, lt=100)] = Field(
+            90.0, description="percentage of each sample's activations pruned (the paper's ImageNet ResNet-50 setting: 90)")
+        variant: Literal["s", "b", "p"] = Field("s", description="s: rescale the kept activations, b: binarise them, "
+                                                               "p: prune only")
 
-    def __init__(self, percentile: float = 90.0, variant: str = "s") -> None:
-        super().__init__(percentile=percentile, variant=variant)
-        if variant not in ("s", "b", "p"):
-            raise ValueError("ASH variant must be 's', 'b' or 'p'")
-        self.percentile, self.variant = float(percentile), variant
-
-    def _fit(self, train: FeatureSet, context: Context) -> None:
-        self.head = need_head(context, self.name)
+    options: Options
+    paper: ClassVar[str] = PAPER
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        return energy_score(head_logits(self.head, ash_shape(data.features, self.percentile, self.variant)))
+        return score(field_array(data, "features"), self.head, self.options.percentile, self.options.variant)

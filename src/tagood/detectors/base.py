@@ -1,38 +1,94 @@
-"""Detector base class and ``create`` (the registry is :mod:`tagood.detectors.registry`).
+"""The detector base class, :func:`create` and :func:`load` (the registry is :mod:`tagood.detectors.registry`).
 
-Contract (DESIGN section 3): ``det = create(name, **hparams)``; ``det.fit(train, context) -> det``;
-``det.score(data) -> np.ndarray[float64] (N,)`` with **higher = more OOD**. Each detector declares
-the inputs it needs in ``requires`` so the benchmark runner extracts each input once.
+Contract: ``det = create("name[key=value,...]", **options)``; ``det.fit(train, context) -> det``;
+``det.score(data) -> np.ndarray`` float64 ``(N,)`` with **higher = more OOD**; ``det.save(directory)`` and
+``load(directory, context)``. A detector declares its options once (``class Options``, see
+:mod:`tagood.detectors.options`), the inputs it reads (``requires``) so the benchmark runner extracts each input
+once, and whether it learns anything from the training split (``requires_fit``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
-from tagood.detectors.registry import _REGISTRY, get_class, parse_name
+from tagood.core.featureset import FeatureSet
+from tagood.detectors import persist
+from tagood.detectors.options import DetectorOptions, OptionError, validate_options
+from tagood.detectors.registry import UnknownDetectorError, get_class, parse_name
+from tagood.errors import CheckpointError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-class Detector(ABC):
-    """Base class. Subclasses set ``requires`` and implement ``_fit`` and ``_score``.
+__all__ = ["ContextError", "Detector", "NotFittedError", "create", "load"]
 
-    Scores are OOD scores: **higher = more OOD**.
+
+class NotFittedError(ConfigError):
+    """A detector that learns from IND training data was asked to score (or be saved) before :meth:`Detector.fit`."""
+
+
+class ContextError(ConfigError):
+    """A detector needs side information (``tagood.Context``: the IND head, a model, pseudo-OOD data) it was not given."""
+
+
+#: What to pass for each input a detector may need, in API terms (``tagood.FeatureSet(name=...)``)
+INPUT_HINTS: dict[str, str] = {
+    "labels": "labels: IND class ids 0..C-1, one per sample (an image-folder split has them from its class sub-folders)",
+    "features": "features: (N, D) penultimate features",
+    "logits": "logits: (N, C) IND-class logits (`tagood bench` uses its IND linear head's, head(features))",
+    "block_norms": "block_norms: (N, B) per-block feature norms, extracted by a backbone that provides them (efficientnet-lite0)",
+    "images": "images: a stream of preprocessed images (tagood.core.images.ImageStream)",
+    "tokens": "tokens, tag_probs, tag_attention: extracted by a tagger backbone (ram, or efficientnet-lite0's CAM tagger)",
+    "tag_probs": "tokens, tag_probs, tag_attention: extracted by a tagger backbone (ram, or efficientnet-lite0's CAM tagger)",
+    "tag_attention": "tokens, tag_probs, tag_attention: extracted by a tagger backbone (ram, or efficientnet-lite0's CAM tagger)",
+    "image_embeds": "image_embeds: (N, E) dual-encoder image embeddings",
+    "patch_embeds": "patch_embeds: dual-encoder patch embeddings",
+}
+
+#: What to pass for each context entry a detector may need, in API terms
+CONTEXT_HINTS: dict[str, str] = {
+    "head": "the IND linear head: pass context=tagood.Context(head=tagood.fit_head(train)) (the head "
+            "`tagood bench` fits), or give train labels -- tagood.FeatureSet(features=..., labels=...) -- and the detector "
+            "fits that head itself",
+    "model": "a differentiable torch model images -> IND logits: pass context=tagood.Context(model=...), e.g. "
+             "tagood.detectors.head.Classifier(backbone, head)",
+    "pseudo_ood": "pseudo-OOD data: pass context=tagood.Context(pseudo_ood=tagood.FeatureSet(block_norms=...)) extracted from "
+                  "jigsaw-shuffled IND training images (tagood.data.JigsawSource; `tagood bench` builds it from [pseudo_ood])",
+    "class_names": "the IND class names: pass context=tagood.Context(class_names=[...])",
+    "dual_encoder": "a vision-language dual encoder: pass context=tagood.Context(dual_encoder=...) "
+                    "(tagood.backbones.factory.build_dual_encoder)",
+}
+
+
+class Detector(ABC):
+    """Base class of every OOD detector. Scores are OOD scores: **higher = more OOD**.
+
+    A subclass declares ``Options`` (a :class:`tagood.detectors.options.DetectorOptions`; ``self.options`` holds the
+    validated instance), ``requires`` and implements ``_score`` (and ``_fit`` when it learns from IND training data).
+    To be saved it implements ``_state`` / ``_set_state`` (arrays and JSON metadata); what is not state (a torch
+    model, a device) comes from ``Context`` through ``_attach``.
     """
 
     name: ClassVar[str] = "base"
+    #: One line: the paper the method comes from (authors, title, venue).
+    paper: ClassVar[str] = ""
+    #: The options model; the base's has no options.
+    Options: ClassVar[type[DetectorOptions]] = DetectorOptions
     #: Inputs this detector needs from a FeatureSet (see ``tagood.core.types.INPUT_FIELDS``).
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Inputs needed at fit time only (default: same as ``requires``).
     fit_requires: ClassVar[frozenset[str] | None] = None
     #: Context entries needed at fit time, e.g. {"head"}, {"model"}, {"pseudo_ood"}.
     context_requires: ClassVar[frozenset[str]] = frozenset()
+    #: False for a detector that learns nothing from the training split: it scores without ``fit``.
+    requires_fit: ClassVar[bool] = True
     #: True when ``_fit`` takes a streamed training split itself (``FeatureSet.iter_chunks``);
     #: otherwise the streamed fields it needs are loaded into memory first (with a warning).
     streaming_fit: ClassVar[bool] = False
@@ -40,37 +96,82 @@ class Detector(ABC):
     #: benchmark scores them on one seeded, shuffled stream of IND test + OOD samples
     #: (:func:`tagood.bench.stream.evaluate_stream`) and reports them apart from static detectors.
     test_time: ClassVar[bool] = False
+    #: False for a detector whose state cannot be written (test-time detectors); ``not_saveable_reason`` says why.
+    saveable: ClassVar[bool] = True
+    not_saveable_reason: ClassVar[str] = ""
 
-    def __init__(self, **hparams: Any) -> None:
-        self.hparams = hparams
+    options: DetectorOptions
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            named = [p.name for p in inspect.signature(init).parameters.values()
+                     if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+            if named:
+                raise TypeError(f"{cls.__qualname__}.__init__ takes {named}: declare options once, as fields of "
+                                f"{cls.__qualname__}.Options (a tagood.detectors.options.DetectorOptions), and take "
+                                f"them as __init__(self, **options), reading self.options")
+
+    def __init__(self, **options: Any) -> None:
+        """Validate ``options`` through ``Options`` (:class:`tagood.detectors.options.OptionError` naming the option
+        and its range) and keep them as ``self.options``; ``self.hparams`` is their plain dict."""
+        self.options = validate_options(type(self), options)
+        self.hparams: dict[str, Any] = self.options.model_dump()
         self.fitted = False
+        self.spec = self.name + _spec_options(self.hparams, self.options)
 
     # -- public API -----------------------------------------------------------------------
-    def fit(self, train: FeatureSet, context: Context | None = None) -> "Detector":
-        """Fit on IND training data. Returns ``self``."""
+    def fit(self, train: FeatureSet | np.ndarray, context: Context | None = None) -> Detector:
+        """Fit on IND training data and take what the detector needs from ``context``. Returns ``self``.
+
+        Args:
+            train: IND training samples with the fields ``fit_requires`` names (a bare array is taken as the single
+                array input, e.g. features).
+            context: side information (``context_requires``): the IND head, a model, pseudo-OOD data, a device.
+        Returns:
+            ``self``, fitted.
+        """
         context = context or Context()
         train = self._coerce(train)
         need = self.fit_requires if self.fit_requires is not None else self.requires
-        train.require(need, f"{self.name}.fit")
+        self._require(train, need, "fit")
+        labels = train.labels
+        n_classes = None if labels is None else int(len(np.unique(np.asarray(labels)[np.asarray(labels) >= 0])))
+        self.check_data(len(train), n_classes)
+        missing = [c for c in sorted(self.context_requires)
+                   if getattr(context, c, None) is None and not self._can_build(c, train)]
+        if missing:
+            raise ContextError(f"{self.name}.fit needs " + "; and ".join(CONTEXT_HINTS.get(c, f"context.{c}") for c in missing))
         if train.is_streamed(need) and not self.streaming_fit:
             log.warning("%s trains in memory: loading the streamed fields %s of '%s' (%d samples)",
                         self.name, sorted(train.streamed & set(need)), train.name, len(train))
             train = train.load_streamed(set(need))
-        missing = [c for c in self.context_requires if getattr(context, c, None) is None]
-        if missing:
-            raise ValueError(f"{self.name}.fit needs context {missing} (see tagood.core.context.Context)")
+        self._attach(context)
         self._fit(train, context)
         self.fitted = True
         return self
 
+    def attach(self, context: Context) -> Detector:
+        """Give a detector what is not part of its state -- ODIN's torch model, the device KNN searches on -- e.g.
+        after :func:`load`. Returns ``self``."""
+        self._attach(context)
+        return self
+
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
-        """OOD scores, float64 of shape (N,): **higher = more OOD**. ``_score`` sees the split chunk by
-        chunk (:meth:`tagood.core.featureset.FeatureSet.iter_chunks`): a streamed split in cache shards, a split
-        held in memory (or whose streamed fields this detector does not need) as one chunk."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: call fit() before score()")
+        """OOD scores of ``data``: **higher = more OOD**.
+
+        Args:
+            data: samples with the fields ``requires`` names; a bare array is this detector's single array input
+                (logits for MSP / Energy, features for KNN, ...). A streamed split is scored chunk by chunk
+                (:meth:`tagood.core.featureset.FeatureSet.iter_chunks`).
+        Returns:
+            float64 array of shape ``(N,)``.
+        """
+        if self.requires_fit and not self.fitted:
+            raise NotFittedError(self._not_fitted_text())
         data = self._coerce(data)
-        data.require(self.requires, f"{self.name}.score")
+        self._require(data, self.requires, "score")
         # scores are per sample: chunk by chunk (a split held in memory is one chunk)
         parts = [np.asarray(self._score(c), dtype=np.float64).reshape(-1) for c in data.iter_chunks(self.requires)]
         s = np.concatenate(parts) if parts else np.zeros(0)
@@ -88,6 +189,23 @@ class Detector(ABC):
         parts = [self.score(b) for b in batches]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
+    def check_data(self, n_train: int, n_classes: int | None = None) -> None:
+        """Raise :class:`tagood.detectors.options.OptionError` when the options cannot work on an IND training split
+        of ``n_train`` samples in ``n_classes`` classes (KNN: ``k`` above the training count). Called by ``fit``,
+        and by ``tagood bench`` / ``tagood fit`` before any extraction. Default: every size works."""
+        return None
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the detector to ``directory``: ``config.json`` (format version, detector, spec, options, fitted
+        scalars) and ``weights.safetensors`` (every fitted array, in its dtype). :func:`load` reads it back and
+        scores bit-identically. Returns the directory."""
+        if not self.saveable:
+            raise ConfigError(f"'{self.name}' cannot be saved: {self.not_saveable_reason}")
+        if self.requires_fit and not self.fitted:
+            raise NotFittedError(f"{self.name}: fit the detector before saving it ({self._not_fitted_text()})")
+        arrays, meta = self._state()
+        return persist.write(directory, self.name, self.spec, self.options.model_dump(mode="json"), meta, arrays)
+
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({hp})"
@@ -100,30 +218,128 @@ class Detector(ABC):
     def _score(self, data: FeatureSet) -> np.ndarray:
         """OOD scores for ``data`` (higher = more OOD)."""
 
+    def _attach(self, context: Context) -> None:
+        """Take what is not state from ``context`` (a model, a device); called by ``fit`` and ``attach``."""
+        return None
+
+    def _can_build(self, entry: str, train: FeatureSet) -> bool:
+        """True when the detector builds context entry ``entry`` itself from ``train`` (a head from labels)."""
+        return False
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The fitted state: ``(arrays, metadata)``, arrays saved bit-exact, metadata JSON (numbers, text, lists)."""
+        if self.requires_fit:
+            raise ConfigError(f"'{self.name}' cannot be saved yet: it does not declare its fitted state (_state)")
+        return {}, {}
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`_state` returned (:func:`load`)."""
+        return None
+
     # -- helpers ----------------------------------------------------------------------------
+    def _not_fitted_text(self) -> str:
+        need = sorted(self.fit_requires if self.fit_requires is not None else self.requires)
+        fs = ", ".join(f"{n}=..." for n in need)
+        ctx = ", ".join(f"{c}=..." for c in sorted(self.context_requires))
+        return (f"{self.name} is not fitted: call det.fit(train{', context=tagood.Context(' + ctx + ')' if ctx else ''}) "
+                f"first, with train = tagood.FeatureSet({fs}) of IND training samples, or load a saved one with "
+                f"tagood.detectors.load(directory)")
+
+    def _require(self, fs: FeatureSet, names: Iterable[str], what: str) -> None:
+        missing = [n for n in sorted(names) if not fs.has(n)]
+        if not missing:
+            return
+        have = sorted(n for n in ("labels", *INPUT_HINTS) if fs.has(n))
+        hints = "; ".join(dict.fromkeys(INPUT_HINTS.get(n, n) for n in missing))
+        arg = "train" if what == "fit" else "data"
+        raise InputError(f"{self.name}.{what} needs inputs {missing} but the feature set '{fs.name}' only has {have}: pass "
+                         f"{arg}=tagood.FeatureSet({', '.join(f'{n}=...' for n in sorted(names))}) ({hints})")
+
     def _coerce(self, x: FeatureSet | np.ndarray) -> FeatureSet:
         """A bare array is taken as this detector's single array input (e.g. logits)."""
         if isinstance(x, FeatureSet):
             return x
         arrays = [r for r in sorted(self.requires) if r in ("logits", "features", "tag_probs", "block_norms", "image_embeds")]
         if len(arrays) != 1:
-            raise TypeError(f"{self.name} needs a FeatureSet with {sorted(self.requires)}, not a bare array")
-        return FeatureSet(**{arrays[0]: np.asarray(x)})
+            raise InputError(f"{self.name} needs a tagood.FeatureSet with {sorted(self.requires)}, not a bare array")
+        fs = FeatureSet()
+        setattr(fs, arrays[0], np.asarray(x))
+        return fs
 
 
-def create(spec: str, **hparams: Any) -> Detector:
-    """Create a detector from a name or a variant spec like ``'react[percentile=95]'``; an unknown name
-    raises ``KeyError`` (with a "did you mean"), an option that is unknown, of the wrong type or out of range
-    ``tagood.detectors.options.OptionError`` (a ``ValueError``) -- checked against the detector's option schema
-    (:data:`tagood.detectors.options.DETECTOR_OPTIONS`) before any work is done. Scores: higher = more OOD."""
-    from tagood.detectors.options import check_detector_options, suggest
+def field_array(data: FeatureSet, name: str) -> np.ndarray:
+    """``data.<name>``, an array input the detector ``requires`` (so :meth:`Detector.score` checked it is there)."""
+    v = getattr(data, name, None)
+    if v is None:
+        raise InputError(f"the feature set '{data.name}' has no {name}")
+    return cast(np.ndarray, v)
 
+
+def _spec_options(hparams: Mapping[str, Any], options: DetectorOptions) -> str:
+    """``[k=v,...]`` of the options that differ from their defaults (``''`` when none do)."""
+    fields = type(options).model_fields
+    diff = [f"{k}={v}" for k, v in hparams.items() if k in fields and fields[k].default != v]
+    return f"[{','.join(diff)}]" if diff else ""
+
+
+def create(spec: str, **options: Any) -> Detector:
+    """Create a detector from a name or a spec with options, ``'name[key=value,...]'``; keyword ``options`` are
+    merged in (they win). Options are validated against the detector's ``Options`` before any work is done.
+
+    Args:
+        spec: a registered name (:func:`tagood.detectors.available`), optionally with options in brackets.
+        **options: more options, e.g. ``create("knn", k=10)``.
+    Returns:
+        The detector, unfitted; its scores are **higher = more OOD**.
+    Raises:
+        tagood.detectors.options.OptionError: an option is unknown (with a "did you mean"), of the wrong type or
+            out of range.
+        tagood.detectors.registry.UnknownDetectorError: no detector of that name (a ``KeyError``).
+
+    Example:
+        >>> import numpy as np
+        >>> det = create("energy[temperature=2]")
+        >>> det.options.temperature
+        2.0
+        >>> det.score(np.array([[0.0, 0.0]])).round(4)  # training-free: no fit needed
+        array([-1.3863])
+    """
     base, opts = parse_name(spec)
+    cls = get_class(base)
+    det: Detector = cls(**{**opts, **options})
+    det.spec = spec
+    return det
+
+
+def load(directory: str | Path, context: Context | None = None) -> Detector:
+    """Read a detector written by :meth:`Detector.save`; it scores bit-identically to the saved one.
+
+    Args:
+        directory: the folder holding ``config.json`` and ``weights.safetensors``.
+        context: what is not saved, given again (:meth:`Detector.attach`): ODIN's differentiable model
+            (``tagood.Context(model=...)``), the torch device KNN searches on.
+    Returns:
+        The fitted detector.
+    Raises:
+        tagood.errors.CheckpointError: a file is missing, damaged, of another format or does not match its
+            detector; the message names the file.
+    """
+    cfg, arrays, where = persist.read(directory)
     try:
-        cls = get_class(base)
-    except KeyError:
-        raise KeyError(f"unknown detector '{base}'{suggest(base, _REGISTRY)}; available: {', '.join(sorted(_REGISTRY))}") from None
-    kw = check_detector_options(base, cls, {**opts, **hparams})
-    det = cls(**kw)
-    det.spec = spec  # type: ignore[attr-defined]
+        cls = get_class(cfg.detector)
+    except UnknownDetectorError as e:
+        raise CheckpointError(f"{where}: {e}; was it saved by a newer tagood or a plugin not imported?") from None
+    try:
+        det: Detector = cls(**cfg.options)
+    except OptionError as e:
+        raise CheckpointError(f"{where}: its options do not fit this tagood's {cfg.detector}: {e}") from None
+    try:
+        det._set_state(arrays, cfg.state)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{where}: its state does not fit {cfg.detector} ({type(e).__name__}: {e}); "
+                              f"save the detector again") from None
+    det.fitted = True
+    det.spec = cfg.spec
+    if context is not None:
+        det.attach(context)
     return det

@@ -1,25 +1,59 @@
-"""Energy score (Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020)."""
+"""Energy score (Liu, Wang, Owens & Li, "Energy-based Out-of-distribution Detection", NeurIPS 2020).
+
+The free energy of the logits, ``E(x) = -T * logsumexp(f(x) / T)``: in-distribution samples get larger logits, so
+lower energy. Score = ``E(x)``, **higher = more OOD**. Learns nothing from the training split.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import ClassVar
 
-from tagood.detectors._common import energy_score
-from tagood.detectors.base import Detector
-from tagood.detectors.registry import register
+import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import Field
+
 from tagood.core.featureset import FeatureSet
+from tagood.core.numeric import logsumexp
+from tagood.core.validation import PosFloat
+from tagood.detectors.base import Detector, field_array
+from tagood.detectors.options import DetectorOptions
+from tagood.detectors.registry import register
+
+PAPER = "Liu, Wang, Owens & Li, Energy-based Out-of-distribution Detection, NeurIPS 2020"
+
+
+def score(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
+    """Energy OOD score of each row of ``logits``: ``E(x) = -T * logsumexp(logits / T)``, **higher = more OOD**.
+
+    Args:
+        logits: ``(N, C)`` IND-class logits. ``tagood bench`` scores the logits of its IND linear head,
+            ``head(features)``, not a backbone's ImageNet logits.
+        temperature: ``T > 0`` (the paper: 1).
+    Returns:
+        ``(N,)`` float64 scores.
+
+    Example:
+        >>> import numpy as np
+        >>> from tagood.detectors import energy
+        >>> energy.score(np.array([[0.0, 0.0], [10.0, 0.0]])).round(4)  # -log 2; -(10 + log(1 + e^-10))
+        array([ -0.6931, -10.    ])
+    """
+    return -logsumexp(logits, axis=1, temperature=temperature)
 
 
 @register("energy")
 class Energy(Detector):
-    """Free energy E(x) = -T logsumexp(logits / T), T = 1 (paper default). Score = E(x) (higher = more OOD)."""
+    """Free energy of the logits (Liu et al., NeurIPS 2020). Score = ``-T logsumexp(logits / T)`` (higher = more
+    OOD); training-free. See :func:`score`."""
 
+    class Options(DetectorOptions):
+        temperature: PosFloat = Field(1.0, description="temperature T of -T logsumexp(logits / T); the paper uses 1")
+
+    options: Options
+    paper: ClassVar[str] = PAPER
     requires = frozenset({"logits"})
     fit_requires = frozenset()  # nothing is learned from the training split
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__(temperature=temperature)
-        self.temperature = float(temperature)
+    requires_fit = False
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        return energy_score(data.logits, self.temperature)
+        return score(field_array(data, "logits"), self.options.temperature)

@@ -1,8 +1,17 @@
 """The IND linear head: multinomial logistic regression on IND training features.
 
-The embedded benchmarks' IND classes are not the backbone's ImageNet classes, so logit-based
-detectors (MSP, Energy, ODIN, ReAct, ...) score with the logits of a linear head fitted on IND
-training features, as a fine-tuned last layer would give.
+A benchmark's IND classes are not the backbone's ImageNet classes, so the logit-based detectors (MSP,
+MaxLogit, Energy, ODIN, ReAct, ASH, LHAct, ViM) score with the logits of a linear head fitted on IND
+training features, as a fine-tuned last layer would give. ``tagood bench`` does exactly this, with these
+calls; a user of the Python API gets the benchmark's logits the same way::
+
+    head = fit_head(train)                      # L2-regularised softmax regression, deterministic
+    train, test = with_head_logits(train, head), with_head_logits(test, head)
+    det = tagood.create("energy").fit(train, Context(head=head))
+    scores = det.score(test)                    # higher = more OOD, as in the benchmark
+
+The ``logits`` a backbone extraction carries are the backbone's own (1,000 ImageNet classes); scoring
+those gives different numbers from ``tagood bench``.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead, pooled_logits
+from tagood.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,65 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int |
     W = w.detach().cpu().numpy().astype(np.float64) / sd  # fold the standardisation
     B = b.detach().cpu().numpy().astype(np.float64) - W @ mu
     return LinearHead(W.astype(np.float32), B.astype(np.float32))
+
+
+def fit_head(train: FeatureSet, class_names: list[str] | None = None, *, num_classes: int | None = None,
+             weight_decay: float = 1e-3, epochs: int = 200, seed: int = 0, device: str = "cpu") -> LinearHead:
+    """The IND linear head of a labelled training split, as ``tagood bench`` fits it.
+
+    Softmax regression with an L2 penalty on the split's pooled ``features`` and ``labels``
+    (:func:`fit_linear_head`: full-batch L-BFGS on standardised features, deterministic). The benchmark
+    runner calls exactly this, with the config's ``seed``.
+
+    Args:
+        train: the IND training split; needs ``features`` ``(N, D)`` and ``labels`` ``(N,)`` (0..C-1).
+        class_names: the IND class names, kept on the head (``head.class_names``).
+        num_classes: the number of IND classes (default: the largest label + 1).
+        weight_decay: the L2 penalty on the (standardised) weights.
+        epochs: the most L-BFGS iterations.
+        seed: fixes torch's RNG for any nondeterministic kernel.
+        device: the torch device of the fit.
+
+    Returns:
+        The head ``logits = features @ weight.T + bias`` over the IND classes, acting on raw features.
+
+    Raises:
+        InputError: ``train`` has no ``features`` or no ``labels``, or a label is negative (unlabelled).
+    """
+    if train.features is None or train.labels is None:
+        have = [f for f in ("features", "labels") if getattr(train, f) is not None]
+        raise InputError(f"fit_head needs a training FeatureSet with features and labels (the IND classes); "
+                         f"'{train.name}' has {have or 'neither'}: extract it from a labelled image folder "
+                         f"(one sub-folder per class) or build FeatureSet(features=..., labels=...)")
+    if (np.asarray(train.labels) < 0).any():
+        raise InputError(f"fit_head: '{train.name}' has unlabelled (-1) samples; the head is fitted on labelled IND "
+                         f"training samples only: pass train.subset(np.flatnonzero(train.labels >= 0))")
+    head = fit_linear_head(train.features, train.labels, num_classes=num_classes, weight_decay=weight_decay,
+                           epochs=epochs, device=device, seed=seed)
+    head.class_names = class_names
+    return head
+
+
+def with_head_logits(fs: FeatureSet, head: LinearHead) -> FeatureSet:
+    """``fs`` with ``logits`` = the head's IND logits of its ``features`` (float32), as ``tagood bench`` scores.
+
+    Args:
+        fs: a split with pooled ``features`` ``(N, D)`` (any backbone ``logits`` it holds are replaced).
+        head: the IND head (:func:`fit_head`).
+
+    Returns:
+        A new FeatureSet sharing every other field with ``fs``.
+
+    Raises:
+        InputError: ``fs`` has no ``features``, or their width is not the head's.
+    """
+    if fs.features is None:
+        raise InputError(f"with_head_logits needs the pooled features of '{fs.name}' (FeatureSet.features); "
+                         f"extract them with the same backbone as the head's training split")
+    if np.shape(fs.features)[-1] != head.weight.shape[1]:
+        raise InputError(f"with_head_logits: '{fs.name}' has {np.shape(fs.features)[-1]}-dimensional features, the head "
+                         f"reads {head.weight.shape[1]}: use the backbone the head was fitted on")
+    return fs.with_(logits=head(fs.features))
 
 
 def head_accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray) -> float:

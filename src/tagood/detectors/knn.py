@@ -1,15 +1,28 @@
-"""KNN (Sun, Ming, Zhu & Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022)."""
+"""KNN (Sun, Ming, Zhu & Li, "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022).
+
+The distance of a sample's L2-normalised feature to its k-th nearest L2-normalised IND training feature (no class
+labels): ``score(x) = ||z - z_(k)||`` with ``z = x / ||x||``, **higher = more OOD**.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
+from pydantic import Field
 
-from tagood.detectors.base import Detector
-from tagood.detectors.registry import register
-from tagood.core.numeric import l2_normalize
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.numeric import l2_normalize
+from tagood.core.validation import OpenFraction, PosInt
+from tagood.detectors.base import Detector, field_array
+from tagood.detectors.options import DetectorOptions, OptionError
+from tagood.detectors.registry import register
+
+PAPER = "Sun, Ming, Zhu & Li, Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
 
 
 def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu",
@@ -27,28 +40,64 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def make_bank(train_features: ArrayLike, k: int = 50, alpha: float = 1.0, seed: int = 0) -> np.ndarray:
+    """KNN's bank: the L2-normalised IND training features as float32; with ``alpha < 1`` a seeded random
+    ``max(k, int(N * alpha))`` of them (the paper's ImageNet setting keeps 1%)."""
+    z = l2_normalize(train_features)
+    if alpha < 1.0:
+        rng = np.random.default_rng(seed)
+        z = z[rng.choice(len(z), size=max(k, int(len(z) * alpha)), replace=False)]
+    return z.astype(np.float32)
+
+
+def score(features: ArrayLike, bank: np.ndarray, k: int = 50, device: str = "cpu") -> np.ndarray:
+    """KNN OOD score: the Euclidean distance of each L2-normalised feature to its ``k``-th nearest row of ``bank``,
+    **higher = more OOD**.
+
+    Args:
+        features: ``(N, D)`` penultimate features (normalised here).
+        bank: ``(M, D)`` L2-normalised IND training features, ``M >= k`` (:func:`make_bank`).
+        k: the neighbour rank.
+        device: the torch device of the search.
+    Returns:
+        ``(N,)`` float64 distances in ``[0, 2]``.
+    """
+    return kth_neighbour_distance(l2_normalize(features), bank, k, device=device)
+
+
 @register("knn")
 class KNN(Detector):
-    """Distance to the k-th nearest IND training feature after L2 normalisation (no class labels).
-    k = 50 (the paper's CIFAR setting, suited to small IND sets; the paper uses k = 1000 for the full
-    ImageNet train set, and k = 10 with ``alpha`` = 1% of it); ``alpha`` subsamples the bank (seeded).
-    Score = ||z - z_(k)|| (higher = more OOD)."""
+    """Distance to the k-th nearest IND training feature after L2 normalisation (no class labels). ``k = 50`` is
+    the paper's CIFAR setting, suited to small IND sets (the paper uses k = 1000 on the full ImageNet train set, and
+    k = 10 with ``alpha`` = 1% of it). Score = ``||z - z_(k)||`` (higher = more OOD). See :func:`score`."""
 
+    class Options(DetectorOptions):
+        k: PosInt = Field(50, description="neighbour rank whose distance is the score (paper: 50 on CIFAR, 1000 on ImageNet)")
+        alpha: OpenFraction = Field(1.0, description="fraction of the IND training features kept in the bank (seeded)")
+
+    options: Options
+    paper: ClassVar[str] = PAPER
     requires = frozenset({"features"})
+    bank: np.ndarray
+    device: str = "cpu"
 
-    def __init__(self, k: int = 50, alpha: float = 1.0) -> None:
-        super().__init__(k=k, alpha=alpha)
-        self.k, self.alpha = int(k), float(alpha)
+    def check_data(self, n_train: int, n_classes: int | None = None) -> None:
+        """``k`` must not exceed the IND training samples (the bank holds at least ``k`` of them)."""
+        if self.options.k > n_train:
+            raise OptionError(f"detector 'knn': option k={self.options.k} exceeds the {n_train} IND training samples; "
+                              f"use knn[k={max(1, n_train)}] or fewer, or more training images")
 
-    def _fit(self, train: FeatureSet, context: Context) -> None:
-        z = l2_normalize(train.features)
-        if self.alpha < 1.0:
-            rng = np.random.default_rng(context.seed)
-            z = z[rng.choice(len(z), size=max(self.k, int(len(z) * self.alpha)), replace=False)]
-        if self.k > len(z):
-            raise ValueError(f"knn: k={self.k} exceeds the {len(z)} training features")
-        self.bank = z.astype(np.float32)
+    def _attach(self, context: Context) -> None:
         self.device = context.device
 
+    def _fit(self, train: FeatureSet, context: Context) -> None:
+        self.bank = make_bank(field_array(train, "features"), self.options.k, self.options.alpha, context.seed)
+
     def _score(self, data: FeatureSet) -> np.ndarray:
-        return kth_neighbour_distance(l2_normalize(data.features), self.bank, self.k, device=self.device)
+        return score(field_array(data, "features"), self.bank, self.options.k, device=self.device)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"bank": self.bank}, {}
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self.bank = arrays["bank"]

@@ -1,40 +1,82 @@
-"""Mahalanobis (Lee, Lee, Lee & Shin, "A Simple Unified Framework for Detecting Out-of-Distribution
-Samples and Adversarial Attacks", NeurIPS 2018)."""
+"""Mahalanobis (Lee, Lee, Lee & Shin, "A Simple Unified Framework for Detecting Out-of-Distribution Samples and
+Adversarial Attacks", NeurIPS 2018).
+
+Class-conditional Gaussians with a shared (tied) covariance on penultimate features, fitted on labelled IND training
+features; ``score(x) = min_c (x - mu_c)^T Sigma^-1 (x - mu_c)``, **higher = more OOD**. As in the common post-hoc
+use (OpenOOD's MDS): no input preprocessing, one layer; ``Sigma^-1`` is a pseudo-inverse computed in float64.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from tagood.detectors.base import Detector
-from tagood.detectors.registry import register
-from tagood.core.featureset import FeatureSet
+import numpy as np
+from numpy.typing import ArrayLike
+
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.detectors.base import Detector, field_array
+from tagood.detectors.registry import register
+from tagood.errors import InputError
+
+PAPER = ("Lee, Lee, Lee & Shin, A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial "
+         "Attacks, NeurIPS 2018")
+
+
+def fit_gaussians(features: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Class means ``(C, D)`` and the pseudo-inverse of the tied covariance ``(D, D)``, float64, from labelled IND
+    training features (samples labelled ``< 0`` are left out)."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    classes = np.unique(y[y >= 0])
+    if len(classes) == 0:
+        raise InputError("mahalanobis.fit: no labelled IND training sample (every label is < 0); pass "
+                         "train=tagood.FeatureSet(features=..., labels=...) with class ids 0..C-1")
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
+    cov = centred.T @ centred / len(centred)
+    return means, np.linalg.pinv(cov, hermitian=True)
+
+
+def score(features: ArrayLike, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis OOD score: the squared Mahalanobis distance to the closest class mean,
+    ``min_c (x - mu_c)^T P (x - mu_c)``, **higher = more OOD**.
+
+    Args:
+        features: ``(N, D)`` penultimate features.
+        means: ``(C, D)`` class means; ``precision``: ``(D, D)`` inverse tied covariance (:func:`fit_gaussians`).
+    Returns:
+        ``(N,)`` float64 scores.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    # d_c = x P x - 2 x P mu_c + mu_c P mu_c, for all classes at once
+    xp = x @ precision
+    xpx = np.einsum("nd,nd->n", xp, x)
+    mpm = np.einsum("cd,cd->c", means @ precision, means)
+    d = xpx[:, None] - 2.0 * xp @ means.T + mpm[None, :]
+    return d.min(axis=1)
 
 
 @register("mahalanobis")
 class Mahalanobis(Detector):
-    """Class-conditional Gaussians with a shared (tied) covariance on penultimate features, fitted on
-    IND train; score = min_c (x - mu_c)^T Sigma^-1 (x - mu_c) (higher = more OOD). As in the common
-    post-hoc use (OpenOOD's MDS) no input preprocessing and a single layer; Sigma^-1 is a
-    pseudo-inverse computed in float64."""
+    """Minimum squared Mahalanobis distance to the IND class means under a tied covariance (needs training labels).
+    Score = ``min_c (x - mu_c)^T Sigma^-1 (x - mu_c)`` (higher = more OOD). See :func:`score`."""
 
+    paper: ClassVar[str] = PAPER
     requires = frozenset({"features"})
     fit_requires = frozenset({"features", "labels"})
+    means: np.ndarray
+    precision: np.ndarray
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
-        x = np.asarray(train.features, dtype=np.float64)
-        y = np.asarray(train.labels)
-        classes = np.unique(y[y >= 0])
-        self.means = np.stack([x[y == c].mean(axis=0) for c in classes])
-        centred = np.concatenate([x[y == c] - self.means[i] for i, c in enumerate(classes)])
-        cov = centred.T @ centred / len(centred)
-        self.precision = np.linalg.pinv(cov, hermitian=True)
+        self.means, self.precision = fit_gaussians(field_array(train, "features"), field_array(train, "labels"))
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        x = np.asarray(data.features, dtype=np.float64)
-        # d_c = x P x - 2 x P mu_c + mu_c P mu_c, for all classes at once
-        xp = x @ self.precision
-        xpx = np.einsum("nd,nd->n", xp, x)
-        mpm = np.einsum("cd,cd->c", self.means @ self.precision, self.means)
-        d = xpx[:, None] - 2.0 * xp @ self.means.T + mpm[None, :]
-        return d.min(axis=1)
+        return score(field_array(data, "features"), self.means, self.precision)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"means": self.means, "precision": self.precision}, {}
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self.means, self.precision = arrays["means"], arrays["precision"]

@@ -1,299 +1,260 @@
-"""Detector options: the one declaration of each detector's options (type, range, default), and their checks.
+"""Detector options, declared once: each detector class holds a pydantic model ``Options`` (a
+:class:`DetectorOptions`) with every option's type, range, default and a one-line description.
 
-A method spec such as ``knn[k=50]``, keyword arguments of :func:`tagood.create` and a TOML config's
-``options.method_defaults`` are all checked here before any work is done. Scores: higher = more OOD.
+``Detector.__init__(**options)``, :func:`tagood.detectors.create` (``name[key=value,...]`` specs), a TOML
+config's methods and ``options.method_defaults`` (:func:`check_detector_options`), ``tagood methods`` and the
+docs' method tables (:func:`describe`) all read that one model. A bad option is an :class:`OptionError` (a
+:class:`tagood.errors.ConfigError`) naming the detector, the option, its default and the accepted range, before
+any work is done. Detector scores: higher = more OOD.
+
+Example:
+    >>> from pydantic import Field
+    >>> from tagood.core.validation import PosInt
+    >>> class Options(DetectorOptions):
+    ...     k: PosInt = Field(50, description="neighbour rank")
+    >>> Options(k=3).k
+    3
+    >>> [(o.name, o.type, o.default, o.constraint) for o in describe_options(Options)]
+    [('k', 'integer', 50, '>= 1')]
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import math
-from collections.abc import Iterable, Mapping, Sequence
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      create_model, model_validator)
-from pydantic_core import PydanticCustomError
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
+from tagood.core.validation import _describe, _finite_check, _not_bool, _Strict, _type_word, suggest
 from tagood.errors import ConfigError
-from tagood.core.validation import *  # noqa: F403 (split from one module; narrowed below)
-from tagood.core.validation import _describe, _Strict, _finite_check, _not_bool, _type_word, format_errors
+
+__all__ = ["DetectorOptions", "OptionError", "OptionInfo", "check_detector_options", "describe",
+           "describe_options", "validate_options"]
 
 
 class OptionError(ConfigError):
     """A detector option is unknown, of the wrong type or out of range; the message names the detector and option."""
 
 
-# -- detector options -------------------------------------------------------------------------------
-# Every field defaults to None and only the options a user gives are validated (``model_fields_set``): the
-# defaults live in the detectors' signatures, one place.
-class _Opts(_Strict):
-    pass
+class DetectorOptions(_Strict):
+    """Base of every detector's ``Options`` model: unknown keys are errors (with a "did you mean"), an instance is
+    frozen, defaults are validated too. A numeric field must use a value type of :mod:`tagood.core.validation`
+    (``Int``, ``Float``, ``PosInt``, ``Fraction``, ...): those refuse true/false as a number and NaN / infinity --
+    a plain ``int`` or ``float`` field is refused when the class is defined. Cross-field rules are
+    ``model_validator(mode="after")`` methods raising ``PydanticCustomError``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, arbitrary_types_allowed=True,
+                              populate_by_name=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, f in cls.model_fields.items():
+            if _numeric(f.annotation) and not _guarded(f):
+                raise TypeError(f"{cls.__qualname__}.{name}: declare numbers with the value types of tagood.core.validation "
+                                f"(Int, Float, PosInt, Fraction, ...), which refuse true/false and NaN")
 
 
-class _NoOpts(_Opts):
-    """MSP, MaxLogit, Mahalanobis: no options."""
-
-
-class EnergyOpts(_Opts):
-    temperature: PosFloat = None  # type: ignore[assignment]
-
-
-class OdinOpts(_Opts):
-    temperature: PosFloat = None  # type: ignore[assignment]
-    epsilon: NonNegFloat = None  # type: ignore[assignment]
-    pixel_std: PixelStd | None = None
-    batch_size: PosInt = None  # type: ignore[assignment]
-
-
-class ReactOpts(_Opts):
-    #: clip at this percentile of the training activations: (0, 100]
-    percentile: Annotated[float, BeforeValidator(_finite_check), Field(gt=0, le=100)] = None  # type: ignore[assignment]
-
-
-class AshOpts(_Opts):
-    #: prune this percentile of the activations: [0, 100) -- 100 would prune every activation
-    percentile: Annotated[float, BeforeValidator(_finite_check), Field(ge=0, lt=100)] = None  # type: ignore[assignment]
-    variant: Literal["s", "b", "p"] = None  # type: ignore[assignment]
-
-
-class LHActOpts(_Opts):
-    low_percentile: Percentile = None  # type: ignore[assignment]
-    high_percentile: Percentile = None  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _order(self) -> "LHActOpts":
-        lo, hi = self.low_percentile, self.high_percentile
-        if lo is not None and hi is not None and not lo < hi:
-            raise PydanticCustomError("order", "low_percentile must be below high_percentile")
-        return self
-
-
-class FeatureNormOpts(_Opts):
-    block: NonNegInt | None = None
-
-
-class KnnOpts(_Opts):
-    k: PosInt = None  # type: ignore[assignment]
-    #: fraction of the training features kept in the bank: (0, 1]
-    alpha: OpenFraction = None  # type: ignore[assignment]
-
-
-class VimOpts(_Opts):
-    dim: PosInt | None = None
-
-
-class TrainOpts(_Opts):
-    """The projector's training options (``tagood.detectors.tagood.train.TrainConfig``)."""
-
-    dim: PosInt = None  # type: ignore[assignment]
-    depth: PosInt = None  # type: ignore[assignment]
-    heads: PosInt = None  # type: ignore[assignment]
-    mlp: PosInt = None  # type: ignore[assignment]
-    dropout: Annotated[float, BeforeValidator(_finite_check), Field(ge=0, lt=1)] = None  # type: ignore[assignment]
-    epochs: PosInt = None  # type: ignore[assignment]
-    batch_size: PosInt = None  # type: ignore[assignment]
-    lr: PosFloat = None  # type: ignore[assignment]
-    weight_decay: NonNegFloat = None  # type: ignore[assignment]
-    ce_weight: NonNegFloat = None  # type: ignore[assignment]
-    mse_weight: NonNegFloat = None  # type: ignore[assignment]
-    momentum: Fraction = None  # type: ignore[assignment]
-    min_lr: NonNegFloat = None  # type: ignore[assignment]
-    seed: NonNegInt = None  # type: ignore[assignment]
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> "TrainOpts":
-        if self.dim is not None and self.heads is not None and self.dim % self.heads:
-            raise PydanticCustomError("heads", "dim must be a multiple of heads")
-        return self
-
-
-class TagBaseOpts(_Opts):
-    """Options common to TagScore / CS / (CE)+CS / TagOOD (``tagood.detectors.tagood.detector._TagBase``)."""
-
-    #: decomposition threshold on min-max-normalised attention (<= 0 keeps every token; >= 1 would keep none)
-    tau: Annotated[float, BeforeValidator(_finite_check), Field(lt=1)] = None  # type: ignore[assignment]
-    tag_threshold: Fraction | None = None
-    tag_top_k: PosInt = None  # type: ignore[assignment]
-    per_class: Union[Literal["auto"], PosInt] = None  # type: ignore[assignment]
-    coverage: OpenFraction = None  # type: ignore[assignment]
-    vocabulary: PathLike | None = None
-    no_tag: Literal["auto", "ood", "fallback"] = None  # type: ignore[assignment]
-    vocab: Literal["auto", "frequent", "specific"] = None  # type: ignore[assignment]
-
-
-class TagOODOpts(TagBaseOpts, TrainOpts):
-    score: Literal["cosine", "chunk", "euclid", "kl"] = None  # type: ignore[assignment]
-    test_tokens: Literal["object", "all"] | None = None
-    tags: Literal["pred", "gt"] = None  # type: ignore[assignment]
-    preset: Literal["small", "paper"] = None  # type: ignore[assignment]
-
-
-class VLMOpts(_Opts):
-    """Options of every vision-language detector (``tagood.detectors.vlm.base.VLMDetector``)."""
-
-    template: str = None  # type: ignore[assignment]
-    templates: str | list[str] | None = None
-
-
-class MCMOpts(VLMOpts):
-    tau: PosFloat = None  # type: ignore[assignment]
-
-
-class GLMCMOpts(MCMOpts):
-    tau_local: PosFloat = None  # type: ignore[assignment]
-    lam: NonNegFloat = None  # type: ignore[assignment]
-
-
-class NegLabelOpts(VLMOpts):
-    n_neg: PosInt = None  # type: ignore[assignment]
-    #: the percentile of WordNet candidates kept as negatives: (0, 1]
-    eta: OpenFraction = None  # type: ignore[assignment]
-    tau: PosFloat = None  # type: ignore[assignment]
-    ngroup: PosInt = None  # type: ignore[assignment]
-    corpus: PathLike | list[str] | None = None
-    max_candidates: PosInt | None = None
-    neg_words: list[str] | None = None
-    seed: NonNegInt = None  # type: ignore[assignment]
-
-
-class CSPOpts(NegLabelOpts):
-    ratio: OpenFraction = None  # type: ignore[assignment]
-    #: cosine above which a candidate counts as a near-duplicate of an IND prompt; above 1 lifts the cut
-    max_sim: PosFloat = None  # type: ignore[assignment]
-    superclasses: list[str] | None = None
-    exclude: list[str] | None = None
-    nouns: list[str] | None = None
-    adjectives: list[str] | None = None
-
-
-class AdaNegOpts(NegLabelOpts):
-    thres: Fraction = None  # type: ignore[assignment]
-    gap: Fraction = None  # type: ignore[assignment]
-    memleng: PosInt = None  # type: ignore[assignment]
-    beta: NonNegFloat = None  # type: ignore[assignment]
-    lam: NonNegFloat = None  # type: ignore[assignment]
-    proxies: Literal["sample", "task"] = None  # type: ignore[assignment]
-    batch_size: PosInt = None  # type: ignore[assignment]
-
-
-class KRNFTOpts(VLMOpts):
-    n_neg: PosInt = None  # type: ignore[assignment]
-    eta: OpenFraction = None  # type: ignore[assignment]
-    corpus: PathLike | list[str] | None = None
-    max_candidates: PosInt | None = None
-    neg_words: list[str] | None = None
-    shots: PosInt | None = None
-    n_crops: PosInt = None  # type: ignore[assignment]
-    k_in: PosInt = None  # type: ignore[assignment]
-    k_out: NonNegInt = None  # type: ignore[assignment]
-    hidden: PosInt = None  # type: ignore[assignment]
-    #: 0 = untrained (the meta-networks' zero-initialised last layers: plain text features), as README measures
-    epochs: NonNegInt = None  # type: ignore[assignment]
-    lr: PosFloat = None  # type: ignore[assignment]
-    batch_size: PosInt = None  # type: ignore[assignment]
-    w_out: NonNegFloat = None  # type: ignore[assignment]
-    w_kr: NonNegFloat = None  # type: ignore[assignment]
-    score_batch: PosInt = None  # type: ignore[assignment]
-    seed: NonNegInt = None  # type: ignore[assignment]
-    device: str | None = None
-
-
-class LoCoOpOpts(VLMOpts):
-    n_ctx: PosInt = None  # type: ignore[assignment]
-    lam: NonNegFloat = None  # type: ignore[assignment]
-    top_k: PosInt | None = None
-    shots: PosInt | None = None
-    epochs: NonNegInt = None  # type: ignore[assignment]  # 0 = the initial context, untrained
-    lr: PosFloat = None  # type: ignore[assignment]
-    batch_size: PosInt = None  # type: ignore[assignment]
-    score: Literal["glmcm", "mcm"] = None  # type: ignore[assignment]
-    context: Literal["auto", "tokens", "residual"] = None  # type: ignore[assignment]
-    seed: NonNegInt = None  # type: ignore[assignment]
-
-
-#: One option model per registered detector. ``tests/test_schemas.py`` checks that the fields of each
-#: equal the detector's ``__init__`` parameters (:func:`signature_options`), both ways.
-DETECTOR_OPTIONS: dict[str, type[BaseModel]] = {
-    "msp": _NoOpts, "maxlogit": _NoOpts, "mahalanobis": _NoOpts, "energy": EnergyOpts, "odin": OdinOpts,
-    "react": ReactOpts, "ash": AshOpts, "lhact": LHActOpts, "featurenorm": FeatureNormOpts, "knn": KnnOpts,
-    "vim": VimOpts, "tagscore": TagBaseOpts, "cs": TagOODOpts, "ce+cs": TagOODOpts, "tagood": TagOODOpts,
-    "mcm": MCMOpts, "glmcm": GLMCMOpts, "neglabel": NegLabelOpts, "csp": CSPOpts, "adaneg": AdaNegOpts,
-    "krnft": KRNFTOpts, "locoop": LoCoOpOpts,
-}
-
-
-def _is_detector_base(klass: type) -> bool:
-    """``klass`` is ``tagood.detectors.base.Detector``, recognised by name: the detector registry imports this
-    module, so importing it back would be a cycle."""
-    return klass.__module__ == "tagood.detectors.base" and klass.__qualname__ == "Detector"
-
-
-def signature_options(cls: type) -> dict[str, Any]:
-    """The options a detector class takes: the named parameters of each ``__init__`` along its MRO that
-    passes ``**kwargs`` on (stopping at ``tagood.detectors.base.Detector``, whose ``**hparams`` only
-    records them), plus the fields of ``TrainConfig`` for a detector that forwards ``**train_kw`` to it
-    (TagOOD, CS, (CE)+CS). Returns ``{name: default}`` (``inspect.Parameter.empty`` when required);
-    the first default met along the MRO wins."""
-    out: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        if _is_detector_base(klass) or klass is object or "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(vars(klass)["__init__"]).parameters
-        for n, p in params.items():
-            if n == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+def _unwrap(ann: Any) -> tuple[list[Any], bool]:
+    """The member types of ``ann`` without ``Annotated`` wrappers and ``None``, and whether ``None`` is allowed."""
+    origin = get_origin(ann)
+    if origin is Annotated:
+        return _unwrap(get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        out: list[Any] = []
+        optional = False
+        for a in get_args(ann):
+            if a is type(None):
+                optional = True
                 continue
-            out.setdefault(n, p.default)
-        var_kw = [p.name for p in params.values() if p.kind is p.VAR_KEYWORD]
-        if not var_kw:
-            return out
-        if var_kw[0] == "train_kw":
-            from dataclasses import fields
+            sub, opt = _unwrap(a)
+            out += sub
+            optional = optional or opt
+        return out, optional
+    return [ann], False
 
-            from tagood.detectors.tagood.train import TrainConfig
 
-            for f in fields(TrainConfig):
-                out.setdefault(f.name, f.default)
+def _numeric(ann: Any) -> bool:
+    return any(t in (int, float) for t in _unwrap(ann)[0])
+
+
+def _metadata(f: FieldInfo) -> list[Any]:
+    """Every metadata item of a field: its own and those of the ``Annotated`` types in its annotation."""
+    out = list(f.metadata)
+
+    def walk(ann: Any) -> None:
+        origin = get_origin(ann)
+        if origin is Annotated:
+            args = get_args(ann)
+            for m in args[1:]:  # a Field(ge=...) inside an Annotated type stays a FieldInfo there
+                out.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+            walk(args[0])
+        elif origin in (Union, types.UnionType):
+            for a in get_args(ann):
+                walk(a)
+
+    walk(f.annotation)
     return out
 
 
-def _takes_any(cls: type) -> bool:
-    """True when no ``__init__`` before ``Detector`` in the MRO ends the chain without ``**kwargs``: the
-    detector would record any keyword (a plugin without a schema entry)."""
-    for klass in cls.__mro__:
-        if _is_detector_base(klass):
-            return True
-        if "__init__" in vars(klass):
-            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-            if not any(p.kind is p.VAR_KEYWORD for p in params):
-                return False
-    return True
+def _guarded(f: FieldInfo) -> bool:
+    return any(isinstance(m, BeforeValidator) and m.func in (_not_bool, _finite_check) for m in _metadata(f))
 
 
-def _derived_model(cls: type) -> type[BaseModel]:
-    """An option model for a detector without an entry in :data:`DETECTOR_OPTIONS` (a user's plugin): its
-    signature's parameters, typed from their annotations where they resolve, ``Any`` otherwise."""
-    import typing
+# -- describing options ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OptionInfo:
+    """One option of a detector, as plain text for ``tagood methods`` and the docs' tables."""
 
-    fields: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        try:
-            hints = typing.get_type_hints(init)
-        except Exception:  # noqa: BLE001 - an unresolvable annotation: the option is then untyped
-            hints = {}
-        for n in inspect.signature(init).parameters:
-            if n in signature_options(cls):
-                fields[n] = (typing.Optional[hints[n]] if n in hints else Any, None)
-    base = _Opts if not _takes_any(cls) else BaseModel
-    return create_model(f"{cls.__name__}Options", __base__=base, **fields)  # type: ignore[call-overload]
+    name: str
+    #: the value's type in words: ``integer``, ``number``, ``text``, ``one of 's', 'b', 'p'``, ``... or none``
+    type: str
+    #: the default value (``None`` = none); :attr:`required` options have none
+    default: Any
+    #: one line: what the option does
+    description: str
+    #: the accepted range in words (``>= 1``, ``in (0, 1]``), or ``""``
+    constraint: str = ""
+    required: bool = False
+
+    @property
+    def default_text(self) -> str:
+        """The default as a user writes it in a spec (``50``, ``none``, ``s``); ``required`` when there is none."""
+        if self.required:
+            return "required"
+        return _value_text(self.default)
 
 
-def _kind(default: Any) -> str:
+def _value_text(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value_text(x) for x in v) + "]"
+    return str(v)
+
+
+_TYPE_TEXT = {int: "integer", float: "number", str: "text", bool: "true or false", Path: "path", dict: "table"}
+
+
+def _type_text(ann: Any) -> str:
+    origin = get_origin(ann)
+    if origin is Annotated:
+        return _type_text(get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        args = get_args(ann)
+        parts = list(dict.fromkeys(_type_text(a) for a in args if a is not type(None)))
+        if "path" in parts and "text" in parts:
+            parts.remove("text")
+        return " or ".join(parts + (["none"] if type(None) in args else []))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(ann))
+    if origin in (list, tuple, Sequence):
+        args = get_args(ann)
+        return f"list of {_type_text(args[0])}" if args else "list"
+    if ann is Any:
+        return "any value"
+    return _TYPE_TEXT.get(ann, getattr(ann, "__name__", str(ann)))
+
+
+def _constraint_text(f: FieldInfo) -> str:
+    lo: tuple[str, str, Any] | None = None
+    hi: tuple[str, str, Any] | None = None
+    for m in _metadata(f):
+        if isinstance(m, annotated_types.Ge) and lo is None:
+            lo = ("[", ">=", m.ge)
+        elif isinstance(m, annotated_types.Gt) and lo is None:
+            lo = ("(", ">", m.gt)
+        elif isinstance(m, annotated_types.Le) and hi is None:
+            hi = ("]", "<=", m.le)
+        elif isinstance(m, annotated_types.Lt) and hi is None:
+            hi = (")", "<", m.lt)
+    if lo and hi:
+        return f"in {lo[0]}{lo[2]}, {hi[2]}{hi[0]}"
+    if lo or hi:
+        b = lo or hi
+        assert b is not None
+        return f"{b[1]} {b[2]}"
+    return ""
+
+
+def describe_options(model: type[BaseModel]) -> list[OptionInfo]:
+    """:class:`OptionInfo` of every field of an options model, in declaration order."""
+    out = []
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        default = f.default
+        required = default is PydanticUndefined
+        out.append(OptionInfo(name=name, type=str(extra.get("type_text") or _type_text(f.annotation)),
+                              default=None if required else default, description=" ".join((f.description or "").split()),
+                              constraint=_constraint_text(f), required=required))
+    return out
+
+
+def describe(name_or_class: str | type) -> list[OptionInfo]:
+    """Every option of a detector (a registered name or a class), with its type, default, range and description:
+    what ``tagood methods`` lists. A detector without options gives ``[]``."""
+    from tagood.detectors.registry import get_class
+
+    cls = get_class(name_or_class) if isinstance(name_or_class, str) else name_or_class
+    return describe_options(options_model(cls))
+
+
+# -- validating options -----------------------------------------------------------------------------------
+def options_model(cls: type) -> type[DetectorOptions]:
+    """The ``Options`` model a detector class declares (the base's empty model for a detector without options)."""
+    model = getattr(cls, "Options", None)
+    if not (isinstance(model, type) and issubclass(model, DetectorOptions)):
+        raise TypeError(f"{cls.__name__}.Options must be a subclass of tagood.detectors.options.DetectorOptions")
+    return model
+
+
+def validate_options(cls: type, opts: Mapping[str, Any], name: str | None = None, quote: bool = True) -> DetectorOptions:
+    """The ``cls.Options`` instance of ``opts``. Raises :class:`OptionError` naming detector ``name`` (default: the
+    class's registered name), the option, its default and the accepted range; an unknown option gets a "did you
+    mean". ``quote=False`` (options read from a file) names a bad value's type instead of quoting it."""
+    name = name or str(getattr(cls, "name", cls.__name__))
+    model = options_model(cls)
+    known = list(model.model_fields)
+    _refuse_unknown(name, cls, opts, known)
+    try:
+        return model.model_validate(dict(opts))
+    except ValidationError as e:
+        raise OptionError(_invalid_text(name, e, opts, model.model_fields, quote)) from None
+
+
+def check_detector_options(name: str, cls: type, opts: Mapping[str, Any], quote: bool = True) -> dict[str, Any]:
+    """Validate the options of detector ``name`` (class ``cls``) -- before any extraction -- and return them with
+    scalar values in their declared type (``k=2.0`` -> ``2``). Raises :class:`OptionError` as
+    :func:`validate_options` does. Detector scores stay higher = more OOD."""
+    m = validate_options(cls, opts, name, quote)
+    return {k: _declared(getattr(m, k), v) for k, v in opts.items()}
+
+
+def _declared(value: Any, given: Any) -> Any:
+    """A validated scalar in its declared type; anything else (a list, a path) as given."""
+    return value if isinstance(value, (bool, int, float, str)) and not isinstance(given, Path) else given
+
+
+def _refuse_unknown(name: str, cls: type, opts: Mapping[str, Any], known: Sequence[str]) -> None:
+    unknown = [k for k in opts if k not in known]
+    if unknown:
+        what = "; ".join(f"detector '{name}' has no option {k}{suggest(k, known)}" for k in unknown)
+        raise OptionError(f"unknown {cls.__name__} options {unknown}: {what}; its options: {', '.join(known) or 'none'}")
+
+
+def _kind(default: Any, annotation: Any = None) -> str:
+    """The kind of value an option takes, in words, from its default (or, for a default of none, its type)."""
+    if default is None and annotation is not None:
+        kinds = {_kind(t()) if t in (bool, int, float, str) else "a value" for t in _unwrap(annotation)[0]}
+        return (kinds.pop() if len(kinds) == 1 else "a value") + " or none"
     if isinstance(default, bool):
         return "true or false"
     if isinstance(default, (int, float)):
@@ -303,51 +264,34 @@ def _kind(default: Any) -> str:
     return "a value"
 
 
-def check_detector_options(name: str, cls: type, opts: Mapping[str, Any], quote: bool = True) -> dict[str, Any]:
-    """Validate the options of detector ``name`` (class ``cls``) against :data:`DETECTOR_OPTIONS` -- before
-    any extraction -- and return them with scalar values in their declared type (``k=2.0`` -> ``2``).
-    Raises :class:`OptionError` (a ``ValueError``) naming the detector, the option, the value and the
-    accepted range; an unknown option gets a "did you mean" suggestion. ``quote=False`` (options read from
-    a file) names the value's type instead of quoting it. Scores stay higher = more OOD."""
-    model = DETECTOR_OPTIONS.get(name) or _derived_model(cls)
-    defaults = signature_options(cls)
-    known = [k for k in defaults if k in model.model_fields] + sorted(set(model.model_fields) - set(defaults))
-    preset = set(TrainOpts.model_fields) - set(TagBaseOpts.model_fields) if issubclass(model, TrainOpts) else set()
-    strict = issubclass(model, _Strict)
-    unknown = [k for k in opts if k not in model.model_fields] if strict else []
-    if unknown:
-        what = "; ".join(f"detector '{name}' has no option {k}{suggest(k, known)}" for k in unknown)
-        raise OptionError(f"unknown {cls.__name__} options {unknown}: {what}; its options: {', '.join(known) or 'none'}")
-    try:
-        m = model.model_validate(dict(opts))
-    except ValidationError as e:
-        parts = []
-        for err in e.errors(include_url=False, include_input=False):
-            loc = [str(x) for x in err.get("loc", ()) if isinstance(x, str)]
-            key = loc[0] if loc and loc[0] in opts else None
-            if key is None:  # a check across options (lhact's order, dim vs heads)
-                got = ", ".join(f"{k}={v!r}" if quote else k for k, v in opts.items())
-                parts.append(f"detector '{name}': {_describe(err)} (got {got})")
-                continue
-            d = defaults.get(key, inspect.Parameter.empty)
-            dtxt = (" (default: set by the preset)" if key in preset else
-                    "" if d is inspect.Parameter.empty else f" (default {d!r})")
-            got = repr(opts[key]) if quote else _type_word(opts[key])
-            parts.append(f"detector '{name}': option {key} is {_kind(d)}{dtxt}, got {got}: {_describe(err)}")
-        raise OptionError("; ".join(dict.fromkeys(parts)) + _example(name, e, defaults, preset)) from None
-    out = dict(opts)
-    for k in m.model_fields_set:
-        v = getattr(m, k)
-        if isinstance(v, (bool, int, float, str)) and not isinstance(opts[k], Path):
-            out[k] = v
-    return out
+def _invalid_text(name: str, e: ValidationError, opts: Mapping[str, Any], fields: Mapping[str, FieldInfo], quote: bool) -> str:
+    """One message for a validation error of detector ``name``'s options: each bad option with its default, then an
+    example spec with the first bad option at its default."""
+    defaults = {k: f.default for k, f in fields.items()}
+    parts = []
+    for err in e.errors(include_url=False, include_input=False):
+        loc = [str(x) for x in err.get("loc", ()) if isinstance(x, str)]
+        key = loc[0] if loc and (loc[0] in opts or err.get("type") == "missing") else None
+        if key is None:  # a check across options (lhact's order, dim vs heads)
+            got = ", ".join(f"{k}={v!r}" if quote else k for k, v in opts.items())
+            parts.append(f"detector '{name}': {_describe(err)} (got {got})")
+            continue
+        if err.get("type") == "missing":
+            parts.append(f"detector '{name}': option {key} is required")
+            continue
+        d = defaults.get(key, PydanticUndefined)
+        dtxt = "" if d is PydanticUndefined else f" (default {d!r})"
+        got = repr(opts[key]) if quote else _type_word(opts[key])
+        kind = _kind(d, fields[key].annotation if key in fields else None)
+        parts.append(f"detector '{name}': option {key} is {kind}{dtxt}, got {got}: {_describe(err)}")
+    return "; ".join(dict.fromkeys(parts)) + _example(name, e, defaults)
 
 
-def _example(name: str, e: ValidationError, defaults: Mapping[str, Any], preset: set[str]) -> str:
+def _example(name: str, e: ValidationError, defaults: Mapping[str, Any]) -> str:
     """``; e.g. knn[k=50]``: the first bad option at its default, when it has a plain one."""
     for err in e.errors(include_url=False, include_input=False):
         key = next((x for x in err.get("loc", ()) if isinstance(x, str)), None)
-        v = defaults.get(key, None) if key and key not in preset else None
+        v = defaults.get(key, None) if key else None
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
             return f"; e.g. {name}[{key}={v}]"
     return ""
@@ -366,6 +310,3 @@ def _spec_options(spec: str) -> None:
         check_detector_options(base, get_class(base), opts, quote=False)
     except OptionError as e:
         raise PydanticCustomError("method_option", "{msg}", {"msg": str(e)}) from None
-
-
-# -- benchmark config -------------------------------------------------------------------------------

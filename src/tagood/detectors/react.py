@@ -1,33 +1,77 @@
-"""ReAct (Sun et al., "ReAct: Out-of-distribution Detection With Rectified Activations", NeurIPS 2021)."""
+"""ReAct (Sun, Guo & Li, "ReAct: Out-of-distribution Detection With Rectified Activations", NeurIPS 2021).
+
+Penultimate activations are clipped at ``c``, the ``percentile``-th percentile of all IND training activations
+(paper: 90), the IND logits are recomputed through the linear head and scored with energy:
+``score(x) = -logsumexp(W min(x, c) + b)``, **higher = more OOD**.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 
-from tagood.detectors._common import energy_score, head_logits, need_head
-from tagood.detectors.base import Detector
-from tagood.detectors.registry import register
-from tagood.core.featureset import FeatureSet
+import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import BeforeValidator, Field
+
 from tagood.core.context import Context
+from tagood.core.featureset import FeatureSet
+from tagood.core.types import LinearHead
+from tagood.core.validation import _finite_check
+from tagood.detectors import energy
+from tagood.detectors._common import HeadDetector, head_logits
+from tagood.detectors.base import field_array
+from tagood.detectors.options import DetectorOptions
+from tagood.detectors.registry import register
+
+PAPER = "Sun, Guo & Li, ReAct: Out-of-distribution Detection With Rectified Activations, NeurIPS 2021"
+
+
+def clip_value(train_features: ArrayLike, percentile: float = 90.0) -> float:
+    """ReAct's clip ``c``: the ``percentile``-th percentile (numpy's linear interpolation) of all IND training
+    activations ``(N, D)``, in float64."""
+    return float(np.percentile(np.asarray(train_features, dtype=np.float64), percentile))
+
+
+def score(features: ArrayLike, head: LinearHead, clip: float) -> np.ndarray:
+    """ReAct OOD score: energy of the IND logits of the clipped features, ``-logsumexp(W min(x, clip) + b)``,
+    **higher = more OOD**.
+
+    Args:
+        features: ``(N, D)`` penultimate features.
+        head: the IND linear head (``W (C, D)``, ``b (C,)``).
+        clip: the activation cap ``c`` (:func:`clip_value` of the training features).
+    Returns:
+        ``(N,)`` float64 scores.
+    """
+    x = np.minimum(np.asarray(features, dtype=np.float64), clip)
+    return energy.score(head_logits(head, x))
 
 
 @register("react")
-class ReAct(Detector):
-    """Clip penultimate activations at c = the ``percentile``-th percentile of all IND training
-    activations (paper default p = 90), recompute logits through the head, score with energy.
-    Score = -logsumexp(head(min(x, c))) (higher = more OOD)."""
+class ReAct(HeadDetector):
+    """Clip penultimate activations at the ``percentile``-th percentile of the IND training activations, energy of
+    the head's logits. Score = ``-logsumexp(head(min(x, c)))`` (higher = more OOD). See :func:`score`."""
 
-    requires = frozenset({"features"})
-    context_requires = frozenset({"head"})
+    class Options(DetectorOptions):
+        percentile: Annotated[float, BeforeValidator(_finite_check), Field(gt=0, le=100)] = Field(
+            90.0, description="clip at this percentile of all IND training activations (the paper: 90)")
 
-    def __init__(self, percentile: float = 90.0) -> None:
-        super().__init__(percentile=percentile)
-        self.percentile = float(percentile)
+    options: Options
+    paper: ClassVar[str] = PAPER
+    threshold: float
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
-        self.head = need_head(context, self.name)
-        self.threshold = float(np.percentile(np.asarray(train.features, dtype=np.float64), self.percentile))
+        super()._fit(train, context)
+        self.threshold = clip_value(field_array(train, "features"), self.options.percentile)
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        x = np.minimum(np.asarray(data.features, dtype=np.float64), self.threshold)
-        return energy_score(head_logits(self.head, x))
+        return score(field_array(data, "features"), self.head, self.threshold)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super()._state()
+        return arrays, {**meta, "threshold": self.threshold}
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        super()._set_state(arrays, meta)
+        self.threshold = float(meta["threshold"])

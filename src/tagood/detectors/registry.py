@@ -1,7 +1,7 @@
 """The detector registry: names -> classes, and method specs ``name[key=value,...]``.
 
-Kept apart from :mod:`tagood.detectors.base` so that the option schemas (:mod:`tagood.detectors.options`) can look
-detectors up without importing the base class module that validates options through them.
+Kept apart from :mod:`tagood.detectors.base` so that :mod:`tagood.detectors.options` can look detectors up without
+importing the base class module that validates options through it.
 """
 
 from __future__ import annotations
@@ -9,15 +9,30 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
+
+from tagood.core.validation import suggest
+from tagood.errors import ConfigError
 
 #: name -> detector class (a subclass of :class:`tagood.detectors.base.Detector`; not imported here: base imports
 #: this module)
 _REGISTRY: dict[str, type] = {}
-D = TypeVar("D", bound=type)
+D = TypeVar("D", bound="type[Any]")
 
 
-def register(name: str):
+class UnknownDetectorError(ConfigError, KeyError):
+    """No detector is registered under that name; the message lists the available ones (a ``KeyError`` too)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SpecError(ConfigError):
+    """A method spec is not ``name`` or ``name[key=value,...]``."""
+
+
+def register(name: str) -> Callable[[D], D]:
     """Class decorator: make a detector available as ``create(name)``."""
 
     def deco(cls: D) -> D:
@@ -33,7 +48,7 @@ def register(name: str):
 def _import_all() -> None:
     pkg = importlib.import_module("tagood.detectors")
     for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name not in ("base", "registry") and not mod.name.startswith("_"):
+        if mod.name not in ("base", "registry", "options", "persist") and not mod.name.startswith("_"):
             importlib.import_module(f"tagood.detectors.{mod.name}")
     # method packages that register detectors of their own
     for extra in ("tagood.detectors.tagood", "tagood.detectors.vlm"):
@@ -51,14 +66,14 @@ def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
     """``'tagood[tau=0.25,score=euclid]'`` -> ``('tagood', {'tau': 0.25, 'score': 'euclid'})``."""
     m = _VARIANT.match(spec.strip())
     if not m:
-        raise ValueError(f"bad detector spec '{spec}': use name or name[key=value,...]")
+        raise SpecError(f"bad detector spec '{spec}': use name or name[key=value,...]")
     opts: dict[str, Any] = {}
     if m.group("opts"):
         for part in m.group("opts").split(","):
             if not part.strip():
                 continue
             if "=" not in part:
-                raise ValueError(f"bad option '{part}' in '{spec}': use key=value")
+                raise SpecError(f"bad option '{part}' in '{spec}': use key=value")
             k, v = part.split("=", 1)
             opts[k.strip()] = _parse_value(v.strip())
     return m.group("base"), opts
@@ -90,7 +105,9 @@ def available() -> list[str]:
 
 
 def get_class(name: str) -> type:
+    """The detector class registered as ``name``; :class:`UnknownDetectorError` (with a "did you mean") if none is."""
     _import_all()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownDetectorError(f"unknown detector '{name}'{suggest(name, _REGISTRY)}; "
+                                   f"available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

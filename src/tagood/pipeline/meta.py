@@ -1,21 +1,19 @@
-"""The schema of a saved detector's ``tagood.json``: threshold, backbone record, no-tag rule, vocabulary."""
+"""The schema of a saved detector's ``tagood.json``: threshold, backbone record, no-tag rule, vocabulary, IND head.
+
+``tagood fit`` writes it beside the detector's own files (:mod:`tagood.pipeline.detector_dir`); ``tagood score``
+validates it before anything is loaded."""
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      create_model, model_validator)
+from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from tagood.errors import ConfigError
-from tagood.core.validation import *  # noqa: F403
-from tagood.core.validation import _Strict, _type_word, format_errors
+from tagood.core.validation import Fraction, NonNegInt, OpenFraction, SchemaError, _Strict, _type_word, format_errors
 
 
 # -- saved detector (tagood.json) -------------------------------------------------------------------
@@ -43,7 +41,8 @@ def _saved_method(v: Any) -> Any:
         base = ""
     if base not in available():
         raise PydanticCustomError("named_method", "'method' must name a registered detector such as 'tagood' or "
-                                  "'tagood[tau=0.25]' (got {got})", {"got": "another value" if isinstance(v, str) else _type_word(v)})
+                                  "'tagood[tau=0.25]' (got {got})",
+                                  {"got": "another value" if isinstance(v, str) else _type_word(v)})
     return v
 
 
@@ -76,13 +75,16 @@ class DetectorMeta(_Strict):
     streamed: list[str] | None = None
     failed_images: list[dict[str, Any]] | None = None
     vocabulary: SavedVocabulary | None = None
+    #: the IND linear head's file beside the detector, when scoring goes through it (logit methods, ODIN)
+    head: Literal["head.safetensors"] | None = None
 
 
 def validate_detector_meta(data: Any, path: str | Path) -> DetectorMeta:
     """Validate the ``tagood.json`` read from ``path``; :class:`SchemaError` names the file and key, never
     its contents."""
     if not isinstance(data, Mapping):
-        raise SchemaError(f"{path}: must hold a JSON object (got {_type_word(data)}); re-run `tagood fit` to save the detector again")
+        raise SchemaError(f"{path}: must hold a JSON object (got {_type_word(data)}); re-run `tagood fit` to save the "
+                          "detector again")
     try:
         return DetectorMeta.model_validate(dict(data))
     except ValidationError as e:

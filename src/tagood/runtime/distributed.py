@@ -18,8 +18,9 @@ import atexit
 import datetime as _dt
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class World:
 def world() -> World:
     """Rank, world size and local rank from torch.distributed's environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, as torchrun sets them; SLURM's ``srun`` users export them from ``SLURM_PROCID`` /
-    ``SLURM_NTASKS`` / ``SLURM_LOCALID``, see the README). An initialised process group wins over the
+    ``SLURM_NTASKS`` / ``SLURM_LOCALID``, see docs/guides/distributed.md). An initialised process group wins over the
     environment."""
     try:
         import torch.distributed as dist
@@ -97,7 +98,8 @@ def init(device: str = "cpu") -> World:
         atexit.register(_leave)
         log.info("joined a torch.distributed world: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     if _STATE["cpu_group"] is None:
-        _STATE["cpu_group"] = dist.new_group(backend="gloo", timeout=_timeout()) if dist.get_backend() != "gloo" else dist.group.WORLD
+        _STATE["cpu_group"] = (dist.new_group(backend="gloo", timeout=_timeout()) if dist.get_backend() != "gloo"
+                               else dist.group.WORLD)
     return world()
 
 

@@ -104,11 +104,12 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> byt
     return data
 
 
-def atomic_write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+def atomic_write_with(path: str | Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
     """``write(tmp)`` creates a file at the temp path ``tmp`` (beside ``path``); it is then synced and renamed to ``path``.
 
     For writers that only take a file name (``torch.onnx.export``, ``safetensors.save_file``,
-    ``shutil.copyfile``). ``suffix`` ends the temp name, for writers that look at the extension.
+    ``shutil.copyfile``); what ``write`` returns is ignored. ``suffix`` ends the temp name, for writers that look at
+    the extension.
     If ``write`` raises, or leaves no file behind, the temp file is removed and ``path`` is untouched.
     Returns ``path``.
     """

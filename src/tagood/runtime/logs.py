@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 #: Plain line format of redirected stderr and of ``run.log``.
 PLAIN_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 PLAIN_DATEFMT = "%Y-%m-%d %H:%M:%S"
 #: Third-party loggers held at WARNING (their INFO lines say nothing a tagood user needs).
 NOISY = ("onnxruntime", "transformers", "PIL", "urllib3", "filelock", "matplotlib", "huggingface_hub", "sentence_transformers")
+#: Name of the console handler :func:`setup_logging` installs (a later call replaces it).
+CONSOLE_HANDLER = "tagood.console"
 
 
 def console_level(quiet: bool = False, verbose: bool = False) -> int:
@@ -67,9 +70,9 @@ def setup_logging(quiet: bool = False, verbose: bool = False, stream: IO[str] | 
     handler.setLevel(level)
     root = logging.getLogger()
     for h in list(root.handlers):  # replace an earlier set-up (tests call commands repeatedly in one process)
-        if getattr(h, "_tagood_console", False):
+        if h.get_name() == CONSOLE_HANDLER:
             root.removeHandler(h)
-    handler._tagood_console = True  # type: ignore[attr-defined]
+    handler.set_name(CONSOLE_HANDLER)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in NOISY:

@@ -22,7 +22,7 @@ images/s on 2 cores, ``benchmarks/odin_lean.py`` under each policy), so the defa
 trainings on the CPU avoid the barriers altogether: each batch's two parts run on threads of their own with
 single-thread operators (:class:`tagood.detectors.tagood.train.CpuParts`). Beside two 2-thread processes on 2 cores the
 demo's ``ce+cs`` training then slows 2.45-2.89x instead of 3.99-4.26x with torch's two intra-op threads
-(``benchmarks/contention.py``, README), and its trained bits depend neither on the probe nor on budgets of 1
+(``benchmarks/contention.py``; docs/performance.md), and its trained bits depend neither on the probe nor on budgets of 1
 to 3 threads.
 
 ``$TAGOOD_BUSY=0|1`` overrides the probe.

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from tagood.bench.report.writers import METRICS, methods as row_methods, ood_sets
+from tagood.bench.report.writers import METRICS, ood_sets
+from tagood.bench.report.writers import methods as row_methods
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em;
@@ -138,7 +140,8 @@ def _caption(p: Path) -> str:
     return f"{p.stem}: score histograms (higher = more OOD) and ROC curves (IND positive)"
 
 
-def render_html(results: Mapping[str, Any], figures: Sequence[str] = (), links: Sequence[str] = (), title: str | None = None) -> str:
+def render_html(results: Mapping[str, Any], figures: Sequence[str] = (), links: Sequence[str] = (),
+                title: str | None = None) -> str:
     """The page as text. ``figures`` / ``links``: paths relative to the page (``plots/overview.png``)."""
     meta = results.get("meta") or {}
     title = title or f"{meta.get('benchmark', meta.get('source', 'tagood'))}: OOD detection"
@@ -149,8 +152,8 @@ def render_html(results: Mapping[str, Any], figures: Sequence[str] = (), links: 
     if backbone:
         facts.append(f"backbone <b>{_e(backbone)}</b>")
     if results.get("id_accuracy") is not None:
-        facts.append(f'IND accuracy of the linear head <b data-metric="id_accuracy" data-value="{float(results["id_accuracy"])!r}">'
-                     f'{float(results["id_accuracy"]):.2f}%</b>')
+        acc = float(results["id_accuracy"])
+        facts.append(f'IND accuracy of the linear head <b data-metric="id_accuracy" data-value="{acc!r}">{acc:.2f}%</b>')
     t = (meta.get("timings") or {}).get("total_s")
     if t is not None:
         facts.append(f"run time {float(t):.0f} s")
@@ -205,7 +208,8 @@ def write_html(results: Mapping[str, Any], out_dir: str | Path, title: str | Non
     from tagood.runtime.fileio import atomic_write_text
 
     out = Path(out_dir)
-    figures = [p.relative_to(out).as_posix() for p in figure_order((out / "plots").glob("*.png"))] if (out / "plots").is_dir() else []
+    plots = out / "plots"
+    figures = [p.relative_to(out).as_posix() for p in figure_order(plots.glob("*.png"))] if plots.is_dir() else []
     names = ["results.json", "results.md", "results.csv", "scores.npz", "run.log"]
     links = [n for n in names if (out / n).is_file()] + sorted(p.name for p in out.glob("vocabulary-*.tsv"))
     path = out / "results.html"

@@ -20,13 +20,15 @@ detector's own (``token_masks``, ``kept_tag_ids``): exactly what it scores. Noth
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 
-from tagood.bench.diagnostics import SplitInput, is_tag_based
+from tagood.bench.diagnostics import SplitInput, TokenMasker, is_tag_based
 from tagood.bench.report.plots import _figure, safe_name
+from tagood.core.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def cell_edges(kept: np.ndarray) -> list[tuple[tuple[float, float], tuple[float,
     pad = np.zeros((rows + 2, cols + 2), bool)
     pad[1:-1, 1:-1] = k
     segs = []
-    for r, c in zip(*np.nonzero(k)):
+    for r, c in zip(*np.nonzero(k), strict=True):
         if not pad[r, c + 1]:      # above
             segs.append(((c, r), (c + 1, r)))
         if not pad[r + 2, c + 1]:  # below
@@ -69,7 +71,7 @@ def cell_edges(kept: np.ndarray) -> list[tuple[tuple[float, float], tuple[float,
     return [((float(a), float(b)), (float(x), float(y))) for (a, b), (x, y) in segs]
 
 
-def _tag_text(ids: Sequence[int], names: Sequence[str] | None, limit: int = 3) -> str:
+def _tag_text(ids: Sequence[int] | np.ndarray, names: Sequence[str] | None, limit: int = 3) -> str:
     if not len(ids):
         return "no kept IND tag"
     shown = [str(names[int(t)]) if names is not None and 0 <= int(t) < len(names) else f"tag {int(t)}" for t in ids[:limit]]
@@ -114,14 +116,27 @@ def _draw(ax: Any, image: Any, kept: np.ndarray, has_tag: bool, geometry: Any, o
         ax.contour(obj.astype(np.float32), levels=[0.5], colors=OBJECT_COLOR, linewidths=1.2)
 
 
-def token_grid(method: str, det: Any, splits: Mapping[str, SplitInput], backbone: Any, path: str | Path,
+class TagDecomposer(TokenMasker, Protocol):
+    """A tag-based detector whose kept tokens and kept tags can be drawn (``tagood.detectors.tagood.TagDetector``)."""
+
+    def kept_tag_ids(self, data: FeatureSet) -> list[np.ndarray]:
+        """The kept IND tag ids of each sample."""
+        ...
+
+
+def draws_tags(det: object) -> TypeGuard[TagDecomposer]:
+    """The detector exposes its kept tokens (``token_masks``) and its kept tags (``kept_tag_ids``)."""
+    return is_tag_based(det) and callable(getattr(det, "kept_tag_ids", None))
+
+
+def token_grid(method: str, det: object, splits: Mapping[str, SplitInput], backbone: Any, path: str | Path,
                scores: Mapping[str, np.ndarray] | None = None, per_split: int = 5, seed: int = 0) -> Path:
     """One PNG for a fitted tag-based detector: a row of ``per_split`` examples per split (module docstring),
     picked at evenly spaced score ranks and shown from the lowest to the highest score.
     ``splits``: name -> :class:`~tagood.bench.diagnostics.SplitInput` (features, source, the rows' source
     indices), the IND test split first; ``scores``: the method's per-split scores (higher = more OOD)."""
-    if not is_tag_based(det):
-        raise ValueError(f"{method} is not a tag-based detector (it has no token_masks)")
+    if not draws_tags(det):
+        raise ValueError(f"{method} is not a tag-based detector (it has no token_masks or no kept_tag_ids)")
     names = getattr(backbone, "tag_names", None)
     geometry_fn = getattr(backbone, "token_geometry", None)
     items = [(n, sp) for n, sp in splits.items() if sp.features is not None and len(sp.features)]

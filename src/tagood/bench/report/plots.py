@@ -11,8 +11,9 @@ FPR95. Drawn with matplotlib's object API (no global pyplot state, no display ne
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,14 +70,16 @@ def plot_method(method: str, per: Mapping[str, np.ndarray], path: str | Path, in
                   label=label(name, s))
         m = ood_metrics(s_id, s)
         fpr, tpr = roc_curve_ind(s_id, s)
-        ax_r.plot(fpr, tpr, linewidth=1.5, color=color, label=f"{name}: AUROC {100 * m['auroc']:.2f}, FPR95 {100 * m['fpr95']:.2f}")
+        ax_r.plot(fpr, tpr, linewidth=1.5, color=color,
+                  label=f"{name}: AUROC {100 * m['auroc']:.2f}, FPR95 {100 * m['fpr95']:.2f}")
         i = fpr95_index(tpr)
         ax_r.plot([fpr[i]], [tpr[i]], "o", color=color, markersize=4)
     ax_h.set(title=f"{method}: scores (higher = more OOD)", xlabel="OOD score", ylabel="density")
     ax_h.legend(fontsize=7)
     ax_r.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
     ax_r.axhline(0.95, color="grey", linewidth=0.5)
-    ax_r.set(title="ROC (IND positive)", xlabel="FPR: OOD accepted as IND", ylabel="TPR: IND accepted", xlim=(0, 1), ylim=(0, 1.01))
+    ax_r.set(title="ROC (IND positive)", xlabel="FPR: OOD accepted as IND", ylabel="TPR: IND accepted",
+             xlim=(0, 1), ylim=(0, 1.01))
     ax_r.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     p = Path(path)

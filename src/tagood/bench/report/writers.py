@@ -1,4 +1,5 @@
-"""Result writers: ``results.json`` (DESIGN section 3), ``results.md`` (TagOOD Table 1 layout), ``results.csv``."""
+"""Result writers: ``results.json`` (meta, IND accuracy, metric rows, diagnostics: :func:`build_results`),
+``results.md`` (TagOOD Table 1 layout), ``results.csv``."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tagood.bench.groups import group_average_rows, is_group_row
-from tagood.runtime.fileio import atomic_write_json, atomic_write_text
 from tagood.metrics import METRIC_NAMES as METRICS
+from tagood.runtime.fileio import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # rich is imported where a table is drawn
+    from rich.console import Group
 
 
 def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -98,7 +103,8 @@ def stream_note(results: Mapping[str, Any]) -> str:
 
 
 def to_markdown(results: Mapping[str, Any], title: str = "") -> str:
-    """TagOOD Table 1 layout: one row per method; AUROC (higher is better) and FPR95 (lower is better) per OOD set, then Average."""
+    """TagOOD Table 1 layout: one row per method; AUROC (higher is better) and FPR95 (lower is better) per OOD set,
+    then Average."""
     sets = ood_sets(results)
     idx = {(r["method"], r["ood"]): r for r in results["rows"]}
     buf = io.StringIO()
@@ -165,8 +171,9 @@ def diagnostics_markdown(diag: Sequence[Mapping[str, Any]]) -> str:
         buf.write(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |\n")
     buf.write("\nno tag: images without a kept IND tag; tokens: kept tokens per image with a tag (and as a share of all "
               "tokens); mask columns: kept spatial tokens against the object tokens (a token is object when at least half "
-              "of its grid cell is object), micro-averaged over images with a tag and an object token; object tokens: their share "
-              "of those images' tokens (the precision of a random choice); on distractors: kept tokens on distractor objects.")
+              "of its grid cell is object), micro-averaged over images with a tag and an object token; object tokens: "
+              "their share of those images' tokens (the precision of a random choice); on distractors: kept tokens on "
+              "distractor objects.")
     if notes:
         buf.write(" No mask columns where: " + "; ".join(notes) + ".")
     buf.write("\n")
@@ -197,7 +204,7 @@ def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") 
     return paths
 
 
-def rich_table(results: Mapping[str, Any], title: str = ""):
+def rich_table(results: Mapping[str, Any], title: str = "") -> Group:
     """The terminal tables: AUROC and FPR95 (IND positive) per OOD set and group, the average with both FPR95
     conventions; test-time methods in a table of their own."""
     from rich.console import Group
@@ -232,4 +239,6 @@ def rich_table(results: Mapping[str, Any], title: str = ""):
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """The results document a run wrote (``results.json``)."""
+    out: dict[str, Any] = json.loads(Path(path).read_text())
+    return out

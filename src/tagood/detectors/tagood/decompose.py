@@ -35,7 +35,15 @@ class TagRule:
     top_k: int = 10
 
     def kept(self, attn: TagAttention, tag_probs: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Boolean (N,k): tag slot j of image i is kept."""
+        """Which stored tag slots of each image are kept.
+
+        Args:
+            attn: the stored tags ``ids`` (N,k) and their attention maps.
+            tag_probs: ``(N, T)`` the tagger's probability of each tag.
+            allowed: tag ids that may be kept (the IND vocabulary's); ``None``: any.
+        Returns:
+            Boolean ``(N, k)``: tag slot ``j`` of image ``i`` is kept.
+        """
         ids = np.asarray(attn.ids)
         k = min(self.top_k, ids.shape[1])
         p = np.take_along_axis(np.asarray(tag_probs), ids, axis=1)
@@ -47,12 +55,20 @@ class TagRule:
         return keep
 
     def key(self) -> str:
-        t = self.threshold if np.isscalar(self.threshold) else f"pertag{hash(np.asarray(self.threshold).tobytes()) & 0xffffffff:x}"
+        """A short text naming the rule (threshold, or a hash of the per-tag thresholds, and top-k)."""
+        thr = self.threshold
+        t = str(thr) if np.isscalar(thr) else f"pertag{hash(np.asarray(thr).tobytes()) & 0xffffffff:x}"
         return f"thr={t},top_k={self.top_k}"
 
 
 def minmax(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalise each map over its last axis; a constant map becomes all ones."""
+    """Each map min-max normalised over its last axis (a constant map becomes all ones).
+
+    Args:
+        maps: attention maps, any shape ``(..., T)``.
+    Returns:
+        The normalised maps, same shape, in ``[0, 1]``.
+    """
     lo = maps.min(axis=-1, keepdims=True)
     hi = maps.max(axis=-1, keepdims=True)
     rng = hi - lo
@@ -60,12 +76,24 @@ def minmax(maps: np.ndarray) -> np.ndarray:
 
 
 def token_mask(maps: np.ndarray, keep: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """(mask (N,T) of kept tokens, has_tag (N,)) from raw maps (N,k,T) and kept tag slots (N,k).
+    """The object tokens of each image (TagOOD paper section 3.3).
 
     Token ``t`` of the mask is token ``t`` of the image's (undecomposed) token set. Rule (module
     docstring): keep ``combined > tau`` for ``tau > 0``; keep all tokens for ``tau <= 0``. Images
     without a kept tag get an all-True mask (their tokens are all available, e.g. for
     ``test_tokens="all"`` or the all-tokens fallback); ``has_tag`` says they had none.
+
+    Args:
+        maps: ``(N, k, T)`` raw attention of each stored tag over the ``T`` tokens.
+        keep: ``(N, k)`` the kept tag slots (:meth:`TagRule.kept`).
+        tau: the threshold on the combined min-max-normalised attention.
+    Returns:
+        ``(mask (N, T) bool, has_tag (N,) bool)``.
+
+    Example:
+        >>> import numpy as np
+        >>> token_mask(np.array([[[0.0, 1.0, 3.0, 4.0]]]), np.array([[True]]), 0.5)
+        (array([[False, False,  True,  True]]), array([ True]))
     """
     norm = minmax(np.asarray(maps, dtype=np.float64))
     norm = np.where(keep[:, :, None], norm, -np.inf)
@@ -82,7 +110,16 @@ def token_mask(maps: np.ndarray, keep: np.ndarray, tau: float) -> tuple[np.ndarr
 
 
 def select_tokens(tokens: TokenSet, mask: np.ndarray) -> TokenSet:
-    """Keep the tokens where ``mask (N,T)`` is True; tokens must be dense-by-position (T per image)."""
+    """The tokens where ``mask`` is True, in their order, with their spatial positions.
+
+    Args:
+        tokens: every image's ``T`` tokens (the undecomposed cache).
+        mask: ``(N, T)`` bool, e.g. from :func:`token_mask`.
+    Returns:
+        The kept tokens as a ragged token set.
+    Raises:
+        ValueError: an image does not hold all ``T`` tokens.
+    """
     lens = tokens.lengths
     if not np.all(lens == mask.shape[1]):
         raise ValueError("select_tokens needs every image to hold all T tokens (the undecomposed cache)")
@@ -94,8 +131,14 @@ def select_tokens(tokens: TokenSet, mask: np.ndarray) -> TokenSet:
 
 
 def mean_tokens(tokens: TokenSet, chunk: int = 4096) -> np.ndarray:
-    """Mean of each image's token set (N,D), float64; ``chunk`` images at a time (bounded memory
-    for memory-mapped token sets)."""
+    """The mean of each image's token set (CS's feature).
+
+    Args:
+        tokens: a (ragged) token set of ``N`` images.
+        chunk: images summed at a time (bounded memory for memory-mapped token sets).
+    Returns:
+        ``(N, D)`` float64 means.
+    """
     out = np.zeros((len(tokens), tokens.dim), dtype=np.float64)
     for a in range(0, len(tokens), chunk):
         b = min(a + chunk, len(tokens))

@@ -32,15 +32,16 @@ class PackedLayout:
     ``groups``: per group of samples, ``(rows, where, key_mask)`` -- the packed rows of its samples, their
     ``(sample in group, column)`` places in the group's padded ``(n_g, W_g)`` layout and the ``(n_g,1,1,W_g)``
     key mask (True = a real key); ``inverse``: the packed order of the groups' concatenated rows (None with one
-    group); ``starts`` (B+1,): where each sample's rows begin in the packed order (its CLS row). Attention cost grows with the square of the padded width, and one long sample (an image without a
-    kept tag uses all its tokens) would otherwise set the width of the whole batch."""
+    group); ``starts`` (B+1,): where each sample's rows begin in the packed order (its CLS row). Attention cost
+    grows with the square of the padded width, and one long sample (an image without a kept tag uses all its
+    tokens) would otherwise set the width of the whole batch."""
 
     groups: tuple[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor], ...]
     inverse: torch.Tensor | None
     starts: torch.Tensor
 
     @classmethod
-    def of(cls, lengths: torch.Tensor) -> "PackedLayout":
+    def of(cls, lengths: torch.Tensor) -> PackedLayout:
         """The layout of samples with ``lengths`` (B,) real tokens each (CLS included), packed one after the other:
         at most two groups, split at the sample length that minimises the summed squared widths (one group unless
         that saves a quarter). In a group, sample tokens take columns 0..n-1 of its row, in packed order."""
@@ -106,6 +107,15 @@ def runs_packed(device: torch.device) -> bool:
 
 
 class Projector(nn.Module):
+    """The TagOOD projector (module docstring): an image's token set -> one feature ``(dim,)`` and IND class logits.
+
+    Args:
+        in_dim: the tokens' dimension.
+        num_classes: the number of IND classes (the logit head).
+        num_positions: the number of spatial token positions.
+        dim: the feature width; ``depth``, ``heads``, ``mlp``, ``dropout``: the transformer blocks'.
+    """
+
     def __init__(self, in_dim: int, num_classes: int, num_positions: int, dim: int = 512, depth: int = 2, heads: int = 8,
                  mlp: int = 2048, dropout: float = 0.1) -> None:
         super().__init__()
@@ -161,5 +171,6 @@ class Projector(nn.Module):
         return self.norm(h[first])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (B, dim), logits (B, C))`` of a batch, as :meth:`features` takes it."""
         f = self.features(tokens, positions, mask)
         return f, self.head(f)

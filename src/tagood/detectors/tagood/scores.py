@@ -3,8 +3,8 @@
 * ``cosine`` (paper Eq. 6, default): -max_c cos(f, centre_c).
 * ``chunk`` (the public code's variant): centres and features split into 4 chunks of dim/4,
   mean of the per-chunk cosines, max over classes, times the image's max kept-tag probability; negated.
-  Its strength comes almost entirely from the tag-probability factor (DESIGN.md section 6: on our
-  tokens on ``fashion`` that factor alone gives 82.05 vs 82.18 average AUROC for the full score).
+  Its strength comes almost entirely from the tag-probability factor (on our tokens on ``fashion`` that
+  factor alone gives 82.05 vs 82.18 average AUROC for the full score).
 * ``euclid`` (paper Table 4): min_c ||f - centre_c||.
 * ``kl`` (paper Table 4; the paper does not define it, our reading): min_c KL(softmax(centre_c) || softmax(f)),
   feature and centre turned into distributions over dimensions by a softmax.
@@ -26,7 +26,24 @@ SCORES = ("cosine", "chunk", "euclid", "kl")
 
 def centre_score(feats: np.ndarray, centres: np.ndarray, kind: str = "cosine", tag_prob: np.ndarray | None = None,
                  chunks: int = 4) -> np.ndarray:
-    """OOD score of each feature (N,d) against the class centres (C,d)."""
+    """OOD score of each feature against the class centres (module docstring): **higher = more OOD**.
+
+    Args:
+        feats: ``(N, d)`` features (TagOOD: the projector's; CS: the mean of the object tokens).
+        centres: ``(C, d)`` IND class centres.
+        kind: ``cosine`` (paper Eq. 6), ``euclid``, ``kl`` (paper Table 4) or ``chunk`` (the public code's).
+        tag_prob: ``(N,)`` the max kept-tag probability of each image (``chunk`` only; default 1).
+        chunks: the number of chunks of ``chunk``; it must divide ``d``.
+    Returns:
+        ``(N,)`` float64 scores.
+    Raises:
+        ValueError: an unknown ``kind``, or ``d`` not divisible by ``chunks``.
+
+    Example:
+        >>> import numpy as np
+        >>> centre_score(np.array([[2.0, 0.0], [1.0, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])).round(4)
+        array([-1.    , -0.7071])
+    """
     f = np.asarray(feats, dtype=np.float64)
     c = np.asarray(centres, dtype=np.float64)
     if kind == "cosine":

@@ -4,7 +4,8 @@ Loss = ce_weight * CE(logits, y) + mse_weight * MSE(feature, centre[y]) from **o
 per step; centres are Gaussian-initialised buffers without gradient, updated after each step by an
 exponential moving average with the **mean** of the batch's features of each class (a class that
 appears several times in a batch contributes all its samples). AdamW, cosine annealing per step,
-seeded.
+seeded. The options (:class:`~tagood.detectors.tagood.config.TrainConfig`) and presets live in
+:mod:`tagood.detectors.tagood.config`.
 """
 
 from __future__ import annotations
@@ -12,89 +13,36 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tagood.runtime.progress import progress_bar
-from tagood.detectors.tagood.projector import Projector, runs_packed
 from tagood.core.types import TokenSet
+from tagood.detectors.tagood.config import DETECTOR_PRESETS, PRESETS, TrainConfig
+from tagood.detectors.tagood.projector import Projector, runs_packed
+from tagood.runtime.progress import progress_bar
+
+__all__ = ["CPU_PARTS", "DETECTOR_PRESETS", "PRESETS", "CpuParts", "TrainConfig", "embed", "ema_update", "pad_multiple",
+           "train_projector"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    dim: int = 512
-    depth: int = 2
-    heads: int = 8
-    mlp: int = 2048
-    dropout: float = 0.1
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    weight_decay: float = 0.05
-    ce_weight: float = 1.0
-    mse_weight: float = 0.1
-    momentum: float = 0.999
-    min_lr: float = 0.0  # the cosine schedule's final learning rate (eta_min)
-    seed: int = 0
-
-    def with_(self, **kw: Any) -> "TrainConfig":
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
-
-
-#: ``paper``: the published ImageNet setting (TagOOD paper section 4.1), and where the paper is silent the
-#: public code's setting:
-#:
-#: * from the paper: projector width 512, 2 blocks, lr 0.01, cosine annealing, batch 256, 100 epochs,
-#:   EMA momentum 0.999, CE weight 1, MSE weight lambda_2 = 0.1;
-#: * AdamW weight decay 5e-4 and the cosine schedule ending at lr 1e-5 (``min_lr``): the public code's
-#:   (the paper says "Adam" and does not give either);
-#: * ``mse_weight=0.4``: the paper's lambda_2 = 0.1 multiplies "the MSE", which its public code -- the code
-#:   behind the published numbers -- computes as the **sum** of the mean squared errors of the 4 chunks of
-#:   128 dims, i.e. 4x a mean MSE over the 512 dims. Our loss uses the mean over all dims, so the published
-#:   setting is 0.1 x 4 = 0.4 in our units (``mse_weight=0.1`` gives the paper's text read literally);
-#: * dropout 0.1 (the public code's transformer blocks). Not copied: its ``epochs - 1`` epochs (an
-#:   off-by-one), its two forward passes per step and its "last write wins" EMA (DESIGN.md section 6).
-#:
-#: ``small`` (default of the detectors; for a few thousand images on a CPU) differs, each for a reason:
-#: a narrower projector (dim 128, MLP 512; same depth and heads) because a 512-wide one overfits a few
-#: thousand images and costs 10x the time; 15 epochs, batch 64 and lr 1e-3 because lr 0.01 with Adam on
-#: ~50 steps per epoch diverges on small data; EMA momentum 0.99 because 0.999 over a few hundred steps
-#: leaves the centres mostly at their random initialisation (0.999^300 = 0.74); weight decay 0.05 and
-#: mean-MSE weight 0.1 (the setting it was measured with, README); the cosine schedule ends at 0; no dropout,
-#: because on held-out IND training data of ``scenes`` (``scripts/heldout_choice.py``, each of the 6 IND classes
-#: left out in turn) it separated the left-out class as well (mean AUROC with vs without dropout: Lite0 TagOOD
-#: 88.54 / 88.96, (CE)+CS 88.31 / 88.56; Lite2 TagOOD 88.56 / 88.36) and trained in 0.4-0.6 of the time
-#: (dropout's random masks are about a fifth of a CPU step).
-PRESETS: dict[str, TrainConfig] = {
-    "paper": TrainConfig(dim=512, depth=2, heads=8, mlp=2048, dropout=0.1, epochs=100, batch_size=256, lr=0.01,
-                         weight_decay=5e-4, min_lr=1e-5, ce_weight=1.0, mse_weight=0.4, momentum=0.999),
-    "small": TrainConfig(dim=128, mlp=512, dropout=0.0, epochs=15, batch_size=64, lr=1e-3, momentum=0.99),
-}
-
-#: The detector options a preset fixes when they are not given: ``paper`` scores with **all** image tokens
-#: at test time (the public code's README recommends it; the decomposition with ``tau`` still builds the
-#: training set) and keeps tags with one uniform threshold 0.5 (the public code's scripts), not RAM's
-#: per-tag file; ``small`` scores object tokens and uses the tagger's own per-tag thresholds if it has
-#: them (``tag_threshold=None``).
-DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"test_tokens": "all", "tag_threshold": 0.5},
-    "small": {"test_tokens": "object", "tag_threshold": None},
-}
 
 
 def ema_update(centres: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float,
                reduce: Any = None) -> None:
     """centres[c] <- m * centres[c] + (1 - m) * mean(feats[labels == c]) for every class c in the batch (in place).
 
-    ``reduce``: a function summing a tensor over the ranks of a torchrun world in place (all-reduce); the
-    class sums and counts are reduced before the means are taken, so every rank applies the update of the
-    whole global batch and holds the same centres."""
+    Args:
+        centres: ``(C, dim)`` the class centres, updated in place.
+        feats: ``(B, dim)`` the batch's features.
+        labels: ``(B,)`` their class ids.
+        momentum: ``m`` (TagOOD paper Eq. 4).
+        reduce: a function summing a tensor over the ranks of a torchrun world in place (all-reduce); the
+            class sums and counts are reduced before the means are taken, so every rank applies the update of the
+            whole global batch and holds the same centres.
+    """
     c = centres.shape[0]
     sums = torch.zeros_like(centres).index_add_(0, labels, feats.to(centres.dtype))
     counts = torch.bincount(labels, minlength=c).to(centres.dtype)
@@ -148,7 +96,8 @@ def _host_batch(tokens: TokenSet, idx: np.ndarray, pin: bool = False, multiple: 
     return b, width, tokens.dim, vals, pos_v, r, c
 
 
-def _host_step(tokens: TokenSet, labels: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[tuple[Any, ...], torch.Tensor]:
+def _host_step(tokens: TokenSet, labels: np.ndarray, idx: np.ndarray,
+               device: torch.device) -> tuple[tuple[Any, ...], torch.Tensor]:
     """One training step's host data for ``device``: :func:`_host_batch` and the labels (page-locked on CUDA)."""
     pin = device.type == "cuda"
     y = torch.as_tensor(labels[idx])
@@ -239,7 +188,7 @@ class CpuParts:
         self.threads = max(1, self.budget // self.parts) if self.concurrent else self.budget
         self._pool = ThreadPoolExecutor(self.parts, thread_name_prefix="tagood-parts") if self.concurrent else None
 
-    def __enter__(self) -> "CpuParts":
+    def __enter__(self) -> CpuParts:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -291,7 +240,20 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     averaged, losses weighted by the share's size, so the update is the global batch's); the EMA centres are
     updated from class sums and counts all-reduced across the ranks, so every rank holds identical centres.
     Without dropout this equals one process training on the same global batches up to float rounding
-    (dropout masks are drawn per rank)."""
+    (dropout masks are drawn per rank).
+
+    Args:
+        tokens: the object tokens of each training image (a ragged, possibly memory-mapped, token set).
+        labels: their IND class ids ``0..num_classes-1``.
+        num_classes: the number of IND classes.
+        num_positions: the number of token positions (the position embedding's size, without the CLS token).
+        cfg: the training options and seed.
+        device: the torch device.
+        progress: show a progress bar (rank 0 only).
+    Returns:
+        ``(projector in eval mode, EMA centres (C, dim) on device, per-epoch history)``; the history's rows hold
+        ``epoch``, ``loss``, ``train_acc`` and ``lr``.
+    """
     from tagood.runtime import distributed
 
     dev = torch.device(device)
@@ -334,7 +296,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     depth, gatherers = (4, 2) if cuda else (1, 1)
     pool = ThreadPoolExecutor(max_workers=gatherers, thread_name_prefix="tagood-batches")
     try:
-        with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main, unit="samples") as advance:
+        with progress_bar("train TagOOD projector", total=cfg.epochs * n, enabled=progress and w.is_main,
+                          unit="samples") as advance:
             for epoch in range(cfg.epochs):
                 model.train()
                 order = torch.randperm(n, generator=gen).numpy()
@@ -384,7 +347,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
         if cpu_parts is not None:
             cpu_parts.close()
     if history:
-        log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"], history[-1]["train_acc"])
+        log.info("projector trained: %d epochs, final loss %.4f, train acc %.3f", cfg.epochs, history[-1]["loss"],
+                 history[-1]["train_acc"])
     return model.eval(), centres, history
 
 
@@ -394,20 +358,26 @@ def embed(model: Projector, tokens: TokenSet, batch_size: int = 512, device: str
 
     On CPU samples are sorted by length so padding costs little compute; on an accelerator, where
     moving tokens is the cost and padding is nearly free, batches are contiguous slices of the
-    (memory-mapped) token array, moved without a host copy. Results are in input order."""
+    (memory-mapped) token array, moved without a host copy. Results are in input order.
+
+    Args:
+        model: a trained projector.
+        tokens: the (object) token sets of ``N`` images.
+        batch_size: images per forward pass.
+        device: the torch device.
+    Returns:
+        ``(features (N, dim), logits (N, C))``, float32.
+    """
     model.eval()
     dev = torch.device(device)
     order = np.argsort(tokens.lengths, kind="stable") if dev.type == "cpu" else np.arange(len(tokens))
-    feats = np.zeros((len(tokens), model.config["dim"]), dtype=np.float32)
-    logits = np.zeros((len(tokens), model.config["num_classes"]), dtype=np.float32)
+    feats = np.zeros((len(tokens), int(model.config["dim"])), dtype=np.float32)
+    logits = np.zeros((len(tokens), int(model.config["num_classes"])), dtype=np.float32)
     for a in range(0, len(order), batch_size):
         idx = order[a : a + batch_size]
         x, pos, mask = _batch(tokens, idx, dev)
-        f, l = model(x, pos, mask)
+        f, lg = model(x, pos, mask)
         feats[idx] = f.float().cpu().numpy()
-        logits[idx] = l.float().cpu().numpy()
+        logits[idx] = lg.float().cpu().numpy()
     return feats, logits
 
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -22,13 +22,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from tagood.errors import ConfigError
+
+__all__ = ["VOCAB_RULES", "Vocabulary", "VocabularyError", "build_vocabulary", "file_classes", "rank_tags", "vocabulary_fit"]
+
 log = logging.getLogger(__name__)
+
+#: the columns of a vocabulary file, for messages
+_COLUMNS = "columns (tab-separated, with a header row): class, class_name, tag_id, tag_name, frequency"
+
+
+class VocabularyError(ConfigError):
+    """The IND vocabulary cannot be read from its file or built from the training split; the message names the
+    file (never quoting it) or the class, and says what to change."""
 
 
 @dataclass
@@ -55,6 +67,7 @@ class Vocabulary:
         return {t: cs for t, cs in owners.items() if len(cs) > 1}
 
     def digest(self) -> str:
+        """A short hash of the class tags."""
         return hashlib.sha256(repr(self.class_tags).encode()).hexdigest()[:12]
 
     def _tag(self, t: int) -> str:
@@ -64,7 +77,13 @@ class Vocabulary:
         return self.class_names[c] if self.class_names and c < len(self.class_names) else str(c)
 
     def save(self, path: str | Path) -> Path:
-        """Write a TSV: ``class  class_name  tag_id  tag_name  frequency`` (one line per (class, tag))."""
+        """Write a TSV: ``class  class_name  tag_id  tag_name  frequency`` (one line per (class, tag)).
+
+        Args:
+            path: the file (its folder is created).
+        Returns:
+            The path.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
@@ -77,27 +96,28 @@ class Vocabulary:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, num_classes: int | None = None, tag_names: Sequence[str] | None = None) -> "Vocabulary":
+    def load(cls, path: str | Path, num_classes: int | None = None, tag_names: Sequence[str] | None = None) -> Vocabulary:
         """Read a vocabulary TSV (as written by :meth:`save`, possibly hand-edited).
 
         A row may give ``tag_name`` only (``tag_id`` empty): it is looked up in ``tag_names``.
+
+        Args:
+            path: the file.
+            num_classes: the number of IND classes (default: the highest class id + 1); each needs a row.
+            tag_names: the tagger's tag names.
+        Returns:
+            The vocabulary.
+        Raises:
+            VocabularyError: the file is missing or unreadable, a row is malformed, or a class has no tag; the
+                message names the file, the row and the column, never quoting the file.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file {path} not found")
         rows: dict[int, list[tuple[int, int]]] = {}
         names: dict[int, str] = {}
         index = {n: i for i, n in enumerate(tag_names or [])}
-        cols = "columns (tab-separated, with a header row): class, class_name, tag_id, tag_name, frequency"
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows_in = list(csv.DictReader(f, delimiter="\t"))
-        except UnicodeDecodeError:
-            raise ValueError(f"vocabulary file {path} is not UTF-8 text; {cols}") from None
+        cols = _COLUMNS
         # errors name the row and the column, never quote the file (it may be any file given by mistake)
-        for n, row in enumerate(rows_in, 2):
-            if "class" not in row:
-                raise ValueError(f"vocabulary file {path}: no column 'class' in the header row; {cols}")
+        for n, row in enumerate(_rows(path), 2):
             col = "class"
             try:
                 c = int(row["class"])
@@ -107,20 +127,59 @@ class Vocabulary:
                 col = "frequency"
                 fr = int(row["frequency"]) if (row.get("frequency") or "").strip() else 0
             except (TypeError, ValueError):
-                raise ValueError(f"vocabulary file {path}, row {n}: column {col} is not an integer; {cols}") from None
+                raise VocabularyError(f"vocabulary file {path}, row {n}: column {col} is not an integer; {cols}") from None
             if tag_id and t < 0:
-                raise ValueError(f"vocabulary file {path}, row {n}: column tag_id must be >= 0; {cols}")
+                raise VocabularyError(f"vocabulary file {path}, row {n}: column tag_id must be >= 0; {cols}")
             if t < 0:
-                raise ValueError(f"vocabulary file {path}, row {n}: no tag_id, and column tag_name names no tag of the "
+                raise VocabularyError(f"vocabulary file {path}, row {n}: no tag_id, and column tag_name names no tag of the "
                                  "tagger's tag list; give tag_id or a tag_name from the tag list")
             rows.setdefault(c, []).append((t, fr))
             names[c] = row.get("class_name") or str(c)
         k = num_classes if num_classes is not None else (max(rows) + 1 if rows else 0)
         missing = [c for c in range(k) if c not in rows]
         if missing:
-            raise ValueError(f"{path}: no tag for classes {missing}")
+            raise VocabularyError(f"vocabulary file {path}: no tag for IND classes {missing}; give one row per (class, tag) "
+                                  f"for each of the {k} classes")
         return cls([[t for t, _ in rows[c]] for c in range(k)], [[f for _, f in rows[c]] for c in range(k)],
                    [names[c] for c in range(k)], list(tag_names) if tag_names else None)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a vocabulary file; :class:`VocabularyError` when it is missing, not UTF-8 text or has no
+    ``class`` column."""
+    if not path.is_file():
+        raise VocabularyError(f"vocabulary file {path} not found; pass a file written by a run (vocabulary-<method>.tsv) "
+                              f"or by Vocabulary.save")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except UnicodeDecodeError:
+        raise VocabularyError(f"vocabulary file {path} is not UTF-8 text; {_COLUMNS}") from None
+    except OSError as e:
+        raise VocabularyError(f"vocabulary file {path} cannot be read ({e.strerror})") from None
+    if rows and "class" not in rows[0]:
+        raise VocabularyError(f"vocabulary file {path}: no column 'class' in the header row; {_COLUMNS}")
+    return rows
+
+
+def file_classes(path: str | Path) -> set[int]:
+    """The IND class ids a vocabulary file gives tags to (a check before any extraction).
+
+    Args:
+        path: the file (as :meth:`Vocabulary.save` writes it).
+    Returns:
+        The class ids of its rows.
+    Raises:
+        VocabularyError: the file is missing, unreadable or a row's ``class`` is not an integer.
+    """
+    path = Path(path)
+    out: set[int] = set()
+    for n, row in enumerate(_rows(path), 2):
+        try:
+            out.add(int(row["class"]))
+        except (TypeError, ValueError):
+            raise VocabularyError(f"vocabulary file {path}, row {n}: column class is not an integer; {_COLUMNS}") from None
+    return out
 
 
 VOCAB_RULES = ("frequent", "specific")
@@ -140,11 +199,22 @@ def _flatten(kept: Sequence[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray
 
 def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, rule: str = "frequent",
               class_names: Sequence[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per class: (tag ids in rule order, their image counts in the class). See the module docstring
-    for the rules; ties are broken by count, then tag id. A class none of whose images kept a tag is an
-    error (lower the tag threshold or give a vocabulary file)."""
+    """Each class's tags in the order of a rule (module docstring); ties are broken by count, then tag id.
+
+    Args:
+        kept: the tag ids the tag rule keeps on each training image.
+        labels: the images' IND class ids.
+        num_classes: the number of IND classes.
+        rule: ``frequent`` or ``specific``.
+        class_names: IND class names (messages).
+    Returns:
+        Per class: ``(tag ids in rule order, their image counts in the class)``.
+    Raises:
+        VocabularyError: a class none of whose images kept a tag (lower the tag threshold or give a vocabulary
+            file), or an unknown rule.
+    """
     if rule not in VOCAB_RULES:
-        raise ValueError(f"vocabulary rule must be one of {VOCAB_RULES}, got {rule!r}")
+        raise VocabularyError(f"vocabulary rule must be one of {VOCAB_RULES}, got {rule!r}")
     labels = np.asarray(labels, dtype=np.int64)
     _, y, t = _flatten(kept, labels)
     n_img = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -158,7 +228,8 @@ def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, 
         sel = kc == c
         u, n = kt[sel], count[sel]
         if len(u) == 0:
-            raise ValueError(f"IND class {c} ({class_names[c] if class_names else c}): none of its {int(n_img[c])} training images kept a tag; "
+            name = class_names[c] if class_names else c
+            raise VocabularyError(f"IND class {c} ({name}): none of its {int(n_img[c])} training images kept a tag; "
                              "lower the tag threshold / raise top-k, or pass a vocabulary file")
         if rule == "frequent" or num_classes == 1:
             order = np.lexsort((u, -n))  # most frequent first, ties by tag id
@@ -175,10 +246,22 @@ def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, 
 def build_vocabulary(kept: list[np.ndarray], labels: np.ndarray, num_classes: int, per_class: int = 1,
                      class_names: Sequence[str] | None = None, tag_names: Sequence[str] | None = None,
                      quiet: bool = False, rule: str = "frequent") -> Vocabulary:
-    """The first ``per_class`` tags of each class by ``rule``: ``frequent`` (the paper: the most frequent
-    kept tags of the class's training images) or ``specific`` (frequent in this class, rare in the
-    others; module docstring). ``kept[i]``: tag ids kept for training image ``i`` (by the tag rule).
-    A class none of whose images kept a tag is an error (lower the tag threshold or give a vocabulary file).
+    """The IND vocabulary: the first ``per_class`` tags of each class by ``rule`` -- ``frequent`` (the paper: the
+    most frequent kept tags of the class's training images) or ``specific`` (frequent in this class, rare in the
+    others; module docstring). Collisions (a tag standing for several classes) are logged unless ``quiet``.
+
+    Args:
+        kept: ``kept[i]``, the tag ids the tag rule keeps on training image ``i``.
+        labels: the images' IND class ids.
+        num_classes: the number of IND classes.
+        per_class: tags per class.
+        class_names: IND class names; ``tag_names``: the tagger's tag names (reports and the file).
+        quiet: do not log collisions.
+        rule: ``frequent`` or ``specific``.
+    Returns:
+        The vocabulary.
+    Raises:
+        VocabularyError: a class none of whose images kept a tag (lower the tag threshold or give a vocabulary file).
     """
     ranked = rank_tags(kept, labels, num_classes, rule, class_names)
     class_tags = [[int(t) for t in u[:per_class]] for u, _ in ranked]
@@ -200,12 +283,20 @@ def vocabulary_fit(vocab: Vocabulary, kept: Sequence[np.ndarray], labels: np.nda
     * ``separation`` = coverage x precision: the criterion that chooses a vocabulary rule (a vocabulary
       that covers every image with one shared background tag scores ``1/C``);
     * ``n``: the number of images measured.
+
+    Args:
+        vocab: the vocabulary.
+        kept: the tag ids the tag rule keeps on each image measured.
+        labels: their IND class ids.
+    Returns:
+        ``{"coverage", "precision", "separation", "n"}`` (NaN for no image).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return {"coverage": float("nan"), "precision": float("nan"), "separation": float("nan"), "n": 0}
     c = len(vocab.class_tags)
-    n_tags = max([max(ts) for ts in vocab.class_tags if ts] + [int(np.max(np.concatenate(kept))) if sum(map(len, kept)) else 0]) + 1
+    top_kept = int(np.max(np.concatenate(kept))) if sum(map(len, kept)) else 0
+    n_tags = max([max(ts) for ts in vocab.class_tags if ts] + [top_kept]) + 1
     owners = np.zeros((c, n_tags), bool)
     for k, ts in enumerate(vocab.class_tags):
         owners[k, ts] = True

@@ -31,27 +31,43 @@ scores of one batch are invariant to permuting the samples inside it; scores acr
 stream order (seeded in :mod:`tagood.bench.stream`).
 
 Score (ours, **higher = more OOD**): ``-(S_ada + lambda S)``.
+
+Zero-shot like NegLabel (its labels come from the text encoder alone), and **not saveable**: its state is the test
+stream itself (the memory starts empty on every stream); ``tagood bench`` scores it on one seeded stream.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from tagood.detectors.registry import register
-from tagood.core.numeric import l2_normalize, softmax
 from tagood.core.featureset import FeatureSet
+from tagood.core.numeric import l2_normalize, softmax
+from tagood.core.validation import Fraction, NonNegFloat, PosInt
+from tagood.detectors.registry import register
 from tagood.detectors.vlm.neglabel import NegLabel, grouped_share
 
 log = logging.getLogger(__name__)
 
-PROXIES = ("sample", "task")
+PAPER = "Zhang & Zhang, AdaNeg: Adaptive Negative Proxy Guided OOD Detection with Vision-Language Models, NeurIPS 2024"
+
+#: The proxy kinds: ``sample`` (sample-adaptive, the paper's final form) or ``task`` (task-adaptive mean).
+Proxies = Literal["sample", "task"]
+PROXIES: tuple[str, ...] = get_args(Proxies)
 
 
 def softmax_entropy(z: np.ndarray) -> np.ndarray:
-    """Entropy (nats) of ``softmax(z)`` per row, float64."""
+    """Entropy (nats) of ``softmax(z)`` per row.
+
+    Args:
+        z: ``(B, K)`` logits.
+    Returns:
+        ``(B,)`` float64 entropies.
+    """
     p = softmax(z, axis=1)
     return -(p * np.log(p + 1e-300)).sum(axis=1)
 
@@ -78,7 +94,12 @@ class ProxyMemory:
         return int(self.count.sum())
 
     def insert(self, slots: np.ndarray, ent: np.ndarray, feats: np.ndarray) -> None:
-        """Offer features to slots: each slot keeps its ``cap`` lowest-entropy features (ties: earlier first)."""
+        """Offer features to slots: each slot keeps its ``cap`` lowest-entropy features (ties: earlier first).
+
+        Args:
+            slots: ``(n,)`` slot of each feature, in arrival order; ``ent``: ``(n,)`` their entropies;
+            feats: ``(n, E)`` the unit features.
+        """
         n = len(slots)
         seq = self.seen + np.arange(n, dtype=np.int64)
         self.seen += n
@@ -109,6 +130,13 @@ class ProxyMemory:
 
         Never forms the (B, K, D) proxies: ``x.p = sum_j w_j x.m_j / ||sum_j w_j m_j||`` with the squared norm
         ``w^T G w`` from the slot's Gram cache; rows of ``x`` go ``chunk`` at a time to bound the (B, K, cap) terms.
+
+        Args:
+            x: ``(B, E)`` unit image embeddings.
+            proxies: ``sample`` (weights ``exp(-beta (1 - x.m))``) or ``task`` (the slot mean); ``beta``: the sharpness.
+            chunk: rows of ``x`` per block.
+        Returns:
+            ``(B, K)`` float64 cosines.
         """
         if len(x) > chunk:
             return np.concatenate([self.cosines(x[a : a + chunk], proxies, beta, chunk) for a in range(0, len(x), chunk)])
@@ -139,80 +167,107 @@ class ProxyMemory:
 
 @register("adaneg")
 class AdaNeg(NegLabel):
-    """AdaNeg (Zhang & Zhang, NeurIPS 2024), test-time. Higher score = more OOD.
-
-    Hyperparameters (released ImageNet script): ``thres=0.5``, ``gap=0.5``, ``memleng=10`` (9 test features
-    per label), ``beta=5.5``, ``lam=0.1``, ``proxies="sample"`` (``"task"``: the task-adaptive mean),
-    ``ngroup=5``, ``batch_size=256`` (the stream is processed in batches of this size); the negative labels
-    and ``n_neg``, ``eta``, ``tau``, ``corpus``, ``max_candidates`` are NegLabel's (:class:`NegLabel`).
+    """AdaNeg (Zhang & Zhang, NeurIPS 2024), test-time: ``-(S_ada + lam S)``, higher = more OOD. The negative labels
+    and ``n_neg``, ``eta``, ``tau``, ``corpus``, ``max_candidates`` are NegLabel's (:class:`NegLabel`); defaults of
+    the released ImageNet script.
 
     :meth:`score_stream` starts with an empty memory and carries it across the batches of one stream;
     :meth:`score` treats its input as one such stream, in the given order, in batches of ``batch_size``.
     """
 
-    test_time: ClassVar[bool] = True
+    class Options(NegLabel.Options):
+        ngroup: PosInt = Field(5, description="random groups of negative labels the IND share is averaged over (the "
+                                              "released script: 5)")
+        thres: Fraction = Field(0.5, description="gating threshold on the NegLabel score (the paper: 0.5)")
+        gap: Fraction = Field(0.5, description="gating margin: a sample is written to memory above thres + gap (1 - "
+                                               "thres) or below thres - gap thres (the paper: 0.5)")
+        memleng: PosInt = Field(10, description="memory length per label; memleng - 1 test features are stored, as in "
+                                                "the released code (the paper: 10)")
+        beta: NonNegFloat = Field(5.5, description="sharpness of the sample-adaptive proxy weights exp(-beta (1 - x.m)) "
+                                                   "(the paper: 5.5)")
+        lam: NonNegFloat = Field(0.1, description="weight of the static NegLabel share in S_ada + lam S (the paper: 0.1)")
+        proxies: Proxies = Field("sample", description="sample: sample-adaptive proxies (the paper's final form); "
+                                                       "task: the task-adaptive slot mean")
+        batch_size: PosInt = Field(256, description="test samples per memory update: a batch is written, then scored")
 
-    def __init__(self, thres: float = 0.5, gap: float = 0.5, memleng: int = 10, beta: float = 5.5, lam: float = 0.1,
-                 proxies: str = "sample", ngroup: int = 5, batch_size: int = 256, **hparams: Any) -> None:
-        super().__init__(ngroup=ngroup, **hparams)
-        if proxies not in PROXIES:
-            raise ValueError(f"adaneg: proxies must be one of {PROXIES}, got {proxies!r}")
-        if int(memleng) < 1 or int(batch_size) < 1:
-            raise ValueError("adaneg: memleng and batch_size must be >= 1")
-        self.hparams.update(thres=thres, gap=gap, memleng=memleng, beta=beta, lam=lam, proxies=proxies, batch_size=batch_size)
-        self.thres, self.gap, self.beta, self.lam = float(thres), float(gap), float(beta), float(lam)
-        self.memleng, self.proxies, self.batch_size = int(memleng), proxies, int(batch_size)
+    options: Options
+    paper: ClassVar[str] = PAPER
+    test_time: ClassVar[bool] = True
+    saveable: ClassVar[bool] = False
+    not_saveable_reason: ClassVar[str] = ("test-time: its state is the test stream itself (a memory that starts empty on "
+                                          "every stream); score it with `tagood bench`, or build it again with "
+                                          "det.attach(tagood.Context(dual_encoder=..., class_names=[...]))")
+
+    def _clear(self) -> None:
+        super()._clear()
         self.memory: ProxyMemory | None = None
 
     # -- stream state ---------------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the memory (a new test stream)."""
-        assert self.text is not None and self.neg_text is not None
-        self.memory = ProxyMemory(np.concatenate([l2_normalize(self.text), l2_normalize(self.neg_text)]), self.memleng - 1)
+        text, neg = self._prompt_rows(), self._negatives()
+        self.memory = ProxyMemory(np.concatenate([l2_normalize(text), l2_normalize(neg)]), self.options.memleng - 1)
 
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
-        """``data`` as one test stream in its order (memory emptied first), in batches of ``batch_size``."""
-        if self.fitted:
-            self.reset()
+        """OOD scores of ``data`` taken as one test stream in its order (the memory emptied first), in batches of
+        ``batch_size``: **higher = more OOD**.
+
+        Args:
+            data: a FeatureSet with ``image_embeds``, or the ``(N, E)`` array.
+        Returns:
+            ``(N,)`` float64 scores.
+        """
+        self.memory = None
         return super().score(data)
 
     def score_stream(self, batches: Iterable[FeatureSet]) -> np.ndarray:
-        """Scores of a stream of batches in stream order; the memory starts empty and carries across batches."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: call fit() before score_stream()")
+        """OOD scores of a stream of batches in stream order; the memory starts empty and carries across batches.
+
+        Args:
+            batches: FeatureSets with ``image_embeds``, in stream order.
+        Returns:
+            float64 scores of every batch's samples, concatenated: **higher = more OOD**.
+        """
         self.reset()
         parts = []
         for b in batches:
             b = self._coerce(b)
-            b.require(self.requires, f"{self.name}.score_stream")
+            self._require(b, self.requires, "score_stream")
             parts.append(self.step(np.asarray(b.image_embeds)))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
     def _score(self, data: FeatureSet) -> np.ndarray:
         x = np.asarray(data.image_embeds)
-        return np.concatenate([self.step(x[a : a + self.batch_size]) for a in range(0, len(x), self.batch_size)]
-                              or [np.zeros(0)])
+        bs = self.options.batch_size
+        return np.concatenate([self.step(x[a : a + bs]) for a in range(0, len(x), bs)] or [np.zeros(0)])
 
     def step(self, image_embeds: np.ndarray) -> np.ndarray:
-        """Process one batch of the stream: write its gated features into the memory, then score it
-        against the updated memory. Returns OOD scores (B,), higher = more OOD."""
+        """Process one batch of the stream: write its gated features into the memory, then score it against the
+        updated memory.
+
+        Args:
+            image_embeds: ``(B, E)`` image embeddings of the batch.
+        Returns:
+            ``(B,)`` float64 OOD scores, **higher = more OOD**.
+        """
         if self.memory is None:
             self.reset()
         mem = self.memory
         assert mem is not None
+        o = self.options
         c = len(self.class_names)
         x = l2_normalize(image_embeds).astype(np.float32)
         if len(x) == 0:
             return np.zeros(0)
-        z = (x @ mem.text.T).astype(np.float64) / self.tau
+        z = (x @ mem.text.T).astype(np.float64) / o.tau
         s_static = grouped_share(z[:, :c], z[:, c:], self.groups)
-        hi = s_static > self.thres + self.gap * (1.0 - self.thres)
-        lo = s_static < self.thres - self.gap * self.thres
+        hi = s_static > o.thres + o.gap * (1.0 - o.thres)
+        lo = s_static < o.thres - o.gap * o.thres
         slots = np.concatenate([z[hi, :c].argmax(axis=1), c + z[lo, c:].argmax(axis=1)])
         ent = np.concatenate([softmax_entropy(z[hi, :c]), softmax_entropy(z[lo, c:])])
         rows = np.concatenate([np.flatnonzero(hi), np.flatnonzero(lo)])
         order = np.argsort(rows, kind="stable")  # arrival order within the batch = stream order
         mem.insert(slots[order], ent[order], x[rows[order]])
-        za = mem.cosines(x, self.proxies, self.beta) / self.tau
+        za = mem.cosines(x, o.proxies, o.beta) / o.tau
         s_ada = grouped_share(za[:, :c], za[:, c:], self.groups)
-        return -(s_ada + self.lam * s_static)
+        return -(s_ada + o.lam * s_static)

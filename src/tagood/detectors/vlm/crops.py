@@ -20,7 +20,14 @@ import torch.nn.functional as F
 
 def crop_box(h: int, w: int, rng: np.random.Generator, scale: tuple[float, float] = (0.08, 1.0),
              ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of one random-resized crop (10 tries, then the centre crop)."""
+    """One random-resized crop box (10 tries, then the centre crop).
+
+    Args:
+        h, w: the image's height and width; ``rng``: the generator drawn from.
+        scale: the range of the crop's area fraction; ``ratio``: the range of its aspect ratio (log-uniform).
+    Returns:
+        ``(top, left, height, width)``.
+    """
     area = h * w
     for _ in range(10):
         target = area * rng.uniform(*scale)
@@ -34,7 +41,14 @@ def crop_box(h: int, w: int, rng: np.random.Generator, scale: tuple[float, float
 
 def random_resized_crops(images: np.ndarray, n_crops: int, rng: np.random.Generator,
                          scale: tuple[float, float] = (0.08, 1.0)) -> np.ndarray:
-    """``(B,3,H,W)`` -> ``(B*n_crops,3,H,W)`` float32 (crops of image i at rows ``i*n .. i*n+n-1``)."""
+    """``n_crops`` random-resized crops of each image, resized back to ``(H, W)`` (bilinear).
+
+    Args:
+        images: ``(B, 3, H, W)`` preprocessed images; ``n_crops``: crops per image; ``rng``: the generator drawn from;
+        scale: the range of the crops' area fraction.
+    Returns:
+        ``(B * n_crops, 3, H, W)`` float32, the crops of image ``i`` at rows ``i*n_crops .. (i+1)*n_crops - 1``.
+    """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
     _, _, h, w = x.shape
     out = torch.empty((len(x) * n_crops, 3, h, w), dtype=torch.float32)
@@ -73,7 +87,15 @@ def encode_crops(images: Iterator[np.ndarray], encode: Callable[[np.ndarray], np
 
     The crops of the next ``batch_images`` images are cut (and those images read) in a background thread
     while ``encode`` runs on the current ones; one thread draws all crops in order, so the result does not
-    depend on the overlap."""
+    depend on the overlap.
+
+    Args:
+        images: the images, ``(3, H, W)`` each, in order; ``encode``: ``(N, 3, H, W)`` -> ``(N, E)`` embeddings.
+        n_crops: crops per image; ``seed``: the crops' seed; ``scale``: their area fraction range;
+        batch_images: images cropped (and encoded) together.
+    Returns:
+        ``(n_images, n_crops, E)`` float32 embeddings.
+    """
     rng = np.random.default_rng(seed)
 
     def next_crops() -> tuple[int, np.ndarray] | None:

@@ -25,25 +25,32 @@ The released code encodes nouns with an 8-prompt ensemble and conjugated labels 
 both are encoded with the detector's prompt template(s) as NegLabel's negatives are, so that CSP and
 NegLabel differ only in their pools (a documented deviation; pass ``templates=`` to change both).
 
-Score (ours, **higher = more OOD**): the negative of NegLabel's IND softmax share over IND + CSP labels.
+Score (ours, **higher = more OOD**): the negative of NegLabel's IND softmax share over IND + CSP labels
+(:func:`tagood.detectors.vlm.neglabel.score`). Zero-shot, like NegLabel: the pool is mined from the text encoder
+alone and saved with the detector.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from tagood.backbones.prompts import fill
-from tagood.detectors.registry import register
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
-from tagood.detectors.vlm.neglabel import NegLabel, random_groups
-from tagood.detectors.vlm.negmining import mine_fraction, text_embeddings
+from tagood.core.validation import OpenFraction, PosFloat
+from tagood.detectors.registry import register
+from tagood.detectors.vlm.neglabel import GroupedShareOptions, NegativeShareDetector, random_groups
+from tagood.detectors.vlm.negmining import MiningOptions, mine_fraction, text_embeddings
+from tagood.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+PAPER = ("Chen, Gao & Xu, Conjugated Semantic Pool Improves OOD Detection with Pre-trained Vision-Language Models, "
+         "NeurIPS 2024")
 
 #: CSP's 14 superclass words (paper section 3; released code), modified by adjectives.
 CSP_SUPERCLASSES: tuple[str, ...] = ("environment", "space", "object", "scene", "place", "item", "area", "view",
@@ -55,18 +62,32 @@ CSP_EXCLUDED_LEXFILES: tuple[str, ...] = ("noun.person", "noun.quantity", "noun.
 def conjugated_labels(adjectives: Sequence[str], superclasses: Sequence[str] = CSP_SUPERCLASSES,
                       seed: int = 0) -> list[str]:
     """One conjugated semantic label ``"<adjective> <superclass>"`` per adjective, the superclass drawn at
-    random (seeded) as in CSP's released code. Deterministic for a given ``seed``."""
+    random (seeded) as in CSP's released code.
+
+    Args:
+        adjectives: the adjectives; ``superclasses``: the words they modify; ``seed``: the draw's seed.
+    Returns:
+        ``len(adjectives)`` labels, deterministic for a given ``seed``.
+    """
     if not superclasses:
-        raise ValueError("CSP needs at least one superclass word")
+        raise ConfigError("CSP needs at least one superclass word (option superclasses)")
     pick = np.random.default_rng(seed).integers(0, len(superclasses), len(adjectives))
-    return [f"{a} {superclasses[int(k)]}" for a, k in zip(adjectives, pick)]
+    return [f"{a} {superclasses[int(k)]}" for a, k in zip(adjectives, pick, strict=True)]
 
 
 def csp_pool(nouns: Sequence[str] | None = None, adjectives: Sequence[str] | None = None,
              superclasses: Sequence[str] = CSP_SUPERCLASSES, exclude: Sequence[str] = CSP_EXCLUDED_LEXFILES,
              seed: int = 0) -> tuple[list[str], list[str]]:
-    """``(nouns, conjugated labels)``: CSP's two candidate pools, from WordNet (``$TAGOOD_WORDNET`` or
-    /usr/share/wordnet, lexicographer files ``exclude`` left out) unless word lists are given."""
+    """CSP's two candidate pools, from WordNet (``$TAGOOD_WORDNET`` or /usr/share/wordnet, lexicographer files
+    ``exclude`` left out) unless word lists are given.
+
+    Args:
+        nouns: noun candidates (None = WordNet's); ``adjectives``: adjectives to conjugate (None = WordNet's).
+        superclasses: the superclass words; ``exclude``: WordNet lexicographer files left out; ``seed``: the
+            superclass draw's seed.
+    Returns:
+        ``(nouns, conjugated labels)``, duplicates removed.
+    """
     from tagood.detectors.vlm.wordnet import wordnet_words_by_lexfile
 
     ex = tuple(exclude)
@@ -78,53 +99,56 @@ def csp_pool(nouns: Sequence[str] | None = None, adjectives: Sequence[str] | Non
 
 
 @register("csp")
-class CSP(NegLabel):
-    """CSP (Chen et al., NeurIPS 2024): NegLabel with the conjugated semantic pool. Higher score = more OOD.
+class CSP(NegativeShareDetector):
+    """CSP (Chen et al., NeurIPS 2024): NegLabel's score with the conjugated semantic pool, higher = more OOD.
+    Zero-shot. ``max_candidates`` subsamples the two pools together (in proportion to their sizes, seeded) to bound
+    the one-off text encoding on a CPU (none = all, ~115k prompts)."""
 
-    Hyperparameters (paper / released-code defaults): ``ratio=0.15`` (share of each pool kept), ``eta=0.05``,
-    ``max_sim=0.95``, ``tau=0.01``, ``ngroup=100``, ``superclasses`` (the 14 words of
-    :data:`CSP_SUPERCLASSES`), ``exclude`` (:data:`CSP_EXCLUDED_LEXFILES`); ``nouns`` / ``adjectives``: word
-    lists instead of WordNet's; ``max_candidates``: a seeded subsample of the two pools together (in
-    proportion to their sizes) to bound the one-off text encoding on CPU (None = all, ~115k prompts).
-    """
+    class Options(MiningOptions, GroupedShareOptions):
+        ratio: OpenFraction = Field(0.15, description="share of each pool (nouns, conjugated labels) kept, farthest "
+                                                      "from the IND labels first (the paper: 0.15)")
+        max_sim: PosFloat = Field(0.95, description="a candidate whose cosine to an IND label exceeds this is a "
+                                                    "near-duplicate and never kept (above 1: no cut)")
+        superclasses: list[str] | None = Field(None, description="the superclass words the adjectives modify (none = "
+                                                                 "CSP's 14: environment, space, object, ...)")
+        exclude: list[str] | None = Field(None, description="WordNet lexicographer files left out of the pools (none = "
+                                                            "noun.person, noun.quantity, noun.group, adj.pert)")
+        nouns: list[str] | None = Field(None, description="noun candidates instead of WordNet's")
+        adjectives: list[str] | None = Field(None, description="adjectives to conjugate instead of WordNet's")
 
-    def __init__(self, ratio: float = 0.15, eta: float = 0.05, tau: float = 0.01, ngroup: int = 100,
-                 max_sim: float = 0.95, superclasses: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None, nouns: list[str] | None = None,
-                 adjectives: list[str] | None = None, max_candidates: int | None = None, seed: int = 0,
-                 **hparams: Any) -> None:
-        super().__init__(eta=eta, tau=tau, ngroup=ngroup, max_candidates=max_candidates, seed=seed, **hparams)
-        self.hparams.pop("n_neg", None)
-        self.hparams.pop("corpus", None)
-        self.hparams.update(ratio=ratio, max_sim=max_sim, superclasses=superclasses, exclude=exclude)
-        self.ratio, self.max_sim = float(ratio), float(max_sim)
-        self.superclasses = tuple(superclasses) if superclasses else CSP_SUPERCLASSES
-        self.exclude = tuple(exclude) if exclude is not None else CSP_EXCLUDED_LEXFILES
-        self.given_nouns, self.given_adjectives = nouns, adjectives
+    options: Options
+    paper: ClassVar[str] = PAPER
+
+    def _clear(self) -> None:
+        super()._clear()
+        #: how many kept negative labels are nouns, and conjugated labels (in this order in ``neg_words``)
         self.n_noun = self.n_conj = 0
 
-    def _fit(self, train: FeatureSet, context: Context) -> None:
-        super(NegLabel, self)._fit(train, context)  # IND prompts only; the pool is CSP's
+    def _build(self, context: Context) -> None:
+        super()._build(context)  # the IND prompts
         enc = self._encoder(context)
+        o = self.options
         assert self.text is not None
-        nouns, conj = csp_pool(self.given_nouns, self.given_adjectives, self.superclasses, self.exclude, self.seed)
+        superclasses = tuple(o.superclasses) if o.superclasses else CSP_SUPERCLASSES
+        exclude = tuple(o.exclude) if o.exclude is not None else CSP_EXCLUDED_LEXFILES
+        nouns, conj = csp_pool(o.nouns, o.adjectives, superclasses, exclude, o.seed)
         ind_low = {c.lower().replace("_", " ") for c in self.class_names}
         nouns = [w for w in nouns if w.lower() not in ind_low]
-        if self.max_candidates is not None and len(nouns) + len(conj) > self.max_candidates:
-            rng = np.random.default_rng(self.seed)
-            k_n = int(round(self.max_candidates * len(nouns) / (len(nouns) + len(conj))))
-            k_c = int(self.max_candidates) - k_n
+        if o.max_candidates is not None and len(nouns) + len(conj) > o.max_candidates:
+            rng = np.random.default_rng(o.seed)
+            k_n = int(round(o.max_candidates * len(nouns) / (len(nouns) + len(conj))))
+            k_c = int(o.max_candidates) - k_n
             nouns = [nouns[i] for i in np.sort(rng.choice(len(nouns), min(k_n, len(nouns)), replace=False))]
             conj = [conj[i] for i in np.sort(rng.choice(len(conj), min(k_c, len(conj)), replace=False))]
         if not nouns and not conj:
-            raise ValueError("csp: both candidate pools are empty; give nouns / adjectives or install WordNet")
+            raise ConfigError("csp: both candidate pools are empty; give nouns / adjectives or install WordNet")
         words: list[str] = []
         embeds: list[np.ndarray] = []
         for kind, pool in (("noun", nouns), ("conjugated", conj)):
             if not pool:
                 continue
             emb = text_embeddings(enc, fill(pool, self.templates[0]), desc=f"encode CSP {kind} candidates")
-            idx = mine_fraction(emb, self.text, self.ratio, self.eta, self.max_sim)
+            idx = mine_fraction(emb, self.text, o.ratio, o.eta, o.max_sim)
             words += [pool[i] for i in idx]
             embeds.append(emb[idx])
             if kind == "noun":
@@ -132,10 +156,20 @@ class CSP(NegLabel):
             else:
                 self.n_conj = len(idx)
         log.info("CSP: kept %d nouns and %d conjugated labels (ratio %.2f of %d + %d candidates)",
-                 self.n_noun, self.n_conj, self.ratio, len(nouns), len(conj))
+                 self.n_noun, self.n_conj, o.ratio, len(nouns), len(conj))
         if not words:
-            raise ValueError(f"csp: no negative label kept (ratio={self.ratio} of {len(nouns)} + {len(conj)} candidates; every "
-                             f"candidate within cosine {self.max_sim} of an IND label is dropped): raise ratio, max_sim or "
-                             "max_candidates, or check the text encoder")
+            raise ConfigError(f"csp: no negative label kept (ratio={o.ratio} of {len(nouns)} + {len(conj)} candidates; every "
+                              f"candidate within cosine {o.max_sim} of an IND label is dropped): raise ratio, max_sim or "
+                              "max_candidates, or check the text encoder")
         self.neg_words, self.neg_text = words, np.concatenate(embeds)
-        self.groups = random_groups(len(words), self.ngroup, self.seed)
+        self.groups = random_groups(len(words), o.ngroup, o.seed)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """NegLabel's state and the noun / conjugated-label counts."""
+        arrays, meta = super()._state()
+        meta.update(n_noun=self.n_noun, n_conj=self.n_conj)
+        return arrays, meta
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        super()._set_state(arrays, meta)
+        self.n_noun, self.n_conj = int(meta["n_noun"]), int(meta["n_conj"])

@@ -15,32 +15,44 @@ input embeddings through our wrapper) it is learned as a **zero-initialised resi
 text-embedding space**: ``t_c' = normalise(t_c + A t_c + r)`` with ``A (E,E)``, ``r (E,)`` shared by all classes.
 
 Training uses the cached ``image_embeds`` / ``patch_embeds`` of the few-shot images (no crop
-augmentation). Score: MCM or GL-MCM (default) on the learned prompts, negated: **higher = more OOD**.
+augmentation). Score: MCM or GL-MCM (default) on the learned prompts, negated: **higher = more OOD**
+(:func:`tagood.detectors.vlm.mcm.score`, :func:`tagood.detectors.vlm.glmcm.score` with ``tau = 1``).
+
+State: the learned class-prompt embeddings (``text``), saved with the detector; the dual encoder is only needed to
+train them.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from tagood.backbones.prompts import clean_name
-from tagood.detectors.registry import register
-from tagood.runtime.progress import progress_bar
-from tagood.core.featureset import FeatureSet
 from tagood.core.context import Context
-from tagood.detectors.vlm.base import VLMDetector, few_shot_indices, mcm_confidence
-from tagood.detectors.vlm.glmcm import local_confidence
+from tagood.core.featureset import FeatureSet
+from tagood.core.validation import NonNegFloat, NonNegInt, PosFloat, PosInt
+from tagood.detectors.registry import register
+from tagood.detectors.vlm import glmcm, mcm
+from tagood.detectors.vlm.base import FewShotDetector, FewShotOptions, few_shot_indices
+from tagood.errors import ConfigError
+from tagood.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+PAPER = "Miyai, Yu, Irie & Aizawa, LoCoOp: Few-Shot Out-of-Distribution Detection via Prompt Learning, NeurIPS 2023"
 
 
 class ResidualPrompt(nn.Module):
     """Class-agnostic residual on fixed class text embeddings, zero-initialised (identity at start)."""
+
+    base: torch.Tensor
 
     def __init__(self, base: torch.Tensor) -> None:
         super().__init__()
@@ -73,49 +85,54 @@ def ood_region_mask(patch_logits: torch.Tensor, labels: torch.Tensor, top_k: int
 
 
 @register("locoop")
-class LoCoOp(VLMDetector):
-    """LoCoOp (Miyai et al., NeurIPS 2023). Higher score = more OOD.
+class LoCoOp(FewShotDetector):
+    """LoCoOp (Miyai et al., NeurIPS 2023): GL-MCM (or MCM) on prompts learned from few-shot IND images, higher =
+    more OOD. Needs ``fit`` with ``image_embeds``, ``patch_embeds`` and ``labels`` of the IND training images."""
 
-    Hyperparameters: ``n_ctx=16``, ``lam=0.25``, ``top_k`` (None = 20% of the classes), ``shots=16``,
-    ``epochs``, ``lr``, ``batch_size``, ``score`` (``"glmcm"`` or ``"mcm"``), ``context``
-    (``"auto"``, ``"tokens"`` or ``"residual"``).
-    """
+    class Options(FewShotOptions):
+        n_ctx: PosInt = Field(16, description="learnable context vectors before each class name (the paper: 16)")
+        lam: NonNegFloat = Field(0.25, description="weight of the entropy maximisation on OOD-like regions (the paper: "
+                                                   "0.25)")
+        top_k: PosInt | None = Field(None, description="a patch is OOD-like when its label is not among its top_k "
+                                                       "classes (none = 20% of the classes, as the paper's 200 of 1000)")
+        epochs: NonNegInt = Field(20, description="training epochs (0 = the initial context, untrained)")
+        lr: PosFloat = Field(2e-3, description="SGD learning rate (momentum 0.9)")
+        batch_size: PosInt = Field(32, description="images per training step")
+        score: Literal["glmcm", "mcm"] = Field("glmcm", description="the score on the learned prompts: glmcm (global + "
+                                                                    "local, needs patch_embeds) or mcm")
+        context: Literal["auto", "tokens", "residual"] = Field(
+            "auto", description="tokens: context vectors in the text encoder's input space (needs encode_with_context); "
+                                "residual: a zero-initialised residual on the text embeddings; auto: tokens when possible")
 
-    requires = frozenset({"image_embeds", "patch_embeds"})
-    fit_requires = frozenset({"image_embeds", "patch_embeds", "labels"})
+    options: Options
+    paper: ClassVar[str] = PAPER
+    requires: ClassVar[frozenset[str]] = frozenset({"image_embeds", "patch_embeds"})
+    fit_requires: ClassVar[frozenset[str] | None] = frozenset({"image_embeds", "patch_embeds", "labels"})
 
-    def __init__(self, n_ctx: int = 16, lam: float = 0.25, top_k: int | None = None, shots: int | None = 16, epochs: int = 20,
-                 lr: float = 2e-3, batch_size: int = 32, score: str = "glmcm", context: str = "auto", seed: int = 0,
-                 **hparams: Any) -> None:
-        super().__init__(**hparams)
-        if score not in ("glmcm", "mcm"):
-            raise ValueError("locoop score must be 'glmcm' or 'mcm'")
-        if context not in ("auto", "tokens", "residual"):
-            raise ValueError("locoop context must be 'auto', 'tokens' or 'residual'")
-        self.hparams.update(n_ctx=n_ctx, lam=lam, top_k=top_k, shots=shots, epochs=epochs, lr=lr, batch_size=batch_size,
-                            score=score, context=context, seed=seed)
-        self.n_ctx, self.lam, self.top_k, self.shots = int(n_ctx), float(lam), top_k, shots
-        self.epochs, self.lr, self.batch_size, self.score_kind = int(epochs), float(lr), int(batch_size), score
-        self.context_kind, self.seed = context, int(seed)
+    def _clear(self) -> None:
+        super()._clear()
+        #: the context parameterisation used by the last fit: ``tokens`` or ``residual``
         self.context_used = ""
+        #: mean training loss of each epoch
         self.history: list[float] = []
 
     def _fit(self, train: FeatureSet, context: Context) -> None:
         super()._fit(train, context)
         enc = self._encoder(context)
-        if train.labels is None:
-            raise ValueError("locoop.fit needs the IND training labels (train.labels)")
-        kind = self.context_kind
+        o = self.options
+        assert train.labels is not None and train.patch_embeds is not None
+        kind = o.context
         if kind == "auto":
             kind = "tokens" if hasattr(enc, "encode_with_context") else "residual"
         if kind == "tokens" and not hasattr(enc, "encode_with_context"):
-            raise ValueError(f"locoop context='tokens' needs a dual encoder with encode_with_context; {type(enc).__name__} has none")
+            raise ConfigError(f"locoop context='tokens' needs a dual encoder with encode_with_context; {type(enc).__name__} "
+                              "has none: use context=residual (or auto)")
         self.context_used = kind
         names = [clean_name(n) for n in self.class_names]
-        torch.manual_seed(self.seed)
-        prompt: nn.Module = ContextPrompt(enc, names, self.n_ctx, seed=self.seed) if kind == "tokens" else \
+        torch.manual_seed(o.seed)
+        prompt: nn.Module = ContextPrompt(enc, names, o.n_ctx, seed=o.seed) if kind == "tokens" else \
             ResidualPrompt(torch.as_tensor(self.text, dtype=torch.float32))
-        idx = few_shot_indices(train.labels, self.shots, self.seed)
+        idx = few_shot_indices(train.labels, o.shots, o.seed)
         x = torch.as_tensor(np.asarray(train.image_embeds, dtype=np.float32)[idx])
         x = F.normalize(x, dim=-1)
         tok, _, mask = train.patch_embeds.select(idx).pad()
@@ -123,17 +140,17 @@ class LoCoOp(VLMDetector):
         pm = torch.as_tensor(mask)
         y = torch.as_tensor(np.asarray(train.labels)[idx], dtype=torch.int64)
         c = len(names)
-        top_k = int(self.top_k) if self.top_k is not None else max(1, int(round(0.2 * c)))
+        top_k = int(o.top_k) if o.top_k is not None else max(1, int(round(0.2 * c)))
         scale = self.logit_scale
-        opt = torch.optim.SGD([q for q in prompt.parameters() if q.requires_grad], lr=self.lr, momentum=0.9)
-        g = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.SGD([q for q in prompt.parameters() if q.requires_grad], lr=o.lr, momentum=0.9)
+        g = torch.Generator().manual_seed(o.seed)
         self.history = []
-        with progress_bar("LoCoOp training", self.epochs) as advance:
-            for _ in range(self.epochs):
+        with progress_bar("LoCoOp training", o.epochs) as advance:
+            for _ in range(o.epochs):
                 perm = torch.randperm(len(x), generator=g)
                 total = 0.0
-                for a in range(0, len(x), self.batch_size):
-                    b = perm[a : a + self.batch_size]
+                for a in range(0, len(x), o.batch_size):
+                    b = perm[a : a + o.batch_size]
                     t = prompt()
                     l_ce = F.cross_entropy(scale * x[b] @ t.T, y[b])
                     pl = scale * p[b] @ t.T  # (B,P,C)
@@ -143,7 +160,7 @@ class LoCoOp(VLMDetector):
                         ent = -(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean()
                     else:
                         ent = pl.new_zeros(())
-                    loss = l_ce - self.lam * ent
+                    loss = l_ce - o.lam * ent
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -154,8 +171,21 @@ class LoCoOp(VLMDetector):
             self.text = prompt().detach().cpu().numpy().astype(np.float32)
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        assert self.text is not None
-        conf = mcm_confidence(data.image_embeds, self.text)
-        if self.score_kind == "glmcm":
-            conf = conf + local_confidence(data.patch_embeds, self.text)
-        return -conf
+        text = self._prompt_rows()
+        assert data.image_embeds is not None
+        if self.options.score == "glmcm":
+            assert data.patch_embeds is not None
+            return glmcm.score(data.image_embeds, data.patch_embeds, text)
+        return mcm.score(data.image_embeds, text)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The learned prompt embeddings (``text``) and :class:`VLMDetector`'s metadata, with the context kind used
+        and the training losses."""
+        arrays, meta = super()._state()
+        meta.update(context_used=self.context_used, history=list(self.history))
+        return arrays, meta
+
+    def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        super()._set_state(arrays, meta)
+        self.context_used = str(meta["context_used"])
+        self.history = [float(h) for h in meta["history"]]

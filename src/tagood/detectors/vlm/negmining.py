@@ -5,7 +5,9 @@ candidate words *farthest* from the IND labels.
 For candidate embedding ``u_i`` and IND label embeddings ``y_1..y_K``, its distance is the
 ``eta``-percentile of ``{-cos(u_i, y_k)}_k`` (``eta = 0.05``: close to the most similar IND label,
 robust to a single outlier); the ``M`` candidates with the largest distance are kept (M = 10,000).
-Candidate embeddings are cached per encoder (safetensors under ``$TAGOOD_HOME/vlm``).
+Candidate embeddings are cached per encoder (safetensors under ``$TAGOOD_HOME/vlm``). The options of the methods
+that mine negative labels (NegLabel, CSP, AdaNeg, KR-NFT) are declared here once: :class:`MiningOptions` and
+:class:`NegativeLabelOptions`.
 """
 
 from __future__ import annotations
@@ -14,22 +16,56 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from tagood.backbones.home import tagood_home
 from tagood.backbones.prompts import fill
-from tagood.runtime.fileio import atomic_write_with
 from tagood.core.numeric import l2_normalize
+from tagood.core.validation import OpenFraction, PathLike, PosInt
+from tagood.detectors.vlm.base import SeededOptions
+from tagood.errors import ConfigError
+from tagood.runtime.fileio import atomic_write_with
 from tagood.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 
-def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | None = None, chunk: int = 2048,
+class MiningOptions(SeededOptions):
+    """Options of every method that mines negative labels from a pool of words (NegLabel, CSP, AdaNeg, KR-NFT)."""
+
+    eta: OpenFraction = Field(0.05, description="NegMining's percentile: a candidate's distance to the IND labels is the "
+                                                "eta-percentile of its negative cosines to them (the paper: 0.05)")
+    max_candidates: PosInt | None = Field(None, description="mine from a seeded subsample of this many candidate words "
+                                                            "(none = all; bounds the one-off text encoding on a CPU)")
+
+
+class NegativeLabelOptions(MiningOptions):
+    """NegLabel's negative labels: the ``n_neg`` candidates of a corpus farthest from the IND labels (NegLabel,
+    AdaNeg, KR-NFT)."""
+
+    n_neg: PosInt = Field(10000, description="negative labels kept: the candidates farthest from the IND labels "
+                                             "(the paper: 10,000)")
+    corpus: PathLike | list[str] | None = Field(None, description="candidate words: none = the WordNet nouns and "
+                                                                  "adjectives, a word-list file, or a list of words")
+    neg_words: list[str] | None = Field(None, description="these negative labels instead of mined ones")
+
+
+def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | Literal[False] | None = None, chunk: int = 2048,
                     desc: str = "encode texts") -> np.ndarray:
-    """``encoder.encode_texts(texts)`` in chunks with a progress bar, cached on disk by encoder and text list."""
+    """``encoder.encode_texts(texts)`` in chunks with a progress bar, cached on disk by encoder and text list.
+
+    Args:
+        encoder: a dual encoder (``encode_texts``; ``id`` and ``weights_hash`` key the cache).
+        texts: the prompts.
+        cache_dir: the cache folder (None = ``$TAGOOD_HOME/vlm``; False = no cache). Lists under 1,000 texts are not
+            stored.
+        chunk: texts per ``encode_texts`` call; ``desc``: the progress bar's label.
+    Returns:
+        ``(len(texts), E)`` float32 L2-normalised embeddings.
+    """
     texts = list(texts)
     key = hashlib.sha256("\n".join([str(getattr(encoder, "id", type(encoder).__name__)),
                                     str(getattr(encoder, "weights_hash", "")), *texts]).encode()).hexdigest()[:20]
@@ -48,20 +84,27 @@ def text_embeddings(encoder: Any, texts: Sequence[str], cache_dir: str | Path | 
         for a in range(0, len(texts), chunk):
             out.append(l2_normalize(encoder.encode_texts(texts[a : a + chunk]), dtype=np.float32))
             advance(len(out[-1]))
-    e = np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "embed_dim", 0))), np.float32)
+    emb = np.concatenate(out) if out else np.zeros((0, int(getattr(encoder, "embed_dim", 0))), np.float32)
     if path is not None and len(texts) >= 1000:  # small lists are cheaper to recompute than to store
         from safetensors.numpy import save_file
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_with(path, lambda tmp: save_file({"embeds": np.ascontiguousarray(e)}, str(tmp)))
+            atomic_write_with(path, lambda tmp: save_file({"embeds": np.ascontiguousarray(emb)}, str(tmp)))
         except OSError as err:
             log.warning("cannot write the text-embedding cache %s: %s", path, err)
-    return e
+    return emb
 
 
 def neg_distance(candidates: np.ndarray, ind: np.ndarray, eta: float = 0.05, chunk: int = 8192) -> np.ndarray:
-    """NegMining distance of each candidate: the ``eta``-percentile of ``-cos(candidate, IND label)``."""
+    """NegMining distance of each candidate: the ``eta``-percentile of ``-cos(candidate, IND label)``.
+
+    Args:
+        candidates: ``(M, E)`` candidate label embeddings; ``ind``: ``(C, E)`` IND label embeddings.
+        eta: the percentile, in (0, 1]; ``chunk``: candidates per block.
+    Returns:
+        ``(M,)`` float64 distances: larger = farther from every IND label.
+    """
     c, y = l2_normalize(candidates, dtype=np.float32), l2_normalize(ind, dtype=np.float32)
     out = np.empty(len(c), dtype=np.float64)
     for a in range(0, len(c), chunk):
@@ -70,7 +113,13 @@ def neg_distance(candidates: np.ndarray, ind: np.ndarray, eta: float = 0.05, chu
 
 
 def mine_negatives(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, n: int = 10000, eta: float = 0.05) -> np.ndarray:
-    """Indices of the ``n`` candidates farthest from the IND labels (NegMining), most distant first."""
+    """Indices of the ``n`` candidates farthest from the IND labels (NegMining), most distant first.
+
+    Args:
+        candidate_embeds: ``(M, E)``; ``ind_embeds``: ``(C, E)``; ``n``: how many to keep; ``eta``: NegMining's percentile.
+    Returns:
+        ``(min(n, M),)`` int64 indices into ``candidate_embeds``.
+    """
     d = neg_distance(candidate_embeds, ind_embeds, eta)
     n = min(int(n), len(d))
     top = np.argpartition(-d, n - 1)[:n] if n < len(d) else np.arange(len(d))
@@ -81,11 +130,20 @@ def negative_labels(encoder: Any, ind_names: Sequence[str], ind_embeds: np.ndarr
                     corpus: str | Path | Sequence[str] | None = None, template: str = "a photo of a {}.",
                     max_candidates: int | None = None, seed: int = 0,
                     cache_dir: str | Path | None = None) -> tuple[list[str], np.ndarray]:
-    """Mine ``n`` negative labels for the IND labels and return ``(words, (n,E) prompt embeddings)``.
+    """Mine ``n`` negative labels for the IND labels (NegLabel's NegMining).
 
-    ``corpus``: None for WordNet nouns + adjectives (``tagood.detectors.vlm.wordnet``), a word-list file, or a
-    list of words. Words equal to an IND name (case-insensitive) are dropped. ``max_candidates``
-    subsamples the corpus (seeded) to bound the one-off encoding cost on CPU.
+    Args:
+        encoder: the dual encoder (``encode_texts``).
+        ind_names: the IND class names (words equal to one, case-insensitive, are dropped from the pool).
+        ind_embeds: ``(C, E)`` IND prompt embeddings.
+        n: labels to keep; ``eta``: NegMining's percentile.
+        corpus: None for the WordNet nouns + adjectives (:mod:`tagood.detectors.vlm.wordnet`), a word-list file, or
+            a list of words.
+        template: the prompt template of the candidates.
+        max_candidates: a seeded subsample of the pool (bounds the one-off encoding cost on a CPU); ``seed``: its seed.
+        cache_dir: the text-embedding cache (:func:`text_embeddings`).
+    Returns:
+        ``(words, embeddings)``: the kept labels, farthest first, and their ``(n, E)`` float32 prompt embeddings.
     """
     from tagood.detectors.vlm.wordnet import read_word_list, wordnet_words
 
@@ -101,7 +159,8 @@ def negative_labels(encoder: Any, ind_names: Sequence[str], ind_embeds: np.ndarr
         keep = np.sort(np.random.default_rng(seed).choice(len(words), int(max_candidates), replace=False))
         words = [words[i] for i in keep]
     if not words:
-        raise ValueError("the negative-label corpus is empty after removing the IND names")
+        raise ConfigError("the negative-label corpus is empty after removing the IND names: give a larger corpus "
+                          "(option corpus: a word-list file or a list of words; none = WordNet)")
     emb = text_embeddings(encoder, fill(words, template), cache_dir, desc="encode negative-label candidates")
     idx = mine_negatives(emb, ind_embeds, n, eta)
     log.info("NegMining: kept %d of %d candidate labels (eta=%.2f)", len(idx), len(words), eta)
@@ -115,9 +174,16 @@ def mine_fraction(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, ratio: f
     The NegMining distance (:func:`neg_distance`, the ``eta``-percentile of ``-cos``) ranks them, as in CSP's
     released code (its "0.95-quantile of the cosine" is the same quantity with the sign flipped); candidates whose
     largest cosine to an IND label exceeds ``max_sim`` (near-duplicates of an IND label) are never kept.
+
+    Args:
+        candidate_embeds: ``(M, E)``; ``ind_embeds``: ``(C, E)``.
+        ratio: the share kept, in (0, 1]; ``eta``: NegMining's percentile; ``max_sim``: the near-duplicate cut
+            (None = none).
+    Returns:
+        int64 indices into ``candidate_embeds``, farthest first.
     """
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     d = neg_distance(candidate_embeds, ind_embeds, eta)
     if max_sim is not None and len(d):
         top = np.empty(len(d))

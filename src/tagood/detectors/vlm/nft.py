@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,10 +35,10 @@ log = logging.getLogger(__name__)
 
 def meta_net(dim: int, hidden: int) -> nn.Sequential:
     """``Linear(dim,hidden)-ReLU-Linear(hidden,dim)`` with the last layer zero-initialised."""
-    net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-    nn.init.zeros_(net[2].weight)
-    nn.init.zeros_(net[2].bias)
-    return net
+    first, last = nn.Linear(dim, hidden), nn.Linear(hidden, dim)  # in this order: the torch RNG draws of their init
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(first, nn.ReLU(), last)
 
 
 def nft_cosine(v: torch.Tensor, t: torch.Tensor, a: torch.Tensor, c: torch.Tensor, eps: float = 1e-12,
@@ -62,7 +63,7 @@ def nft_self_cosine(t: torch.Tensor, a: torch.Tensor, c: torch.Tensor, eps: floa
     return num / (norm2.clamp_min(eps * eps).sqrt() * tn)
 
 
-def _onednn_linear(rows: torch.Tensor):
+def _onednn_linear(rows: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """``(w (B,D), bias (B,)) -> rows @ w.T + bias`` (R,B) through oneDNN, or None when unavailable (not a
     CPU float32 tensor, no oneDNN, ``TAGOOD_NO_ONEDNN`` set, or a self-check against ``torch.addmm`` fails).
 

@@ -8,10 +8,10 @@ from this corpus.
 
 from __future__ import annotations
 
-from tagood.errors import InputError
-
 import os
 from pathlib import Path
+
+from tagood.errors import InputError
 
 #: Where Debian's ``wordnet-base`` puts the database (override with $TAGOOD_WORDNET or ``root=``).
 WORDNET_DEFAULT_DIR = "/usr/share/wordnet"
@@ -64,7 +64,7 @@ def read_word_list(path: str | Path) -> list[str]:
     """Unique non-empty lines of a UTF-8 word-list file (``#`` starts a comment line)."""
     p = Path(path)
     try:
-        words = [l.strip() for l in p.read_text(encoding="utf-8").splitlines()]
+        words = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     except OSError as e:
         raise WordNetError(f"cannot read the word list {p}: {e}; give a UTF-8 text file with one label per line") from e
     out = list(dict.fromkeys(w for w in words if w and not w.startswith("#")))

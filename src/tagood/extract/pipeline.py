@@ -1,0 +1,170 @@
+"""The extraction of one range of a source: decode one batch ahead, forward, write in source order.
+
+Decoding and preprocessing run in a thread pool (PIL and numpy release the GIL) one batch ahead of the model
+forward, so the model is rarely idle; the cache write of batch k overlaps batch k+1's forward. A sample that
+cannot be decoded is skipped, recorded in the cache manifest (``failed``) and reported; it never aborts a run,
+but a source whose every image fails, or a labelled source that loses every image of a class, is an error
+(:func:`check_result`). Each source file's ``[size, mtime_ns]`` is taken before it is decoded and stored with
+its shard. Used by the local (:mod:`tagood.extract.local`) and the torchrun (:mod:`tagood.extract.torchrun`)
+extraction alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from tagood.cache import MANIFEST, CacheReader, CacheWriter, file_stat
+from tagood.core.images import decode_ahead
+from tagood.core.types import Backbone, ModelOutput
+from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
+
+log = logging.getLogger(__name__)
+
+
+def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None, list[int] | None]:
+    """``(i, preprocessed image or None, why it failed or None, file stat)`` of sample ``i``."""
+    stat = file_stat(source.samples[i].ident)  # before reading: a file changed meanwhile is re-extracted later
+    try:
+        return i, backbone.preprocess(source.load(i)), None, stat
+    except ImageDecodeError as e:
+        return i, None, e.reason, stat
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged files
+        return i, None, f"{type(e).__name__}: {e}", stat
+
+
+def decode_batches(
+    source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int, stop: int | None = None
+) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]], dict[int, list[int] | None]]]:
+    """Decode and preprocess samples ``start:stop`` in batches, one batch ahead of the consumer.
+
+    Args:
+        source: the images.
+        backbone: its ``preprocess`` is applied to each image.
+        start: first source index.
+        batch_size: samples per batch.
+        workers: decode threads.
+        stop: one past the last source index (``None``: the whole source).
+
+    Returns:
+        An iterator, in source order, of ``(decoded indices, their batch (b, 3, H, W) or None when every sample
+        of the batch failed, failures [(index, reason)], {index: file stat})``.
+    """
+    n = len(source) if stop is None else stop
+    chunks = [list(range(a, min(a + batch_size, n))) for a in range(start, n, batch_size)]
+    for results in decode_ahead(lambda i: _decode_one(source, backbone, i), chunks, workers):
+        ok = [(i, x) for i, x, err, _ in results if x is not None]
+        failed = [(i, err or "") for i, x, err, _ in results if x is None]
+        batch = np.stack([x for _, x in ok]) if ok else None
+        yield [i for i, _ in ok], batch, failed, {i: st for i, _, _, st in results}
+
+
+def _select(out: ModelOutput, fields: Sequence[str]) -> dict[str, Any]:
+    """The arrays of ``fields`` in a backbone's output (its dataclass fields or ``extra``)."""
+    arrays: dict[str, Any] = {}
+    for f in fields:
+        v = getattr(out, f, None) if f in ModelOutput.__dataclass_fields__ else out.extra.get(f)
+        if v is None:
+            raise ValueError(f"backbone output has no field '{f}' (has {out.present() + sorted(out.extra)})")
+        arrays[f] = np.asarray(v)
+    return arrays
+
+
+def _write_in_order(writer: CacheWriter, samples: Sequence[Any], idx: list[int], arrays: Mapping[str, np.ndarray],
+                    failed: Mapping[int, str], stats: Mapping[int, list[int] | None] | None = None) -> None:
+    """Write a batch's decoded rows and its failures in source order (so shards stay contiguous):
+    runs of decoded rows between failures go in as one block each."""
+    events = sorted([(i, j) for j, i in enumerate(idx)] + [(i, -1) for i in failed])
+    run: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        if run:
+            rows = [j for _, j in run]
+            ids = np.array([i for i, _ in run])
+            sl = slice(rows[0], rows[-1] + 1)  # decoded rows of a batch are consecutive
+            writer.add(ids, np.array([samples[i].label for i in ids]), [samples[i].ident for i in ids],
+                       {k: v[sl] for k, v in arrays.items()},
+                       stats=[stats.get(int(i)) for i in ids] if stats is not None else None)
+            run.clear()
+
+    for i, j in events:
+        if j < 0:
+            flush()
+            log.warning("skipping %s: %s", samples[i].ident, failed[i])
+            writer.skip(i, samples[i].ident, failed[i], stat=stats.get(i) if stats is not None else True)
+        else:
+            run.append((i, j))
+    flush()
+
+
+def check_result(reader: CacheReader, source: ImageSource) -> CacheReader:
+    """Check a finished extraction: not every image failed, no labelled class lost all its images.
+
+    Args:
+        reader: the finished entry.
+        source: its source.
+
+    Returns:
+        ``reader``.
+
+    Raises:
+        DataSourceError: every image failed, or every image of a class did (naming some of them).
+    """
+    n = len(source)
+    failed = reader.failed
+    if n and len(reader) == 0:
+        first = "; ".join(f"{f['ident']}: {f['reason']}" for f in failed[:3])
+        raise DataSourceError(f"none of the {n} images of '{source.name}' could be decoded ({first}"
+                              f"{' ...' if len(failed) > 3 else ''}); check the files and their format")
+    if failed and source.class_names:
+        have = set(np.unique(reader.labels).tolist())
+        lost = sorted({s.label for s in source.samples if s.label >= 0} - have)
+        if lost:
+            names = [source.class_names[k] if k < len(source.class_names) else str(k) for k in lost]
+            raise DataSourceError(f"'{source.name}': every image of class {', '.join(map(repr, names[:5]))} failed to "
+                                  f"decode (listed in {reader.dir / MANIFEST}); fix or remove that class folder")
+    return reader
+
+
+def extract_range(writer: CacheWriter, source: ImageSource, backbone: Backbone, fields: Sequence[str], start: int,
+                  stop: int | None, batch_size: int, workers: int, advance: Callable[[int], Any] | None = None,
+                  max_batches: int | None = None) -> int:
+    """Decode + forward + write samples ``start:stop``; the cache write of batch k overlaps batch k+1's forward.
+
+    Args:
+        writer: the entry (or part) written to, positioned at ``start``.
+        source: the images.
+        backbone: the model.
+        fields: the backbone outputs stored.
+        start: first source index.
+        stop: one past the last source index (``None``: the whole source).
+        batch_size: samples per forward pass.
+        workers: decode threads.
+        advance: called with the number of samples done after each batch (a progress bar).
+        max_batches: stop after this many batches (used to test resumption).
+
+    Returns:
+        The number of samples done (stored or failed).
+    """
+    samples = source.samples
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as write_pool:  # numpy and file I/O release the GIL
+        pending: Future[None] | None = None
+        for k, (idx, batch, failed, stats) in enumerate(decode_batches(source, backbone, start, batch_size, workers, stop)):
+            arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
+            if pending is not None:
+                pending.result()
+            pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed), stats)
+            done += len(idx) + len(failed)
+            if advance is not None:
+                advance(len(idx) + len(failed))
+            if max_batches is not None and k + 1 >= max_batches:
+                break
+        if pending is not None:
+            pending.result()
+    return done
+

@@ -1,0 +1,177 @@
+"""The generated tables of README.md and the docs equal what their sources render (scripts/render_docs_tables.py):
+results tables from committed ``results.json`` files, paired comparisons from committed ``scores.npz``, method,
+option and config-key tables from the code's one declaration of each. Every registered detector has a section and
+an options table on its family's page. The project files that describe it (LICENSE, NOTICE, CITATION.cff,
+CHANGELOG.md, CONTRIBUTING.md) are what they claim to be."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from tagood import detectors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("render_docs_tables", ROOT / "scripts" / "render_docs_tables.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["render_docs_tables"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+render = _script()
+
+
+@pytest.mark.parametrize("path", render.markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_generated_tables_are_current(path: Path) -> None:
+    """Every generated block equals what its source renders now; run the script to regenerate, never edit by hand."""
+    _, stale = render.rendered(path)
+    assert not stale, (f"stale generated tables in {path.relative_to(ROOT)} (run `python scripts/render_docs_tables.py`): "
+                       + ", ".join(f"line {b.line} ({b.kind}: {b.args})" for b in stale))
+
+
+def test_docs_hold_results_tables_from_files() -> None:
+    """The docs show at least one results table, one paired comparison and the diagnostics, each from a results
+    file committed under docs/results/ with its command, commit and date."""
+    kinds: dict[str, list[str]] = {}
+    for f in render.markdown_files():
+        for b in render.blocks(f):
+            kinds.setdefault(b.kind, []).append(b.args)
+    results = kinds.get("results", [])
+    assert results and kinds.get("compare") and any("part=diagnostics" in a for a in results), kinds
+    for args in results:
+        path = ROOT / args.split()[0]
+        assert path.is_relative_to(ROOT / "docs" / "results"), f"{args}: results files live under docs/results/"
+        src = render.provenance(path, json.loads(path.read_text(encoding="utf-8")))
+        assert all(src.values()), f"{path}: the run's command, commit and date must be recorded ({src})"
+
+
+def test_a_changed_number_is_caught(tmp_path: Path) -> None:
+    """The check can fail: a table whose number was edited by hand, or whose results file changed, is stale."""
+    src = next(f for f in render.markdown_files() if any(b.kind == "results" for b in render.blocks(f)))
+    block = next(b for b in render.blocks(src) if b.kind == "results")
+    page = ROOT / "docs" / "_stale_check.md"
+    try:
+        page.write_text(f"<!-- results: {block.args} -->\n<!-- end results -->\n", encoding="utf-8")
+        good, stale = render.rendered(page)
+        assert len(stale) == 1  # the empty block is stale; `good` is what it should hold
+        page.write_text(good, encoding="utf-8")
+        assert render.rendered(page)[1] == []
+        edited = re.sub(r"\| (\d+\.\d*)(\d) \|", lambda m: f"| {m[1]}{(int(m[2]) + 1) % 10} |", good, count=1)
+        assert edited != good
+        page.write_text(edited, encoding="utf-8")
+        assert [b.kind for b in render.rendered(page)[1]] == ["results"]
+        page.write_text("<!-- results: docs/results/none/results.json -->\n<!-- end results -->\n", encoding="utf-8")
+        with pytest.raises(render.RenderError, match="no results file"):
+            render.rendered(page)
+        page.write_text("<!-- options: knn -->\nno end\n", encoding="utf-8")
+        with pytest.raises(render.RenderError, match="has no '<!-- end options -->'"):
+            render.blocks(page)
+    finally:
+        page.unlink(missing_ok=True)
+
+
+def test_rewrite_mode_regenerates_the_table(tmp_path: Path) -> None:
+    """``render_docs_tables.py FILE`` rewrites a stale block in place and then the check passes."""
+    page = ROOT / "docs" / "_rewrite_check.md"
+    try:
+        page.write_text("# x\n\n<!-- options: energy -->\nold text\n<!-- end options -->\n", encoding="utf-8")
+        assert render.main([str(page), "--check"]) == 1
+        assert render.main([str(page)]) == 0
+        text = page.read_text(encoding="utf-8")
+        assert "| `temperature` | number > 0 | `1.0` |" in text and "old text" not in text
+        assert render.main([str(page), "--check"]) == 0
+    finally:
+        page.unlink(missing_ok=True)
+
+
+def test_every_detector_has_its_docs_section_and_options_table() -> None:
+    """Adding a detector means adding its docs row: a ``## name`` section and an options block on its family's page,
+    and a row in the overview (``<!-- methods: all -->``) that links to the section."""
+    missing = []
+    for name in detectors.available():
+        page = ROOT / render.FAMILIES[render.family(detectors.get_class(name))][0]
+        text = page.read_text(encoding="utf-8")
+        if not re.search(rf"^## {re.escape(name)}$", text, re.M):
+            missing.append(f"{name}: no section '## {name}' in {page.relative_to(ROOT)}")
+        if f"<!-- options: {name} -->" not in text:
+            missing.append(f"{name}: no '<!-- options: {name} -->' block in {page.relative_to(ROOT)}")
+    assert not missing, "\n".join(missing)
+    overview = (ROOT / "docs" / "methods" / "index.md").read_text(encoding="utf-8")
+    assert "<!-- methods: all -->" in overview
+    rows = render.render_methods("all", ROOT / "docs" / "methods" / "index.md", "test")
+    assert all(f"[`{n}`]" in rows for n in detectors.available())
+
+
+def test_options_table_comes_from_the_declaration() -> None:
+    """The options table lists each declared option with its default and range, as ``describe`` gives them."""
+    table = render.render_options("knn", ROOT / "docs" / "methods" / "classic.md", "test")
+    for o in detectors.describe("knn"):
+        assert f"| `{o.name}` |" in table and f"`{o.default_text}`" in table
+    assert render.render_options("msp", ROOT / "docs" / "methods" / "classic.md", "test") == "`msp` has no options.\n"
+
+
+def test_render_script_runs_as_a_command() -> None:
+    """``python scripts/render_docs_tables.py --check FILE`` is what a contributor runs: it exits 0 on a current page
+    (every page is checked in-process above)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_docs_tables.py"), "--check",
+                           str(ROOT / "docs" / "methods" / "classic.md")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0 and "0 block(s) stale" in proc.stderr, proc.stdout + proc.stderr
+
+
+# -- the project files ------------------------------------------------------------------------------------------
+def test_license_is_apache_2() -> None:
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    notice = (ROOT / "NOTICE").read_text(encoding="utf-8")
+    assert "tuxpaint-stamps-default" in notice and "GPL-2" in notice and "never copied" in notice
+
+
+def test_citation_cff() -> None:
+    """CITATION.cff is valid YAML citing the software and the TagOOD and KR-NFT papers."""
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software" and cff["authors"] and cff["message"]
+    assert cff["license"] == "Apache-2.0"
+    titles = {r["title"].split(":")[0] for r in cff["references"]}
+    assert {"TagOOD", "Knowledge Regularized Negative Feature Tuning of Vision-Language Models for "
+                      "Out-of-Distribution Detection"} <= titles
+    for r in cff["references"]:
+        assert r["authors"] and r["year"] and r["type"] == "conference-paper"
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert str(cff["version"]) == version
+
+
+def test_changelog_keeps_a_changelog() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog") and "## [Unreleased]" in text
+    versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})", text, re.M)
+    assert versions, "released versions are '## [X.Y.Z] - YYYY-MM-DD'"
+    for heading in re.findall(r"^### (.+)$", text, re.M):
+        assert heading in {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security", "Performance",
+                           "Findings recorded with this snapshot"}, heading
+
+
+def test_images_in_docs_are_small_and_referenced() -> None:
+    """The pictures are small PNGs that some page shows (no orphans, nothing large committed)."""
+    images = sorted((ROOT / "docs" / "images").glob("*"))
+    assert images
+    pages = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md"))
+    for img in images:
+        assert img.suffix == ".png" and img.stat().st_size < 400_000, f"{img.name}: {img.stat().st_size} bytes"
+        assert f"images/{img.name}" in pages, f"{img.name} is shown on no page"
