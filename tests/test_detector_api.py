@@ -185,7 +185,7 @@ def test_head_detectors_without_a_head_name_the_api():
     with pytest.raises(ContextError) as e:
         detectors.create("react").fit(FeatureSet(features=train.features))
     msg = str(e.value)
-    assert "context=tagood.Context(head=tagood.detectors.head.fit_head(train))" in msg and "labels=..." in msg
+    assert "context=tagood.Context(head=tagood.fit_head(train))" in msg and "labels=..." in msg
     # with labels, the detector fits the benchmark's head itself (HeadDetector, shared by react, ash, lhact, vim):
     # the same scores as with that head given
     for name in ("react", "vim"):

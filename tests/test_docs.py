@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
+from browser import find_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,14 +103,6 @@ def test_site_loads_nothing_from_the_network(site: Path) -> None:
     assert "fonts.googleapis" not in (site / "index.html").read_text(encoding="utf-8")
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
-
-
 _PROBE = """<script>
 window.addEventListener('load', () => {
   const nav = document.querySelector('nav.md-nav--primary');
@@ -132,7 +125,7 @@ window.addEventListener('load', () => {
 def test_home_page_in_headless_chromium(site: Path, tmp_path: Path) -> None:
     """Chromium opens the built home page, with every host unresolvable: the title, the heading, the styled header
     and the navigation with every section are there."""
-    browser = _browser()
+    browser = find_browser()
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("no Chromium in CI (scripts/setup.sh installs it)")

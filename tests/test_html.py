@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
+from browser import find_browser
 from image_folders import fashion_folder, folder_config
 from tagood.bench.report.overlays import cell_edges, pick_examples
 from tagood.cli.main import app
@@ -129,14 +129,6 @@ def test_pick_examples_spans_the_scores():
     assert len(pick_examples(3, 5)) == 3 and list(pick_examples(10, 4, seed=1)) == list(pick_examples(10, 4, seed=1))
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
-
-
 _PROBE = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images].map(i => i.getAttribute('src') + '=' + i.naturalWidth);
@@ -155,7 +147,7 @@ def test_results_html_renders_in_headless_chromium(run_dir, tmp_path):
     """Opens results.html in Chromium (Debian `chromium`): every image decoded (naturalWidth > 0), the table
     visible; and a screenshot of the page. A probe script is added to a copy of the page beside the original
     (the page itself has no script)."""
-    browser = _browser()
+    browser = find_browser()
     if browser is None:  # scripts/setup.sh installs it; skipped only where it cannot be installed
         pytest.skip("no Chromium here (apt-get install chromium)")
     page = run_dir / "results.html"

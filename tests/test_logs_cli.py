@@ -49,7 +49,7 @@ def test_example_config_loads_and_names_every_key_and_split_type(tmp_path):
 
 def test_bench_help_says_where_keys_are_documented():
     r = runner.invoke(app, ["bench", "--help"], terminal_width=200)
-    assert r.exit_code == 0 and "--example-config" in r.output and "Benchmark config files" in r.output
+    assert r.exit_code == 0 and "--example-config" in r.output and "docs/guides/bench-config.md" in r.output
     r = runner.invoke(app, ["bench"], terminal_width=200)
     assert r.exit_code == 2 and "--example-config" in r.output
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from image_folders import fashion_folder
 
 README = Path(__file__).resolve().parents[1] / "README.md"

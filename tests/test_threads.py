@@ -71,20 +71,20 @@ def _run(code: str, env: dict[str, str] | None = None) -> str:
 def test_affinity_mask_limits_the_budget() -> None:
     """A process pinned to one CPU (taskset, SLURM --cpus-per-task) gets a budget of 1 and torch 1 thread."""
     cpu = min(os.sched_getaffinity(0))
-    out = _run(f"import os; os.sched_setaffinity(0, {{{cpu}}}); from tagood import threads; threads.configure(); "
+    out = _run(f"import os; os.sched_setaffinity(0, {{{cpu}}}); from tagood.runtime import threads; threads.configure(); "
                "import torch; print(threads.budget(), torch.get_num_threads())")
     assert out == "1 1"
 
 
 def test_configure_before_torch_sets_passive_wait_on_a_busy_machine_only() -> None:
-    code = ("import os; from tagood import threads; threads.configure(2); import torch; "
+    code = ("import os; from tagood.runtime import threads; threads.configure(2); import torch; "
             "print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY', 'default'), os.environ['TAGOOD_THREADS'])")
     assert _run(code, env={"TAGOOD_BUSY": "1"}) == "2 PASSIVE 2"
     assert _run(code, env={"TAGOOD_BUSY": "0"}) == "2 default 2"  # idle: OpenMP's spinning is faster
 
 
 def test_user_wait_policy_is_kept() -> None:
-    out = _run("import os; from tagood import threads; threads.configure(2); print(os.environ['OMP_WAIT_POLICY'])",
+    out = _run("import os; from tagood.runtime import threads; threads.configure(2); print(os.environ['OMP_WAIT_POLICY'])",
                env={"OMP_WAIT_POLICY": "ACTIVE", "TAGOOD_BUSY": "1"})
     assert out == "ACTIVE"
 

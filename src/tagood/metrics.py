@@ -252,6 +252,11 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = 0.95) 
     Raises:
         InputError: for empty, non-1-D or non-finite scores; ConfigError: for ``tpr`` outside (0, 1] (both are
             ``ValueError``).
+
+    Example:
+        >>> m = ood_metrics([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6])  # IND scores, then OOD scores
+        >>> round(m["auroc"], 4), round(m["fpr95"], 4)
+        (0.9167, 0.3333)
     """
     return score_groups(id_scores, ood_scores).metrics(tpr)
 

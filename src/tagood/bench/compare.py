@@ -43,7 +43,17 @@ class ComparisonResult:
 
     Metrics are those of the results table (``auroc``, ``fpr95``, ``fpr95_ood_pos``, ``aupr_in``, ``aupr_out``), in
     percent; a positive AUROC difference means ``a`` separates IND from OOD better, a positive FPR95 difference that
-    ``a`` accepts more OOD images (worse)."""
+    ``a`` accepts more OOD images (worse). Returned by :func:`compare`.
+
+    Attributes:
+        a: the first method's spec.
+        b: the spec of the method it is compared with.
+        n_boot: the number of bootstrap replicates.
+        level: the confidence level of the intervals.
+        seed: the seed of the resampling.
+        ind_split: the name of the IND test split.
+        sets: ``{ood_set or "average": {metric: Difference}}``.
+    """
 
     a: str
     b: str
@@ -54,7 +64,11 @@ class ComparisonResult:
     sets: dict[str, dict[str, Difference]]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document ``tagood metrics --compare`` writes as ``comparison.json``."""
+        """The JSON document ``tagood metrics --compare`` writes as ``comparison.json``.
+
+        Returns:
+            A dict of plain values: the attributes, with each :class:`Difference` as a dict of its fields.
+        """
         return {"a": self.a, "b": self.b, "n_boot": self.n_boot, "level": self.level, "seed": self.seed,
                 "ind_split": self.ind_split,
                 "sets": {k: {m: asdict(d) for m, d in by.items()} for k, by in self.sets.items()}}

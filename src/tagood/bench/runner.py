@@ -22,8 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shlex
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -402,10 +406,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _command() -> str:
+    """The command line of this run, as a user would type it (``tagood demo ...`` under the ``tagood`` command)."""
+    argv = list(sys.argv)
+    if argv and (Path(argv[0]).name == "tagood" or argv[0].endswith(("tagood/__main__.py", "tagood/cli/main.py"))):
+        argv[0] = "tagood"
+    return shlex.join(argv)
+
+
+def _source_commit() -> str | None:
+    """The git commit of the tagood source that ran (``+dirty`` with uncommitted changes), or None outside a git
+    checkout (an installed wheel)."""
+    src = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
 def _meta(state: RunState) -> dict[str, Any]:
     bb = state.backbone
     return {
         "benchmark": state.config.name,
+        # where the numbers come from: the docs' tables name them
+        "command": _command(),
+        "commit": _source_commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": state.config.to_json(),
         "versions": _versions(),
         "backbone": {"id": bb.id, "weights_hash": bb.weights_hash, "transform": bb.transform_id},

@@ -118,7 +118,13 @@ def _set_stream_ratio(cfg: Any, ratio: float | None) -> None:
 
 def _set_options(cfg: Any, stream_above_gb: float | None, stream_ratio: float | None) -> None:
     if stream_above_gb is not None:
-        cfg.options.stream_above_gb = stream_above_gb
+        from pydantic import ValidationError
+
+        try:
+            cfg.options.stream_above_gb = stream_above_gb
+        except ValidationError as e:
+            msg = e.errors()[0].get("msg", "invalid value") if e.errors() else "invalid value"
+            raise ConfigError(f"--stream-above-gb {stream_above_gb}: {msg}") from None
     _set_stream_ratio(cfg, stream_ratio)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from tagood.core.images import ImageStream
 from tagood.core.types import INPUT_FIELDS, TagAttention, TokenSet
+from tagood.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,36 @@ class FeatureSet:
     ``chunks()`` yields ``(start, FeatureSet)`` for consecutive sample ranges holding them. Read it
     with :meth:`iter_chunks`, which adds the held fields to each chunk; a split that is not
     streamed is one chunk.
+
+    Attributes:
+        labels: ``(N,)`` int64 IND class ids ``0..C-1``; -1 = unknown / OOD.
+        logits: ``(N, C)`` logits. From an image extraction they are the backbone's own (ImageNet's 1000
+            classes); ``tagood bench`` scores logit-based detectors on an IND linear head's
+            (:func:`tagood.detectors.head.with_head_logits`).
+        features: ``(N, D)`` pooled penultimate features.
+        tokens: the spatial token sets, a ragged :class:`~tagood.core.types.TokenSet` (sample ``i`` has
+            ``n_i`` tokens of dimension ``Dt``).
+        tag_probs: ``(N, T)`` tagger probabilities over its tag vocabulary.
+        tag_attention: the attention maps of each sample's top-k tags over its tokens, a
+            :class:`~tagood.core.types.TagAttention`.
+        block_norms: ``(N, B)`` per-block feature norms (FeatureNorm).
+        images: the preprocessed images, a :class:`~tagood.core.images.ImageStream` (ODIN and KR-NFT read them).
+        image_embeds: ``(N, E)`` dual-encoder (CLIP) image embeddings.
+        patch_embeds: dual-encoder patch embeddings, a TokenSet.
+        paths: one identifier per sample (its image's path, for a split extracted from images).
+        name: the split's name, used in messages and logs.
+        extra: other per-sample arrays by name (cache fields FeatureSet does not know).
+        chunks: for a streamed split, a callable yielding ``(start, FeatureSet)`` chunks holding the
+            streamed fields; ``None`` otherwise.
+        streamed: the names of the fields that ``chunks`` yields instead of this object holding them.
+
+    Example:
+        >>> import numpy as np
+        >>> fs = FeatureSet(features=np.zeros((4, 3)), labels=np.array([0, 1, 0, 1]), name="toy")
+        >>> len(fs), fs.has("features"), fs.has("logits")
+        (4, True, False)
+        >>> fs.subset(np.array([1, 3])).labels
+        array([1, 1])
     """
 
     labels: np.ndarray | None = None  # (N,) int64, -1 = unknown / OOD
@@ -100,7 +131,20 @@ class FeatureSet:
     def from_chunks(cls, parts: Sequence[FeatureSet], name: str = "", hold: Collection[str] = ("labels", "paths")) -> FeatureSet:
         """A streamed FeatureSet over in-memory ``parts`` (consecutive samples, each with the same fields):
         the fields named in ``hold`` are concatenated and held, the others stay in the parts and come
-        back chunk by chunk. Scores and results equal those of the concatenated split."""
+        back chunk by chunk. Scores and results equal those of the concatenated split.
+
+        Args:
+            parts: the chunks, in sample order, each with the same fields.
+            name: the split's name (default: the first part's).
+            hold: the fields to concatenate and hold; at least one of them must be in the parts (so the split
+                knows its length).
+
+        Returns:
+            The FeatureSet; streamed over ``parts`` unless every field is held.
+
+        Raises:
+            ValueError: ``parts`` is empty, or none of the ``hold`` fields is in the parts.
+        """
         if not parts:
             raise ValueError("FeatureSet.from_chunks needs at least one part")
         names = [f.name for f in fields(cls) if f.name not in _META and getattr(parts[0], f.name) is not None]
@@ -131,22 +175,56 @@ class FeatureSet:
         return 0
 
     def has(self, name: str) -> bool:
+        """Whether this split has the field ``name``: held, streamed, or an ``extra`` entry.
+
+        Args:
+            name: a field name (``"features"``, ``"logits"``, ...) or an ``extra`` key.
+
+        Returns:
+            True when the split has it.
+        """
         return getattr(self, name, None) is not None or name in self.extra or name in self.streamed
 
     def require(self, names: Iterable[str], who: str) -> None:
-        """Raise a clear error if any of ``names`` is missing."""
+        """Check that the split has every field of ``names`` (:meth:`has`).
+
+        Args:
+            names: the fields needed.
+            who: who needs them, for the message (e.g. a detector's name).
+
+        Raises:
+            InputError: a field is missing; the message names the missing fields, those the split has, and how to
+                give them.
+        """
         missing = [n for n in names if not self.has(n)]
         if missing:
-            raise ValueError(
+            example = ", ".join(f"{n}=..." for n in sorted(missing))
+            raise InputError(
                 f"{who} needs inputs {sorted(missing)} but the feature set '{self.name}' only has "
-                f"{sorted(n for n in INPUT_FIELDS if self.has(n))}; extract them with a backbone that provides them"
+                f"{sorted(n for n in INPUT_FIELDS if self.has(n))}: pass tagood.FeatureSet({example}) with your own "
+                f"arrays, or extract them from images with tagood.extract_features(...) and a backbone that gives them"
             )
 
     def with_(self, **kw: Any) -> FeatureSet:
+        """A copy with some attributes replaced (:func:`dataclasses.replace`); the others are shared, not copied.
+
+        Args:
+            **kw: attribute name -> new value, e.g. ``logits=head(fs.features)``.
+
+        Returns:
+            The new FeatureSet.
+        """
         return replace(self, **kw)
 
     def is_streamed(self, names: Iterable[str] | None = None) -> bool:
-        """True if any of ``names`` (default: any field) is streamed rather than held."""
+        """Whether any of the fields ``names`` is streamed rather than held.
+
+        Args:
+            names: the fields to ask about (default: any field).
+
+        Returns:
+            True when one of them is streamed.
+        """
         if self.chunks is None or not self.streamed:
             return False
         return True if names is None else bool(self.streamed & set(names))
@@ -160,7 +238,18 @@ class FeatureSet:
     def iter_chunks(self, needs: Iterable[str] | None = None) -> Iterator[FeatureSet]:
         """Consecutive in-memory chunks of this split in sample order, each holding every field (the
         streamed ones from their source, the held ones sliced). A split that is not streamed -- or
-        whose fields ``needs`` are all held -- is one chunk (then without its streamed fields)."""
+        whose fields ``needs`` are all held -- is one chunk (then without its streamed fields).
+
+        Args:
+            needs: the fields the caller reads (default: all); when all of them are held, the split is
+                one chunk and nothing is streamed.
+
+        Yields:
+            FeatureSets of consecutive samples, not streamed, together covering the split.
+
+        Raises:
+            RuntimeError: the streamed source yields chunks out of order or not covering the split.
+        """
         if not self.is_streamed(needs):
             yield self.with_(chunks=None, streamed=frozenset()) if self.is_streamed() else self
             return
@@ -183,7 +272,16 @@ class FeatureSet:
     def derive(self, name: str, fn: Callable[[FeatureSet], Any], needs: Iterable[str]) -> FeatureSet:
         """Set field ``name`` to ``fn(chunk)`` from the fields ``needs`` (e.g. patch embeddings from the
         tokens): computed once when they are held, chunk by chunk on each pass when one is streamed
-        (:meth:`derive_streamed`). In place; returns ``self``."""
+        (:meth:`derive_streamed`). In place.
+
+        Args:
+            name: the field to set.
+            fn: computes the field's value of a FeatureSet (the whole split, or one chunk) from its ``needs``.
+            needs: the fields ``fn`` reads.
+
+        Returns:
+            ``self``.
+        """
         if self.is_streamed(needs):
             return self.derive_streamed(name, fn)
         setattr(self, name, fn(self))
@@ -192,7 +290,18 @@ class FeatureSet:
     def derive_streamed(self, name: str, fn: Callable[[FeatureSet], Any]) -> FeatureSet:
         """Add field ``name`` computed chunk by chunk from a streamed split, ``fn(chunk)`` (e.g. patch
         embeddings from the streamed tokens): it becomes a streamed field itself, computed again on each
-        pass, never held for the whole split. In place; returns ``self``."""
+        pass, never held for the whole split. In place.
+
+        Args:
+            name: the field to add.
+            fn: computes the field's value of one chunk (a chunk holds the streamed fields only).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: the split is not streamed (then set the field directly).
+        """
         if not self.is_streamed() or self.chunks is None:
             raise ValueError(f"feature set '{self.name}' is not streamed; set '{name}' directly")
         base = self.chunks
@@ -206,10 +315,20 @@ class FeatureSet:
         return self
 
     def subset(self, idx: np.ndarray, lazy: bool = False) -> FeatureSet:
-        """Samples ``idx`` (sorted, unique). By default an in-memory FeatureSet: streamed fields are
-        gathered chunk by chunk, so only the selected rows are ever loaded. ``lazy=True`` keeps a
-        streamed split streamed: its chunks yield the selected rows of each source chunk (for a large
-        selection, e.g. all but a held-out part)."""
+        """The samples ``idx`` of this split.
+
+        Args:
+            idx: sample indices, sorted, unique and in ``[0, len(self))``.
+            lazy: for a streamed split, keep the result streamed: its chunks yield the selected rows of each
+                source chunk (for a large selection, e.g. all but a held-out part). By default the streamed
+                fields are gathered chunk by chunk into memory, so only the selected rows are ever loaded.
+
+        Returns:
+            A new FeatureSet of ``len(idx)`` samples (``extra`` entries subset too).
+
+        Raises:
+            ValueError: ``idx`` is not sorted, not unique or out of range.
+        """
         idx = np.asarray(idx, dtype=np.int64)
         n = len(self)
         if len(idx) and (np.any(np.diff(idx) <= 0) or idx[0] < 0 or idx[-1] >= n):
@@ -234,8 +353,16 @@ class FeatureSet:
         return out if lazy else out.load_streamed(cast=False)
 
     def load_streamed(self, names: Iterable[str] | None = None, cast: bool = True) -> FeatureSet:
-        """This split with the streamed fields ``names`` (default: all) concatenated into memory; token
-        values as float32 unless ``cast=False`` (then in their stored dtype, e.g. fp16 from the cache)."""
+        """This split with streamed fields concatenated into memory.
+
+        Args:
+            names: the streamed fields to load (default: all); names that are not streamed are ignored.
+            cast: token values as float32; ``False`` keeps their stored dtype (e.g. fp16 from the cache).
+
+        Returns:
+            A new FeatureSet holding those fields (still streamed in the others), or ``self`` when there is
+            nothing to load.
+        """
         want = set(self.streamed) if names is None else set(names) & self.streamed
         if not want or self.chunks is None:
             return self

@@ -114,8 +114,17 @@ class Detector(ABC):
                                 f"them as __init__(self, **options), reading self.options")
 
     def __init__(self, **options: Any) -> None:
-        """Validate ``options`` through ``Options`` (:class:`tagood.detectors.options.OptionError` naming the option
-        and its range) and keep them as ``self.options``; ``self.hparams`` is their plain dict."""
+        """Validate ``options`` through ``Options`` and keep them as ``self.options``; ``self.hparams`` is their
+        plain dict. Users create detectors with :func:`create` (``create("knn[k=10]")``).
+
+        Args:
+            **options: the detector's options, the fields of its ``Options`` model (:func:`tagood.describe` lists
+                them); options not given take their defaults.
+
+        Raises:
+            tagood.detectors.options.OptionError: an option is unknown (with a "did you mean"), of the wrong type or
+                out of range; the message names the option, its default and its range.
+        """
         self.options = validate_options(type(self), options)
         self.hparams: dict[str, Any] = self.options.model_dump()
         self.fitted = False
@@ -123,14 +132,40 @@ class Detector(ABC):
 
     # -- public API -----------------------------------------------------------------------
     def fit(self, train: FeatureSet | np.ndarray, context: Context | None = None) -> Detector:
-        """Fit on IND training data and take what the detector needs from ``context``. Returns ``self``.
+        """Fit on IND training data and take what the detector needs from ``context``.
+
+        A training-free detector (``requires_fit = False``: MSP, Energy, MaxLogit, ...) learns nothing here and
+        scores without ``fit``; fitting it only checks the inputs and takes the context.
 
         Args:
-            train: IND training samples with the fields ``fit_requires`` names (a bare array is taken as the single
-                array input, e.g. features).
+            train: IND training samples with the fields ``fit_requires`` names (default: ``requires``); a bare array
+                is taken as the detector's single array input (features for KNN, logits for Energy). Labels
+                (``FeatureSet(labels=...)``, IND class ids ``0..C-1``) for the detectors that use them.
             context: side information (``context_requires``): the IND head, a model, pseudo-OOD data, a device.
+                Default: an empty :class:`tagood.Context`.
+
         Returns:
-            ``self``, fitted.
+            ``self``, fitted (so ``det = tagood.create("knn").fit(train)`` works).
+
+        Raises:
+            tagood.errors.InputError: ``train`` lacks a field the detector needs; the message says what to pass.
+            ContextError: a context entry the detector needs is missing (a :class:`tagood.errors.ConfigError`); the
+                message says how to build it, e.g. ``tagood.Context(head=tagood.fit_head(train))``.
+            tagood.detectors.options.OptionError: the options cannot work on this training split (KNN's ``k``
+                above the number of training samples), see :meth:`check_data`.
+
+        Example:
+            >>> import numpy as np
+            >>> import tagood
+            >>> rng = np.random.default_rng(0)
+            >>> train = tagood.FeatureSet(features=rng.normal(size=(100, 8)))
+            >>> det = tagood.create("knn[k=5]").fit(train)
+            >>> det.fitted
+            True
+            >>> tagood.create("knn[k=500]").fit(train)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            tagood.detectors.options.OptionError: ...
         """
         context = context or Context()
         train = self._coerce(train)
@@ -154,19 +189,51 @@ class Detector(ABC):
 
     def attach(self, context: Context) -> Detector:
         """Give a detector what is not part of its state -- ODIN's torch model, the device KNN searches on -- e.g.
-        after :func:`load`. Returns ``self``."""
+        after :func:`load` (which calls it when given a context). Changes no fitted state.
+
+        Args:
+            context: the side information to take (the entries the detector keeps for scoring, such as
+                ``model`` and ``device``; the others are ignored).
+
+        Returns:
+            ``self``.
+        """
         self._attach(context)
         return self
 
     def score(self, data: FeatureSet | np.ndarray) -> np.ndarray:
         """OOD scores of ``data``: **higher = more OOD**.
 
+        Scores are per sample: a sample's score does not depend on the others in ``data`` (test-time detectors
+        score streams with :meth:`score_stream`).
+
         Args:
             data: samples with the fields ``requires`` names; a bare array is this detector's single array input
                 (logits for MSP / Energy, features for KNN, ...). A streamed split is scored chunk by chunk
                 (:meth:`tagood.core.featureset.FeatureSet.iter_chunks`).
+
         Returns:
-            float64 array of shape ``(N,)``.
+            float64 array of shape ``(N,)``, one score per sample, higher = more OOD.
+
+        Raises:
+            NotFittedError: the detector learns from IND training data and was not fitted (nor loaded); a
+                :class:`tagood.errors.ConfigError`.
+            tagood.errors.InputError: ``data`` lacks a field the detector needs, or is a bare array for a detector
+                with several inputs.
+
+        Example:
+            >>> import numpy as np
+            >>> import tagood
+            >>> logits = np.array([[9.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # confident, then uncertain
+            >>> tagood.create("energy").score(logits).round(3)  # training-free: -logsumexp(logits)
+            array([-9.   , -2.099])
+            >>> rng = np.random.default_rng(0)
+            >>> centre = rng.normal(size=8)  # the IND features point around one direction
+            >>> train = tagood.FeatureSet(features=centre + 0.3 * rng.normal(size=(200, 8)))
+            >>> det = tagood.create("knn[k=5]").fit(train)
+            >>> s = det.score(np.stack([centre, -centre]))  # KNN compares directions (L2-normalised features)
+            >>> bool(s[1] > s[0])  # the opposite direction is far from every training feature: more OOD
+            True
         """
         if self.requires_fit and not self.fitted:
             raise NotFittedError(self._not_fitted_text())
@@ -180,25 +247,57 @@ class Detector(ABC):
         return s
 
     def score_stream(self, batches: Iterable[FeatureSet]) -> np.ndarray:
-        """OOD scores of a stream of batches, concatenated in stream order, float64: **higher = more OOD**.
+        """OOD scores of a stream of batches, concatenated in stream order: **higher = more OOD**.
 
         Static detectors (the default): each batch scored by :meth:`score`, independent of the others.
         Test-time detectors override this: their state (e.g. AdaNeg's feature memory) starts empty at each
         call and carries from one batch to the next.
+
+        Args:
+            batches: the batches in stream order, each a FeatureSet with the fields ``requires`` names.
+
+        Returns:
+            float64 array of shape ``(N,)``, ``N`` the total number of samples (empty for an empty stream).
+
+        Raises:
+            NotFittedError: as :meth:`score`.
+            tagood.errors.InputError: as :meth:`score`.
         """
         parts = [self.score(b) for b in batches]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
     def check_data(self, n_train: int, n_classes: int | None = None) -> None:
-        """Raise :class:`tagood.detectors.options.OptionError` when the options cannot work on an IND training split
-        of ``n_train`` samples in ``n_classes`` classes (KNN: ``k`` above the training count). Called by ``fit``,
-        and by ``tagood bench`` / ``tagood fit`` before any extraction. Default: every size works."""
+        """Check that the options can work on an IND training split of this size, before any work is done.
+
+        Called by :meth:`fit`, and by ``tagood bench`` / ``tagood fit`` before any extraction. Default: every
+        size works; a subclass with a size-bound option overrides it (KNN: ``k`` at most the training count).
+
+        Args:
+            n_train: the number of IND training samples.
+            n_classes: the number of IND classes among their labels (``None``: the split has no labels).
+
+        Raises:
+            tagood.detectors.options.OptionError: the options cannot work on that split; the message names the
+                option and the largest value that works.
+        """
         return None
 
     def save(self, directory: str | Path) -> Path:
         """Write the detector to ``directory``: ``config.json`` (format version, detector, spec, options, fitted
         scalars) and ``weights.safetensors`` (every fitted array, in its dtype). :func:`load` reads it back and
-        scores bit-identically. Returns the directory."""
+        scores bit-identically.
+
+        Args:
+            directory: the folder to write (created if needed).
+
+        Returns:
+            The directory written.
+
+        Raises:
+            tagood.errors.ConfigError: the detector cannot be saved (test-time detectors: their state depends on
+                the stream they scored); the message says why.
+            NotFittedError: the detector learns from IND training data and was not fitted.
+        """
         if not self.saveable:
             raise ConfigError(f"'{self.name}' cannot be saved: {self.not_saveable_reason}")
         if self.requires_fit and not self.fitted:

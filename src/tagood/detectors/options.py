@@ -199,8 +199,22 @@ def describe_options(model: type[BaseModel]) -> list[OptionInfo]:
 
 
 def describe(name_or_class: str | type) -> list[OptionInfo]:
-    """Every option of a detector (a registered name or a class), with its type, default, range and description:
-    what ``tagood methods`` lists. A detector without options gives ``[]``."""
+    """Every option of a detector, with its type, default, range and description: what ``tagood methods`` lists.
+
+    Args:
+        name_or_class: a registered detector name (:func:`tagood.available`) or a detector class.
+
+    Returns:
+        One :class:`OptionInfo` per option, in declaration order (``[]`` for a detector without options).
+
+    Raises:
+        tagood.detectors.registry.UnknownDetectorError: no detector is registered under that name (a
+            :class:`tagood.errors.ConfigError`).
+
+    Example:
+        >>> [(o.name, o.default_text, o.constraint) for o in describe("knn")]
+        [('k', '50', '>= 1'), ('alpha', '1.0', 'in (0, 1]')]
+    """
     from tagood.detectors.registry import get_class
 
     cls = get_class(name_or_class) if isinstance(name_or_class, str) else name_or_class

@@ -88,9 +88,30 @@ def extract_features(images: str | Path | Sequence[str | Path] | ImageSource,
         tagood.errors.InputError: the folder does not exist, holds no images, or every image fails to decode.
 
     Example:
-        >>> import tagood  # doctest: +SKIP
-        >>> train = tagood.extract_features("my_images/train")  # doctest: +SKIP
-        >>> det = tagood.create("knn[k=10]").fit(train)  # doctest: +SKIP
+        A folder of real photos, one sub-folder per class (crops of scikit-learn's two sample images), through the
+        built-in EfficientNet-Lite0:
+
+        >>> import shutil, tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from sklearn.datasets import load_sample_image
+        >>> import tagood
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> for name in ("china", "flower"):
+        ...     (tmp / "train" / name).mkdir(parents=True)
+        ...     photo = load_sample_image(f"{name}.jpg")
+        ...     for i in range(2):
+        ...         Image.fromarray(photo[150 * i:150 * i + 224, :224]).save(tmp / "train" / name / f"{i}.png")
+        >>> train = tagood.extract_features(tmp / "train", cache=tmp / "cache", progress=False)
+        >>> train.features.shape, train.labels.tolist()  # labels from the sorted class folders
+        ((4, 1280), [0, 0, 1, 1])
+        >>> det = tagood.create("knn[k=1]").fit(train)
+        >>> bool((det.score(train) < 0.01).all())  # each training image is its own nearest neighbour
+        True
+        >>> again = tagood.extract_features(tmp / "train", cache=tmp / "cache", progress=False)  # read from the cache
+        >>> bool((again.features == train.features).all())
+        True
+        >>> shutil.rmtree(tmp)
     """
     src = image_source(images, classes)
     bb = build_backbone({"name": backbone} if isinstance(backbone, str) else backbone, device=device) \

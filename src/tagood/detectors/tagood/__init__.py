@@ -9,6 +9,7 @@ Modules, one concept each:
   cross-validation, the no-tag rule);
 * :mod:`~tagood.detectors.tagood.memo`: vocabularies shared by the detectors fitted with one ``Context``;
 * :mod:`~tagood.detectors.tagood.decompose`: object tokens from tags and attention;
+* :mod:`~tagood.detectors.tagood.inputs`: the FeatureSet fields they read, checked present;
 * :mod:`~tagood.detectors.tagood.projector`, :mod:`~tagood.detectors.tagood.config` (training options, presets),
   :mod:`~tagood.detectors.tagood.train`: the projector and its training with EMA class centres;
 * :mod:`~tagood.detectors.tagood.scores`: scores against class centres;

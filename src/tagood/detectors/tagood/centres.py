@@ -28,6 +28,7 @@ from tagood.core.ragged import TokenSetSink
 from tagood.core.types import TagAttention, TokenSet
 from tagood.detectors.tagood.config import DETECTOR_PRESETS, PRESETS
 from tagood.detectors.tagood.decompose import mean_tokens, select_tokens, token_mask
+from tagood.detectors.tagood.inputs import labels_of, tag_attention_of, tag_probs_of, tokens_of
 from tagood.detectors.tagood.scores import NO_TAG_SCORE, centre_score
 from tagood.detectors.tagood.tagbase import TagDetector
 
@@ -124,15 +125,14 @@ class CentreDetector(TagDetector):
                     ) -> tuple[FeatureSet, np.ndarray]:
         """Training decomposition: predicted IND tags (``pred``) or the class's vocabulary tag (``gt``)."""
         assert self.vocab is not None
-        attn = train.tag_attention
         if self.tags == "pred":
             keep = self.kept_tags(train)
             return train, keep
-        gt = np.array([self.vocab.class_tags[int(y)][0] for y in train.labels])
+        gt = np.array([self.vocab.class_tags[int(y)][0] for y in labels_of(train, self.name)])
         if attend is not None:  # the tagger recomputes the GT tag's attention from the cached tokens
-            maps = attend(train.tokens.pad()[0], gt[:, None])
+            maps = attend(tokens_of(train, self.name).pad()[0], gt[:, None])
             return train.with_(tag_attention=TagAttention(gt[:, None], maps)), np.ones((len(gt), 1), bool)
-        slot = attn.ids == gt[:, None]
+        slot = tag_attention_of(train, self.name).ids == gt[:, None]
         missing = ~slot.any(axis=1)
         if missing.any():
             log.warning("tags=gt: the ground-truth tag is not among the stored tags of %d images and the tagger cannot "
@@ -152,10 +152,11 @@ class CentreDetector(TagDetector):
         with progress_bar(f"{self.name}: decompose IND train", total=len(train), unit="img") as advance:
             for chunk in train.iter_chunks():
                 source, keep = self._train_keep(chunk, context.attend)
-                mask, has = token_mask(source.tag_attention.maps, keep, self.tau)
-                sink.append(select_tokens(chunk.tokens, mask))
+                mask, has = token_mask(tag_attention_of(source, self.name).maps, keep, self.tau)
+                tokens = tokens_of(chunk, self.name)
+                sink.append(select_tokens(tokens, mask))
                 has_parts.append(has)
-                n_pos = max(n_pos, int(chunk.tokens.positions.max()) + 1)
+                n_pos = max(n_pos, int(tokens.positions.max()) + 1)
                 advance(len(has))
         return sink.finish(), np.concatenate(has_parts), n_pos
 
@@ -169,7 +170,7 @@ class CentreDetector(TagDetector):
             obj_tokens, has, n_pos = self._decompose_train(train, context, tmp)
             log.info("TagOOD training decomposition: %.1f tokens/image kept (tau=%s), %d of %d images without a kept "
                      "IND tag use all tokens", float(obj_tokens.lengths.mean()), self.tau, int((~has).sum()), len(has))
-            labels = np.asarray(train.labels)
+            labels = np.asarray(labels_of(train, self.name))
             self.centres = self._fit_centres(obj_tokens, labels, int(labels.max()) + 1, n_pos, context)
             del obj_tokens  # release the memory-maps before the directory goes
 
@@ -184,10 +185,11 @@ class CentreDetector(TagDetector):
         return mean_tokens(tokens)
 
     def _masks(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = tag_attention_of(data, self.name).maps
         if self.test_tokens == "all":
-            n_tokens = int(np.asarray(data.tag_attention.maps).shape[-1])
+            n_tokens = int(np.asarray(maps).shape[-1])
             return np.ones((len(keep), n_tokens), dtype=bool), np.asarray(keep.any(axis=1))
-        return token_mask(data.tag_attention.maps, keep, self.tau)
+        return token_mask(maps, keep, self.tau)
 
     def features(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The test features of one in-memory chunk.
@@ -204,11 +206,12 @@ class CentreDetector(TagDetector):
         assert self.vocab is not None
         keep = self.kept_tags(data)
         mask, has = self._masks(data, keep)
-        tokens = data.tokens if self.test_tokens == "all" else select_tokens(data.tokens, mask)
+        all_tokens = tokens_of(data, self.name)
+        tokens = all_tokens if self.test_tokens == "all" else select_tokens(all_tokens, mask)
         feats = self._embed(tokens)
         p = self.max_tag_prob(data, keep)
         if not has.all():
-            p[~has] = np.asarray(data.tag_probs, dtype=np.float64)[~has][:, self.vocab.tags].max(axis=1)
+            p[~has] = np.asarray(tag_probs_of(data, self.name), dtype=np.float64)[~has][:, self.vocab.tags].max(axis=1)
         return feats, has, p
 
     def _score(self, data: FeatureSet) -> np.ndarray:

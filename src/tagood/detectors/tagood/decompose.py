@@ -98,7 +98,7 @@ def token_mask(maps: np.ndarray, keep: np.ndarray, tau: float) -> tuple[np.ndarr
     norm = minmax(np.asarray(maps, dtype=np.float64))
     norm = np.where(keep[:, :, None], norm, -np.inf)
     combined = norm.max(axis=1)  # (N,T)
-    has = keep.any(axis=1)
+    has = np.asarray(keep.any(axis=1))  # (N,) bool; np.asarray is a no-op here that types it as an array
     mask = combined > tau if tau > 0 else np.ones(combined.shape, dtype=bool)
     mask[~has] = True
     # never leave an image with no token (e.g. tau >= 1): keep its best token

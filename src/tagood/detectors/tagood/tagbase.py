@@ -23,6 +23,7 @@ from tagood.detectors.base import Detector, NotFittedError
 from tagood.detectors.base import load as load_detector
 from tagood.detectors.options import DetectorOptions, OptionError
 from tagood.detectors.tagood.decompose import TagRule, select_tokens, token_mask
+from tagood.detectors.tagood.inputs import labels_of, tag_attention_of, tag_probs_of, tokens_of
 from tagood.detectors.tagood.memo import BuiltVocabulary, VocabularyMemo, kept_digest
 from tagood.detectors.tagood.selection import choose_no_tag, select_vocabulary
 from tagood.detectors.tagood.vocabulary import (
@@ -144,7 +145,7 @@ class TagDetector(Detector):
     # -- the contract the diagnostics use ----------------------------------------------------------
     def _masks(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask (N,T), has_tag (N,)) of one in-memory chunk, given its kept tag slots."""
-        return token_mask(data.tag_attention.maps, keep, self.tau)
+        return token_mask(tag_attention_of(data, self.name).maps, keep, self.tau)
 
     def token_masks(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
         """After fit: the decomposition of each image exactly as :meth:`score` uses it.
@@ -182,7 +183,7 @@ class TagDetector(Detector):
         out: list[np.ndarray] = []
         for chunk in data.iter_chunks():
             keep = self.kept_tags(chunk)
-            ids = np.asarray(chunk.tag_attention.ids)
+            ids = np.asarray(tag_attention_of(chunk, self.name).ids)
             out.extend(ids[i][keep[i]].astype(np.int64) for i in range(len(ids)))
         return out
 
@@ -193,7 +194,7 @@ class TagDetector(Detector):
     def kept_tags(self, data: FeatureSet) -> np.ndarray:
         """Boolean (N,k): kept IND tags per image of one in-memory chunk (tag rule and vocabulary)."""
         assert self.vocab is not None
-        return self.rule.kept(data.tag_attention, data.tag_probs, allowed=self.vocab.tags)
+        return self.rule.kept(tag_attention_of(data, self.name), tag_probs_of(data, self.name), allowed=self.vocab.tags)
 
     def decompose(self, data: FeatureSet, keep: np.ndarray | None = None) -> tuple[FeatureSet, np.ndarray]:
         """The object tokens of one in-memory chunk.
@@ -205,12 +206,12 @@ class TagDetector(Detector):
             ``(data with its object tokens only, has_tag (N,))``, by the tag rule and ``tau``.
         """
         keep = self.kept_tags(data) if keep is None else keep
-        mask, has = token_mask(data.tag_attention.maps, keep, self.tau)
-        return data.with_(tokens=select_tokens(data.tokens, mask)), has
+        mask, has = token_mask(tag_attention_of(data, self.name).maps, keep, self.tau)
+        return data.with_(tokens=select_tokens(tokens_of(data, self.name), mask)), has
 
     def max_tag_prob(self, data: FeatureSet, keep: np.ndarray) -> np.ndarray:
         """The highest probability among each image's kept tags (0 when it kept none), float64 (N,)."""
-        p = np.take_along_axis(np.asarray(data.tag_probs), data.tag_attention.ids, axis=1)
+        p = np.take_along_axis(np.asarray(tag_probs_of(data, self.name)), tag_attention_of(data, self.name).ids, axis=1)
         return np.where(keep, p, 0.0).max(axis=1)
 
     # -- the vocabulary ----------------------------------------------------------------------------
@@ -218,8 +219,8 @@ class TagDetector(Detector):
         """Tag ids kept by the tag rule on each training image (before any vocabulary), chunk by chunk."""
         kept: list[np.ndarray] = []
         for chunk in train.iter_chunks():
-            attn = chunk.tag_attention
-            keep = self.rule.kept(attn, chunk.tag_probs)
+            attn = tag_attention_of(chunk, self.name)
+            keep = self.rule.kept(attn, tag_probs_of(chunk, self.name))
             kept.extend(np.asarray(attn.ids[i])[keep[i]] for i in range(len(attn)))
         return kept
 
@@ -230,7 +231,7 @@ class TagDetector(Detector):
         (:class:`tagood.detectors.tagood.memo.VocabularyMemo`)."""
         o = self.options
         names = context.tag_names
-        labels = np.asarray(train.labels)
+        labels = np.asarray(labels_of(train, self.name))
         num_classes = int(np.max(labels)) + 1
         kept = self._train_kept(train)
         key = (str(o.vocabulary) if o.vocabulary else None, o.vocab, o.per_class, o.coverage, context.seed,

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
 from tagood.detectors.registry import register
+from tagood.detectors.tagood.inputs import tag_probs_of
 from tagood.detectors.tagood.tagbase import TagDetector
 
 __all__ = ["TagScore", "score"]
@@ -51,4 +52,4 @@ class TagScore(TagDetector):
 
     def _score(self, data: FeatureSet) -> np.ndarray:
         assert self.vocab is not None
-        return score(data.tag_probs, self.vocab.tags)
+        return score(tag_probs_of(data, self.name), self.vocab.tags)

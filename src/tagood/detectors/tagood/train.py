@@ -216,8 +216,9 @@ class CpuParts:
         for k, p in enumerate(params):
             p.grad = None
             for grads, *_ in done:
-                if grads[k] is not None:
-                    p.grad = grads[k] if p.grad is None else p.grad + grads[k]
+                g = grads[k]
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
         feats, logits = torch.cat([d[1] for d in done]), torch.cat([d[2] for d in done])
         return feats, logits, torch.cat([y for _, y in hosts]), torch.stack([d[3] for d in done]).sum()
 
@@ -266,7 +267,8 @@ def train_projector(tokens: TokenSet, labels: np.ndarray, num_classes: int, num_
     n = len(y_all)
     steps_per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
     cuda = dev.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+    # fused AdamW on CUDA; elsewhere None, torch's default (an explicit False would also turn off its foreach default)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if cuda else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.min_lr)
     net: torch.nn.Module = model
     reduce = None
