@@ -12,7 +12,6 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -163,17 +162,9 @@ def test_entry_points_have_an_example(entry: str) -> None:
     assert ">>>" in _own_doc(obj), f"{entry} has no '>>>' example in its docstring"
 
 
-@pytest.mark.parametrize("module", [m.__name__ for m in api_modules()])
-def test_api_module_doctests_run(module: str, tmp_path: Path, tagood_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TAGOOD_CACHE", str(tmp_path / "cache"))
-    res = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                          report=True, verbose=False)
-    assert res.failed == 0, f"{res.failed} of {res.attempted} doctest examples of {module} failed (output above)"
-
-
 def test_api_modules_have_examples() -> None:
-    """The example-bearing API modules are found and their examples collected (the doctest run is not empty)."""
+    """The example-bearing API modules are found and their examples collected; tests/test_docs_blocks.py::test_doctests
+    runs them (with every other module of src/tagood that has examples)."""
     with_examples = {m.__name__ for m in api_modules()
                      if any(t.examples for t in doctest.DocTestFinder().find(m))}
     assert {"tagood", "tagood.detectors.base", "tagood.extract.features", "tagood.metrics",
