@@ -29,9 +29,6 @@ SMALL = {
     "krnft": "krnft[max_candidates=200,n_neg=20,epochs=1,shots=2,n_crops=4,k_in=1,k_out=1]",
     "locoop": "locoop[epochs=1,shots=2]",
 }
-#: the default test run: pooled features, IND-head logits, jigsaw pseudo-OOD and a test-time refusal here (the tagger
-#: and a dual encoder: tests/test_fitscore.py); every method runs with -m slow (about 6 min on 2 cores)
-FAST = {"knn", "energy", "featurenorm", "adaneg"}
 VLM_ONLY = {"mcm", "glmcm", "neglabel", "csp", "krnft", "locoop", "adaneg"}
 METHODS = tagood.available()
 
@@ -44,11 +41,8 @@ def folders(tmp_path_factory, tagood_home) -> dict[str, Path]:
             "cache": root / "cache", "root": root}
 
 
-def _params() -> list:
-    return [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
-
-
-@pytest.mark.parametrize("method", _params())
+#: every registered method, in the default test run (about 70 s on 2 quiet cores, once the ONNX exports are cached)
+@pytest.mark.parametrize("method", METHODS)
 def test_fit_then_score(method: str, folders: dict[str, Path]) -> None:
     cls = tagood.detectors.get_class(method)
     if method in VLM_ONLY:
