@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +106,17 @@ def test_vocabulary_logged_once_per_run_and_written_to_the_run_folder(tmp_path, 
     train = state.splits["train"].features
     alone = detectors.create("tagscore").fit(train.subset(np.arange(len(train))), state.context)
     assert alone.vocab.class_tags == state.fitted["tagscore"].vocab.class_tags
+
+
+def test_console_handler_follows_a_swapped_stderr(capsys) -> None:
+    """A command run in-process by a test runner (which swaps sys.stderr and closes its stand-in) leaves no handler
+    on a closed file: a later record goes to the sys.stderr of that moment, without a 'Logging error'."""
+    from typer.testing import CliRunner
+
+    from tagood.cli import app
+
+    r = CliRunner().invoke(app, ["cache", "ls", "--cache", str(Path(tempfile.mkdtemp()) / "none")])
+    assert r.exit_code == 0, r.output
+    logging.getLogger("tagood.test").warning("a record after the command")
+    err = capsys.readouterr().err
+    assert "a record after the command" in err and "Logging error" not in err

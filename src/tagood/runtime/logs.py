@@ -48,6 +48,23 @@ def _is_tty(stream: IO[str]) -> bool:
         return False
 
 
+class _CurrentStderrHandler(logging.StreamHandler[IO[str]]):
+    """A plain handler writing to whatever ``sys.stderr`` is when a record is emitted, not the stream of the moment
+    it was made: a caller that swaps ``sys.stderr`` for a while and closes its stand-in (a test runner invoking the
+    command in-process) leaves no handler pointing at a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:  # StreamHandler.__init__ / setStream assign it: always sys.stderr
+        pass
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False, stream: IO[str] | None = None) -> logging.Handler:
     """Configure the root logger for a command: a rich handler on a terminal, a plain one otherwise.
 
@@ -56,6 +73,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False, stream: IO[str] | 
     from tagood.runtime import progress
 
     level = console_level(quiet, verbose)
+    follow_stderr = stream is None
     stream = sys.stderr if stream is None else stream
     handler: logging.Handler
     if _is_tty(stream):
@@ -65,7 +83,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False, stream: IO[str] | 
         handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(stream)
+        handler = _CurrentStderrHandler() if follow_stderr else logging.StreamHandler(stream)
         handler.setFormatter(plain_formatter())
     handler.setLevel(level)
     root = logging.getLogger()
