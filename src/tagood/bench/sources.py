@@ -13,6 +13,7 @@ Types: ``folder``, ``list``, ``fashion_mnist``, ``mnist5k``, ``digits``, ``fashi
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -60,8 +61,9 @@ class SplitSpec(_Strict):
     n: PosInt | None = Field(None, description="seeded subsample of this many images of the split")
     ood_labels: bool = Field(False, description="mark every sample unlabelled (-1), as OOD sets are")
 
-    def _open(self, base_dir: Path, seed: int) -> ImageSource:  # pragma: no cover - every type overrides it
-        raise NotImplementedError
+    @abstractmethod
+    def _open(self, base_dir: Path, seed: int) -> ImageSource:
+        """The images of this split type, before class selection and subsampling (each split type defines it)."""
 
     def source(self, base_dir: str | Path = ".", seed: int = 0, name: str = "") -> ImageSource:
         """The images this split describes, after class selection and subsampling.
