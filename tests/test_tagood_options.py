@@ -13,25 +13,13 @@ from pydantic import ValidationError
 from tagood import detectors
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
-from tagood.core.types import TagAttention, TokenSet
 from tagood.detectors.options import OptionError, describe
 from tagood.detectors.tagood import PRESETS, TagOOD, TrainConfig, TrainOptions, Vocabulary
+from tagood_data import toy_tagged
 
 
 def _toy(n_per: int = 20, seed: int = 0) -> FeatureSet:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(3), n_per)
-    toks = rng.normal(0, 1.0, (len(labels), 9, 16)).astype(np.float32)
-    maps = rng.random((len(labels), 2, 9)).astype(np.float32)
-    ids = np.zeros((len(labels), 2), np.int64)
-    probs = np.full((len(labels), 20), 0.01)
-    for i, k in enumerate(labels):
-        obj = rng.choice(9, 3, replace=False)
-        toks[i, obj, 4 * k: 4 * k + 4] += 4.0
-        maps[i, 0, obj] += 5.0
-        ids[i] = [10 + k, 19]
-        probs[i, 10 + k] = 0.8
-    return FeatureSet(labels=labels, tokens=TokenSet.from_dense(toks), tag_probs=probs, tag_attention=TagAttention(ids, maps))
+    return toy_tagged(n_per, seed)
 
 
 def test_each_detector_lists_the_options_it_uses_with_defaults_and_descriptions():

@@ -12,26 +12,17 @@ import pytest
 from tagood import detectors
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
-from tagood.core.types import TagAttention, TokenSet
 from tagood.detectors.base import NotFittedError
 from tagood.detectors.tagood import TagDetector
 from tagood.errors import CheckpointError
+from tagood_data import scene_features, toy_tagged
 
 SMALL = "epochs=2,dim=32,mlp=64,batch_size=16"
 
 
 @pytest.fixture(scope="module")
 def scenes(backbone, tmp_path_factory):
-    from tagood.backbones.factory import tagger_context
-    from tagood.data.scenes import scene_splits
-    from tagood.extract import extract_split
-
-    parts = scene_splits(n_train_per_class=4, n_test_per_class=2, n_ood=4, seed=0)
-    cache = tmp_path_factory.mktemp("scene-cache")
-    fs = {k: extract_split(parts[k], backbone, cache, split=k, progress=False).to_featureset()
-          for k in ("train", "test", "scene-clutter")}
-    ctx = Context(class_names=parts["train"].class_names, **tagger_context(backbone, cache), seed=0)
-    return fs, ctx
+    return scene_features(backbone, tmp_path_factory)
 
 
 @pytest.mark.parametrize("spec", ["tagscore", "cs[no_tag=ood]", f"ce+cs[{SMALL}]", f"tagood[{SMALL}]",
@@ -66,19 +57,7 @@ def test_round_trip_is_bit_identical_on_real_features(scenes, spec, tmp_path):
 
 
 def _toy(n_per: int = 20, seed: int = 0) -> FeatureSet:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(3), n_per)
-    toks = rng.normal(0, 1.0, (len(labels), 9, 16)).astype(np.float32)
-    maps = rng.random((len(labels), 2, 9)).astype(np.float32)
-    ids = np.zeros((len(labels), 2), np.int64)
-    probs = np.full((len(labels), 20), 0.01)
-    for i, k in enumerate(labels):
-        obj = rng.choice(9, 3, replace=False)
-        toks[i, obj, 4 * k: 4 * k + 4] += 4.0
-        maps[i, 0, obj] += 5.0
-        ids[i] = [10 + k, 19]
-        probs[i, 10 + k] = 0.3 + 0.1 * k
-    return FeatureSet(labels=labels, tokens=TokenSet.from_dense(toks), tag_probs=probs, tag_attention=TagAttention(ids, maps))
+    return toy_tagged(n_per, seed, tag_prob=lambda k: 0.3 + 0.1 * k)
 
 
 def test_per_tag_thresholds_are_state(tmp_path):

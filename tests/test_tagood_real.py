@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 
 from tagood import detectors
-from tagood.core.context import Context
 from tagood.detectors.tagood import NO_TAG_SCORE, VocabularyError, centre_score, mean_tokens, select_tokens
+from tagood_data import scene_features
 
 
 @pytest.fixture(scope="module")
 def scenes(backbone, tmp_path_factory):
-    from tagood.backbones.factory import tagger_context
-    from tagood.data.scenes import scene_splits
-    from tagood.extract import extract_split
-
-    parts = scene_splits(n_train_per_class=4, n_test_per_class=2, n_ood=4, seed=0)
-    cache = tmp_path_factory.mktemp("scene-cache")
-    fs = {k: extract_split(parts[k], backbone, cache, split=k, progress=False).to_featureset()
-          for k in ("train", "test", "scene-clutter")}
-    ctx = Context(class_names=parts["train"].class_names, **tagger_context(backbone, cache), seed=0)
-    return fs, ctx
+    return scene_features(backbone, tmp_path_factory)
 
 
 def test_token_masks_on_real_features_are_what_cs_scores(scenes):
