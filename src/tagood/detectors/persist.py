@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import ValidationError
 
+from tagood._version import __version__
 from tagood.core.validation import NonNegInt, _Strict, format_errors
 from tagood.errors import CheckpointError
 from tagood.runtime.fileio import atomic_write_json, atomic_write_with
@@ -53,13 +53,6 @@ class SavedConfig(_Strict):
     state: dict[str, Any]
     arrays: dict[str, ArrayInfo]
     tagood_version: str
-
-
-def _version() -> str:
-    try:
-        return metadata.version("tagood")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _plain(v: Any) -> Any:
@@ -101,7 +94,7 @@ def write(directory: str | Path, detector: str, spec: str, options: Mapping[str,
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "detector": detector, "spec": spec,
            "options": _plain(dict(options)), "state": _plain(dict(state)),
            "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
-           "tagood_version": _version()}
+           "tagood_version": __version__}
     atomic_write_json(d / CONFIG, cfg)
     return d
 
