@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from tagood.backbones.factory import build_backbone
-from tagood.cache import STREAM_ABOVE_GB, heavy_fields
+from tagood.cache import STREAM_ABOVE_GB, CacheReader, heavy_fields
 from tagood.core.featureset import FeatureSet
 from tagood.core.types import Backbone
 from tagood.data.folder import FilesSource, FolderSource
 from tagood.data.source import ImageSource
 from tagood.extract import extract_split
 
-__all__ = ["extract_features", "image_source"]
+__all__ = ["extract_features", "image_source", "load_split"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,33 @@ def image_source(images: str | Path | Sequence[str | Path] | ImageSource,
     if isinstance(images, (str, Path)):
         return FolderSource(images, classes=classes)
     return FilesSource([Path(p) for p in images])
+
+
+def load_split(source: ImageSource, backbone: Backbone, cache: str | Path | None, split: str,
+               fields: Sequence[str] | None = None, stream_above_gb: float | None = STREAM_ABOVE_GB,
+               batch_size: int = 64, progress: bool = True) -> tuple[CacheReader, FeatureSet]:
+    """Extract ``source`` into the feature cache (resumable; a finished entry is read back) and view it as a split.
+
+    Args:
+        source: the images.
+        backbone: the model that extracts them.
+        cache: the feature cache root (``None``: the default root).
+        split: the split's name in the cache, in logs and on the FeatureSet.
+        fields: what to extract (default: everything the backbone gives).
+        stream_above_gb: the heavy fields (tokens, tag maps) of a split larger than this many GiB stay in the
+            memory-mapped cache and are read shard by shard (``None``: never stream, ``0``: always).
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        The cache entry's reader and the split's FeatureSet.
+    """
+    reader = extract_split(source, backbone, cache, split=split, fields=fields, batch_size=batch_size, progress=progress)
+    names = list(fields) if fields is not None else list(backbone.outputs)
+    stream = heavy_fields(reader, names, stream_above_gb)
+    if stream:
+        log.info("%s: %d images, streaming %s from the cache shard by shard", split, len(reader), stream)
+    return reader, reader.to_featureset(names, name=split, stream=stream)
 
 
 def extract_features(images: str | Path | Sequence[str | Path] | ImageSource,
@@ -116,10 +143,4 @@ def extract_features(images: str | Path | Sequence[str | Path] | ImageSource,
     src = image_source(images, classes)
     bb = build_backbone({"name": backbone} if isinstance(backbone, str) else backbone, device=device) \
         if isinstance(backbone, (str, Mapping)) else backbone
-    name = split or src.name or "split"
-    reader = extract_split(src, bb, cache, split=name, fields=fields, batch_size=batch_size, progress=progress)
-    names = list(fields) if fields is not None else list(bb.outputs)
-    stream = heavy_fields(reader, names, stream_above_gb)
-    if stream:
-        log.info("%s: %d images, streaming %s from the cache shard by shard", name, len(reader), stream)
-    return reader.to_featureset(names, name=name, stream=stream)
+    return load_split(src, bb, cache, split or src.name or "split", fields, stream_above_gb, batch_size, progress)[1]

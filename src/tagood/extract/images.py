@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tagood.cache import CacheReader
 from tagood.core.images import ImageStream
 from tagood.core.types import Backbone
 from tagood.data.source import ImageSource
 
 
-def entry_images(reader: CacheReader, source: ImageSource, backbone: Backbone, workers: int | None = None) -> ImageStream:
+def entry_images(reader: CacheReader, source: ImageSource, backbone: Backbone, workers: int | None = None,
+                 rows: np.ndarray | None = None) -> ImageStream:
     """The preprocessed images of the samples stored in a cache entry, in cache order.
 
     Only samples that decoded at extraction time are included, so the stream aligns with the cached features
@@ -19,8 +22,11 @@ def entry_images(reader: CacheReader, source: ImageSource, backbone: Backbone, w
         source: the entry's source.
         backbone: its ``preprocess`` gives the images the model sees.
         workers: decode threads (``None``: :func:`tagood.runtime.threads.decode_workers`).
+        rows: positions in the entry (its features' rows) to take, in this order (default: every row).
 
     Returns:
-        An :class:`~tagood.core.images.ImageStream` of ``len(reader)`` images.
+        An :class:`~tagood.core.images.ImageStream` of ``len(reader)`` images (``len(rows)`` with ``rows``).
     """
-    return ImageStream(source=source, indices=reader.indices, preprocess=backbone.preprocess, workers=workers)
+    idx = np.asarray(reader.indices)
+    return ImageStream(source=source, indices=idx if rows is None else idx[rows], preprocess=backbone.preprocess,
+                       workers=workers)

@@ -31,6 +31,8 @@ from tagood.cache import STREAM_ABOVE_GB
 from tagood.core.context import Context
 from tagood.data import FilesSource, FolderSource, ImageSource, SubsetSource
 from tagood.errors import CheckpointError, ConfigError, InputError
+from tagood.extract import entry_images
+from tagood.extract.features import load_split
 from tagood.pipeline import inputs as prep
 from tagood.pipeline.detector_dir import (
     HEAD_FILE,
@@ -132,12 +134,13 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood",
         spec, dual_spec = prep.vlm_specs(spec)
     bb = build_backbone(spec, device=device)
     prep.check_outputs(method, need, bb)
-    reader, fs = prep.load_split(src, bb, cache, "fit", stream_above_gb, need.fields)
+    reader, fs = load_split(src, bb, cache, "fit", need.fields, stream_above_gb)
     fit_idx, held_idx = _heldout(len(fs), holdout, seed)
     device = _local_device(device)
     train, test = fs.subset(fit_idx, lazy=True), fs.subset(held_idx, lazy=True)  # a streamed folder stays streamed
     if need.images:  # ODIN: the pixels of the same rows, decoded again when read
-        train.images, test.images = prep.images(reader, src, bb, fit_idx), prep.images(reader, src, bb, held_idx)
+        train.images = entry_images(reader, src, bb, rows=fit_idx)
+        test.images = entry_images(reader, src, bb, rows=held_idx)
     ctx, head = _fit_context(need, src, bb, cache, device, seed, train, lambda: SubsetSource(src, reader.indices[fit_idx]))
     if head is not None:
         from tagood.detectors.head import with_head_logits
@@ -247,9 +250,9 @@ def score_images(detector_dir: str | Path, inputs: list[str | Path], out: str | 
     det = _load(d, bb, head, dual, cache, device, meta)
     need = prep.needs(det)
     src = _files(inputs)
-    reader, fs = prep.load_split(src, bb, cache, "score", stream_above_gb, need.fields)
+    reader, fs = load_split(src, bb, cache, "score", need.fields, stream_above_gb)
     if need.images:
-        fs.images = prep.images(reader, src, bb)
+        fs.images = entry_images(reader, src, bb)
     if head is not None and need.score_logits:
         from tagood.detectors.head import with_head_logits
 

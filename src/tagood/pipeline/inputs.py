@@ -12,12 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tagood.backbones.factory import PATH_KEYS
-from tagood.cache import heavy_fields
 from tagood.core.featureset import FeatureSet
-from tagood.core.images import ImageStream
 from tagood.data import ImageSource
 from tagood.errors import ConfigError
 from tagood.extract import extract_split
@@ -99,25 +95,6 @@ def check_outputs(method: str, need: Needs, bb: Any) -> None:
     if missing:
         raise ConfigError(f"{method} needs {missing}, which the backbone {bb.id} does not extract (it gives "
                           f"{sorted(bb.outputs)}); pick another --backbone for it")
-
-
-def load_split(src: ImageSource, bb: Any, cache: str | Path | None, split: str, stream_above_gb: float | None,
-               fields: tuple[str, ...] | list[str]) -> tuple[Any, FeatureSet]:
-    """Extract ``src`` (resumable, cached) and return (reader, feature set); the heavy fields stay in the
-    memory-mapped cache when the split is larger than ``stream_above_gb``."""
-    fields = list(fields)
-    reader = extract_split(src, bb, cache, split=split, fields=fields)
-    stream = heavy_fields(reader, fields, stream_above_gb)
-    if stream:
-        log.info("%s: %d images, streaming %s from the cache shard by shard", split, len(reader), stream)
-    return reader, reader.to_featureset(fields, name=split, stream=stream)
-
-
-def images(reader: Any, src: ImageSource, bb: Any, rows: np.ndarray | None = None) -> ImageStream:
-    """The preprocessed images of the extracted rows ``rows`` (default: all) of ``src``, aligned with their features
-    and decoded again when read (what ODIN perturbs; :func:`tagood.extract.entry_images`)."""
-    idx = np.asarray(reader.indices)
-    return ImageStream(source=src, indices=idx if rows is None else idx[rows], preprocess=bb.preprocess)
 
 
 def pseudo_ood(fit_src: ImageSource, bb: Any, cache: str | Path | None, fields: tuple[str, ...], seed: int) -> FeatureSet:
