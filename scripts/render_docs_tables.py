@@ -15,6 +15,12 @@ Kinds of block (paths are relative to the repository root, options are ``key=val
   beside it).
 * ``<!-- compare: PATH a=METHOD b=METHOD [n_boot=1000] [seed=0] -->``: the paired bootstrap of method ``a`` minus
   method ``b`` (:func:`tagood.bench.compare.compare`) on the per-sample scores file ``PATH`` (``scores.npz``).
+* ``<!-- ladder: PATH -->``: the decomposition ladder table of a ``ladder.json`` written by ``tagood demo --ladder``
+  (:func:`tagood.bench.ladder.ladder_markdown`), under a line naming the file and the localisation it chose.
+* ``<!-- sizes: PATH -->``: the install-size measurement ``PATH`` written by ``scripts/measure_install_sizes.py``
+  (each install step's packages, size and share of the whole install).
+* ``<!-- testing: PATH -->``: the score table of the mutation gate's ``--json`` file (``benchmarks/mutation.py``),
+  or the measured times of a ``test-times.json`` (``times``: what, command, minutes).
 * ``<!-- options: NAME -->``: the options of detector ``NAME`` from its one declaration
   (:func:`tagood.detectors.options.describe`).
 * ``<!-- methods: all|classic|tagood|vlm -->``: the registered detectors of a family with their paper, the inputs
@@ -51,7 +57,7 @@ DOCS = ROOT / "docs"
 
 log = logging.getLogger("render_docs_tables")
 
-KINDS = ("results", "compare", "options", "methods", "fields")
+KINDS = ("results", "compare", "options", "methods", "fields", "sizes", "ladder", "testing")
 #: one generated block: the opening comment (kind and arguments), the body, the closing comment
 BLOCK = re.compile(r"(?P<open><!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<args>[^\n]*?) -->\n)"
                    r"(?P<body>.*?)(?P<close><!-- end (?P=kind) -->)", re.S)
@@ -255,6 +261,33 @@ def render_compare(args: str, page: Path, where: str) -> str:
         lines.append(f"| {name} | {au.a:.2f} | {au.b:.2f} | {au.diff:+.2f} [{au.low:+.2f}, {au.high:+.2f}] | "
                      f"{p_text(au.p)} | {fp.diff:+.2f} [{fp.low:+.2f}, {fp.high:+.2f}] | {p_text(fp.p)} |")
     return "\n".join(lines) + "\n"
+
+
+def render_ladder(args: str, page: Path, where: str) -> str:
+    """The body of a ``ladder`` block: ``PATH`` (a ``ladder.json``).
+
+    Args:
+        args: the comment's arguments.
+        page: the Markdown file the block is in.
+        where: ``file:line``, for errors.
+
+    Returns:
+        A line naming the file, backbone and chosen localisation, then the ladder table.
+    """
+    from tagood.bench.ladder import ladder_markdown
+
+    pos, _kw = _parse_args(args, where)
+    path = ROOT / pos[0]
+    if not path.is_file():
+        raise RenderError(f"{where}: no ladder file {pos[0]}")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    meta = doc.get("meta") or {}
+    loc = meta.get("localisation") or {}
+    line = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `tagood demo --ladder --backbone "
+            f"{meta.get('backbone', '?')}`, seed {meta.get('seed', 0)}; reference: `{doc['reference']}` (the best "
+            f"image-level method by average AUROC); localisation chosen on held-out IND training images: tag_maps="
+            f"{loc.get('tag_maps', '?')}, tau={loc.get('tau', '?')}. Oracle rungs read ground truth at test time.*\n\n")
+    return line + ladder_markdown(doc)
 
 
 # -- detectors -----------------------------------------------------------------------------------------------
@@ -465,9 +498,48 @@ def render_fields(args: str, page: Path, where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_sizes(args: str, page: Path, where: str) -> str:
+    """The body of a ``sizes`` block: the steps of ``scripts/measure_install_sizes.py``'s JSON file ``PATH``."""
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    if not path.is_file():
+        raise RenderError(f"{where}: no install-size file {pos[0]} (python scripts/measure_install_sizes.py writes it)")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    total = sum(float(r["mb"]) for r in doc["rows"])
+    lines = [f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc['command']}`, tagood {doc['tagood']}, "
+             f"{doc['date']}, {doc['environment']}; {doc['unit']}.*", "",
+             "| step | packages it adds | MB | share of the install |", "|---|---|---:|---:|"]
+    lines += [f"| {_cell(r['what'])} | {_cell(', '.join(r['packages']))} | {float(r['mb']):.0f} | "
+              f"{100 * float(r['mb']) / total:.0f}% |" for r in doc["rows"]]
+    lines.append(f"| **all** | | **{total:.0f}** | 100% |")
+    return "\n".join(lines) + "\n"
+
+
+def render_testing(args: str, page: Path, where: str) -> str:
+    """The body of a ``testing`` block: the mutation gate's scores, or the measured times of the test runs."""
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    if not path.is_file():
+        raise RenderError(f"{where}: no file {pos[0]} (benchmarks/mutation.py --json writes the mutation table)")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    head = f"*Rendered from [`{_rel(path)}`]({_link(path, page)})"
+    if "times" in doc:
+        lines = [f"{head}: {doc['machine']}, {doc['date']}.*", "", "| run | command | minutes |", "|---|---|---:|"]
+        return "\n".join(lines + [f"| {_cell(r['what'])} | `{_cell(r['command'])}` | {float(r['minutes']):.0f} |"
+                                  for r in doc["times"]]) + "\n"
+    runs = "; ".join(f"`{r['command']}` (commit {r['commit']}, {r['date']}: {r['minutes']:.0f} minutes, "
+                     f"{r['max_children']} mutants at a time)" for r in doc["runs"])
+    lines = [f"{head}, {doc['tool']}: {runs}.*", "",
+             "| module | mutants | reviewed equivalent | killed | survived | score |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| `{r['module']}` | {r['mutants']} | {r['equivalent']} | {r['killed']} | {r['survived']} | "
+              f"{float(r['score']):.1f}% |" for r in doc["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[str, Path, str], str]] = {
+    "ladder": render_ladder,
     "results": render_results, "compare": render_compare, "options": render_options, "methods": render_methods,
-    "fields": render_fields}
+    "fields": render_fields, "sizes": render_sizes, "testing": render_testing}
 
 
 # -- the files ------------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ def _run(args: list[str]):
 
 
 def _no_traceback(r) -> None:
+    """No traceback, and no "unexpected error" (a bug's message): every case here is a user's error or a result."""
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert "unexpected error" not in r.output, r.output
 
 
 @pytest.fixture(scope="module")
@@ -297,4 +299,65 @@ def test_vocabulary_file_contents_are_not_echoed(imgs, tmp_path):
               "--cache", tmp_path / "c"])
     assert r.exit_code == 2 and str(passwd) in r.output and "no column 'class'" in r.output, r.output
     assert ":x:" not in r.output and passwd.read_text().splitlines()[0] not in r.output
+    _no_traceback(r)
+
+
+# -- issue 23: every reproduction exits 2 with one line naming the file or option, never "unexpected error" --------
+def _case_files(root: Path) -> None:
+    """The files the reproductions below read: an empty file, a pickle named model.safetensors, a 1-class folder, ..."""
+    (root / "empty.bin").write_bytes(b"")
+    (root / "tags.txt").write_text("cat\ndog\n")
+    for name, content in (("clip-pickle", pickle.dumps({"weights": [1.0, 2.0]})), ("clip-empty", b"")):
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps({"model_type": "clip"}))
+        (root / name / "model.safetensors").write_bytes(content)
+
+
+#: (argv with {imgs} / {tmp} / {det} / {one} / {cache} placeholders, text the one-line message must hold)
+CLI_CASES = [
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "ram"], "the ram backbone needs its weights: give --checkpoint"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "clip"], "the clip backbone needs its weights: give --clip"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "banana"], "unknown backbone 'banana' (--backbone)"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "clip", "--clip", "{tmp}/clip-pickle"],
+     "clip-pickle (model.safetensors)"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "clip", "--clip", "{tmp}/clip-empty"],
+     "is damaged, empty or not a safetensors file"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--backbone", "ram", "--checkpoint", "{tmp}/empty.bin", "--tags",
+      "{tmp}/tags.txt"], "empty.bin (it is empty)"),
+    (["extract", "{imgs}", "--cache", "{cache}", "--fields", "bogus"], "fields 'bogus' (--fields)"),
+    (["demo", "--quick", "--out", "{tmp}/o", "--cache", "{cache}", "--methods", "knn[k=5,k=6]"],
+     "option k is given twice in 'knn[k=5,k=6]'"),
+    (["demo", "--quick", "--out", "{tmp}/o", "--cache", "{cache}", "--methods", "msp,msp"],
+     "--methods names msp more than once"),
+    (["fit", "{imgs}", "--out", "{tmp}/d", "--cache", "{cache}", "--methods", "knn[k=3]", "--stream-above-gb", "nan"],
+     "--stream-above-gb nan is not a number"),
+    (["fit", "{one}", "--out", "{tmp}/d", "--cache", "{cache}", "--methods", "msp"], "has one class folder (coat); msp"),
+    (["fit", "{imgs}", "--out", "{tmp}/d", "--cache", "{cache}", "--methods", "knn[k=50]"],
+     "option k=50 exceeds the 11 IND training samples"),
+]
+
+
+@pytest.mark.timeout(600)
+def test_issue_reproductions_exit_2_with_one_clear_line(imgs, tmp_path, tagood_home):
+    _case_files(tmp_path)
+    one = fashion_folder(tmp_path / "one", {"coat": 4}, 6)
+    outputs = []
+    for argv, needle in CLI_CASES:
+        args = [a.format(imgs=imgs, tmp=tmp_path, one=one, cache=tmp_path / "c") for a in argv]
+        r = _run(args)
+        outputs.append(r.output)
+        assert r.exit_code == 2 and needle in r.output, (args, r.output)
+        _no_traceback(r)
+        assert not (tmp_path / "d").exists()  # refused before anything was written
+    assert sum(o.count("unexpected error") for o in outputs) == 0
+
+
+@pytest.mark.parametrize("var,value", [("TAGOOD_THREADS", "0"), ("TAGOOD_THREADS", "abc"), ("OMP_NUM_THREADS", "2.0"),
+                                       ("OMP_NUM_THREADS", "abc")])
+def test_bad_thread_variable_exits_2_naming_it(monkeypatch, var, value):
+    monkeypatch.delenv("TAGOOD_THREADS", raising=False)
+    monkeypatch.setenv(var, value)
+    r = _run(["methods"])
+    assert r.exit_code == 2 and f"the environment variable {var}={value!r}" in r.output, r.output
+    assert "unexpected error" not in r.output and len(r.output.strip().splitlines()) == 1
     _no_traceback(r)

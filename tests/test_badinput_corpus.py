@@ -1,4 +1,4 @@
-"""A corpus of 28 kinds of bad and unusual image files, built in the test from real images (Fashion-MNIST,
+"""A corpus of 30 kinds of bad and unusual image files, built in the test from real images (Fashion-MNIST,
 scikit-learn's photos): the folder scan reports what it skips, the extraction never aborts, every
 decodable file is decoded (EXIF orientation honoured), every damaged one is recorded with its reason."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -98,12 +99,25 @@ def build_corpus(root, photos) -> tuple[dict[str, str], dict[str, str], dict[str
     skipped["27_dangling.png"] = "dangling symbolic link"
     (d / "28_link.png").symlink_to(d / "01_good.png")
     ok["28_link.png"] = "symbolic link to a good image"
+    b = io.BytesIO()
+    Image.fromarray(_nan_float(photo, 0.25), "F").save(b, "TIFF")
+    put("29_some_nan.tif", b.getvalue(), "float TIFF with NaN pixels (read as 0, with a warning)")
+    b = io.BytesIO()
+    Image.fromarray(np.full((12, 16), np.nan, np.float32), "F").save(b, "TIFF")
+    put("30_all_nan.tif", b.getvalue(), "float TIFF of NaN only", "every pixel is NaN or infinite")
     return ok, bad, skipped
+
+
+def _nan_float(photo: Image.Image, share: float) -> np.ndarray:
+    """A float greyscale picture in [0, 1] with its top ``share`` of rows NaN."""
+    a = np.asarray(photo.convert("L"), np.float32) / 255.0
+    a[: int(share * len(a))] = np.nan
+    return a
 
 
 def test_corpus_folder_scan_and_extraction(tmp_path, photos, backbone, caplog):
     ok, bad, skipped = build_corpus(tmp_path / "corpus", photos)
-    assert len(ok) + len(bad) + len(skipped) == 28
+    assert len(ok) + len(bad) + len(skipped) == 30
     with caplog.at_level(logging.WARNING, logger="tagood"):
         src = data.FolderSource(tmp_path / "corpus")
     names = {os.path.basename(s.ident) for s in src.samples}
@@ -154,3 +168,34 @@ def test_decompression_bomb_is_reported_then_refused(tmp_path, photos, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over twice the limit: refused, as PIL does
     with pytest.raises(ImageDecodeError, match="decompression-bomb guard"):
         open_image(tmp_path / "big.png")
+
+
+def test_nan_float_tiff_is_read_with_a_warning_or_refused(tmp_path, photos, caplog):
+    photo = photos["flower.jpg"].resize((64, 48))
+    Image.fromarray(_nan_float(photo, 0.5), "F").save(tmp_path / "half.tif")
+    with caplog.at_level(logging.WARNING, logger="tagood"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value encountered in cast" was all one saw
+        img = data.FilesSource([tmp_path / "half.tif"]).load(0)
+    a = np.asarray(img)
+    assert a[:24].max() == 0 and a[24:].max() > 0  # the finite half keeps its picture (it was all black before)
+    assert "half.tif: 1536 of 3072 pixels are NaN or infinite" in caplog.text
+    Image.fromarray(np.full((4, 4), np.inf, np.float32), "F").save(tmp_path / "inf.tif")
+    with pytest.raises(ImageDecodeError, match="inf.tif: a floating-point image whose every pixel is NaN or infinite"):
+        open_image(tmp_path / "inf.tif")
+
+
+def test_damaged_tiff_tags_print_nothing_to_stderr(tmp_path, photos):
+    """Pillow's TIFF reader warns on stderr about a truncated tag block; the decode fails with a reason naming the
+    file, so nothing else is printed (a run over many such files printed two lines each)."""
+    import subprocess
+    import sys
+
+    b = io.BytesIO()
+    photos["china.jpg"].resize((30, 20)).save(b, "TIFF", compression="tiff_deflate", description="helloworld")
+    (tmp_path / "cut.tif").write_bytes(b.getvalue()[:-200])  # the tag block at the end is cut
+    code = ("import sys; from tagood.data.decode import open_image, ImageDecodeError\n"
+            "try:\n    open_image(sys.argv[1])\nexcept ImageDecodeError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cut.tif")], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and "cannot decode" in r.stdout and "cut.tif" in r.stdout, r.stdout
+    assert r.stderr == "", r.stderr

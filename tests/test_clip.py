@@ -161,7 +161,9 @@ def test_loader_errors_are_clear(tmp_path: Path, clip_dir: Path) -> None:
     try:
         import open_clip  # noqa: F401
     except ImportError:
-        with pytest.raises(CLIPLoadError, match="pip install open_clip_torch"):
+        from tagood.errors import MissingDependencyError
+
+        with pytest.raises(MissingDependencyError, match="pip install open_clip_torch"):
             load_open_clip(f, "ViT-B-16")
     # a model folder without its tokenizer
     no_tok = tmp_path / "no-tok"

@@ -202,7 +202,9 @@ def test_folder_labels_nested_and_given_classes(tmp_path):
     assert sorted((x.ident[-5:], x.label) for x in t.samples) == [("1.png", 0), ("2.JPG", 0), ("3.png", 1)]
     only_b = data.FolderSource(tmp_path, classes=["b"])
     assert {x.label for x in only_b.samples} == {0} and len(only_b) == 2
-    assert len(data.FolderSource(tmp_path, extensions=(".txt",))) == 1
+    with pytest.raises(DataSourceError, match="class folder .*b holds no image file"):  # b has no .txt (issue 23)
+        data.FolderSource(tmp_path, extensions=(".txt",))
+    assert len(data.FolderSource(tmp_path, extensions=(".txt",), skip_empty_classes=True)) == 1
 
 
 def test_list_file_label_range_and_absolute_paths(tmp_path):

@@ -312,7 +312,7 @@ def test_save_load_round_trip_is_bit_identical(name, tmp_path):
     det = detectors.create(spec).fit(train, ctx)
     before = det.score(test)
     d = det.save(tmp_path / "det")
-    assert d == tmp_path / "det" and {p.name for p in d.iterdir()} == {"config.json", "weights.safetensors"}
+    assert d == tmp_path / "det" and {p.name for p in d.iterdir()} == {"config.json", "manifest.json", "weights.safetensors"}
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["detector"] == name and cfg["spec"] == spec and cfg["format"] == persist.FORMAT
     assert cfg["options"] == det.options.model_dump(mode="json")

@@ -151,10 +151,9 @@ def test_citation_cff() -> None:
                       "Out-of-Distribution Detection"} <= titles
     for r in cff["references"]:
         assert r["authors"] and r["year"] and r["type"] == "conference-paper"
-    import tomllib
+    from tagood._version import __version__  # the one source of the version (pyproject reads it too)
 
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-    assert str(cff["version"]) == version
+    assert str(cff["version"]) == __version__
 
 
 def test_changelog_keeps_a_changelog() -> None:

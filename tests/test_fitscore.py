@@ -196,8 +196,11 @@ def test_no_tag_images_are_flagged_tpr_reported_and_nan_never_in_distribution(tm
     from safetensors.numpy import load_file, save_file
 
     w = load_file(str(det / "weights.safetensors"))
-    w["centres"][0, 0] = np.nan  # a damaged detector file
+    w["centres"][0, 0] = np.nan  # a damaged detector file ...
     save_file(w, str(det / "weights.safetensors"))
+    from tagood.detectors.persist import seal
+
+    seal(det)  # ... that its manifest vouches for (an unsealed edit is refused earlier: tests/test_reliability_saved.py)
     r = runner.invoke(app, ["score", str(det), str(tmp_path / "train"), "--out", str(tmp_path / "n.csv"), "--cache", str(cache)],
                       terminal_width=200)
     n_tagged = len(rows) - len(no_tag)

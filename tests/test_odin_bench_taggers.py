@@ -55,6 +55,8 @@ def test_bench_imagenet_lists_odin_featurenorm_and_krnft_paper_settings(tmp_path
     cfg = imagenet(tmp_path, {"name": "clip", "path": str(tmp_path / "clip")})
     det = create_detector("krnft", cfg)
     o = det.options
-    assert (o.shots, o.n_crops, o.k_in, o.k_out, o.epochs, o.lr, o.hidden) == (4, 128, 32, 32, 3, 1e-5, 8)
+    assert (o.shots, o.n_crops, o.k_in, o.k_out, o.epochs, o.lr, o.meta_dim) == (4, 128, 32, 32, 3, 1e-5, 64)
+    assert (o.preset, o.weight_decay, o.lr_schedule, o.n_neg, o.mining, o.n_groups) == (
+        "paper", 0.01, "constant", 10500, "position", 10)
     assert create_detector("krnft[shots=16]", cfg).shots == 16  # a spec's own option still wins
-    assert cfg.to_json()["options"]["method_defaults"]["krnft"]["n_crops"] == 128  # recorded in results.json meta
+    assert cfg.to_json()["options"]["method_defaults"]["krnft"]["preset"] == "paper"  # recorded in results.json meta

@@ -226,3 +226,82 @@ def test_lock_in_process_and_rm_refuses_while_locked(tmp_path):
     assert not d.exists()
     with EntryLock(tmp_path / "x", 0) as lk:
         assert lk.held and "pid" in lk.holder()
+
+
+# -- issue 23 (4): a deleted sidecar, a broken lock, an unreadable entry ------------------------------------------
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from tagood.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], terminal_width=200)
+
+
+def test_deleted_sidecar_is_repaired_by_verify_and_by_a_rerun(folder, tmp_path, tagood_home):
+    cache = tmp_path / "c"
+    args = ["extract", folder, "--cache", cache, "--fields", "features", "--commit-every", "8"]
+    assert _cli(args).exit_code == 0
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    want = CacheReader(entry).array("features").copy()
+    (entry / "shard-00000.json").unlink()
+    r = _cli(["cache", "verify", "--cache", cache])
+    assert r.exit_code == 1 and "shard-00000.json: missing" in r.output, r.output
+    r = _cli(["cache", "verify", "--repair", "--cache", cache])
+    assert r.exit_code == 0 and "repaired" in r.output, r.output
+    assert _cli(["cache", "verify", "--cache", cache]).exit_code == 0
+    np.testing.assert_array_equal(CacheReader(entry).array("features"), want)
+    side = entry / CacheReader(entry).manifest.shards[1].sidecar
+    side.unlink()  # a rerun (extract, fit, score, bench) re-extracts that shard too
+    r = _cli(args)
+    assert r.exit_code == 0 and "20 samples cached" in r.output, r.output
+    reader = CacheReader(entry)
+    assert reader.verify(full=True) == [] and len(reader.idents) == 20
+    np.testing.assert_array_equal(reader.array("features"), want)
+
+
+def test_lock_that_is_a_directory_is_reported_and_repaired(folder, tmp_path, tagood_home):
+    cache = tmp_path / "c"
+    args = ["extract", folder, "--cache", cache, "--fields", "features"]
+    assert _cli(args).exit_code == 0
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    (entry / ".lock").unlink()
+    (entry / ".lock").mkdir()
+    r = _cli(args)
+    assert r.exit_code == 2 and ".lock is a directory, not the entry's lock file" in r.output, r.output
+    r = _cli(["cache", "verify", "--cache", cache])
+    assert r.exit_code == 1 and ".lock is a directory" in r.output and "ok" not in r.output, r.output
+    r = _cli(["cache", "ls", "--cache", cache])
+    assert r.exit_code == 0 and "lock file broken" in r.output
+    r = _cli(["cache", "verify", "--repair", "--cache", cache])
+    assert r.exit_code == 0 and "removed the broken lock" in r.output and ": ok" in r.output, r.output
+    assert _cli(args).exit_code == 0
+
+
+def test_symlinked_lock_is_never_followed(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    d = tmp_path / "entry"
+    d.mkdir()
+    (d / ".lock").symlink_to(target)
+    with pytest.raises(CacheError, match="not a regular file"):
+        EntryLock(d, 0).acquire()
+    assert target.read_text() == "keep me"  # the lock truncates and writes its file: never through a link
+
+
+def test_ls_and_verify_go_on_past_an_unreadable_entry(folder, tmp_path, tagood_home):
+    from unprivileged import tagood
+
+    cache = tmp_path / "c"
+    assert _cli(["extract", folder, "--cache", cache, "--fields", "features", "--split", "a"]).exit_code == 0
+    assert _cli(["extract", folder, "--cache", cache, "--fields", "features", "--split", "b"]).exit_code == 0
+    a, b = sorted(p for p in cache.iterdir() if p.is_dir())
+    os.chmod(a, 0)
+    try:
+        r = tagood(["cache", "ls", "--cache", cache])
+        assert r.returncode == 0 and b.name in r.stdout and "complete" in r.stdout, r.stdout + r.stderr
+        assert a.name in r.stdout and "Permission denied" in r.stdout.replace("\n", "")
+        r = tagood(["cache", "verify", "--cache", cache])
+        assert r.returncode == 1 and f"{b.name}: ok" in r.stdout, r.stdout + r.stderr
+        assert "Permission denied" in r.stdout and "1 entry damaged" in r.stdout
+    finally:
+        os.chmod(a, 0o755)

@@ -190,6 +190,15 @@ def test_masks_match_pixels(parts):
             assert src.distractor_mask(i).any() or len(src.layout(i).layers) <= 1
     far = parts["scene-far"]
     assert all(far.far_mask(i).sum() > 200 for i in range(len(far)))
+    # what stands in the object's place (the oracle decomposition's mask)
+    for name in ("train", "test", "scene-near"):
+        assert all(np.array_equal(parts[name].focus_mask(i), parts[name].object_mask(i)) for i in range(len(parts[name])))
+    assert all(np.array_equal(far.focus_mask(i), far.far_mask(i)) for i in range(len(far)))
+    clutter = parts["scene-clutter"]
+    for i in range(len(clutter)):
+        f = clutter.focus_mask(i)
+        assert f.sum() > 500 and not (f & ~clutter.distractor_mask(i)).any()
+        assert [la.kind for la in clutter.layout(i).layers].count("standin") == 1
 
 
 def test_subset_forwards_masks(parts):
@@ -232,3 +241,68 @@ def test_builtin_scenes_config_builds_every_split(parts):
         assert o.object_mask(0) is not None
     with pytest.raises(SplitError, match="scene-near"):
         build_source({**cfg.train.model_dump(), **small, "part": "nope"}, Path("."))
+
+
+# -- no size or count give-away (issue 24) ---------------------------------------------------------------------------
+
+def _size_stats(src) -> np.ndarray:
+    """Per scene: [items visible, longest side of the largest item's visible box, of the second largest's, visible
+    pixels of the largest item, box area of the largest item, foreground pixels (all items)], items ranked by the
+    longest side of the tight box of their visible pixels (alpha weight >= 0.5)."""
+    rows = []
+    for i in range(len(src)):
+        lay = src.layout(i)
+        items = []
+        for w in src._weights(lay):
+            m = w >= 0.5
+            if m.any():
+                ys, xs = np.nonzero(m)
+                bw, bh = int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+                items.append((max(bw, bh), int(m.sum()), bw * bh))
+        items.sort(reverse=True)
+        a = np.array(items, dtype=float)
+        rows.append([len(a), a[0, 0], a[1, 0] if len(a) > 1 else 0.0, a[0, 1], a[0, 2], a[:, 1].sum()])
+    return np.array(rows)
+
+
+def _aurocs(ind: np.ndarray, ood: np.ndarray, cols: list[int]) -> tuple[float, list[float]]:
+    """(AUROC of a 5-fold cross-validated logistic regression on the columns ``cols``, per-column AUROCs), percent."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x = np.vstack([ind, ood])
+    y = np.r_[np.zeros(len(ind)), np.ones(len(ood))]
+    per = [100 * roc_auc_score(y, x[:, j]) for j in range(x.shape[1])]
+    xs = (x[:, cols] - x[:, cols].mean(0)) / np.maximum(x[:, cols].std(0), 1e-9)
+    p = cross_val_predict(LogisticRegression(max_iter=1000), xs, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                          method="predict_proba")[:, 1]
+    return 100 * roc_auc_score(y, p), per
+
+
+#: |AUROC - 50| allowed for the count and the longest sides: IND test 300 vs 300 OOD scenes give a sampling sd of the
+#: AUROC under no difference of sqrt((n1 + n2 + 1) / (12 n1 n2)) = 2.4 points; 7 is about 3 sd.
+SIZE_BOUND = 7.0
+#: for the statistics that depend on the items' shapes (pixel area, box area, foreground fraction: a thin insect or
+#: tool fills less of its box than a fish; that is the class's content, not a size chosen by the generator): 10 points
+SHAPE_BOUND = 10.0
+
+
+@needs_stamps
+def test_size_and_count_alone_do_not_separate_ind_from_any_ood_set():
+    """A classifier on the items' box sizes and counts alone is near chance between IND test and every OOD set; the
+    same check on clutter scenes without the stand-in (the generator before issue 24) is far from it."""
+    pytest.importorskip("skimage", reason="scikit-image (background photos) not installed")
+    from tagood.data.scenes import SceneSource, scene_splits
+
+    full = scene_splits(seed=0)  # the benchmark's sizes: 6 x 50 IND test scenes, 300 per OOD set
+    ind = _size_stats(full["test"])
+    for name in ("scene-near", "scene-clutter", "scene-far"):
+        lr, per = _aurocs(ind, _size_stats(full[name]), cols=[0, 1, 2])
+        assert abs(lr - 50) <= SIZE_BOUND, (name, lr)
+        assert all(abs(a - 50) <= SIZE_BOUND for a in per[:3]), (name, per)
+        assert all(abs(a - 50) <= SHAPE_BOUND for a in per[3:]), (name, per)
+    c = full["scene-clutter"]
+    old = SceneSource(c.objects, c.labels, c.distractors, c.region, seed=c.seed, name="old-clutter")
+    lr, per = _aurocs(ind, _size_stats(old), cols=[0, 1, 2])
+    assert lr > 90 and per[1] < 10, (lr, per)  # the largest item is much smaller: a give-away

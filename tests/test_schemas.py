@@ -345,6 +345,9 @@ def _saved_dir(tmp_path: Path, meta: dict) -> Path:
     d.mkdir()
     save_file({"centres": np.eye(2, dtype=np.float32)}, str(d / "weights.safetensors"))
     (d / "tagood.json").write_text(json.dumps(meta))
+    from tagood.detectors.persist import seal
+
+    seal(d)  # a hand-made folder: vouch for its files (the manifest check itself: tests/test_reliability_saved.py)
     return d
 
 

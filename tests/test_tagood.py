@@ -262,24 +262,36 @@ def test_cpu_training_is_the_same_for_budgets_of_one_to_three_threads():
 @pytest.mark.parametrize("dropout,threads,concurrent", [(0.0, 2, True), (0.0, 1, False), (0.2, 2, False)])
 def test_cpu_parts_run_on_threads_of_their_own_only_when_they_can(monkeypatch, dropout, threads, concurrent):
     """The parts' forward passes run on two worker threads (each with one operator thread) when the budget has a
-    thread per part and nothing random is drawn; else all on the calling thread, with the whole budget."""
+    thread per part and nothing random is drawn; else all on the calling thread, with the whole budget.
+
+    "At once" is checked by a barrier, not by which threads the scheduler happened to use: in the concurrent case
+    each part's forward waits there until the other part's forward has started, which only two worker threads
+    running the step's two parts together can pass (in turn, the first part would wait for ever: a
+    ``BrokenBarrierError`` after the timeout). Under load a worker may start late but the test does not depend on
+    when (it used to require two distinct threads to have run parts, which one fast worker sometimes did alone)."""
     import threading
 
-    seen: list[tuple[int, int]] = []
+    main = threading.get_ident()
+    seen: list[tuple[int, str, int]] = []
+    together = threading.Barrier(2, timeout=120)  # generous: only a broken pairing ever reaches it
     orig = Projector.forward
 
     def recording(self, x, pos, mask):
-        seen.append((threading.get_ident(), torch.get_num_threads()))
+        seen.append((threading.get_ident(), threading.current_thread().name, torch.get_num_threads()))
+        if concurrent and threading.get_ident() != main:
+            together.wait()  # both parts of this step are in forward at the same time
         return orig(self, x, pos, mask)
 
     monkeypatch.setattr(Projector, "forward", recording)
     cfg = PRESETS["small"].with_(epochs=1, batch_size=16, dim=16, mlp=32, dropout=dropout)
-    _trained(cfg, threads, _toy(n_per=8))
-    idents = {i for i, _ in seen}
+    _trained(cfg, threads, _toy(n_per=8))  # 24 samples: batches of 16 and 8, each cut into two parts
+    assert len(seen) == 4
+    idents = {i for i, _, _ in seen}
     if concurrent:
-        assert len(idents) == 2 and threading.get_ident() not in idents and {n for _, n in seen} == {1}
+        assert main not in idents and len(idents) == 2  # the barrier made both workers run a part of step 1
+        assert all(name.startswith("tagood-parts") for _, name, _ in seen) and {n for _, _, n in seen} == {1}
     else:
-        assert idents == {threading.get_ident()} and {n for _, n in seen} == {threads}
+        assert idents == {main} and {n for _, _, n in seen} == {threads}
 
 
 def test_cpu_training_with_dropout_is_deterministic():

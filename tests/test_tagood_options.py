@@ -23,7 +23,7 @@ def _toy(n_per: int = 20, seed: int = 0) -> FeatureSet:
 
 
 def test_each_detector_lists_the_options_it_uses_with_defaults_and_descriptions():
-    tag = {"tau", "tag_threshold", "tag_top_k", "per_class", "coverage", "vocabulary", "no_tag", "vocab"}
+    tag = {"tau", "tag_threshold", "tag_top_k", "per_class", "coverage", "vocabulary", "no_tag", "vocab", "decompose", "tag_maps"}
     centre = {"score", "test_tokens", "tags", "preset"}
     train = set(TrainOptions.model_fields)
     got = {name: {o.name: o for o in describe(name)} for name in ("tagscore", "cs", "ce+cs", "tagood")}

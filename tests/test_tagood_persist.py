@@ -31,7 +31,7 @@ def test_round_trip_is_bit_identical_on_real_features(scenes, spec, tmp_path):
     fs, ctx = scenes
     det = detectors.create(spec).fit(fs["train"], ctx)
     d = det.save(tmp_path / "det")
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["detector"] == det.name and cfg["spec"] == spec
     back = detectors.load(d)  # nothing of the tagger: the rule, the vocabulary and the centres are the state

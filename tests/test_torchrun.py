@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from image_folders import fashion_folder, folder_config
 from tagood import data
+from tagood.cache import Manifest
 from tagood.extract import extract_split
 from tagood.runtime.distributed import split_range, world
 
@@ -153,7 +154,7 @@ def test_killed_rank_resumes_its_part(tmp_path, images, backbone, single):
     procs[0].kill()  # what torchrun does to the other ranks when one dies
     procs[0].communicate()
     (part,) = list((_entry(cache) / "parts").glob("part-0000000008-*"))
-    committed = [(s["start"], s["stop"]) for s in json.loads((part / "manifest.json").read_text())["shards"]]
+    committed = [(s.start, s.stop) for s in Manifest.load(part / "manifest.json").shards]  # + its commit log
     assert committed in ([(8, 12)], [(8, 12), (12, 16)])  # what was committed survived the kill
     m = _entry(cache) / "manifest.json"
     assert not m.exists() or not json.loads(m.read_text())["complete"]

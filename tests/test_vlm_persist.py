@@ -16,6 +16,7 @@ import tagood.detectors as detectors
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
 from tagood.core.types import TokenSet
+from tagood.detectors import persist
 from tagood.detectors.base import NotFittedError
 from tagood.detectors.options import OptionError, describe
 from tagood.detectors.vlm.krnft import KRNFT
@@ -89,7 +90,7 @@ def test_save_load_round_trip_scores_bit_identically(world, name: str, tmp_path:
     det = detectors.create(name, **SMALL[name]).fit(train, ctx)
     want = det.score(test)
     d = det.save(tmp_path / name)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["detector"] == name and cfg["state"]["encoder"] == {"id": enc.id, "weights_hash": enc.weights_hash}
     assert cfg["state"]["class_names"] == CLASSES and cfg["arrays"]["text"]["dtype"] == "float32"
@@ -219,6 +220,9 @@ def test_a_damaged_state_is_a_checkpoint_error(world, tmp_path: Path) -> None:
     cfg = json.loads((d / "config.json").read_text())
     cfg["state"]["hidden"] = 7  # the NFT weights were saved with hidden 32
     (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json changed since the detector was saved"):
+        detectors.load(d)  # the manifest catches the edit (tests/test_reliability_saved.py) ...
+    persist.seal(d)  # ... and a folder someone vouches for still gets its state checked
     with pytest.raises(CheckpointError, match=r"config\.json: its state does not fit krnft .*hidden 7"):
         detectors.load(d)
     n = detectors.create("neglabel", **SMALL["neglabel"]).fit(train, ctx).save(tmp_path / "neg")
@@ -228,5 +232,6 @@ def test_a_damaged_state_is_a_checkpoint_error(world, tmp_path: Path) -> None:
     cfg = json.loads((n / "config.json").read_text())
     cfg["arrays"]["neg_text"]["shape"] = [3, E]
     (n / "config.json").write_text(json.dumps(cfg))
+    persist.seal(n)
     with pytest.raises(CheckpointError, match="25 negative words for 3 embeddings"):
         detectors.load(n)

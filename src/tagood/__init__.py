@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and IDEs (loaded lazily 
     from tagood.detectors.head import fit_head, with_head_logits
     from tagood.detectors.options import OptionError, describe
     from tagood.detectors.registry import available
-    from tagood.errors import CacheError, CheckpointError, ConfigError, InputError, TagoodError
+    from tagood.errors import CacheError, CheckpointError, ConfigError, InputError, MissingDependencyError, TagoodError
     from tagood.extract.features import extract_features
     from tagood.metrics import ood_metrics
 
@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "InputError": "tagood.errors",
     "CacheError": "tagood.errors",
     "CheckpointError": "tagood.errors",
+    "MissingDependencyError": "tagood.errors",
 }
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "Detector",
     "FeatureSet",
     "InputError",
+    "MissingDependencyError",
     "OptionError",
     "TagoodError",
     "__version__",

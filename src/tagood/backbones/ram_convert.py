@@ -120,7 +120,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RAMCheckpointError(f"cannot read RAM checkpoint {p}: {type(e).__name__}: {e}") from e
+        size = p.stat().st_size
+        what = "it is empty" if size == 0 else f"{type(e).__name__}: {str(e)[:200] or 'damaged or truncated'}"
+        raise RAMCheckpointError(f"cannot read RAM checkpoint {p} ({what}); pass the official .pth file (download it "
+                                 "again if it is truncated) or a folder written by `tagood convert ram`") from e
     sd = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise RAMCheckpointError(f"{p} is not a RAM checkpoint: expected a state dict or a dict with a 'model' state dict")
@@ -283,4 +286,16 @@ def read_converted(folder: str | Path) -> tuple[RAMConfig, dict[str, torch.Tenso
     wpath = d / WEIGHTS_FILE
     if not wpath.is_file():
         raise RAMCheckpointError(f"{wpath} is missing; convert the checkpoint again with `tagood convert ram`")
-    return RAMConfig.from_dict(meta["config"]), load_file(str(wpath)), meta
+    try:
+        weights = load_file(str(wpath))
+    except Exception as e:  # noqa: BLE001 - safetensors' own SafetensorError is no OSError / ValueError
+        if not isinstance(e, (OSError, ValueError)) and type(e).__name__ != "SafetensorError":
+            raise
+        raise RAMCheckpointError(f"{wpath} is damaged, empty or not a safetensors file ({type(e).__name__}: {e}); "
+                                 "convert the checkpoint again with `tagood convert ram`") from e
+    try:
+        cfg = RAMConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise RAMCheckpointError(f"{cfg_path}: its 'config' is missing or invalid ({type(e).__name__}: {e}); convert "
+                                 "the checkpoint again with `tagood convert ram`") from e
+    return cfg, weights, meta

@@ -31,11 +31,12 @@ from typing import Any
 from tagood.bench.methods import CLASSIC, IMAGENET_METHODS, TAGOOD, TAGOOD_SWEEP, VLM, default_methods
 from tagood.bench.schema import BenchConfig, validate_config
 from tagood.core.validation import suggest
+from tagood.data.source import ImageSource
 from tagood.errors import ConfigError
 
 __all__ = ["BUILTIN", "CLASSIC", "IMAGENET_METHODS", "KRNFT_PAPER_DEFAULTS", "TAGOOD", "TAGOOD_SWEEP", "VLM",
-           "VLM_DEMO_DEFAULTS", "VLM_QUICK_DEFAULTS", "BenchConfig", "ConfigError", "builtin", "default_methods", "imagenet",
-           "load_config"]
+           "VLM_DEMO_DEFAULTS", "VLM_QUICK_DEFAULTS", "BenchConfig", "ConfigError", "builtin", "check_ind_splits",
+           "default_methods", "imagenet", "load_config"]
 
 #: Hyperparameter defaults of the embedded benchmarks (offline dual encoder), set in
 #: ``options.method_defaults`` and recorded in results.json (``meta.config.options``); an option
@@ -49,19 +50,21 @@ __all__ = ["BUILTIN", "CLASSIC", "IMAGENET_METHODS", "KRNFT_PAPER_DEFAULTS", "TA
 #: takes the top / bottom 4 (the same quarter each as the 32 / 8 / 8 before; the paper's code: 128 / 32 / 32):
 #: 1,536 crop forwards instead of 3,072 (about half of its ~20 s). docs/performance.md (the candidate budget) compares the
 #: settings
-#: on held-out training data (``benchmarks/vlm_budget_heldout.py``) and on both embedded benchmarks.
+#: on held-out training data (``benchmarks/vlm_budget_heldout.py``) and on both embedded benchmarks. ``preset``
+#: names KR-NFT's preset in results.json (a spec's own ``krnft[preset=paper]`` wins; the other values still apply).
 VLM_DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "neglabel": {"max_candidates": 5000, "n_neg": 1000},
     "csp": {"max_candidates": 5000},  # keeps CSP's 15% of each pool: ~750 labels
     "adaneg": {"max_candidates": 5000, "n_neg": 1000},  # NegLabel's negatives
-    "krnft": {"max_candidates": 5000, "n_neg": 1000, "n_crops": 16, "k_in": 4, "k_out": 4},
+    "krnft": {"preset": "default", "max_candidates": 5000, "n_neg": 1000, "n_crops": 16, "k_in": 4, "k_out": 4},
 }
 #: ``--quick`` (CI): smaller still, fewer crops and epochs.
 VLM_QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
     "neglabel": {"max_candidates": 2000, "n_neg": 500},
     "csp": {"max_candidates": 2000},
     "adaneg": {"max_candidates": 2000, "n_neg": 500},
-    "krnft": {"max_candidates": 2000, "n_neg": 500, "n_crops": 8, "k_in": 2, "k_out": 2, "epochs": 3},
+    "krnft": {"preset": "default", "max_candidates": 2000, "n_neg": 500, "n_crops": 8, "k_in": 2, "k_out": 2,
+              "epochs": 3},
     "locoop": {"epochs": 5},
 }
 
@@ -113,12 +116,11 @@ def _scenes(quick: bool) -> BenchConfig:
     return _composed("scenes", spec, ("scene-near", "scene-clutter", "scene-far"), quick)
 
 
-#: KR-NFT on ImageNet: the paper's few-shot setting and the public code's training script
-#: (scripts/ood/krnft/krnft_shot4_train.sh + configs): 4 shots, 128 random-resized crops, top / bottom 32,
-#: 3 epochs, AdamW lr 1e-5, meta-network hidden 512 / 64 = 8. (Its epoch visits a tenth of the picks at batch
-#: 1; ours visits all of them, so ours takes more steps at the same lr.)
-KRNFT_PAPER_DEFAULTS: dict[str, Any] = {"shots": 4, "n_crops": 128, "k_in": 32, "k_out": 32, "epochs": 3, "lr": 1e-5,
-                                        "hidden": 8}
+#: KR-NFT on ImageNet: its ``paper`` preset (:data:`tagood.detectors.vlm.krnft.PRESETS`): the paper's few-shot
+#: setting (4 shots, 128 crops, top / bottom 32) and the public training script where the paper is silent (3 epochs,
+#: AdamW lr 1e-5 constant, weight decay 0.01, meta-network hidden 64, its prompts, 10,500 negatives mined by
+#: position, crops of the original image with flips, grouped negatives, its loss), its schedule defects fixed.
+KRNFT_PAPER_DEFAULTS: dict[str, Any] = {"preset": "paper"}
 
 
 def imagenet(root: str | Path, backbone: dict[str, Any], train_per_class: int | None = None, quick: bool = False,
@@ -206,3 +208,44 @@ def load_config(path: str | Path) -> BenchConfig:
             raise ConfigError(f"{path}: key 'quick' must be true or false")
         d = {**builtin(name, quick=quick).to_json(), **d}
     return validate_config({"name": path.stem, **d}, path)
+
+
+def check_ind_splits(train: ImageSource, test: ImageSource) -> ImageSource:
+    """Check the IND splits of a benchmark before any extraction, and give the test split the train split's labels.
+
+    The train split must hold at least 2 IND classes (with one, the IND head's logits are constant: every logit-based
+    score ties and its AUROC is 50). When both splits name their classes (folders), a test class the train split
+    lacks is an error naming it; a test folder holding only some of the train classes is relabelled by class name
+    (labels are positions in each split's own class list, so ``test/{a,c}`` would have read ``c`` as ``b``).
+
+    Args:
+        train: the IND training split's source.
+        test: the IND test split's source.
+
+    Returns:
+        ``test``, relabelled by class name when its class list differs from the train split's.
+
+    Raises:
+        ConfigError: fewer than 2 IND training classes, or a test class the train split lacks.
+    """
+    from tagood.data import SubsetSource
+
+    labels = sorted({s.label for s in train.samples if s.label >= 0})
+    if len(labels) < 2:
+        names = train.class_names or []
+        which = ", ".join(names[k] for k in labels if k < len(names)) or (str(labels[0]) if labels else "none")
+        raise ConfigError(f"the IND training split '{train.name}' has {len(labels)} labelled class ({which}); a benchmark "
+                          "needs at least 2 IND classes (its IND head and logit-based scores separate classes): add "
+                          "class folders to [train]")
+    if not train.class_names or not test.class_names or list(test.class_names) == list(train.class_names):
+        return test
+    extra = [c for c in test.class_names if c not in train.class_names]
+    if extra:
+        raise ConfigError(f"the IND test split '{test.name}' has class(es) {', '.join(map(repr, extra[:5]))} that the "
+                          f"training split '{train.name}' lacks (it has {', '.join(map(repr, train.class_names[:10]))}"
+                          f"{' ...' if len(train.class_names) > 10 else ''}); remove them from [test], add them to "
+                          "[train], or list OOD images under [ood.<name>]")
+    index = {c: k for k, c in enumerate(train.class_names)}
+    relabel = [index[test.class_names[s.label]] if 0 <= s.label < len(test.class_names) else s.label
+               for s in test.samples]
+    return SubsetSource(test, list(range(len(test))), labels=relabel, class_names=train.class_names, name=test.name)

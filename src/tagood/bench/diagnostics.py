@@ -130,6 +130,55 @@ def split_masks(source: Any, indices: Sequence[int] | np.ndarray, backbone: Any)
     return SplitMasks(out["object"], out["distractor"], grid, int(n_prefix))
 
 
+def oracle_tokens(source: Any, indices: Sequence[int] | np.ndarray, backbone: Any) -> np.ndarray | None:
+    """(N, T) bool: the tokens of what stands in the object's place in each image (``decompose="oracle"``).
+
+    The pixel mask is ``source.focus_mask(i)`` where the source has one (the scenes: the IND or near-OOD object,
+    the far item, the clutter scene's stand-in distractor), else ``source.object_mask(i)``; a token is marked
+    when at least half of its grid cell is mask pixels (:func:`mask_to_tokens`). Prefix tokens (RAM's pooled one)
+    are not marked. None when the source has no masks or the backbone no ``token_geometry``.
+
+    Args:
+        source: the split's image source.
+        indices: the feature rows' source indices.
+        backbone: the backbone whose tokens the features hold.
+    Returns:
+        The token mask, or None.
+    """
+    geometry = getattr(backbone, "token_geometry", None)
+    fn = getattr(source, "focus_mask", None) or getattr(source, "object_mask", None)
+    if fn is None or geometry is None or not len(indices) or fn(int(indices[0])) is None:
+        return None
+    rows = []
+    for i in indices:
+        m = np.asarray(fn(int(i)), dtype=bool)
+        box, grid, n_prefix = geometry(m.shape[1], m.shape[0])
+        rows.append(np.concatenate([np.zeros(int(n_prefix), dtype=bool), mask_to_tokens(m, box, grid)]))
+    return np.stack(rows)
+
+
+def with_oracle_tokens(data: FeatureSet, source: Any, indices: Sequence[int] | np.ndarray | None,
+                       backbone: Any) -> FeatureSet:
+    """``data`` with its oracle tokens (:func:`oracle_tokens`) as ``extra["oracle_tokens"]``, or unchanged (with a
+    log line) when its source knows no masks.
+
+    Args:
+        data: a split's features.
+        source: its image source.
+        indices: the rows' source indices (None: ``range(len(data))``).
+        backbone: the backbone of the features.
+    Returns:
+        The feature set, with the oracle tokens where they exist.
+    """
+    from tagood.detectors.tagood.decompose import ORACLE_FIELD
+
+    tok = oracle_tokens(source, indices if indices is not None else range(len(data)), backbone)
+    if tok is None:
+        log.info("%s: no oracle tokens (the source knows no object masks, or the backbone no token grid)", data.name)
+        return data
+    return data.with_(extra={**data.extra, ORACLE_FIELD: tok})
+
+
 def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 else None
 

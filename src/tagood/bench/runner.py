@@ -36,6 +36,8 @@ import numpy as np
 from tagood import detectors as det_registry
 from tagood._version import __version__
 from tagood.backbones.factory import build_backbone, build_dual_encoder, tagger_context
+from tagood.bench.config import check_ind_splits
+from tagood.bench.requirements import runnable
 from tagood.bench.schema import BenchConfig
 from tagood.bench.scores import SCORES_FILE, metric_rows, save_scores
 from tagood.cache import CacheReader, heavy_fields
@@ -123,10 +125,15 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     state = RunState(cfg)
     specs = methods or cfg.methods
     dets = [create_detector(m, cfg) for m in specs]
+    dets, left_out = runnable(dets, cfg.options.dual_encoder, _is_vlm)  # an optional package missing: one line, the rest run
+    if left_out:
+        log.warning(left_out)
+        state.warnings.append(left_out)
     device = local_device_of(device)
     progress = progress and distributed.world().is_main
     sources = {name: split.source(cfg.base_dir, cfg.seed, name=name) for name, split in cfg.splits().items()}
     check_data(dets, sources["train"])
+    sources["test"] = check_ind_splits(sources["train"], sources["test"])  # 2+ IND classes; test labels by class name
     t0 = time.perf_counter()
     state.backbone = backbone or build_backbone(cfg.backbone_spec(), device=device, base_dir=cfg.base_dir)
     state.timings["load_backbone_s"] = time.perf_counter() - t0
@@ -143,6 +150,10 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
         fs = reader.to_featureset(f, name=name, stream=stream)
         if need_images and name != "pseudo-ood":
             fs.images = entry_images(reader, src, state.backbone)
+        if any(getattr(d, "oracle", False) for d in dets):  # decompose=oracle (a diagnostic): the true object tokens
+            from tagood.bench.diagnostics import with_oracle_tokens
+
+            fs = with_oracle_tokens(fs, src, reader.indices, state.backbone)
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
         state.timings[f"extract_{name}_s"] = state.splits[name].seconds
 
@@ -255,18 +266,22 @@ def run(cfg: BenchConfig, out_dir: str | Path | None = None, cache_root: str | P
     """Run a benchmark end to end; returns ``(results, state)``. With ``out_dir``: writes the result files, every
     log record of the run to ``out_dir/run.log`` (plain lines, :func:`tagood.runtime.logs.run_log`) and the IND
     vocabulary of each tag-based method to ``out_dir/vocabulary-<method>.tsv`` (the format ``vocab=FILE`` reads).
+    The run folder is written into a fresh sibling folder and swapped in for ``out_dir`` as a whole at the end
+    (:func:`tagood.bench.report.writers.run_folder`): after an error ``out_dir`` is as it was, never a mix of two
+    runs; a folder holding files a run does not write is refused before any work.
     Under torchrun only rank 0 writes ``out_dir``; every rank returns the same metric rows (the decomposition
     diagnostics are computed by rank 0 alone)."""
     if out_dir is None or not distributed.world().is_main:
         return _run(cfg, None, cache_root, device, progress, methods, backbone)
     import sys
 
+    from tagood.bench.report.writers import run_folder
     from tagood.runtime.logs import run_log
 
-    with run_log(Path(out_dir) / "run.log", fresh=True):
+    with run_folder(out_dir) as stage, run_log(stage / "run.log", fresh=True):
         log.info("tagood %s: %s", __version__, " ".join(sys.argv))
-        results, state = _run(cfg, out_dir, cache_root, device, progress, methods, backbone)
-        _write_vocabularies(state, Path(out_dir))
+        results, state = _run(cfg, stage, cache_root, device, progress, methods, backbone)
+        _write_vocabularies(state, stage)
     return results, state
 
 
@@ -321,6 +336,8 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
             log.exception("detector %s failed", spec)
             state.errors[spec] = f"{type(e).__name__}: {e}"
             continue
+        if getattr(d, "oracle", False):  # a diagnostic that reads ground truth: marked in every report
+            new_rows = [{**r, "oracle": True} for r in new_rows]
         if per is not None:
             state.scores[spec] = per
         state.fitted[spec] = d

@@ -112,9 +112,27 @@ class CLIPSpec(_Strict):
                                                                       "attention) or plain")
 
 
+class SyntheticSpec(_Strict):
+    """The synthetic RAM-shaped tagger of rehearsals and tests (:mod:`tagood.backbones.synthetic`): reads
+    ``synthetic`` splits only, never real images."""
+
+    model_config = _VALIDATED
+
+    name: Literal["synthetic"] = Field(description="the tagger")
+    tokens: PosInt | None = Field(None, description="tokens per image (RAM: 145)")
+    width: PosInt | None = Field(None, description="token and feature width")
+    tags: PosInt | None = Field(None, description="number of tags (RAM: 4585)")
+    top_k_tags: PosInt | None = Field(None, description="tags (with their attention maps) stored per image")
+    blocks: PosInt | None = Field(None, description="block norms per image")
+    separation: float | None = Field(None, ge=0, le=1, description="how far the OOD clusters are from the IND classes")
+    noise: float | None = Field(None, ge=0, description="the tokens' noise level")
+    seed: NonNegInt | None = Field(None, description="seeds the centres, tag embeddings and noise banks")
+    batch_size: PosInt | None = Field(None, description="forward batch size")
+
+
 #: the backbone models by name
 BACKBONES: dict[str, type[_Strict]] = {"efficientnet-lite0": EfficientNetSpec, "efficientnet-lite2": EfficientNetSpec,
-                                       "ram": RAMSpec, "clip": CLIPSpec}
+                                       "ram": RAMSpec, "clip": CLIPSpec, "synthetic": SyntheticSpec}
 _DEFAULT_BACKBONE: str = EfficientNetSpec.model_fields["name"].default
 
 
@@ -126,7 +144,7 @@ def _backbone_tag(v: Any) -> str | None:
 
 
 def _check_backbone(v: Any) -> Any:
-    if isinstance(v, (EfficientNetSpec, RAMSpec, CLIPSpec)):
+    if isinstance(v, (EfficientNetSpec, RAMSpec, CLIPSpec, SyntheticSpec)):
         return v
     if not isinstance(v, Mapping):
         raise PydanticCustomError("backbone", "[backbone] is a table with 'name' = one of {names}",
@@ -141,7 +159,8 @@ def _check_backbone(v: Any) -> Any:
 
 #: the ``[backbone]`` table: validated into the model its ``name`` names
 Backbone = Annotated[Annotated[EfficientNetSpec, Tag("efficientnet")] | Annotated[RAMSpec, Tag("ram")]
-                     | Annotated[CLIPSpec, Tag("clip")], Discriminator(_backbone_tag), BeforeValidator(_check_backbone)]
+                     | Annotated[CLIPSpec, Tag("clip")] | Annotated[SyntheticSpec, Tag("synthetic")],
+                     Discriminator(_backbone_tag), BeforeValidator(_check_backbone)]
 
 
 # -- pseudo-OOD and options -------------------------------------------------------------------------
@@ -282,6 +301,20 @@ class BenchConfig(_Strict):
     @base_dir.setter
     def base_dir(self, value: str | Path) -> None:
         self._base_dir = Path(value)
+
+    @model_validator(mode="after")
+    def _methods_once(self) -> BenchConfig:
+        from tagood.detectors.registry import parse_name
+
+        seen: set[str] = set()
+        for m in self.methods:
+            base, opts = parse_name(m)
+            key = repr((base, sorted(opts.items())))
+            if key in seen:
+                raise PydanticCustomError("methods_twice", "methods names {spec} more than once; name each method (with "
+                                          "its options) once", {"spec": m})
+            seen.add(key)
+        return self
 
     @model_validator(mode="after")
     def _pseudo_of(self) -> BenchConfig:

@@ -9,6 +9,8 @@ without touching the models (``tagood metrics RUN_DIR``).
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 
 from tagood.errors import InputError
 from tagood.metrics import ood_metrics
-from tagood.runtime.fileio import atomic_open
+from tagood.runtime.fileio import NotRegularFileError, atomic_open, open_regular
 
 SCORES_FILE = "scores.npz"
 IND_SPLIT = "test"
@@ -52,22 +54,37 @@ def save_scores(path: str | Path, scores: Mapping[str, Mapping[str, np.ndarray]]
 
 def load_scores(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
     """``(scores[method][split], ids[split])`` from a file written by :func:`save_scores` (or a run
-    directory holding ``scores.npz``)."""
+    directory holding ``scores.npz``).
+
+    Raises:
+        tagood.errors.InputError: no such file, not a regular file (a FIFO or device is refused, never waited on),
+            not a readable ``.npz`` of numbers and text, or no score arrays in it; the message names the file.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / SCORES_FILE
-    if not p.exists():
+    if not os.path.lexists(p):
         raise InputError(f"{p}: no per-sample scores here (benchmark runs write {SCORES_FILE} beside results.json)")
     scores: dict[str, dict[str, np.ndarray]] = {}
     ids: dict[str, list[str]] = {}
-    with np.load(p, allow_pickle=False) as z:
-        for key in z.files:
-            kind, _, rest = key.partition("/")
-            if kind == "score":
-                method, _, split = rest.rpartition("/")
-                scores.setdefault(method, {})[split] = z[key]
-            elif kind == "id":
-                ids[rest] = [str(x) for x in z[key]]
+    fix = f"pass a run folder or the {SCORES_FILE} a benchmark run wrote (`tagood bench --out RUN`)"
+    try:
+        with open_regular(p) as f, np.load(f, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise InputError(f"{p} holds a single array, not the named arrays of a {SCORES_FILE}; {fix}")
+            for key in z.files:
+                kind, _, rest = key.partition("/")
+                if kind == "score":
+                    method, _, split = rest.rpartition("/")
+                    scores.setdefault(method, {})[split] = np.asarray(z[key], dtype=np.float64)
+                elif kind == "id":
+                    ids[rest] = [str(x) for x in z[key]]
+    except NotRegularFileError as e:
+        raise InputError(f"{e}; {fix}") from None
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as e:
+        raise InputError(f"{p} is not a readable {SCORES_FILE} ({type(e).__name__}); {fix}") from None
     if not scores:
         raise InputError(f"{p} holds no 'score/<method>/<split>' arrays")
     return scores, ids

@@ -201,10 +201,26 @@ class ImageNetSplit(SplitSpec):
         return imagenet.imagenet_source(_resolve(self.root, base_dir), self.part)
 
 
+class SyntheticSplit(SplitSpec):
+    """``synthetic``: tiny generated images for rehearsals and tests, read by the ``synthetic`` backbone only
+    (:class:`tagood.data.synthetic.SyntheticSource`)."""
+
+    type: Literal["synthetic"] = Field(description=_TYPE)
+    part: Literal["train", "test", "ood"] = Field(description="IND train, IND test or an OOD set")
+    images: PosInt = Field(description="number of images")
+    num_classes: PosInt = Field(10, description="IND classes (an OOD set: latent clusters)")
+    ood_set: Int = Field(0, ge=0, le=253, description="which OOD set (part = 'ood')")
+
+    def _open(self, base_dir: Path, seed: int) -> ImageSource:
+        from tagood.data.synthetic import SyntheticSource
+
+        return SyntheticSource(self.images, self.part, self.num_classes, self.ood_set)
+
+
 #: the split models by ``type``
 SPLIT_TYPES: dict[str, type[SplitSpec]] = {
     "folder": FolderSplit, "list": ListSplit, "fashion_mnist": FashionSplit, "mnist5k": MnistSplit, "digits": DigitsSplit,
-    "fashion_clutter": ClutterSplit, "scenes": ScenesSplit, "imagenet": ImageNetSplit,
+    "fashion_clutter": ClutterSplit, "scenes": ScenesSplit, "imagenet": ImageNetSplit, "synthetic": SyntheticSplit,
 }
 
 
@@ -233,7 +249,8 @@ def _check_split(v: Any) -> Any:
 SplitTable = Annotated[Annotated[FolderSplit, Tag("folder")] | Annotated[ListSplit, Tag("list")]
                   | Annotated[FashionSplit, Tag("fashion_mnist")] | Annotated[MnistSplit, Tag("mnist5k")]
                   | Annotated[DigitsSplit, Tag("digits")] | Annotated[ClutterSplit, Tag("fashion_clutter")]
-                  | Annotated[ScenesSplit, Tag("scenes")] | Annotated[ImageNetSplit, Tag("imagenet")],
+                  | Annotated[ScenesSplit, Tag("scenes")] | Annotated[ImageNetSplit, Tag("imagenet")]
+                  | Annotated[SyntheticSplit, Tag("synthetic")],
                   Discriminator(_split_tag), BeforeValidator(_check_split)]
 
 _SPLIT = TypeAdapter(SplitTable)

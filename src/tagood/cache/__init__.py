@@ -5,6 +5,8 @@ Layout of one cache entry (one split extracted by one backbone with one set of o
     <root>/<split>-<keyhash>/
         manifest.json              key, field specs, committed shards (+ byte size and SHA-256 of each),
                                    failed samples, complete flag, and a SHA-256 of the manifest itself
+        manifest.log               while extracting: one checksummed JSON line per commit since manifest.json
+                                   was last written (compacted into it when the entry is finished)
         shard-00000.safetensors    dense fields "<name>" (count, ...), ragged fields
                                    "<name>.values" (sum_n, D), "<name>.offsets" (count+1,),
                                    "<name>.positions" (sum_n,), plus "index" and "label" (count,)
@@ -15,11 +17,12 @@ Layout of one cache entry (one split extracted by one backbone with one set of o
 * The **key** is ``(backbone id, weights hash, transform, dataset fingerprint, options)``; its hash
   names the directory, so a cache built with other options is never silently reused. Format
   version 2 (checksums, file stats) is part of the key: entries of format 1 are re-extracted.
-* Writes are **atomic**: a shard (and its sidecar) is written to a temp file and renamed, then the
-  manifest is rewritten (temp + rename) to list it. A shard is only ever read if the manifest
+* Writes are **atomic**: a shard (and its sidecar) is written to a temp file and renamed, then a line
+  listing it is appended to ``manifest.log`` (a commit's cost does not grow with the shards before it; a torn
+  last line is ignored). A shard is only ever read if the manifest
   lists it, so a kill at any moment leaves a consistent cache; extraction resumes after the last
   committed shard and a finished entry is never recomputed. A shard is committed every
-  ``commit_rows`` samples (256), every ``commit_seconds`` (30 s) or every ``shard_mb`` (256 MB),
+  ``commit_rows`` samples (256), every ``commit_seconds`` (10 s; the first after 3 s) or every ``shard_mb`` (256 MB),
   whichever comes first, so a kill loses at most that much work.
 * **Integrity**: opening an entry checks the manifest's own checksum (an edited ``count`` is
   caught), that every listed shard exists with its recorded byte size, and each shard's header

@@ -53,15 +53,67 @@ def list_entries(root: str | Path) -> list[EntryInfo]:
     root = Path(root)
     if not root.is_dir():
         return out
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).exists()):
-        nbytes = sum(f.stat().st_size for f in d.glob("shard-*") if f.is_file())
+    for d in entry_dirs(root):
+        nbytes = 0
         try:
+            nbytes = sum(f.stat().st_size for f in d.glob("shard-*") if f.is_file())
             m = Manifest.load(d / MANIFEST)
+            problem = lock_problem(d)
             out.append(EntryInfo(d, m.split, m.n_samples, m.n_source, len(m.failed), m.complete, nbytes,
-                                 str(m.key.get("backbone", "?"))))
-        except CacheError as e:
-            out.append(EntryInfo(d, d.name.rsplit("-", 1)[0], 0, 0, 0, False, nbytes, "?", str(e)))
+                                 str(m.key.get("backbone", "?")), problem))
+        except (CacheError, OSError) as e:  # an unreadable entry is listed with its error; the others still are
+            msg = str(e) if isinstance(e, CacheError) else f"cannot read {e.filename or d} ({e.strerror})"
+            out.append(EntryInfo(d, d.name.rsplit("-", 1)[0], 0, 0, 0, False, nbytes, "?", msg))
     return out
+
+
+def _is_entry(p: Path) -> bool:
+    """A cache entry: a directory holding ``manifest.json`` (or one that cannot be looked into: it is reported)."""
+    try:
+        return p.is_dir() and (p / MANIFEST).exists()
+    except OSError:  # permission denied on the directory itself
+        return True
+
+
+def entry_dirs(root: str | Path) -> list[Path]:
+    """The entry directories directly under a cache root, sorted; an entry that cannot be read is included (its
+    reader reports it) instead of stopping the listing.
+
+    Args:
+        root: the cache root (a missing one has no entries).
+
+    Returns:
+        The entry directories.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _is_entry(p))
+
+
+def lock_problem(directory: Path) -> str | None:
+    """What is wrong with the entry's lock file (``.lock`` a directory, a FIFO, ...), or ``None`` when it is a regular
+    file or absent: a lock that is no file makes every run on the entry fail.
+
+    Args:
+        directory: the entry's directory.
+
+    Returns:
+        The problem, naming the path and the fix, or ``None``.
+    """
+    import stat as _stat
+
+    p = directory / LOCK_FILE
+    try:
+        st = p.lstat()
+    except OSError:  # absent, or the entry cannot be looked into (its reader reports that)
+        return None
+    if _stat.S_ISREG(st.st_mode):
+        return None
+    kind = ("a directory" if _stat.S_ISDIR(st.st_mode) else "a symbolic link" if _stat.S_ISLNK(st.st_mode)
+            else "not a regular file")
+    return (f"{p} is {kind}, not the entry's lock file, so no run can lock the entry; remove it (`tagood cache verify "
+            "--repair` does)")
 
 
 def remove_entry(directory: str | Path, lock_timeout: float | None = 0) -> None:

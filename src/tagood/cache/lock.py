@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,20 @@ class EntryLock:
             raise CacheError(f"this process already writes the cache entry {self.dir} (an unfinished CacheWriter); "
                              "finish() or close() it first")
         self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.dir / LOCK_FILE
+        try:  # never through a symbolic link: the lock file is truncated and written
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
         except OSError as e:
+            if e.errno in (errno.EISDIR, errno.ELOOP, errno.ENXIO):
+                raise CacheError(f"{path} is {'a directory' if e.errno == errno.EISDIR else 'not a regular file'}, not the "
+                                 "entry's lock file, so the entry cannot be locked; remove it (`tagood cache verify "
+                                 f"--repair {self.dir}` does)") from e
             raise CacheError(f"cannot create the lock file of cache entry {self.dir}: {e.strerror}; "
                              "use a writable cache directory (--cache or TAGOOD_CACHE)") from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CacheError(f"{path} is not a regular file, not the entry's lock file, so the entry cannot be locked; "
+                             f"remove it (`tagood cache verify --repair {self.dir}` does)")
         t0, warned = time.monotonic(), False
         try:
             while True:

@@ -1,8 +1,22 @@
-"""The manifest of a cache entry (``manifest.json``) and its list of committed shards (:class:`ShardInfo`)."""
+"""The manifest of a cache entry (``manifest.json`` plus its commit log ``manifest.log``) and its list of committed
+shards (:class:`ShardInfo`).
+
+A commit does not rewrite ``manifest.json`` (whose size grows with the number of shards): it appends one line to
+``manifest.log`` (:func:`append_log`), so its cost does not depend on how many shards the entry already has. Each log
+line is a JSON object naming the checksum of the ``manifest.json`` it extends (``base``), its position in the log
+(``seq``), the shards and failed samples it adds and the field specs, sealed by a SHA-256 of its own canonical JSON
+(``sum``). :meth:`Manifest.load` reads ``manifest.json`` and applies the log's lines in order: a torn or damaged
+**last** line (a writer killed while appending) is ignored, a damaged line before the last one is a
+:class:`~tagood.errors.CacheError`, and a log whose ``base`` is not the current manifest's checksum (left behind by a
+compaction killed before it removed the log) is ignored as a whole. The writer compacts the log into ``manifest.json``
+(atomic rewrite, then the log is removed) when it finishes the entry, on a shard rewrite and when it resumes an entry.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +27,14 @@ import numpy as np
 from tagood.cache.keys import FORMAT_VERSION, canonical_hash
 from tagood.errors import CacheError
 
+log = logging.getLogger(__name__)
+
 #: Name of the manifest file inside an entry.
 MANIFEST = "manifest.json"
+#: Name of the manifest's commit log inside an entry (one JSON line per commit since the last compaction).
+MANIFEST_LOG = "manifest.log"
+#: Version of the log-line format.
+LOG_VERSION = 1
 
 
 @dataclass
@@ -133,14 +153,49 @@ class Manifest:
             raise CacheError(f"corrupt cache manifest {where}: marked complete at sample {pos} of {self.n_source}; {fix}")
 
     @classmethod
-    def load(cls, path: Path) -> Manifest:
-        """Read and check a manifest: its own SHA-256 (any edit is caught), its format and its structure.
+    def load(cls, path: Path, log_lines: bool = True) -> Manifest:
+        """Read and check a manifest and apply its commit log (:data:`MANIFEST_LOG` beside it, when present).
+
+        Args:
+            path: the ``manifest.json`` file.
+            log_lines: apply the commit log (``False``: ``manifest.json`` alone, as last compacted).
+
+        Returns:
+            The manifest, with the shards the log adds.
+
+        Raises:
+            CacheError: it cannot be read, is of another format, was modified or is inconsistent, or a log line
+                before the last one is damaged.
+        """
+        m, checksum = cls._load_json(path)
+        if log_lines:
+            lines = read_log(path.parent / MANIFEST_LOG, checksum)
+            for line in lines:
+                m.apply_log_line(line)
+            if lines:
+                m.check(path.parent / MANIFEST_LOG)
+        return m
+
+    def apply_log_line(self, line: dict[str, Any]) -> None:
+        """Add the shards, failed samples and field specs of one commit-log line (as :func:`log_line` made it).
+
+        Args:
+            line: the decoded line.
+        """
+        self.shards.extend(ShardInfo(**sh) for sh in line["shards"])
+        self.failed.extend(line.get("failed", []))
+        for f, spec in dict(line.get("fields", {})).items():
+            self.fields.setdefault(f, spec)
+
+    @classmethod
+    def _load_json(cls, path: Path) -> tuple[Manifest, str]:
+        """Read and check ``manifest.json``: its own SHA-256 (any edit is caught), its format and its structure.
 
         Args:
             path: the ``manifest.json`` file.
 
         Returns:
-            The manifest.
+            The manifest and its checksum.
 
         Raises:
             CacheError: it cannot be read, is of another format, was modified or is inconsistent.
@@ -173,4 +228,102 @@ class Manifest:
             detail = e.strerror if isinstance(e, OSError) else type(e).__name__
             raise CacheError(f"corrupt cache manifest {path} ({detail}); {fix}") from e
         m.check(path)
-        return m
+        return m, str(d["checksum"])
+
+
+def log_line(manifest_checksum: str, seq: int, shards: list[ShardInfo], failed: list[dict[str, Any]],
+             fields: dict[str, dict[str, Any]]) -> bytes:
+    """One commit-log line (UTF-8 JSON ending in a newline), sealed by the SHA-256 of its canonical JSON.
+
+    Args:
+        manifest_checksum: the checksum of the ``manifest.json`` the log extends.
+        seq: the line's position in the log (0 for the first line).
+        shards: the shards this commit adds.
+        failed: the failed samples it adds.
+        fields: the entry's field specs.
+
+    Returns:
+        The bytes to append.
+    """
+    d: dict[str, Any] = {"v": LOG_VERSION, "base": manifest_checksum, "seq": int(seq),
+                         "shards": [dict(s.__dict__) for s in shards], "failed": list(failed), "fields": dict(fields)}
+    d["sum"] = canonical_hash(d)
+    return (json.dumps(d, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def _decode_line(raw: bytes, base: str, seq: int) -> dict[str, Any] | str:
+    """The decoded line, or why it is not a valid line ``seq`` of a log extending ``base``."""
+    if not raw.endswith(b"\n"):
+        return "torn (no line end)"
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(d, dict) or d.get("sum") != canonical_hash({k: v for k, v in d.items() if k != "sum"}):
+        return "checksum mismatch"
+    if d.get("v") != LOG_VERSION or d.get("seq") != seq or not isinstance(d.get("shards"), list):
+        return f"not line {seq} of format {LOG_VERSION}"
+    if d.get("base") != base:
+        return "stale"
+    return d
+
+
+def read_log(path: Path, manifest_checksum: str) -> list[dict[str, Any]]:
+    """The valid lines of a commit log that extends the manifest of checksum ``manifest_checksum``.
+
+    A torn or damaged last line is ignored (a writer killed while appending it: its shard is not committed). A log
+    whose first line names another manifest is stale (a compaction killed before it removed the log) and ignored.
+
+    Args:
+        path: the ``manifest.log`` file (missing: no lines).
+        manifest_checksum: the checksum of the ``manifest.json`` beside it.
+
+    Returns:
+        The decoded lines, in order.
+
+    Raises:
+        CacheError: a line before the last one is damaged.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise CacheError(f"cannot read the cache manifest log {path} ({e.strerror}); make it readable, or run "
+                         f"`tagood cache verify --repair`") from e
+    parts = raw.splitlines(keepends=True)
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        d = _decode_line(part, manifest_checksum, i)
+        if d == "stale" and i == 0:
+            log.debug("%s extends another manifest (a compaction was interrupted): ignored", path)
+            return []
+        if isinstance(d, str):
+            if i == len(parts) - 1:
+                log.info("%s: last line %s (a commit interrupted): ignored", path, d)
+                break
+            raise CacheError(f"cache manifest log {path} is damaged at line {i + 1} ({d}); run `tagood cache verify "
+                             f"--repair` or delete {path.parent} and re-extract")
+        out.append(d)
+    return out
+
+
+def append_log(path: Path, line: bytes) -> int:
+    """Append one line to a commit log and sync it to disk.
+
+    Args:
+        path: the ``manifest.log`` file (created when missing).
+        line: the bytes of :func:`log_line`.
+
+    Returns:
+        The number of bytes written.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(line)

@@ -155,7 +155,11 @@ class CacheReader:
             ``[size, mtime_ns]`` (or ``None``) per covered source index.
         """
         info = self.manifest.shards[i]
-        side = json.loads((self.dir / info.sidecar).read_text())
+        try:
+            side = json.loads((self.dir / info.sidecar).read_text())
+        except (OSError, ValueError) as e:
+            detail = e.strerror if isinstance(e, OSError) else type(e).__name__
+            raise CacheError(f"cache sidecar {self.dir / info.sidecar} cannot be read ({detail}); {self._fix()}") from e
         return list(side.get("stats", [])) if isinstance(side, dict) else [None] * (info.stop - info.start)
 
     def changed_shards(self, current: Sequence[list[int] | None]) -> dict[int, int]:
@@ -167,11 +171,16 @@ class CacheReader:
                 in-memory sample) is never counted as changed.
 
         Returns:
-            ``{shard index: number of changed files}``.
+            ``{shard index: number of changed files}``; a shard whose sidecar is missing or unreadable counts every
+            file it covers as changed (it is re-extracted).
         """
         out: dict[int, int] = {}
         for i, info in enumerate(self.manifest.shards):
-            then = self.file_stats(i)
+            try:
+                then = self.file_stats(i)
+            except CacheError:
+                out[i] = info.stop - info.start
+                continue
             n = sum(1 for j, old in enumerate(then) if old is not None and list(old) != (current[info.start + j] or None))
             if n:
                 out[i] = n
@@ -306,7 +315,10 @@ class CacheReader:
         """Identifier (path) of each stored sample, from the sidecars (checked with ``verify_on_read``)."""
         out: list[str] = []
         for s in self.manifest.shards:
-            raw = (self.dir / s.sidecar).read_bytes()
+            try:
+                raw = (self.dir / s.sidecar).read_bytes()
+            except OSError as e:
+                raise CacheError(f"cache sidecar {self.dir / s.sidecar} cannot be read ({e.strerror}); {self._fix()}") from e
             if self.verify_on_read and hashlib.sha256(raw).hexdigest() != s.sidecar_sha256:
                 raise CacheError(f"cache sidecar {self.dir / s.sidecar} is damaged (checksum mismatch); {self._fix()}")
             side = json.loads(raw)

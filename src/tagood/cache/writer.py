@@ -13,16 +13,19 @@ import numpy as np
 
 from tagood.cache.keys import entry_dir, file_stat
 from tagood.cache.lock import EntryLock
-from tagood.cache.manifest import MANIFEST, Manifest, ShardInfo
+from tagood.cache.manifest import MANIFEST, MANIFEST_LOG, Manifest, ShardInfo, append_log, log_line
 from tagood.cache.reader import CacheReader
 from tagood.cache.shards import write_json_hashed, write_safetensors
 from tagood.core.types import TokenSet
 from tagood.errors import CacheError
 from tagood.runtime.fileio import atomic_write_json
 
-#: default commit policy of :class:`CacheWriter`: a shard every this many samples / seconds (or ``shard_mb``)
+#: default commit policy of :class:`CacheWriter`: a shard every this many samples / seconds (or ``shard_mb``), so a
+#: kill loses at most about ``COMMIT_SECONDS`` of work (plus the batch in flight) at any size
 COMMIT_ROWS = 256
-COMMIT_SECONDS = 30.0
+COMMIT_SECONDS = 10.0
+#: the first shard of a writer is committed after at most this many seconds (a run killed early keeps its work too)
+FIRST_COMMIT_SECONDS = 3.0
 
 #: Fields stored as fp16 by default (large); everything else keeps float32 / its integer type.
 FP16_FIELDS = frozenset({"tokens", "features", "tag_attention", "patch_embeds"})
@@ -58,7 +61,8 @@ def _nbytes(v: Any) -> int:
 class CacheWriter:
     """Append samples to a cache entry, committing a shard every ``commit_rows`` samples, every
     ``commit_seconds`` or every ``shard_mb`` MB, whichever comes first (``shard_size``: exactly that
-    many samples per shard instead).
+    many samples per shard instead). The first shard a writer commits comes after at most
+    :data:`FIRST_COMMIT_SECONDS` (or ``commit_seconds`` when smaller).
 
     Use :meth:`open` to create or resume an entry; it takes the entry's write lock
     (:class:`EntryLock`), released by :meth:`finish` or :meth:`close`. ``add`` takes a batch:
@@ -92,9 +96,18 @@ class CacheWriter:
         self._row_nbytes: int | None = None
         self._covered_to = manifest.next_index
         self._t_shard = time.monotonic()
+        self._committed = False  # a shard was committed by this writer (the first one comes sooner)
         self._rewrite: int | None = None
         self._lock: EntryLock | None = None
         self.written: set[str] = set()  # shard files this writer committed (known good)
+        # what manifest.json (+ the log) on disk holds: its checksum, the log's lines, and how many shards and
+        # failed samples it lists (a commit logs the ones after these)
+        self._base = ""
+        self._log_seq = 0
+        self._saved_shards = len(manifest.shards)
+        self._saved_failed = len(manifest.failed)
+        #: bytes written to manifest.json and manifest.log by this writer (a commit's own cost, tested)
+        self.manifest_bytes = 0
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -172,12 +185,16 @@ class CacheWriter:
                         stale.unlink(missing_ok=True)
             else:
                 m = Manifest(key=norm_key, split=split, n_source=n_source, meta=dict(meta or {}), start=start)
-                atomic_write_json(mpath, m.to_json())
+            w = cls(d, m, shard_size, shard_mb, commit_rows, commit_seconds)
+            # a new entry, or a resumed one whose log is folded in (a torn last line then never precedes a new one)
+            if not mpath.exists() or (d / MANIFEST_LOG).exists():
+                w._compact()
+            else:
+                w._base = str(m.to_json()["checksum"])
         except BaseException:
             if own:
                 lk.release()
             raise
-        w = cls(d, m, shard_size, shard_mb, commit_rows, commit_seconds)
         w._lock = lk if own else None
         return w
 
@@ -272,8 +289,10 @@ class CacheWriter:
             return self._buffered >= self.shard_size
         if self.commit_rows is not None and self._buffered >= self.commit_rows:
             return True
-        if self.commit_seconds is not None and time.monotonic() - self._t_shard >= self.commit_seconds:
-            return True
+        if self.commit_seconds is not None:
+            limit = self.commit_seconds if self._committed else min(self.commit_seconds, FIRST_COMMIT_SECONDS)
+            if time.monotonic() - self._t_shard >= limit:
+                return True
         return self._buffered * (self._row_nbytes or 1) >= self.shard_mb * 2**20
 
     def begin_rewrite(self, i: int) -> tuple[int, int]:
@@ -357,7 +376,10 @@ class CacheWriter:
             self.manifest.shards[slot] = info
             kept = [f for f in self.manifest.failed if not start <= int(f["index"]) < stop]
             self.manifest.failed = sorted(kept + self._buf_failed, key=lambda f: int(f["index"]))
-        atomic_write_json(self.dir / MANIFEST, self.manifest.to_json())
+        if old is None:
+            self._log_commit()
+        else:  # a shard replaced in the middle: the whole manifest is written
+            self._compact()
         self.written.add(name)
         if old is not None and old.file != name:  # the manifest no longer lists it; we hold the lock
             (self.dir / old.file).unlink(missing_ok=True)
@@ -366,6 +388,7 @@ class CacheWriter:
         self._buf, self._buf_failed, self._buffered = [], [], 0
         self._stats = {k: v for k, v in self._stats.items() if k >= stop}
         self._t_shard = time.monotonic()
+        self._committed = True
 
     def commit(self) -> None:
         """Commit the buffered rows as a shard now."""
@@ -407,7 +430,25 @@ class CacheWriter:
             )
         self.manifest.complete = True
         self.manifest.meta.update(meta or {})
-        atomic_write_json(self.dir / MANIFEST, self.manifest.to_json())
+        self._compact()
         self.close()
         return CacheReader(self.dir, verified=self.written)
+
+    def _log_commit(self) -> None:
+        """Record the shards and failures added since the manifest was last saved: one line appended to the
+        manifest's log, whatever the number of shards listed before (:func:`tagood.cache.manifest.append_log`)."""
+        m = self.manifest
+        line = log_line(self._base, self._log_seq, m.shards[self._saved_shards:], m.failed[self._saved_failed:], m.fields)
+        self.manifest_bytes += append_log(self.dir / MANIFEST_LOG, line)
+        self._log_seq += 1
+        self._saved_shards, self._saved_failed = len(m.shards), len(m.failed)
+
+    def _compact(self) -> None:
+        """Write the whole manifest to ``manifest.json`` (atomically), then remove the log it now contains. A kill
+        between the two leaves a log whose ``base`` is the old manifest's checksum: readers ignore it."""
+        d = self.manifest.to_json()
+        self.manifest_bytes += len(atomic_write_json(self.dir / MANIFEST, d))
+        (self.dir / MANIFEST_LOG).unlink(missing_ok=True)
+        self._base, self._log_seq = str(d["checksum"]), 0
+        self._saved_shards, self._saved_failed = len(self.manifest.shards), len(self.manifest.failed)
 

@@ -7,6 +7,7 @@ its own command with the ImageNet options (``tagood bench imagenet --root DATA -
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,16 +72,29 @@ def run_and_report(cfg: Any, out: Path, cache: Path | None, device: str, methods
                    plots: bool = False) -> None:
     """Check every method spec, run the benchmark, print its table and write the run folder (rank 0 of torchrun)."""
     from tagood.bench.report import writers as report
-    from tagood.bench.runner import create_detector, run
+    from tagood.bench.runner import create_detector
 
     specs = method_specs(methods)
     for spec in specs or cfg.methods:  # every method spec is checked before any extraction starts
         create_detector(spec, cfg)
-    results, state = run(cfg, out_dir=out, cache_root=cache, device=device, methods=specs)
+    # the whole run folder (results, scores, log, figures, HTML) is written into a fresh folder and swapped in for
+    # --out at the end, so --out never mixes two runs (issue 23); rank 0 of torchrun alone writes it
+    with report.run_folder(out) if is_main() else contextlib.nullcontext(out) as stage:
+        failed_specs = _run_into(cfg, stage, out, cache, device, specs, plots)
+    if failed_specs:
+        raise typer.Exit(1)
+
+
+def _run_into(cfg: Any, stage: Path, out: Path, cache: Path | None, device: str, specs: list[str] | None,
+              plots: bool) -> bool:
+    """Run the benchmark writing the run folder into ``stage`` (named ``out`` in messages); True when a method
+    failed (the run's other results are kept)."""
+    from tagood.bench.report import writers as report
+    from tagood.bench.runner import run
+
+    results, state = run(cfg, out_dir=stage, cache_root=cache, device=device, methods=specs)
     if not is_main():  # under torchrun rank 0 reports and writes the run folder; the others only compute
-        if state.errors:
-            raise typer.Exit(1)
-        return
+        return bool(state.errors)
     console.print(report.rich_table(results, title=escape(f"{cfg.name}: OOD detection (percent; higher = more OOD scores)")))
     if results["id_accuracy"] is not None:
         console.print(f"IND accuracy of the linear head: [bold]{results['id_accuracy']:.2f}%[/]")
@@ -92,20 +106,22 @@ def run_and_report(cfg: Any, out: Path, cache: Path | None, device: str, methods
                          f"{out / 'run.log'} in {results['meta']['timings']['total_s']:.0f}s"))
     if plots:
         from tagood.bench.report.overlays import write_token_grids
+        from tagood.bench.report.plots import write_plots as _write_plots
 
-        write_plots(results, state.scores, out / "plots")
-        grids = write_token_grids(state, out / "plots")
+        figures = _write_plots(results, state.scores, stage / "plots")
+        console.print(escape(f"wrote {len(figures)} figures to {out / 'plots'}"))
+        grids = write_token_grids(state, stage / "plots")
         if grids:
             console.print(escape(f"wrote {len(grids)} token pictures (what the tagger kept): "
-                                 + ", ".join(str(p) for p in grids)))
+                                 + ", ".join(str(out / "plots" / p.name) for p in grids)))
     from tagood.bench.report.html import write_html
 
-    console.print(escape(f"wrote {write_html(results, out)} (table, diagnostics"
+    write_html(results, stage)
+    console.print(escape(f"wrote {out / 'results.html'} (table, diagnostics"
                          + (", figures" if plots else "; add --plots for the figures") + ")"))
-    if state.errors:
-        for spec, err in state.errors.items():
-            console.print(f"[red]{escape(spec)} failed: {escape(err)}[/]")
-        raise typer.Exit(1)
+    for spec, err in state.errors.items():
+        console.print(f"[red]{escape(spec)} failed: {escape(err)}[/]")
+    return bool(state.errors)
 
 
 def _set_stream_ratio(cfg: Any, ratio: float | None) -> None:
@@ -143,6 +159,9 @@ def demo(
                                                "vision-language methods run on Lite0 only: their offline dual encoder "
                                                "reads its features).")] = "efficientnet-lite0",
     stream_ratio: StreamRatioOpt = None,
+    ladder: Annotated[bool, typer.Option("--ladder", help="Run the decomposition ladder instead (scenes: image level, "
+                                                          "tokens, object crops, oracle rungs; tagood.bench.ladder); "
+                                                          "writes ladder.json / ladder.md too.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -155,6 +174,11 @@ def demo(
              "(RAM / CLIP: `tagood bench`)")
     cfg = builtin(benchmark, quick=quick)
     cfg.backbone = EfficientNetSpec.model_validate({"name": backbone})
+    if ladder:
+        from tagood.bench.ladder import ladder_markdown, run_ladder
+
+        console.print(ladder_markdown(run_ladder(cfg, out, cache, device)), markup=False)
+        return
     if backbone != "efficientnet-lite0" and not methods:  # the offline dual encoder reads Lite0 features
         from tagood.bench.config import VLM
 

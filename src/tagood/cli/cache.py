@@ -34,9 +34,10 @@ def _root(cache: Path | None) -> Path:
 def _entries(root: Path, names: list[str]) -> list[Path]:
     """Entry directories named on the command line (a path, or a directory name under ``root``); all when none."""
     from tagood.cache import MANIFEST, CacheError
+    from tagood.cache.admin import entry_dirs
 
     if not names:
-        return sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).exists()) if root.is_dir() else []
+        return entry_dirs(root)
     out = []
     for n in names:
         p = Path(n)
@@ -68,10 +69,15 @@ def ls_cmd(cache: CacheOpt = None, verbose: VerboseOpt = False, quiet: QuietOpt 
     total = 0
     for e in entries:
         total += e.nbytes
-        state = "[red]damaged manifest[/]" if e.error else ("complete" if e.complete else "[yellow]partial (resumable)[/]")
+        state = ("[red]lock file broken[/]" if e.error and e.n_source else
+                 "[red]damaged manifest[/]" if e.error and "manifest" in e.error else "[red]unreadable[/]" if e.error
+                 else "complete" if e.complete else "[yellow]partial (resumable)[/]")
         t.add_row(escape(e.dir.name), escape(e.split), escape(e.backbone), f"{e.n_samples}/{e.n_source}", str(e.n_failed),
                   _size(e.nbytes), state)
     console.print(t)
+    for e in entries:
+        if e.error:
+            console.print(f"[red]{escape(e.dir.name)}: {escape(e.error)}[/]")
     console.print(f"{len(entries)} entries, {_size(total)}")
 
 
@@ -107,7 +113,8 @@ def verify_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Check every shard of the entries against the SHA-256 in their manifest (exit 1 if damage is left)."""
-    from tagood.cache import MANIFEST, CacheError, CacheReader, EntryLock, set_aside_manifest
+    from tagood.cache import LOCK_FILE, MANIFEST, CacheError, CacheReader, EntryLock, set_aside_manifest
+    from tagood.cache.admin import lock_problem
 
     root = _root(cache)
     todo = _entries(root, list(entries or []))
@@ -116,9 +123,22 @@ def verify_cmd(
         return
     left = 0
     for d in todo:
+        lock_bad = lock_problem(d) if d.is_dir() else None
+        if lock_bad:
+            console.print(f"[red]{escape(d.name)}: {escape(lock_bad)}[/]")
+            if not repair:
+                left += 1
+                continue
+            _remove_lock(d)
+            console.print(f"  removed the broken lock {escape(str(d / LOCK_FILE))}")
         try:
             reader = CacheReader(d, check_files=False)
             problems = reader.verify(full=True)
+        except OSError as e:  # an unreadable entry: reported, the others are still verified
+            console.print(f"[red]{escape(d.name)}: cannot read {escape(str(e.filename or d))} ({escape(str(e.strerror))}); "
+                          "make it readable, or remove it with `tagood cache rm`[/]")
+            left += 1
+            continue
         except CacheError as e:
             if not (d / MANIFEST).exists():
                 console.print(f"[yellow]{escape(d.name)}: no manifest (set aside earlier); the next run re-extracts it[/]")
@@ -149,6 +169,19 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+def _remove_lock(d: Path) -> None:
+    """Remove a broken ``.lock`` (a directory, a symbolic link, a FIFO): the next run creates a fresh lock file."""
+    import shutil
+
+    from tagood.cache import LOCK_FILE
+
+    p = d / LOCK_FILE
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
 def _repair_now(d: Path, reader: Any, device: str, progress: bool = True) -> bool:
     """Re-extract the damaged shards of an entry that records its recipe (written by `tagood extract`)."""
     from tagood import data
@@ -158,7 +191,8 @@ def _repair_now(d: Path, reader: Any, device: str, progress: bool = True) -> boo
     recipe = reader.manifest.meta.get("recipe")
     if not isinstance(recipe, dict):
         return False
-    src = data.ListFileSource(recipe["list"], recipe["root"]) if recipe.get("list") else data.FolderSource(recipe["root"])
+    src = (data.ListFileSource(recipe["list"], recipe["root"]) if recipe.get("list")
+           else data.FolderSource(recipe["root"], skip_empty_classes=bool(recipe.get("skip_empty_classes"))))
     bb = build_backbone(recipe["backbone"], device=device)
     fixed = extract_split(src, bb, d.parent, split=recipe["split"], fields=recipe.get("fields"),
                           batch_size=int(recipe.get("batch_size", 64)), progress=progress)

@@ -87,6 +87,19 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
     _setup(quiet=quiet, verbose=verbose)
 
 
+def configure_threads(threads: int | None) -> int:
+    """The thread budget of this process (:func:`tagood.runtime.threads.configure`), set before any command imports
+    torch; a bad ``--threads``, ``$TAGOOD_THREADS`` or ``$OMP_NUM_THREADS`` exits 2 with one line naming it."""
+    from tagood.runtime.threads import configure
+
+    try:
+        return configure(threads)
+    except TagoodError as e:
+        if debug():
+            raise
+        fail(str(e))
+
+
 def check_device(device: str) -> str:
     """The device this process drives (``cuda`` under torchrun: ``cuda:LOCAL_RANK``,
     :func:`tagood.runtime.distributed.local_device`); exits 2 with a clear message unless it exists here (before any work)."""
@@ -156,10 +169,35 @@ def is_main() -> bool:
 
 
 def method_specs(methods: str | None) -> list[str] | None:
-    """Split ``--methods 'a,b[x=1,y=2],c'`` on the commas outside brackets; None when not given."""
+    """Split ``--methods 'a,b[x=1,y=2],c'`` on the commas outside brackets; None when not given. A method named
+    twice is a :class:`tagood.errors.ConfigError` (it ran twice under one name before)."""
     from tagood.detectors.registry import split_specs
 
-    return split_specs(methods) if methods else None
+    if not methods:
+        return None
+    specs = split_specs(methods)
+    twice = duplicate_specs(specs)
+    if twice:
+        from tagood.errors import ConfigError
+
+        raise ConfigError(f"--methods names {', '.join(twice)} more than once; name each method (with its options) once")
+    return specs
+
+
+def duplicate_specs(specs: list[str]) -> list[str]:
+    """The method specs of ``specs`` that repeat an earlier one (same detector, same options; the order of the
+    options and spaces do not count)."""
+    from tagood.detectors.registry import parse_name
+
+    seen: set[str] = set()
+    out: list[str] = []
+    for s in specs:
+        base, opts = parse_name(s)
+        key = repr((base, sorted(opts.items())))
+        if key in seen:
+            out.append(s)
+        seen.add(key)
+    return out
 
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "pytorch_model.pt", "model.pt", "model.pth")
@@ -188,7 +226,14 @@ def backbone_files(checkpoint: Path | None, tags: Path | None, thresholds: Path 
 
 
 def stream_limit(v: float | None) -> float | None:
-    """``--stream-above-gb``: the cache's default when not given, None (never stream) for a negative value."""
-    from tagood.cache import STREAM_ABOVE_GB
+    """``--stream-above-gb``: the cache's default when not given, None (never stream) for a negative value; NaN is
+    refused (:class:`tagood.errors.ConfigError`): it compares false with every size, which streamed everything."""
+    import math
 
+    from tagood.cache import STREAM_ABOVE_GB
+    from tagood.errors import ConfigError
+
+    if v is not None and math.isnan(v):
+        raise ConfigError("--stream-above-gb nan is not a number of GiB; give a size such as 8, 0 (always stream) or -1 "
+                          "(never stream)")
     return STREAM_ABOVE_GB if v is None else (None if v < 0 else v)

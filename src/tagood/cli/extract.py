@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from tagood.cli.common import backbone_files, check_clip_dir, cli_command, console, is_main
+from tagood.cli.fitscore import SkipEmptyOpt
 from tagood.cli.options import (
     BackboneOpt,
     CacheOpt,
@@ -44,10 +45,12 @@ def extract(
     commit_every: Annotated[int, typer.Option(min=1, help="Commit a cache shard every this many images (a kill loses at "
                                                           "most one shard).")] = 256,
     commit_seconds: Annotated[float, typer.Option(min=0.1, help="... or every this many seconds, whichever comes "
-                                                                "first.")] = 30.0,
+                                                                "first (the first shard after at most 3 s), so a kill "
+                                                                "loses at most this much work.")] = 10.0,
     lock_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds to wait for another process extracting "
                                                                       "the same entry (default: wait until it is "
                                                                       "done).")] = None,
+    skip_empty_classes: SkipEmptyOpt = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -58,12 +61,14 @@ def extract(
     from tagood.pipeline.fitscore import backbone_spec
 
     check_clip_dir(clip)
-    src = data.ListFileSource(list_file, root) if list_file else data.FolderSource(root)
+    src = (data.ListFileSource(list_file, root) if list_file
+           else data.FolderSource(root, skip_empty_classes=skip_empty_classes))
     spec = {"name": backbone, **backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
     bb = build_backbone(spec, device=device)
     field_list = fields.split(",") if fields else None
     recipe = {"root": str(root.resolve()), "list": str(list_file.resolve()) if list_file else None, "split": split,
-              "backbone": backbone_spec(spec), "fields": field_list, "batch_size": batch_size}
+              "backbone": backbone_spec(spec), "fields": field_list, "batch_size": batch_size,
+              **({"skip_empty_classes": True} if skip_empty_classes else {})}
     reader = extract_split(src, bb, cache, split=split, fields=field_list, batch_size=batch_size, commit_rows=commit_every,
                            commit_seconds=commit_seconds, lock_timeout=lock_timeout, meta={"recipe": recipe})
     if not is_main():  # under torchrun rank 0 reports

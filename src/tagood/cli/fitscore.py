@@ -38,6 +38,11 @@ from tagood.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: ``--skip-empty-classes`` of `tagood fit` / `tagood extract`
+SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty-classes", help=(
+    "Leave out, with a warning, a class folder that cannot be read or holds no image (default: an error naming it); "
+    "the class list saved is the one the detector was fitted on."))]
+
 
 def _one_method(methods: str | None, method: str | None) -> str:
     """The one method spec of ``--methods`` (or of the deprecated ``--method``)."""
@@ -73,16 +78,20 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed of the held-out split (10% of the images, for the threshold) and of "
                                            "the detector's own randomness.")] = 0,
     stream_above_gb: StreamAboveOpt = None,
+    skip_empty_classes: SkipEmptyOpt = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fit a detector on a labelled image folder and save it, with a 95%-TPR threshold from held-out IND images."""
     from tagood.pipeline.fitscore import fit_folder
+    from tagood.runtime.fileio import check_output_dir
 
+    check_output_dir(out)  # a file, device or FIFO is refused before any work (issue 23)
     spec_text = _one_method(methods, method)
     check_clip_dir(clip)
     spec = {"name": backbone, **backbone_files(checkpoint, tags, thresholds, clip, vocabulary)}
-    meta = fit_folder(folder, out, spec_text, spec, cache, device, seed, stream_above_gb=stream_limit(stream_above_gb))
+    meta = fit_folder(folder, out, spec_text, spec, cache, device, seed, stream_above_gb=stream_limit(stream_above_gb),
+                      skip_empty_classes=skip_empty_classes)
     if not is_main():  # under torchrun rank 0 reports
         return
     tpr = meta.get("heldout_tpr")
@@ -116,7 +125,9 @@ def score(
 ) -> None:
     """Score new images with a fitted detector (higher = more OOD); the tagger is the one it was fitted with."""
     from tagood.pipeline.fitscore import check_detector_dir, score_images
+    from tagood.runtime.fileio import check_output_file
 
+    check_output_file(out)  # a device, FIFO or folder is refused before any work (issue 23)
     saved_spec = check_detector_dir(detector)["backbone"].get("spec") or {}
     check_clip_dir(clip if clip is not None else (saved_spec.get("path") if isinstance(saved_spec, dict) else None))
     rows, failed = score_images(detector, list(inputs), out, cache, device,

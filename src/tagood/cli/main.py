@@ -25,14 +25,25 @@ import typer
 
 from tagood.cli import bench, extract, fitscore, methods, metrics, weights
 from tagood.cli.cache import cache_app
-from tagood.cli.common import set_debug
+from tagood.cli.common import configure_threads, set_debug
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines).")
 
 
+def _print_version(value: bool) -> None:
+    """``tagood --version``: print ``tagood X.Y.Z`` (the one version, :mod:`tagood._version`) and exit."""
+    if value:
+        from tagood._version import __version__
+
+        typer.echo(f"tagood {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print tagood's version (`tagood X.Y.Z`) and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (also TAGOOD_DEBUG=1).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help=(
         "CPU threads for torch, onnxruntime and image decoding together (default: $TAGOOD_THREADS, "
@@ -40,10 +51,8 @@ def _main(
 ) -> None:
     """OOD detection with tagging and vision-language models (TagOOD, KR-NFT, baselines)."""
     from tagood.runtime.alloc import keep_large_allocations
-    from tagood.runtime.threads import configure
-
     set_debug(debug)
-    configure(threads)  # before any command imports torch: sets its threads and OpenMP's passive wait policy
+    configure_threads(threads)  # before any command imports torch: sets its threads and OpenMP's passive wait policy
     keep_large_allocations()  # activations from the heap, not fresh zero-filled pages each batch (tagood.runtime.alloc)
 
 

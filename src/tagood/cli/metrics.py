@@ -87,7 +87,10 @@ def metrics(
     """Recompute the OOD metrics table from per-sample scores (higher = more OOD), without the models."""
     from tagood.bench.report import writers as report
     from tagood.bench.scores import load_scores
+    from tagood.runtime.fileio import check_output_dir
 
+    if out is not None:
+        check_output_dir(out)  # a file, device or FIFO is refused before any work
     per, _ = load_scores(scores)
     if compare:
         _compare(per, compare, bootstrap or 1000, level, seed, ind, out)

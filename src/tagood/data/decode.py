@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat as _stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tagood.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# Pillow's TIFF reader reports a damaged tag block (``Corrupt EXIF data. Expecting to read ...``) as a UserWarning
+# printed to stderr by every decode thread; the damage either does not matter (the pixels decode) or the file fails
+# with an ImageDecodeError naming it, so these lines are not printed (one filter, for that module only).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
@@ -112,7 +118,9 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             img.load()
-            return _upright(img)
+            return _upright(_finite(img, str(path)) if img.mode == "F" else img)
+    except ImageDecodeError:
+        raise
     except FileNotFoundError as e:
         raise ImageDecodeError(str(path), "file not found; check the path (list files are relative to their root)") from e
     except IsADirectoryError as e:
@@ -125,6 +133,20 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         raise ImageDecodeError(str(path), f"image too large, refused by PIL's decompression-bomb guard ({e})") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(str(path), f"corrupt or truncated ({e})") from e
+
+
+def _finite(img: Image.Image, path: str) -> Image.Image:
+    """A float image with NaN / infinite pixels: refused when no pixel is finite, else those pixels set to 0 with one
+    warning naming the file (they made the whole image black before, with only numpy's RuntimeWarning)."""
+    a = np.asarray(img, dtype=np.float32)
+    bad = ~np.isfinite(a)
+    n = int(bad.sum())
+    if not n:
+        return img
+    if n == a.size:
+        raise ImageDecodeError(path, "a floating-point image whose every pixel is NaN or infinite; nothing to read")
+    log.warning("%s: %d of %d pixels are NaN or infinite (a floating-point image); they are read as 0", path, n, a.size)
+    return Image.fromarray(np.where(bad, np.float32(0), a), "F")
 
 
 def _upright(img: Image.Image) -> Image.Image:

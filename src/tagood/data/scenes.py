@@ -19,6 +19,12 @@ OOD images share background and clutter with the IND images. Each scene is a 256
   drawn below or above the object in random order (partial overlap allowed); a placement that would
   leave less than 60% of the object's pixels visible is redrawn (up to 20 tries, then left out).
 
+**Clutter scenes** (``scene-clutter``, ``standin=True``) have no IND object, but one distractor stamp takes
+the object's place: drawn like the object (longer side 50-80%, inside the centre crop, the same 1-4 distractors
+around it under the same visibility rule), so the number of items and their sizes have the same distribution as in
+the IND scenes and no size or count statistic tells the sets apart (issue 24: with the distractors alone, the size
+of the largest item separated IND test from clutter at AUROC 95-100; ``tests/test_scenes.py`` checks the bound).
+
 Compositing is vectorised ``out = a * rgb + (1 - a) * out`` per layer in float32. The masks are
 the pixels where a layer's final weight (its alpha times the transparency of every layer above it)
 is >= 0.5: :meth:`SceneSource.object_mask` gives the *visible* IND-object pixels after occlusion
@@ -150,7 +156,8 @@ def split_instances(stamps: Sequence[Stamp], seed: int = 0,
 
 @dataclass(frozen=True)
 class Layer:
-    """One pasted item: ``kind`` ("object" or "distractor"), ``ref`` (stamp path, or the ink index),
+    """One pasted item: ``kind`` ("object", "distractor", or "standin": the distractor stamp that takes the object's
+    place, at the object's scale, in a ``standin`` source's scenes without an object), ``ref`` (stamp path, or the ink index),
     top-left ``(x, y)``, size ``(w, h)``, ``flip`` (horizontal), ``tint`` (RGB in [0,1], ink only)."""
 
     kind: str
@@ -184,7 +191,7 @@ class SceneSource(ImageSource):
                  region: str, seed: int = 0, name: str = "scenes", class_names: Sequence[str] | None = None,
                  ink: np.ndarray | None = None, root: str | Path | None = None,
                  object_scale: tuple[float, float] = OBJECT_SCALE,
-                 distractor_scale: tuple[float, float] = DISTRACTOR_SCALE) -> None:
+                 distractor_scale: tuple[float, float] = DISTRACTOR_SCALE, standin: bool = False) -> None:
         if len(objects) == 0:
             raise DataSourceError(f"{name}: no scenes asked")
         if len(labels) != len(objects):
@@ -199,6 +206,8 @@ class SceneSource(ImageSource):
                 raise ValueError(f"{nm} must be (lo, hi) with 0 < lo <= hi <= {(CANVAS - 2 * MARGIN) / CANVAS}, got {(lo, hi)}")
         self.object_scale = (float(object_scale[0]), float(object_scale[1]))
         self.distractor_scale = (float(distractor_scale[0]), float(distractor_scale[1]))
+        #: scenes without an object get a stand-in: a distractor stamp in the object's place, at the object's scale
+        self.standin = bool(standin)
         self.root = stamps_root(root)
         self.objects = list(objects)
         self.labels = [int(v) for v in labels]
@@ -257,6 +266,9 @@ class SceneSource(ImageSource):
         cy = y0 + int(rng.integers(0, y1 - y0 - side + 1))
         bg_flip = bool(rng.integers(2))
         obj = self.objects[i]
+        kind = "object"
+        if obj is None and self.standin:  # a distractor takes the object's place, at the object's size
+            obj, kind = self.distractors[int(rng.integers(len(self.distractors)))], "standin"
         obj_layer = None
         if obj is not None:
             w, h = self._item_size(obj, rng, self.object_scale)
@@ -265,7 +277,7 @@ class SceneSource(ImageSource):
             tint = (1.0, 1.0, 1.0)
             if isinstance(obj, (int, np.integer)):
                 tint = colorsys.hsv_to_rgb(float(rng.uniform()), 0.75, 1.0)
-            obj_layer = Layer("object", obj if isinstance(obj, str) else int(obj), ox, oy, w, h,
+            obj_layer = Layer(kind, obj if isinstance(obj, str) else int(obj), ox, oy, w, h,
                               bool(rng.integers(2)), tint)
         k = int(rng.integers(N_DISTRACTORS[0], N_DISTRACTORS[1] + 1))
         below: list[Layer] = []
@@ -355,10 +367,20 @@ class SceneSource(ImageSource):
             if layer.kind == "object":
                 if not isinstance(layer.ref, int):  # far items (Fashion-MNIST ink) are not IND objects
                     obj = wk >= 0.5
-            else:
+            else:  # distractors, the stand-in included
                 dsum += wk
         dis = dsum >= 0.5
         return obj, dis
+
+    def focus_mask(self, i: int) -> np.ndarray:
+        """Visible pixels of whatever stands in the object's place in scene ``i`` (bool (256, 256)): the IND
+        object (train / test), the near-OOD object, the far (ink) item, or the clutter scene's stand-in distractor;
+        all False for a scene with none (clutter without ``standin``). The oracle decomposition reads it."""
+        lay = self.layout(int(i))
+        for layer, wk in zip(lay.layers, self._weights(lay), strict=True):
+            if layer.kind in ("object", "standin"):
+                return wk >= 0.5
+        return np.zeros((CANVAS, CANVAS), dtype=bool)
 
     def object_mask(self, i: int) -> np.ndarray:
         """Visible IND-object pixels of scene ``i`` (bool (256, 256)); all False without an IND object."""
@@ -402,6 +424,8 @@ class SceneSource(ImageSource):
                  "|".join(self.distractors)]
         if self.ink is not None:
             parts.append(hashlib.sha256(self.ink.tobytes()).hexdigest())
+        if self.standin:  # keeps the fingerprints (and caches) of the other parts as they were
+            parts.append("standin")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -413,7 +437,9 @@ def scene_splits(n_train_per_class: int = 200, n_test_per_class: int = 50, n_ood
     vehicle (photographic stamps per group: 65, 35, 11, 25, 11, 23; split by instance 60/40, seed 0: train / test
     instances 39/26, 21/14, 7/4, 15/10, 7/4, 13/10). ``scene-near``: stamps of :data:`NEAR_GROUPS` = insect 8, vegetable
     18, flower 24, tool 12 (all instances; never in train), ``n_ood`` scenes cycling through the groups.
-    ``scene-clutter``: ``n_ood`` scenes of test-region background and test distractors only. ``scene-far``: ``n_ood``
+    ``scene-clutter``: ``n_ood`` scenes of test-region background and test distractors only, one of them in the
+    object's place at the object's scale (``standin=True``: no size or count statistic tells them from IND scenes).
+    ``scene-far``: ``n_ood``
     scenes whose object is a tinted Fashion-MNIST test item. Distractors: every other group's stamps (16 groups:
     kitchenware, household items, trees, sports equipment, ...), split by instance (seed 0: 33 train / 24 test stamps);
     train scenes use the train half, all other parts the test half. Scenes per IND class are balanced; the object stamp
@@ -456,6 +482,7 @@ def scene_splits(n_train_per_class: int = 200, n_test_per_class: int = 50, n_ood
         "train": SceneSource(tr_o, tr_l, dis_train, "train", seed=seed, name="scenes-train", class_names=names, root=root),
         "test": SceneSource(te_o, te_l, dis_test, "test", seed=seed + 1, name="scenes-test", class_names=names, root=root),
         "scene-near": SceneSource(near_o, none, dis_test, "test", seed=seed + 2, name="scene-near", root=root),
-        "scene-clutter": SceneSource([None] * n_ood, none, dis_test, "test", seed=seed + 3, name="scene-clutter", root=root),
+        "scene-clutter": SceneSource([None] * n_ood, none, dis_test, "test", seed=seed + 3, name="scene-clutter", root=root,
+                                     standin=True),
         "scene-far": SceneSource(list(range(n_ood)), none, dis_test, "test", seed=seed + 4, name="scene-far", ink=ink, root=root),
     }

@@ -49,6 +49,12 @@ class SubsetSource(ImageSource):
         """The parent's distractor mask of the sample this view's ``i`` maps to (None if the parent has none)."""
         return self.parent.distractor_mask(int(self.indices[i]))
 
+    def focus_mask(self, i: int) -> np.ndarray | None:
+        """The parent's mask of what stands in the object's place (its ``focus_mask``, e.g. the scenes'; else its
+        object mask) for the sample this view's ``i`` maps to."""
+        fn = getattr(self.parent, "focus_mask", None) or self.parent.object_mask
+        return fn(int(self.indices[i]))
+
     def content_id(self) -> str:
         h = hashlib.sha256(self.parent.fingerprint().encode())
         h.update(self.indices.tobytes())

@@ -50,6 +50,8 @@ INPUT_HINTS: dict[str, str] = {
     "tag_attention": "tokens, tag_probs, tag_attention: extracted by a tagger backbone (ram, or efficientnet-lite0's CAM tagger)",
     "image_embeds": "image_embeds: (N, E) dual-encoder image embeddings",
     "patch_embeds": "patch_embeds: dual-encoder patch embeddings",
+    "oracle_tokens": "extra['oracle_tokens']: (N, T) bool true object tokens, read by option decompose=oracle (a "
+                     "diagnostic); `tagood bench` adds them for sources with object masks (the scenes benchmark)",
 }
 
 #: What to pass for each context entry a detector may need, in API terms
@@ -101,6 +103,9 @@ class Detector(ABC):
     not_saveable_reason: ClassVar[str] = ""
 
     options: DetectorOptions
+    #: a fingerprint of the IND training split of the last ``fit`` (or of the saved one, after ``load``):
+    #: :func:`tagood.detectors.manifest.fingerprint`; None before fitting
+    fitted_on: dict[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -185,6 +190,7 @@ class Detector(ABC):
         self._attach(context)
         self._fit(train, context)
         self.fitted = True
+        self.fitted_on = persist.fingerprint(train, context.class_names)  # recorded in the saved manifest
         return self
 
     def attach(self, context: Context) -> Detector:
@@ -303,7 +309,8 @@ class Detector(ABC):
         if self.requires_fit and not self.fitted:
             raise NotFittedError(f"{self.name}: fit the detector before saving it ({self._not_fitted_text()})")
         arrays, meta = self._state()
-        return persist.write(directory, self.name, self.spec, self.options.model_dump(mode="json"), meta, arrays)
+        return persist.write(directory, self.name, self.spec, self.options.model_dump(mode="json"), meta, arrays,
+                             fitted_on=self.fitted_on)
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
@@ -420,8 +427,9 @@ def load(directory: str | Path, context: Context | None = None) -> Detector:
     Returns:
         The fitted detector.
     Raises:
-        tagood.errors.CheckpointError: a file is missing, damaged, of another format or does not match its
-            detector; the message names the file.
+        tagood.errors.CheckpointError: a file is missing, damaged, of another format, does not match its
+            detector, or differs from what its ``manifest.json`` records (edited, swapped, no manifest:
+            :func:`tagood.detectors.persist.verify`); the message names the file.
     """
     cfg, arrays, where = persist.read(directory)
     try:
@@ -432,12 +440,14 @@ def load(directory: str | Path, context: Context | None = None) -> Detector:
         det: Detector = cls(**cfg.options)
     except OptionError as e:
         raise CheckpointError(f"{where}: its options do not fit this tagood's {cfg.detector}: {e}") from None
+    manifest = persist.verify(directory)  # the files are the ones saved, before any state is restored from them
     try:
         det._set_state(arrays, cfg.state)
-    except (KeyError, ValueError, TypeError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to restore a saved state is a damaged file
         raise CheckpointError(f"{where}: its state does not fit {cfg.detector} ({type(e).__name__}: {e}); "
                               f"save the detector again") from None
     det.fitted = True
+    det.fitted_on = manifest.fitted_on
     det.spec = cfg.spec
     if context is not None:
         det.attach(context)

@@ -1,13 +1,23 @@
-"""The saved-detector format: a folder with ``config.json`` and ``weights.safetensors``.
+"""The saved-detector format: a folder with ``config.json``, ``weights.safetensors`` and ``manifest.json``.
 
 ``config.json`` (validated by :class:`SavedConfig` when read) holds the format and its version, the detector's
 registered name and spec, its options, its fitted scalars and small metadata (``state``), a list of the arrays
 with their dtype and shape, and the tagood version that wrote it. ``weights.safetensors`` holds every fitted
 array in the dtype it was fitted in, so a loaded detector scores bit-identically. No pickle anywhere.
 
-:meth:`tagood.detectors.base.Detector.save` and :func:`tagood.detectors.base.load` use :func:`write` and
-:func:`read`; a detector supplies its state through ``_state`` / ``_set_state``. A torch module's weights are
-arrays too (:func:`module_arrays` / :func:`module_state`).
+``manifest.json`` (:class:`Manifest`, written last) proves the folder is intact: the SHA-256 and size of every
+file of the detector (``tagood fit`` adds its ``tagood.json`` and ``head.safetensors``), a fingerprint of the
+training split it was fitted on (:func:`fingerprint`: size, classes, hashes of the labels and features), the
+detector, spec and options, and the versions of tagood and its libraries that wrote it. :func:`verify` checks it
+on every load (:func:`tagood.detectors.load`, ``tagood score``): an edited, damaged, truncated or swapped file
+(weights from another fit with the same shapes, weights cast to float16, a hand-edited value) is refused with one
+message naming the file. A folder without ``manifest.json`` (saved before tagood had one, or with it removed) is
+refused too: fit and save the detector again.
+
+:meth:`tagood.detectors.base.Detector.save` and :func:`tagood.detectors.base.load` use :func:`write`,
+:func:`read` and :func:`verify`; a detector supplies its state through ``_state`` / ``_set_state``. A torch
+module's weights are arrays too (:func:`module_arrays` / :func:`module_state`). Every file is read only if it is a
+regular file (a FIFO or device in its place is refused, never waited on).
 """
 
 from __future__ import annotations
@@ -22,18 +32,28 @@ from pydantic import ValidationError
 
 from tagood._version import __version__
 from tagood.core.validation import NonNegInt, _Strict, format_errors
+from tagood.detectors.manifest import MANIFEST, fingerprint, seal, verify, write_manifest
 from tagood.errors import CheckpointError
-from tagood.runtime.fileio import atomic_write_json, atomic_write_with
+from tagood.runtime.fileio import (
+    NotRegularFileError,
+    atomic_write_json,
+    atomic_write_with,
+    open_regular,
+    read_regular_bytes,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CONFIG", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "SavedConfig", "module_arrays", "module_state", "read", "write"]
+__all__ = ["CONFIG", "FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "SavedConfig", "fingerprint", "module_arrays",
+           "module_state", "read", "seal", "verify", "write"]
 
 FORMAT = "tagood-detector"
 FORMAT_VERSION = 2
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
+#: the files ``tagood fit`` adds beside a saved detector (:mod:`tagood.pipeline.detector_dir`)
+EXTRA_FILES = ("head.safetensors", "tagood.json")
 _FIX = "save the detector again with det.save(directory)"
 
 
@@ -71,21 +91,32 @@ def _plain(v: Any) -> Any:
 
 
 def write(directory: str | Path, detector: str, spec: str, options: Mapping[str, Any], state: Mapping[str, Any],
-          arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``directory/weights.safetensors`` (``arrays``) and then ``directory/config.json``, each atomically.
+          arrays: Mapping[str, np.ndarray], fitted_on: Mapping[str, Any] | None = None) -> Path:
+    """Write ``directory/weights.safetensors`` (``arrays``), then ``directory/config.json``, then
+    ``directory/manifest.json`` (the files' hashes, ``fitted_on``, versions), each atomically. The manifest and the
+    files ``tagood fit`` adds (``head.safetensors``, ``tagood.json``) of a detector saved in ``directory`` before
+    are removed first, so the folder never pairs the new detector with an old threshold.
 
     Args:
         directory: the folder (created if needed).
         detector: the registered name; ``spec``: the method spec; ``options``: the options, JSON values.
         state: fitted scalars and small metadata, JSON values (numpy scalars are converted exactly).
         arrays: name -> array, written in its dtype and shape.
+        fitted_on: the training split's :func:`fingerprint` (None: not known, e.g. a training-free detector).
     Returns:
         The folder.
+    Raises:
+        tagood.runtime.fileio.OutputPathError: ``directory`` is a file, a device or a FIFO.
     """
     from safetensors.numpy import save_file
 
+    from tagood.runtime.fileio import check_output_dir
+
     d = Path(directory)
+    check_output_dir(d)
     d.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, *EXTRA_FILES):  # a detector saved here before: its manifest and `tagood fit` files go first
+        (d / stale).unlink(missing_ok=True)
     tensors = {str(k): np.ascontiguousarray(v) for k, v in arrays.items()}
     for k, v in tensors.items():
         if v.dtype.kind not in "biuf":
@@ -96,15 +127,20 @@ def write(directory: str | Path, detector: str, spec: str, options: Mapping[str,
            "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
            "tagood_version": __version__}
     atomic_write_json(d / CONFIG, cfg)
+    write_manifest(d, [WEIGHTS, CONFIG], detector=detector, spec=spec, options=cfg["options"], fitted_on=fitted_on)
     return d
 
 
 def read(directory: str | Path) -> tuple[SavedConfig, dict[str, np.ndarray], str]:
     """The validated ``config.json``, the arrays of ``weights.safetensors`` and the config's path (for messages).
 
+    The files' contents are checked here; that they are the files that were saved is :func:`verify`'s check
+    (:func:`tagood.detectors.load` runs both before the detector's state is restored).
+
     Raises:
-        tagood.errors.CheckpointError: a file is missing, unreadable, not JSON / safetensors, does not follow the
-            schema, or the arrays differ from those ``config.json`` lists; the message names the file.
+        tagood.errors.CheckpointError: a file is missing, not a regular file, unreadable, not JSON / safetensors,
+            does not follow the schema, or the arrays differ from those ``config.json`` lists; the message names
+            the file.
     """
     from safetensors.numpy import load_file
 
@@ -113,10 +149,13 @@ def read(directory: str | Path) -> tuple[SavedConfig, dict[str, np.ndarray], str
     if not d.is_dir():
         raise CheckpointError(f"{d}: no such folder; pass the folder written by det.save(directory)")
     for p in (cfg_path, w_path):
-        if not p.is_file():
+        if not p.exists():
             raise CheckpointError(f"{p} not found: {d} holds no saved detector; pass the folder written by det.save(directory)")
     try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+        text = read_regular_bytes(cfg_path).decode("utf-8")
+        data = json.loads(text)
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{e}; {_FIX}") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{cfg_path} is not a UTF-8 text file; {_FIX}") from None
     except json.JSONDecodeError as e:
@@ -130,6 +169,13 @@ def read(directory: str | Path) -> tuple[SavedConfig, dict[str, np.ndarray], str
     except ValidationError as e:
         raise CheckpointError(format_errors(e, data, str(cfg_path),
                                             f"It is not a detector saved by det.save(); {_FIX}")) from None
+    try:
+        with open_regular(w_path):  # a FIFO or device is refused here, before safetensors would wait on it
+            pass
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{e}; {_FIX}") from None
+    except OSError as e:
+        raise CheckpointError(f"{w_path} cannot be read ({e.strerror})") from None
     try:
         arrays = load_file(str(w_path))
     except Exception:  # noqa: BLE001 - safetensors raises its own error types for a damaged file

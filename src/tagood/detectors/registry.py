@@ -75,6 +75,8 @@ def parse_name(spec: str) -> tuple[str, dict[str, Any]]:
             if "=" not in part:
                 raise SpecError(f"bad option '{part}' in '{spec}': use key=value")
             k, v = part.split("=", 1)
+            if k.strip() in opts:  # the last one silently won before
+                raise SpecError(f"option {k.strip()} is given twice in '{spec}'; give each option once")
             opts[k.strip()] = _parse_value(v.strip())
     return m.group("base"), opts
 

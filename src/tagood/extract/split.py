@@ -14,6 +14,7 @@ from tagood.backbones.home import default_cache_root
 from tagood.cache import COMMIT_ROWS, COMMIT_SECONDS, CacheReader, cache_key, entry_dir
 from tagood.core.types import Backbone
 from tagood.data.source import DataSourceError, ImageSource
+from tagood.errors import ConfigError
 from tagood.extract.local import extract_local
 from tagood.extract.torchrun import extract_distributed
 from tagood.runtime.distributed import world
@@ -82,6 +83,10 @@ def extract_split(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fields = list(fields or backbone.outputs)
+    unknown = [f for f in fields if f not in backbone.outputs and not (f == "tag_ids" and "tag_attention" in backbone.outputs)]
+    if unknown:  # before any lock, entry or decode
+        raise ConfigError(f"fields {', '.join(map(repr, unknown))} (--fields): the backbone {backbone.id} gives "
+                          f"{', '.join(backbone.outputs)}; name some of those, comma-separated")
     if "tag_attention" in fields and "tag_ids" not in fields:
         fields.append("tag_ids")
     root = Path(cache_root) if cache_root is not None else default_cache_root()

@@ -100,7 +100,7 @@ def _shots(det: Any, seed: int) -> tuple[int | None, int]:
 def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood",
                backbone: str | Mapping[str, Any] = "efficientnet-lite0", cache: str | Path | None = None,
                device: str = "cpu", seed: int = 0, holdout: float = 0.1,
-               stream_above_gb: float | None = STREAM_ABOVE_GB) -> dict[str, Any]:
+               stream_above_gb: float | None = STREAM_ABOVE_GB, skip_empty_classes: bool = False) -> dict[str, Any]:
     """Fit ``method`` on ``folder/<class>/*`` and save it with its threshold to ``out``.
 
     Args:
@@ -114,21 +114,34 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood",
         seed: seeds the held-out split and the detector's context.
         holdout: the fraction of the images held out for the threshold.
         stream_above_gb: stream heavy fields from the cache above this size (None: never).
+        skip_empty_classes: leave out, with a warning, a class folder that cannot be read or holds no image (default:
+            an error naming it); the saved class list is the one the detector was fitted on.
     Returns:
         The ``tagood.json`` document written (threshold, held-out TPR, counts, failed images, warnings).
     Raises:
         tagood.errors.ConfigError: the method cannot be saved, or its options cannot work on this folder (before any
             extraction).
-        tagood.errors.InputError: the folder has no class sub-folders, no image decodes, a score is NaN.
+        tagood.errors.InputError: the folder has no class sub-folders, a class folder is unreadable or empty (without
+            ``skip_empty_classes``), a method that reads the IND head gets a single class, no image decodes, a score
+            is NaN.
     """
     det = detectors.create(method)
     saveable(det)
-    src = FolderSource(folder)
+    src = FolderSource(folder, skip_empty_classes=skip_empty_classes)
     if not src.class_names:
         raise InputError(f"{folder}: `tagood fit` needs one sub-folder per IND class")
     n_fit = len(src) - max(1, int(holdout * len(src)))
     det.check_data(n_fit, len(src.class_names))  # options that cannot work on this folder fail before extraction
     need = prep.needs(det)
+    notes = [f"class folder '{c}' {why}: left out (--skip-empty-classes); the detector knows "
+             f"{len(src.class_names)} classes: {', '.join(src.class_names)}" for c, why in src.skipped_classes]
+    if len(src.class_names) == 1:
+        if need.head:
+            raise InputError(f"{folder} has one class folder ({src.class_names[0]}); {method} reads the logits of a "
+                             "linear head over the IND classes, which needs at least 2 (its scores would be constant): "
+                             "add class folders, or use a method without the head such as knn or mahalanobis")
+        notes.append(f"{folder} has one class folder ({src.class_names[0]}): {method} is fitted on it as one IND class")
+        log.warning(notes[-1])  # (a left-out class folder was logged when the folder was read)
     spec, dual_spec = backbone_spec(backbone), None
     if need.dual:
         spec, dual_spec = prep.vlm_specs(spec)
@@ -165,6 +178,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood",
     warnings = [degenerate_warning(method, dec)] if dec["degenerate"] else []
     for w in warnings:
         log.warning(w)
+    warnings = notes + warnings
     log.info("threshold %.6g: %.1f%% of %d held-out IND images accepted (target %.0f%%)", dec["threshold"],
              100 * dec["heldout_tpr"], len(s_held), 100 * TARGET_TPR)
     meta = {"method": method, "backbone": {"name": spec["name"], "id": bb.id, "weights_hash": bb.weights_hash, "spec": spec},
@@ -295,7 +309,8 @@ def _files(paths: list[str | Path]) -> ImageSource:
     files: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += [s.ident for s in FolderSource(p).samples]
+            # an unreadable sub-folder is an error (its images would vanish); an empty one has nothing to score
+            files += [s.ident for s in FolderSource(p, skip_empty_classes=True, skip_unreadable=False).samples]
         else:
             files.append(str(p))
     return FilesSource(files)

@@ -34,6 +34,8 @@ import logging
 import os
 import sys
 
+from tagood.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: environment variable that sets the budget (below ``--threads``, above ``OMP_NUM_THREADS``)
@@ -53,21 +55,25 @@ def _env_int(name: str) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
-    try:
-        v = int(raw.split(",")[0])  # OMP_NUM_THREADS may be a list of nesting levels: the first is ours
-    except ValueError:
-        raise ValueError(f"${name}={raw!r} is not a whole number of threads; unset it or set e.g. {name}=2") from None
+    first = raw.split(",")[0].strip()  # OMP_NUM_THREADS may be a list of nesting levels: the first is ours
+    shown = raw if len(raw) <= 20 else raw[:20] + "..."
+    if not (first.isascii() and first.isdigit()):
+        raise ConfigError(f"the environment variable {name}={shown!r} is not a whole number of threads; unset it or set "
+                          f"e.g. {name}=2")
+    v = int(first)
     if v < 1:
-        raise ValueError(f"${name}={raw!r}: the number of threads must be >= 1")
+        raise ConfigError(f"the environment variable {name}={shown!r}: the number of threads must be >= 1; unset it or "
+                          f"set e.g. {name}=2")
     return v
 
 
 def resolve(threads: int | None = None) -> int:
     """The thread budget: ``threads`` if given, else ``$TAGOOD_THREADS``, else ``$OMP_NUM_THREADS``, else the
-    affinity mask's CPU count. Raises ``ValueError`` for a budget below 1."""
+    affinity mask's CPU count. Raises :class:`tagood.errors.ConfigError` (a ``ValueError``) naming the option or
+    environment variable for a budget below 1 or a value that is not a whole number."""
     if threads is not None:
         if int(threads) < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
         return int(threads)
     for name in (ENV, "OMP_NUM_THREADS"):
         v = _env_int(name)

@@ -29,6 +29,7 @@ import numpy as np
 from tagood.bench.diagnostics import SplitInput, TokenMasker, is_tag_based
 from tagood.bench.report.plots import _figure, safe_name
 from tagood.core.featureset import FeatureSet
+from tagood.runtime.fileio import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def token_grid(method: str, det: object, splits: Mapping[str, SplitInput], backb
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
+    atomic_write_with(p, lambda tmp: fig.savefig(tmp, format="png"))  # a regular file, atomically (issue 23)
     return p
 
 

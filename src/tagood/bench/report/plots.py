@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tagood.metrics import ood_metrics
+from tagood.runtime.fileio import atomic_write_with
 
 
 def roc_curve_ind(s_id: np.ndarray, s_ood: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,7 @@ def plot_method(method: str, per: Mapping[str, np.ndarray], path: str | Path, in
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
+    atomic_write_with(p, lambda tmp: fig.savefig(tmp, format="png"))  # a regular file, atomically (issue 23)
     return p
 
 
@@ -103,7 +104,7 @@ def plot_overview(results: Mapping[str, Any], path: str | Path) -> Path:
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
+    atomic_write_with(p, lambda tmp: fig.savefig(tmp, format="png"))  # a regular file, atomically (issue 23)
     return p
 
 

@@ -1,5 +1,6 @@
 """Result writers: ``results.json`` (meta, IND accuracy, metric rows, diagnostics: :func:`build_results`),
-``results.md`` (TagOOD Table 1 layout), ``results.csv``."""
+``results.md`` (TagOOD Table 1 layout), ``results.csv``; and the run folder they go in (:func:`run_folder`: written
+into a fresh sibling folder and swapped in as a whole, so a run folder never mixes files of two runs)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from tagood.bench.groups import group_average_rows, is_group_row
 from tagood.metrics import METRIC_NAMES as METRICS
-from tagood.runtime.fileio import atomic_write_json, atomic_write_text
+from tagood.runtime.fileio import OutputPathError, atomic_write_files, check_output_dir, replaced_directory
 
 if TYPE_CHECKING:  # rich is imported where a table is drawn
+    from contextlib import AbstractContextManager
+
     from rich.console import Group
+
+#: what a benchmark run folder holds: files (``vocabulary-*.tsv`` by pattern) and the ``plots`` folder
+RUN_FILES = ("results.json", "results.md", "results.csv", "results.html", "scores.npz", "run.log", "comparison.json")
+RUN_FOLDERS = ("plots",)
 
 
 def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -35,6 +42,8 @@ def average_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 avg[k] = sum(r[k] for r in mine) / len(mine)
         if any(r.get("test_time") for r in mine):
             avg["test_time"] = True
+        if any(r.get("oracle") for r in mine):  # decompose=oracle: reads ground truth (a diagnostic)
+            avg["oracle"] = True
         out.append(avg)
     return out
 
@@ -50,6 +59,8 @@ def build_results(rows: list[dict[str, Any]], id_accuracy: float | None, meta: M
     for g in grouped:
         if any(r.get("test_time") for r in rows if r["method"] == g["method"]):
             g["test_time"] = True
+        if any(r.get("oracle") for r in rows if r["method"] == g["method"]):
+            g["oracle"] = True
     out = {"meta": dict(meta), "id_accuracy": id_accuracy, "rows": rows + grouped + average_rows(rows)}
     if diagnostics is not None:
         out["diagnostics"] = diagnostics
@@ -194,14 +205,46 @@ def to_csv(results: Mapping[str, Any]) -> str:
 
 
 def write_all(results: Mapping[str, Any], out_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """Write results.json / results.md / results.csv into ``out_dir`` (created); returns the paths."""
+    """Write results.json / results.md / results.csv into ``out_dir`` (created); returns the paths.
+
+    The three are written in full to temp files first and only then renamed into place
+    (:func:`tagood.runtime.fileio.atomic_write_files`): a full disk leaves the old three, never a mix.
+    """
     out = Path(out_dir)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "csv": out / "results.csv"}
-    atomic_write_json(paths["json"], results)
-    atomic_write_text(paths["md"], to_markdown(results, title))
-    atomic_write_text(paths["csv"], to_csv(results))
+    data = {paths["json"]: json.dumps(results, indent=1, default=str).encode(),
+            paths["md"]: to_markdown(results, title).encode(), paths["csv"]: to_csv(results).encode()}
+    atomic_write_files(data)
     return paths
+
+
+def check_run_folder(path: Path) -> None:
+    """Refuse to replace a folder that holds anything a benchmark run does not write (:data:`RUN_FILES`,
+    ``vocabulary-*.tsv``, :data:`RUN_FOLDERS`, leftover hidden ``.tmp`` files).
+
+    Raises:
+        tagood.runtime.fileio.OutputPathError: naming the first such entry and what to do.
+    """
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        ours = (name in RUN_FILES and entry.is_file() and not entry.is_symlink()) or (
+            name in RUN_FOLDERS and entry.is_dir() and not entry.is_symlink()) or (
+            name.startswith("vocabulary-") and name.endswith(".tsv") and entry.is_file()) or (
+            name.startswith(".") and name.endswith(".tmp"))
+        if not ours:
+            raise OutputPathError(f"{path} holds {name!r}, which a benchmark run does not write; a run replaces its --out "
+                                  f"folder as a whole, so pass a new or empty folder (or one an earlier run wrote), or "
+                                  f"move {name!r} out of {path}")
+
+
+def run_folder(path: str | Path) -> AbstractContextManager[Path]:
+    """A fresh folder to write a whole run into, swapped in for ``path`` on a clean exit
+    (:func:`tagood.runtime.fileio.replaced_directory`): ``path`` then holds the new run's files only, and after an
+    error (a full disk, Ctrl-C) it is left exactly as it was. A folder holding files a run did not write is refused
+    (:func:`check_run_folder`). Nested calls (the runner inside ``tagood bench``) write into the outer one."""
+    return replaced_directory(path, check_run_folder)
 
 
 def rich_table(results: Mapping[str, Any], title: str = "") -> Group:

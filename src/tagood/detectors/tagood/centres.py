@@ -27,7 +27,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.ragged import TokenSetSink
 from tagood.core.types import TagAttention, TokenSet
 from tagood.detectors.tagood.config import DETECTOR_PRESETS, PRESETS
-from tagood.detectors.tagood.decompose import mean_tokens, select_tokens, token_mask
+from tagood.detectors.tagood.decompose import mean_tokens, select_tokens
 from tagood.detectors.tagood.inputs import labels_of, tag_attention_of, tag_probs_of, tokens_of
 from tagood.detectors.tagood.scores import NO_TAG_SCORE, centre_score
 from tagood.detectors.tagood.tagbase import TagDetector
@@ -152,7 +152,7 @@ class CentreDetector(TagDetector):
         with progress_bar(f"{self.name}: decompose IND train", total=len(train), unit="img") as advance:
             for chunk in train.iter_chunks():
                 source, keep = self._train_keep(chunk, context.attend)
-                mask, has = token_mask(tag_attention_of(source, self.name).maps, keep, self.tau)
+                mask, has = self._object_tokens(source, keep)
                 tokens = tokens_of(chunk, self.name)
                 sink.append(select_tokens(tokens, mask))
                 has_parts.append(has)
@@ -189,7 +189,7 @@ class CentreDetector(TagDetector):
         if self.test_tokens == "all":
             n_tokens = int(np.asarray(maps).shape[-1])
             return np.ones((len(keep), n_tokens), dtype=bool), np.asarray(keep.any(axis=1))
-        return token_mask(maps, keep, self.tau)
+        return self._object_tokens(data, keep)
 
     def features(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The test features of one in-memory chunk.

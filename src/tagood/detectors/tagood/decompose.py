@@ -23,6 +23,10 @@ import numpy as np
 
 from tagood.core.types import TagAttention, TokenSet
 
+#: the ``FeatureSet.extra`` entry that holds each image's oracle tokens, (N, T) bool: the tokens of what stands in
+#: the object's place by the source's ground truth (``decompose="oracle"``, a diagnostic; see :func:`oracle_mask`)
+ORACLE_FIELD = "oracle_tokens"
+
 
 @dataclass(frozen=True)
 class TagRule:
@@ -147,4 +151,44 @@ def mean_tokens(tokens: TokenSet, chunk: int = 4096) -> np.ndarray:
         np.cumsum(np.asarray(tokens.values[lo:hi], dtype=np.float64), axis=0, out=cs[1:])
         off = tokens.offsets[a : b + 1] - lo
         out[a:b] = (cs[off[1:]] - cs[off[:-1]]) / np.maximum(np.diff(off), 1)[:, None]
+    return out
+
+
+def oracle_mask(oracle: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle decomposition: the tokens the source's true mask marks (a diagnostic, never a default).
+
+    Args:
+        oracle: ``(N, T)`` bool, the tokens of what stands in each image's object place (the IND object, the
+            near-OOD object, the far item, the clutter scene's stand-in), e.g. from
+            :func:`tagood.bench.diagnostics.oracle_tokens`.
+        n_tokens: the images' token count ``T`` (checked).
+    Returns:
+        ``(mask (N, T) bool, has_tag (N,) bool)``: the oracle tokens; an image whose mask marks no token keeps all
+        of them (as an untagged image does); ``has_tag`` is all True (no image is scored as untagged).
+    Raises:
+        ValueError: the oracle mask is not ``(N, n_tokens)``.
+    """
+    m = np.array(oracle, dtype=bool)
+    if m.ndim != 2 or m.shape[1] != n_tokens:
+        raise ValueError(f"oracle tokens of shape {m.shape} do not match the images' {n_tokens} tokens")
+    m[~m.any(axis=1)] = True
+    return m, np.ones(len(m), dtype=bool)
+
+
+def top_tag(keep: np.ndarray, attn: TagAttention, tag_probs: np.ndarray) -> np.ndarray:
+    """Of each image's kept tag slots, only the most likely one (``tag_maps="top"``: the object box from the single
+    most likely IND tag's attention rather than the union of all kept tags').
+
+    Args:
+        keep: ``(N, k)`` the kept tag slots (:meth:`TagRule.kept`).
+        attn: the stored tag ids ``(N, k)``.
+        tag_probs: ``(N, T)`` the tagger's probability of each tag.
+    Returns:
+        ``(N, k)`` bool: at most one True per row, the kept slot with the highest probability.
+    """
+    p = np.take_along_axis(np.asarray(tag_probs, dtype=np.float64), np.asarray(attn.ids), axis=1)
+    p = np.where(keep, p, -np.inf)
+    out = np.zeros_like(keep, dtype=bool)
+    rows = np.flatnonzero(keep.any(axis=1))
+    out[rows, np.argmax(p[rows], axis=1)] = True
     return out

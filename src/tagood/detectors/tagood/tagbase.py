@@ -22,7 +22,7 @@ from tagood.core.validation import Float, Fraction, OpenFraction, PathLike, PosI
 from tagood.detectors.base import Detector, NotFittedError
 from tagood.detectors.base import load as load_detector
 from tagood.detectors.options import DetectorOptions, OptionError
-from tagood.detectors.tagood.decompose import TagRule, select_tokens, token_mask
+from tagood.detectors.tagood.decompose import ORACLE_FIELD, TagRule, oracle_mask, select_tokens, token_mask, top_tag
 from tagood.detectors.tagood.inputs import labels_of, tag_attention_of, tag_probs_of, tokens_of
 from tagood.detectors.tagood.memo import BuiltVocabulary, VocabularyMemo, kept_digest
 from tagood.detectors.tagood.selection import choose_no_tag, select_vocabulary
@@ -33,7 +33,7 @@ from tagood.detectors.tagood.vocabulary import (
     file_classes,
     vocabulary_fit,
 )
-from tagood.errors import CheckpointError
+from tagood.errors import CheckpointError, InputError
 
 __all__ = ["NO_TAG_RULES", "PAPER", "TagDetector"]
 
@@ -81,6 +81,12 @@ class TagDetector(Detector):
         vocab: Literal["auto", "frequent", "specific"] = Field(
             "auto", description="IND vocabulary rule: frequent (the paper), specific (frequent in the class, rare in "
                                 "the others) or auto (chosen on held-out IND images)")
+        decompose: Literal["tags", "oracle"] = Field(
+            "tags", description="object tokens from the tags' attention (tags, the paper) or, a diagnostic that reads "
+                                "ground truth, from the source's true object mask (oracle; needs a source with masks)")
+        tag_maps: Literal["all", "top"] = Field(
+            "all", description="whose attention makes the object tokens: all kept IND tags (their maximum, the paper) "
+                               "or the single most likely kept IND tag (top)")
 
     options: Options
     paper: ClassVar[str] = PAPER
@@ -101,6 +107,14 @@ class TagDetector(Detector):
         self.no_tag: str = o.no_tag
         #: fraction of held-out IND training images without a kept IND tag (set at fit; None if not measured)
         self.heldout_no_tag_fraction: float | None = None
+        if self.oracle:  # the oracle tokens are one more input, on every split
+            self.requires = type(self).requires | {ORACLE_FIELD}  # type: ignore[misc]
+            self.fit_requires = (type(self).fit_requires or type(self).requires) | {ORACLE_FIELD}  # type: ignore[misc]
+
+    @property
+    def oracle(self) -> bool:
+        """Option ``decompose="oracle"``: the object tokens come from ground truth (a diagnostic, never a default)."""
+        return self.options.decompose == "oracle"
 
     # -- options as attributes (read-only views of ``self.options``) -------------------------------------
     @property
@@ -145,7 +159,22 @@ class TagDetector(Detector):
     # -- the contract the diagnostics use ----------------------------------------------------------
     def _masks(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask (N,T), has_tag (N,)) of one in-memory chunk, given its kept tag slots."""
-        return token_mask(tag_attention_of(data, self.name).maps, keep, self.tau)
+        return self._object_tokens(data, keep)
+
+    def _object_tokens(self, data: FeatureSet, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (N,T), has_tag (N,)): :func:`token_mask` of the tags' attention (``decompose="tags"``), or the
+        source's oracle tokens (``decompose="oracle"``, :func:`oracle_mask`)."""
+        attn = tag_attention_of(data, self.name)
+        maps = attn.maps
+        if not self.oracle:
+            if self.options.tag_maps == "top":
+                keep = top_tag(keep, attn, tag_probs_of(data, self.name))
+            return token_mask(maps, keep, self.tau)
+        if ORACLE_FIELD not in data.extra:
+            raise InputError(f"{self.name}: option decompose=oracle needs the feature set '{data.name}' to hold "
+                             f"extra['{ORACLE_FIELD}'] (the true object tokens); the benchmark runner adds them for "
+                             f"sources with object masks (e.g. the scenes benchmark); use decompose=tags otherwise")
+        return oracle_mask(np.asarray(data.extra[ORACLE_FIELD]), int(np.asarray(maps).shape[-1]))
 
     def token_masks(self, data: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
         """After fit: the decomposition of each image exactly as :meth:`score` uses it.
@@ -206,7 +235,7 @@ class TagDetector(Detector):
             ``(data with its object tokens only, has_tag (N,))``, by the tag rule and ``tau``.
         """
         keep = self.kept_tags(data) if keep is None else keep
-        mask, has = token_mask(tag_attention_of(data, self.name).maps, keep, self.tau)
+        mask, has = self._object_tokens(data, keep)
         return data.with_(tokens=select_tokens(tokens_of(data, self.name), mask)), has
 
     def max_tag_prob(self, data: FeatureSet, keep: np.ndarray) -> np.ndarray:

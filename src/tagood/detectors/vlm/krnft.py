@@ -24,8 +24,9 @@ measured on ``fashion`` in one harness (average AUROC, trained; ours 52.0 there,
 its L_in uses the top crops only, not the full image (49.5); its L_out *minimises* ``log sum_{r<=K}
 p_r`` (unbounded below; 47.2); it splits the negatives into 10 groups and averages the losses over
 softmaxes of [IND rows, one group] (48.6); it conditions NFT for all crops of an image on the image's
-top-1 crop (54.2); all four together 44.6. We keep the forms above: bounded, and consistent with
-scoring (ungrouped softmax, NFT conditioned on the scored input).
+top-1 crop (54.2); all four together 44.6. The ``default`` preset keeps the forms above: bounded, and
+consistent with scoring (ungrouped softmax, NFT conditioned on the scored input); the ``paper`` and ``official``
+presets train in the script's form (options ``in_views``, ``l_out``, ``n_groups``, ``condition``).
 
 Why training lowers AUROC on the ``fashion`` demo (48.5 trained vs 57.7 at ``epochs=0``; IND
 accuracy of the tuned rows 25.7% -> 56.3%, so training works on its own objective): the surrogate-OOD
@@ -43,9 +44,23 @@ accuracy 49.3% -> 62.7%): there the surrogate-OOD crops are nearer the OOD sets 
 (``w_out`` 0 / 0.3 / 3: 60.8 / 60.3 / 62.5), but L_in alone raises every image's IND share (IND test
 0.81 -> 0.96, scene-clutter 0.68 -> 0.89). (Commands: docs/methods/vision-language.md.)
 
-Paper setting: CLIP ViT-B/16, 4 shots, 128 crops, top/bottom 32 (``tagood bench imagenet`` applies it,
-with the public script's 3 epochs, lr 1e-5, meta-network hidden 8). Demo defaults here (16 shots, 32
-crops, top/bottom 8, 10 epochs, lr 1e-3) keep CPU training well under a minute for a few hundred images.
+Presets (option ``preset``, :data:`PRESETS`; the table of every setting with the public script's file and line:
+docs/methods/krnft.md). ``default``: the forms above and the demo-sized values below. ``paper``: the paper's
+few-shot setting and, where the paper is silent, the public training script (``scripts/ood/krnft/krnft_shot4_train.sh``
+and the files it reads): 4 shots, 128 crops of the *original* image with random flips, top / bottom 32 ranked
+by ``'a photo of a {}.'``, meta-network hidden ``E // int(512 / 64)`` (64 on CLIP ViT-B/16), AdamW lr 1e-5
+constant with weight decay 0.01, 3 epochs at one image per step, prompts ``'the nice {}.'`` (IND, noun
+negatives) and ``'This is a {} photo.'`` (adjective negatives), 10,500 negatives mined by sorted position with
+nouns and adjectives apart, every crop conditioned on its image's top-1 crop, negatives in 10 groups, L_in
+over the top crops only and the script's L_out (:mod:`tagood.detectors.vlm.krnft_train`). It fixes two defects
+of the script's schedule: an epoch there visits a tenth of the images, and a seed reset inside the loss makes
+every epoch after the first repeat the second's shuffle and crops. ``official`` keeps both defects and the
+float16 rounding of the meta-networks' outputs: the script as it ran. ``tagood bench imagenet`` uses ``paper``;
+the embedded benchmarks give their small-data values (crops, negatives) as options, which win over a preset.
+
+Demo defaults here (16 shots, 32 crops, top/bottom 8, 10 epochs, lr 1e-3) keep CPU training well under a
+minute for a few hundred images. The meta-networks read the image feature L2-normalised (:meth:`NFT.factors`
+normalises any input row that is not a unit vector), so the library API takes raw or unit embeddings alike.
 Score: softmax over all rows, sum of the IND probabilities = confidence ``S(x) = sum_{r <= K} p_r(x)``; ours is
 ``-S(x)``, **higher = more OOD**. Scoring is batched with the closed-form norm (no batch-size-1 limit).
 
@@ -60,23 +75,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from tagood.backbones.prompts import KRNFT_ADJ_TEMPLATE, KRNFT_SELECT_TEMPLATE, KRNFT_TEMPLATE
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
 from tagood.core.numeric import l2_normalize
-from tagood.core.validation import NonNegFloat, NonNegInt, PosFloat, PosInt
+from tagood.core.validation import NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt
 from tagood.detectors import persist
 from tagood.detectors.base import NotFittedError
 from tagood.detectors.registry import register
 from tagood.detectors.vlm.base import FewShotDetector, FewShotOptions, few_shot_indices
-from tagood.detectors.vlm.crops import encode_crops, subset_stream
-from tagood.detectors.vlm.negmining import NegativeLabelOptions, negative_labels
+from tagood.detectors.vlm.crops import encode_crops, encode_view_crops, subset_stream
+from tagood.detectors.vlm.krnft_train import Views, epoch_plan, script_hidden, train_views
+from tagood.detectors.vlm.negmining import NegativeLabelOptions, negative_labels, negative_labels_by_position
 from tagood.detectors.vlm.nft import NFT, RowBank
 from tagood.errors import CheckpointError, InputError
 from tagood.runtime.progress import progress_bar
@@ -85,6 +102,26 @@ log = logging.getLogger(__name__)
 
 PAPER = ("Zhu, Zhang, Jin, Zeng & Zhang, Knowledge Regularized Negative Feature Tuning of Vision-Language Models for "
          "Out-of-Distribution Detection, ACM MM 2025 (arXiv 2507.19847)")
+
+
+#: The options each preset fills when they are not given (``default``: none, the declared defaults). ``paper``: the
+#: paper's few-shot setting (4 shots, 128 crops, top / bottom 32) and, where the paper is silent, the public script
+#: (github.com/ZhuWenjie98/KRNFT 86cdbbd6, scripts/ood/krnft/krnft_shot4_train.sh and the files it reads), with
+#: its two schedule defects fixed; ``official``: the script exactly (a tenth of the images per epoch, epochs after
+#: the first repeating the second, float16 meta-network outputs). The table: docs/methods/krnft.md.
+PAPER_PRESET: dict[str, Any] = {
+    "shots": 4, "n_crops": 128, "k_in": 32, "k_out": 32, "epochs": 3, "lr": 1e-5, "meta_dim": 64, "weight_decay": 0.01,
+    "lr_schedule": "constant", "template": KRNFT_TEMPLATE, "adj_template": KRNFT_ADJ_TEMPLATE,
+    "select_template": KRNFT_SELECT_TEMPLATE, "n_neg": 10500, "mining": "position", "crops": "original",
+    "crop_flip": True, "crop_redraw": True, "condition": "top1", "n_groups": 10, "in_views": "crops", "l_out": "script",
+    "batch_images": 1, "w_out": 0.3, "w_kr": 10.0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {}, "paper": PAPER_PRESET,
+    "official": {**PAPER_PRESET, "epoch_fraction": 0.1, "seed_reset": True, "half_meta": True}}
+#: the options whose non-default values select the script-form training loop (:mod:`tagood.detectors.vlm.krnft_train`)
+SCRIPT_FORM_DEFAULTS: dict[str, Any] = {"crops": "preprocessed", "crop_flip": False, "crop_redraw": False,
+                                        "condition": "input", "n_groups": 1, "in_views": "full+crops", "l_out": "bounded",
+                                        "epoch_fraction": 1.0, "seed_reset": False}
 
 
 def select_crops(crop_embeds: np.ndarray, label_text: np.ndarray, k_in: int, k_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +171,62 @@ class KRNFT(FewShotDetector):
         k_in: PosInt = Field(8, description="crops most similar to the image's label prompt, taken as surrogate IND "
                                             "(the paper: 32)")
         k_out: NonNegInt = Field(8, description="crops least similar to it, taken as surrogate OOD (the paper: 32)")
-        hidden: PosInt = Field(32, description="hidden width of the NFT meta-networks (the public script: 8)")
+        hidden: PosInt = Field(32, description="hidden width of the NFT meta-networks (overridden by meta_dim; the "
+                                               "public script: 64)")
         epochs: NonNegInt = Field(10, description="training epochs (0 = untrained: the meta-networks' zero-initialised "
                                                   "last layers leave the text features as they are)")
-        lr: PosFloat = Field(1e-3, description="AdamW learning rate, cosine-annealed (the public script: 1e-5)")
+        lr: PosFloat = Field(1e-3, description="AdamW learning rate, schedule lr_schedule (the public script: 1e-5, "
+                                               "constant)")
         batch_size: PosInt = Field(64, description="surrogate-IND inputs per training step")
         w_out: NonNegFloat = Field(0.3, description="weight of L_out, the surrogate-OOD loss (the public code: 0.3)")
         w_kr: NonNegFloat = Field(10.0, description="weight of L_kr, the knowledge regularisation (the public code: 10)")
         score_batch: PosInt = Field(512, description="images per scoring batch")
         device: str | None = Field(None, description="torch device of training and scoring (none = the context's)")
+        preset: Literal["default", "paper", "official"] = Field(
+            "default", description="default (ours, the values shown), paper (the paper + the public script where the "
+                                   "paper is silent, its defects fixed) or official (the public script exactly) for the "
+                                   "options not given; see docs/methods/krnft.md")
+        meta_dim: PosInt | None = Field(None, description="the public script's meta_dim: hidden width E // int(512 / "
+                                                          "meta_dim), overriding hidden (presets: 64, i.e. 64 at E = 512)")
+        weight_decay: NonNegFloat = Field(0.0, description="AdamW weight decay (presets: 0.01, AdamW's default)")
+        lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule (presets: "
+                                                                                 "constant)")
+        mining: Literal["quantile", "position"] = Field(
+            "quantile", description="negative mining: quantile (NegLabel's interpolated eta-quantile, all candidates "
+                                    "together) or position (the value at int(0.95 K) of the sorted cosines, nouns and "
+                                    "adjectives ranked apart in proportion; presets)")
+        adj_template: str | None = Field(None, description="prompt of the adjective negatives under mining=position "
+                                                           "(none = template; presets: 'This is a {} photo.')")
+        select_template: str | None = Field(None, description="prompt of the label that ranks an image's crops (none = "
+                                                              "the IND rows; presets: 'a photo of a {}.')")
+        crops: Literal["preprocessed", "original"] = Field(
+            "preprocessed", description="crops cut from the preprocessed picture or from the original (presets)")
+        crop_flip: bool = Field(False, description="mirror half of the crops left-right (presets: true)")
+        crop_redraw: bool = Field(False, description="fresh crops every epoch (presets: true)")
+        condition: Literal["input", "top1"] = Field(
+            "input", description="training: tune each view's text rows by the view itself (input) or every view of an "
+                                 "image by its top-1 crop (top1; presets)")
+        n_groups: PosInt = Field(1, description="training softmaxes over the IND rows and one of n_groups groups of "
+                                                "negatives (presets: 10)")
+        in_views: Literal["full+crops", "crops"] = Field(
+            "full+crops", description="views of L_in: the few-shot images and their top crops, or the crops only (presets)")
+        l_out: Literal["bounded", "script"] = Field(
+            "bounded", description="L_out: bounded (-log of the negatives' share) or script (minimise log of the IND "
+                                   "share; presets)")
+        batch_images: PosInt = Field(1, description="images per step of the script-form training (presets: 1)")
+        epoch_fraction: OpenFraction = Field(1.0, description="share of the images an epoch visits (official: 0.1, "
+                                                              "the script's int(steps / 10))")
+        seed_reset: bool = Field(False, description="every epoch after the first repeats the second's shuffle and "
+                                                    "crops (official: the script's seed reset)")
+        half_meta: bool = Field(False, description="round the meta-networks' outputs to float16 (official)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _fill_from_preset(cls, data: Any) -> Any:
+            if not isinstance(data, Mapping):
+                return data
+            fill = PRESETS.get(str(data.get("preset", "default")), {})
+            return {**fill, **{k: v for k, v in data.items() if not (v is None and k in fill)}}
 
     options: Options
     paper: ClassVar[str] = PAPER
@@ -217,20 +301,97 @@ class KRNFT(FewShotDetector):
             from tagood.backbones.prompts import encode_prompts
 
             self.neg_words, self.neg_text = list(o.neg_words), encode_prompts(enc, o.neg_words, self.templates)
+        elif o.mining == "position":
+            self.neg_words, self.neg_text = negative_labels_by_position(
+                enc, self.class_names, self.text, o.n_neg, self.templates[0], o.adj_template or self.templates[0],
+                o.corpus, o.max_candidates, o.seed)
         else:
             self.neg_words, self.neg_text = negative_labels(enc, self.class_names, self.text, o.n_neg, o.eta, o.corpus,
                                                             self.templates[0], o.max_candidates, o.seed)
         idx = few_shot_indices(train.labels, o.shots, o.seed)
         labels = np.asarray(train.labels)[idx].astype(np.int64)
+        label_text = self.text
+        if o.select_template is not None:
+            from tagood.backbones.prompts import encode_prompts
+
+            label_text = encode_prompts(enc, self.class_names, [o.select_template])
+        if self.script_form:
+            self._fit_script(train, idx, labels, label_text, context)
+            return
         crops = self._crop_embeds(train, idx, context)
         crops = l2_normalize(crops, dtype=crops.dtype)
         k_in, k_out = min(o.k_in, crops.shape[1]), min(o.k_out, max(crops.shape[1] - o.k_in, 0))
-        ind_crops, ood_crops = select_crops(crops, self.text[labels], k_in, k_out)
+        ind_crops, ood_crops = select_crops(crops, label_text[labels], k_in, k_out)
         full = np.asarray(train.image_embeds, dtype=np.float32)[idx]
         x_in = np.concatenate([full, ind_crops.reshape(-1, crops.shape[-1])])
         y_in = np.concatenate([labels, np.repeat(labels, k_in)])
         x_out = ood_crops.reshape(-1, crops.shape[-1])
         self._train(x_in, y_in, x_out, context)
+
+    @property
+    def script_form(self) -> bool:
+        """Whether training runs the public script's form (:mod:`tagood.detectors.vlm.krnft_train`): any of
+        ``SCRIPT_FORM_DEFAULTS``' options away from its default (the presets ``paper`` and ``official``)."""
+        return any(getattr(self.options, k) != v for k, v in SCRIPT_FORM_DEFAULTS.items())
+
+    def _hidden(self, dim: int) -> int:
+        o = self.options
+        return script_hidden(dim, o.meta_dim) if o.meta_dim is not None else int(o.hidden)
+
+    def _fit_script(self, train: FeatureSet, idx: np.ndarray, labels: np.ndarray, label_text: np.ndarray,
+                    context: Context) -> None:
+        """Cut the crops the epochs read, choose the surrogate views, train in the script's form."""
+        o = self.options
+        n = len(idx)
+        plan = epoch_plan(n, o.epochs, o.batch_images, o.epoch_fraction, o.seed_reset, o.seed, o.crop_redraw)
+        sets = sorted({ep.crop_set for ep in plan})
+        dev = self._dev(context)
+        torch.manual_seed(o.seed)
+        assert self.text is not None and self.neg_text is not None
+        self.nft = NFT(self.text.shape[1], self._hidden(self.text.shape[1]), half_meta=o.half_meta).to(dev)
+        if not plan:  # epochs=0: untrained, the identity transform
+            self.history = []
+            self.nft.eval()
+            return
+        if train.extra.get("crop_embeds") is not None or o.crops == "preprocessed":
+            if o.crop_redraw or o.crop_flip:
+                log.warning("krnft: crop_redraw / crop_flip need crops=original cut from the images; using one set of "
+                            "precomputed or preprocessed-image crops")
+            crops = l2_normalize(self._crop_embeds(train, idx, context), dtype=np.float32)
+            k_in, k_out = min(o.k_in, crops.shape[1]), min(o.k_out, max(crops.shape[1] - o.k_in, 0))
+            ind_crops, ood_crops = select_crops(crops, label_text[labels], k_in, k_out)
+            rows = {s_: np.arange(n) for s_ in sets}
+        else:  # the original pictures, only the (crop set, image) pairs the epochs visit
+            if train.images is None:
+                raise InputError("krnft (crops=original) needs the images of the IND training split: set train.images "
+                                 "(e.g. via dual_encoder.attach(train, source)) or give train.extra['crop_embeds']")
+            need = sorted({(ep.crop_set, int(i)) for ep in plan for i in ep.order})
+            encode = context.crop_encoder or self._encoder(context).encode_images
+            k_in, k_out = min(o.k_in, o.n_crops), min(o.k_out, max(o.n_crops - o.k_in, 0))
+            parts: list[tuple[np.ndarray, np.ndarray]] = []
+            with progress_bar("KR-NFT crops", len(need)) as advance:
+                for a in range(0, len(need), 256):  # the views chosen per block: all crops are never held at once
+                    block = need[a : a + 256]
+                    items = [(int(idx[i]), (int(o.seed), s_, int(idx[i]))) for s_, i in block]
+                    crops = l2_normalize(encode_view_crops(train.images, items, encode, o.n_crops, flip=o.crop_flip,
+                                                           progress=advance), dtype=np.float32)
+                    parts.append(select_crops(crops, label_text[labels[[i for _, i in block]]], k_in, k_out))
+            ind_crops, ood_crops = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            rows = {s_: np.full(n, -1, dtype=np.int64) for s_ in sets}
+            for r, (s_, i) in enumerate(need):
+                rows[s_][i] = r
+        views = Views(ind=ind_crops, ood=ood_crops, row=rows, full=np.asarray(train.image_embeds, np.float32)[idx],
+                      labels=labels)
+        tp = torch.as_tensor(self.text, dtype=torch.float32, device=dev)
+        tn = torch.as_tensor(self.neg_text, dtype=torch.float32, device=dev)
+        log.info("KR-NFT (script form): %d steps over %d images, hidden %d", sum(-(-len(ep.order) // o.batch_images)
+                 for ep in plan), n, self.nft.hidden)
+        with progress_bar("KR-NFT training", o.epochs) as advance:
+            self.history = train_views(
+                self.nft, views, plan, tp, tn, self.logit_scale, lr=o.lr, weight_decay=o.weight_decay,
+                schedule=o.lr_schedule, batch_images=o.batch_images, n_groups=o.n_groups, group_seed=o.seed,
+                condition=o.condition, in_views=o.in_views, l_out_form=o.l_out, w_out=o.w_out, w_kr=o.w_kr,
+                progress=advance)
 
     def _dev(self, context: Context | None = None) -> torch.device:
         return torch.device(self.options.device or (context.device if context is not None else "cpu"))
@@ -246,16 +407,17 @@ class KRNFT(FewShotDetector):
         dev = self._dev(context)
         torch.manual_seed(o.seed)
         assert self.text is not None and self.neg_text is not None
-        self.nft = NFT(self.text.shape[1], o.hidden).to(dev)
+        self.nft = NFT(self.text.shape[1], self._hidden(self.text.shape[1]), half_meta=o.half_meta).to(dev)
         tp = torch.as_tensor(self.text, dtype=torch.float32, device=dev)
         tn = torch.as_tensor(self.neg_text, dtype=torch.float32, device=dev)
         xi = torch.as_tensor(x_in, dtype=torch.float32, device=dev)
         yi = torch.as_tensor(y_in, dtype=torch.int64, device=dev)
         xo = torch.as_tensor(x_out, dtype=torch.float32, device=dev)
-        opt = torch.optim.AdamW(self.nft.parameters(), lr=o.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(self.nft.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         g = torch.Generator().manual_seed(o.seed)
         steps_per_epoch = max(1, int(np.ceil(len(xi) / o.batch_size)))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs * steps_per_epoch)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs * steps_per_epoch)
+                 if o.lr_schedule == "cosine" else None)
         k = tp.shape[0]
         scale = self.logit_scale
         self.history = []
@@ -281,7 +443,8 @@ class KRNFT(FewShotDetector):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    sched.step()
+                    if sched is not None:
+                        sched.step()
                     for key, val in (("loss", loss), ("in", l_in), ("out", l_out), ("kr", l_kr)):
                         tot[key] += float(val.detach()) / steps_per_epoch
                 self.history.append(tot)
@@ -343,7 +506,8 @@ class KRNFT(FewShotDetector):
         assert self.neg_text is not None
         arrays["neg_text"] = self.neg_text
         arrays.update(persist.module_arrays("nft", nft))
-        meta.update(neg_words=list(self.neg_words), dim=nft.dim, hidden=nft.hidden, history=list(self.history))
+        meta.update(neg_words=list(self.neg_words), dim=nft.dim, hidden=nft.hidden, half_meta=nft.half_meta,
+                    history=list(self.history))
         return arrays, meta
 
     def _set_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -351,7 +515,7 @@ class KRNFT(FewShotDetector):
         self.neg_text = np.asarray(arrays["neg_text"])
         self.neg_words = [str(w) for w in meta["neg_words"]]
         self.history = [{str(k): float(v) for k, v in h.items()} for h in meta["history"]]
-        self.nft = NFT(int(meta["dim"]), int(meta["hidden"]))
+        self.nft = NFT(int(meta["dim"]), int(meta["hidden"]), half_meta=bool(meta.get("half_meta", False)))
         try:
             self.nft.load_state_dict(persist.module_state(arrays, "nft"))
         except RuntimeError as e:  # missing, unexpected or mis-shaped weights

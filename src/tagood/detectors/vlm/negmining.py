@@ -194,3 +194,95 @@ def mine_fraction(candidate_embeds: np.ndarray, ind_embeds: np.ndarray, ratio: f
     n = int(len(d) * ratio)
     order = np.argsort(-d, kind="stable")[:n]
     return order[np.isfinite(d[order])]
+
+
+def position_similarity(candidates: np.ndarray, ind: np.ndarray, q: float = 0.95, chunk: int = 8192) -> np.ndarray:
+    """KR-NFT's mining statistic (its public code, ``openood/networks/clip_krnft.py:460-467``): each candidate's cosines
+    to the K IND labels sorted ascending, the value at position ``int(K * q)`` (no interpolation).
+
+    Args:
+        candidates: ``(M, E)`` candidate embeddings; ``ind``: ``(K, E)`` IND label embeddings.
+        q: the position as a share of K (0.95: the 5th-largest-percent cosine); ``chunk``: candidates per block.
+    Returns:
+        ``(M,)`` float64 cosines: smaller = farther from the IND labels.
+    """
+    c, y = l2_normalize(candidates, dtype=np.float32), l2_normalize(ind, dtype=np.float32)
+    pos = min(int(len(y) * q), len(y) - 1)
+    out = np.empty(len(c), dtype=np.float64)
+    for a in range(0, len(c), chunk):
+        out[a : a + chunk] = np.sort((c[a : a + chunk] @ y.T).astype(np.float64), axis=1)[:, pos]
+    return out
+
+
+def mine_by_position(noun_embeds: np.ndarray, adj_embeds: np.ndarray, ind_embeds: np.ndarray, n: int = 10500,
+                     q: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """KR-NFT's negative mining (``clip_krnft.py:457-475``): nouns and adjectives ranked separately by
+    :func:`position_similarity`, the ``n`` kept shared between them in proportion to their pool sizes
+    (``n_adj = int(n * A / (A + N))``, ``n_noun = n - n_adj``), the least similar of each kept.
+
+    Args:
+        noun_embeds: ``(N, E)`` noun candidates; ``adj_embeds``: ``(A, E)`` adjective candidates; ``ind_embeds``: ``(K, E)``.
+        n: negatives kept in all; ``q``: the sorted position's share of K.
+    Returns:
+        ``(adj_idx, noun_idx)``: int64 indices into each pool, least similar first.
+    """
+    a, m = len(adj_embeds), len(noun_embeds)
+    if a + m == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n_adj = int(int(n) * (a / (a + m)))
+    n_noun = int(n) - n_adj
+    sa = position_similarity(adj_embeds, ind_embeds, q) if a else np.zeros(0)
+    sn = position_similarity(noun_embeds, ind_embeds, q) if m else np.zeros(0)
+    return np.argsort(sa, kind="stable")[:n_adj].astype(np.int64), np.argsort(sn, kind="stable")[:n_noun].astype(np.int64)
+
+
+def split_pool(ind_names: Sequence[str], corpus: str | Path | Sequence[str] | None, max_candidates: int | None,
+               seed: int) -> tuple[list[str], list[str]]:
+    """The candidate ``(nouns, adjectives)``: WordNet's noun and adjective lemmas (a word that is both counts as a
+    noun, as the public code's ``Deduplication(adj_list, noun_list)``) or, for a given corpus, all its words as nouns;
+    IND names removed; ``max_candidates`` a seeded subsample of the two pools together (as :func:`negative_labels`)."""
+    from tagood.detectors.vlm.wordnet import read_word_list, wordnet_words
+
+    if corpus is None:
+        nouns = wordnet_words(("noun",))
+        noun_low = {w.lower() for w in nouns}
+        adjs = [w for w in wordnet_words(("adj",)) if w.lower() not in noun_low]
+    else:
+        nouns = read_word_list(corpus) if isinstance(corpus, (str, Path)) else list(dict.fromkeys(str(w) for w in corpus))
+        adjs = []
+    ind_low = {str(n_).lower().replace("_", " ") for n_ in ind_names}
+    nouns = [w for w in nouns if w.lower() not in ind_low]
+    adjs = [w for w in adjs if w.lower() not in ind_low]
+    if max_candidates is not None and len(nouns) + len(adjs) > max_candidates:
+        keep = np.sort(np.random.default_rng(seed).choice(len(nouns) + len(adjs), int(max_candidates), replace=False))
+        nouns, adjs = [nouns[i] for i in keep if i < len(nouns)], [adjs[i - len(nouns)] for i in keep if i >= len(nouns)]
+    if not nouns and not adjs:
+        raise ConfigError("the negative-label corpus is empty after removing the IND names: give a larger corpus "
+                          "(option corpus: a word-list file or a list of words; none = WordNet)")
+    return nouns, adjs
+
+
+def negative_labels_by_position(encoder: Any, ind_names: Sequence[str], ind_embeds: np.ndarray, n: int = 10500,
+                                noun_template: str = "the nice {}.", adj_template: str = "This is a {} photo.",
+                                corpus: str | Path | Sequence[str] | None = None, max_candidates: int | None = None,
+                                seed: int = 0, q: float = 0.95,
+                                cache_dir: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """KR-NFT's negative labels (its public code; used by the ``paper`` / ``official`` presets of KR-NFT): nouns
+    prompted with ``noun_template``, adjectives with ``adj_template``, mined by :func:`mine_by_position`.
+
+    Args:
+        encoder: the dual encoder; ``ind_names``: the IND class names; ``ind_embeds``: ``(K, E)`` IND prompt embeddings.
+        n: negatives kept; ``noun_template`` / ``adj_template``: the two prompts; ``corpus``: as :func:`split_pool`;
+        max_candidates: a seeded subsample of the pool; ``seed``: its seed; ``q``: the sorted position's share of K;
+        cache_dir: the text-embedding cache (:func:`text_embeddings`).
+    Returns:
+        ``(words, embeddings)``: the adjectives then the nouns (as the public code orders its rows), each least
+        similar first, and their ``(n, E)`` float32 prompt embeddings.
+    """
+    nouns, adjs = split_pool(ind_names, corpus, max_candidates, seed)
+    e_noun = text_embeddings(encoder, fill(nouns, noun_template), cache_dir, desc="encode negative-label nouns")
+    e_adj = text_embeddings(encoder, fill(adjs, adj_template), cache_dir, desc="encode negative-label adjectives")
+    ia, inn = mine_by_position(e_noun, e_adj, ind_embeds, n, q)
+    log.info("KR-NFT mining: kept %d of %d adjectives and %d of %d nouns (position %.2f)", len(ia), len(adjs), len(inn),
+             len(nouns), q)
+    return [adjs[i] for i in ia] + [nouns[i] for i in inn], np.concatenate([e_adj[ia], e_noun[inn]]).astype(np.float32)

@@ -5,7 +5,10 @@ Each text feature ``t`` (IND rows and negative rows) is transformed per image ``
 ``t' = normalise(a * t + c)`` with ``a = s + ds(v)``, ``c = b + db(v)``; IND rows use
 ``(s+, b+, ds+, db+)``, negative rows ``(s-, b-, ds-, db-)``. ``s = 1``, ``b = 0`` (shared, E-dim);
 the four ``d``-terms are meta-networks ``Linear(E,h)-ReLU-Linear(h,E)`` with a zero-initialised
-last layer, so at initialisation ``t' = t``.
+last layer, so at initialisation ``t' = t``. The meta-networks read the image feature L2-normalised (as the
+public code, ``clip_krnft.py:1183``): :meth:`NFT.factors` normalises any row that is not already a unit vector
+(rows within 1e-4 of unit length are used as they are, so unit inputs give bit-identical results). ``half_meta``
+rounds the meta-networks' outputs to float16 as the public code does (``clip_krnft.py:678-691``: ``.to(clip dtype)``).
 
 **Batched closed form** (no ``(B,R,E)`` tensor): for unit ``v`` the cosine logit is
 ``v.(a*t + c) / ||a*t + c||`` with ``v.(a*t+c) = (v*a).t + v.c`` and
@@ -39,6 +42,13 @@ def meta_net(dim: int, hidden: int) -> nn.Sequential:
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(first, nn.ReLU(), last)
+
+
+def unit_rows(v: torch.Tensor, tol: float = 1e-4, eps: float = 1e-12) -> torch.Tensor:
+    """``v`` (B,E) with every row whose norm differs from 1 by more than ``tol`` divided by its norm (others untouched)."""
+    n = v.norm(dim=1, keepdim=True)
+    off = (n - 1.0).abs() > tol
+    return torch.where(off, v / n.clamp_min(eps), v) if bool(off.any()) else v
 
 
 def nft_cosine(v: torch.Tensor, t: torch.Tensor, a: torch.Tensor, c: torch.Tensor, eps: float = 1e-12,
@@ -133,9 +143,11 @@ class RowBank:
 class NFT(nn.Module):
     """The NFT module: shared scale/shift per row kind plus four image-conditional meta-networks."""
 
-    def __init__(self, dim: int, hidden: int = 32) -> None:
+    def __init__(self, dim: int, hidden: int = 32, half_meta: bool = False) -> None:
         super().__init__()
         self.dim, self.hidden = int(dim), int(hidden)
+        #: round the meta-networks' outputs to float16 (the public code's cast)
+        self.half_meta = bool(half_meta)
         self.s_pos = nn.Parameter(torch.ones(dim))
         self.b_pos = nn.Parameter(torch.zeros(dim))
         self.s_neg = nn.Parameter(torch.ones(dim))
@@ -144,9 +156,11 @@ class NFT(nn.Module):
         self.ds_neg, self.db_neg = meta_net(dim, hidden), meta_net(dim, hidden)
 
     def factors(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-image ``(a+, c+, a-, c-)``, each (B,E)."""
-        return (self.s_pos + self.ds_pos(v), self.b_pos + self.db_pos(v),
-                self.s_neg + self.ds_neg(v), self.b_neg + self.db_neg(v))
+        """Per-image ``(a+, c+, a-, c-)``, each (B,E), from the L2-normalised image features ``v`` (B,E)."""
+        v = unit_rows(v)
+        r = (lambda x: x.half().float()) if self.half_meta else (lambda x: x)  # noqa: E731
+        return (self.s_pos + r(self.ds_pos(v)), self.b_pos + r(self.db_pos(v)),
+                self.s_neg + r(self.ds_neg(v)), self.b_neg + r(self.db_neg(v)))
 
     def cosines(self, v: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor,
                 squares: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
