@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.toml"
 
 _CLASSIC_TESTS = ["tests/test_known_answers_classic.py", "tests/test_known_answers_extra.py",
+                  "tests/test_known_answers_mutants.py",
                   "tests/test_detectors.py"]
 
 #: module (path under ``src/tagood``) -> the test files (or node ids) whose tests may kill its mutants; mutmut then

@@ -52,3 +52,22 @@ def test_bad_inputs_are_clear(tmp_path) -> None:
     with pytest.raises(InputError, match="holds no 'score/"):
         load_scores(tmp_path / "other.npz")
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind by the failed write
+
+
+def test_scores_without_an_ood_split_are_refused_naming_the_file(tmp_path) -> None:
+    """A scores.npz holding only the IND split gave an empty table with exit 0; now exit 2 naming the file."""
+    from typer.testing import CliRunner
+
+    from tagood.cli import app
+
+    rng = np.random.default_rng(0)
+    save_scores(tmp_path / "scores.npz", {"msp": {"test": rng.normal(size=20)}, "energy": {"test": rng.normal(size=20)}})
+    with pytest.raises(InputError, match="no OOD split"):
+        rows_from_scores(load_scores(tmp_path)[0])
+    res = CliRunner().invoke(app, ["metrics", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert str(tmp_path) in res.output and "no OOD split" in res.output and "unexpected" not in res.output
+    assert not (tmp_path / "out" / "results.json").exists()
+    # one OOD split is enough
+    save_scores(tmp_path / "scores.npz", {"msp": {"test": rng.normal(size=20), "far": rng.normal(2, 1, 20)}})
+    assert [r["ood"] for r in rows_from_scores(load_scores(tmp_path)[0])] == ["far"]

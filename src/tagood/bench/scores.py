@@ -91,11 +91,20 @@ def load_scores(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dic
 
 
 def rows_from_scores(scores: Mapping[str, Mapping[str, np.ndarray]], ind: str = IND_SPLIT) -> list[dict[str, Any]]:
-    """The metric rows of every method: its ``ind`` scores against each of its other splits."""
+    """The metric rows of every method: its ``ind`` scores against each of its other splits.
+
+    Raises:
+        tagood.errors.InputError: a method has no ``ind`` split, or no method has any other split (no OOD set).
+    """
     rows: list[dict[str, Any]] = []
     for method, per in scores.items():
         if ind not in per:
             raise InputError(f"method {method!r} has no scores on the IND split {ind!r} (splits: {sorted(per)}); pass the "
                              "IND split's name (`tagood metrics --ind NAME`)")
         rows += metric_rows(method, per[ind], {k: v for k, v in per.items() if k != ind})
+    if scores and not rows:  # every method holds the IND split alone: an empty table would look like a result
+        raise InputError(f"the scores hold no OOD split, only the IND split {ind!r} (methods: {sorted(scores)}); the "
+                         "metrics compare IND scores with OOD scores: score at least one OOD set, or pass the IND "
+                         "split's name if it is not "
+                         f"{ind!r} (`tagood metrics --ind NAME`)")
     return rows

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from tagood.cli.bench import write_plots
 from tagood.cli.common import cli_command, console, method_specs
-from tagood.errors import ConfigError
+from tagood.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,10 @@ def metrics(
         if unknown:
             raise ConfigError(f"{scores}: no scores for {unknown}; the file has {sorted(per)}")
         per = {m: per[m] for m in keep}
-    results = _rebuild_results(scores, per, ind)
+    try:
+        results = _rebuild_results(scores, per, ind)
+    except InputError as e:  # no IND split, or no OOD split: name the file
+        raise InputError(f"{scores}: {e}") from None
     if bootstrap:
         from tagood.bench.intervals import add_intervals
 
