@@ -139,6 +139,28 @@ def write_manifest(directory: str | Path, files: Sequence[str], *, detector: str
     return _write(d, doc)
 
 
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in the saved detector file ``path`` (read without blocking: a FIFO is refused at once).
+
+    Raises:
+        tagood.errors.CheckpointError: not a regular file, not UTF-8, not JSON, not an object, or unreadable; the
+            message names the file and ends with ``fix`` (what to do).
+    """
+    try:
+        data = json.loads(read_regular_bytes(path).decode("utf-8"))
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{e}; {fix}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not a UTF-8 text file; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}); {fix}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object; {fix}")
+    return data
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """The validated ``manifest.json`` of a saved detector (its own hash checked; the files are not: :func:`verify`).
 
@@ -150,16 +172,7 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not os.path.lexists(path):
         raise CheckpointError(f"{path} not found: the files of {d} cannot be checked (it was saved by a tagood without "
                               f"manifests, or the manifest was removed), so it is not loaded; {_FIX}")
-    try:
-        data = json.loads(read_regular_bytes(path).decode("utf-8"))
-    except NotRegularFileError as e:
-        raise CheckpointError(f"{e}; {_FIX}") from None
-    except (UnicodeDecodeError, ValueError):
-        raise CheckpointError(f"{path} is not valid JSON; {_FIX}") from None
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read ({e.strerror})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object; {_FIX}")
+    data = read_json_object(path, _FIX)
     try:
         man = Manifest.model_validate(data)
     except ValidationError as e:

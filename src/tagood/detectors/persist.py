@@ -22,7 +22,6 @@ regular file (a FIFO or device in its place is refused, never waited on).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,14 +31,13 @@ from pydantic import ValidationError
 
 from tagood._version import __version__
 from tagood.core.validation import NonNegInt, _Strict, format_errors
-from tagood.detectors.manifest import MANIFEST, fingerprint, seal, verify, write_manifest
+from tagood.detectors.manifest import MANIFEST, fingerprint, read_json_object, seal, verify, write_manifest
 from tagood.errors import CheckpointError
 from tagood.runtime.fileio import (
     NotRegularFileError,
     atomic_write_json,
     atomic_write_with,
     open_regular,
-    read_regular_bytes,
 )
 
 if TYPE_CHECKING:
@@ -151,19 +149,7 @@ def read(directory: str | Path) -> tuple[SavedConfig, dict[str, np.ndarray], str
     for p in (cfg_path, w_path):
         if not p.exists():
             raise CheckpointError(f"{p} not found: {d} holds no saved detector; pass the folder written by det.save(directory)")
-    try:
-        text = read_regular_bytes(cfg_path).decode("utf-8")
-        data = json.loads(text)
-    except NotRegularFileError as e:
-        raise CheckpointError(f"{e}; {_FIX}") from None
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{cfg_path} is not a UTF-8 text file; {_FIX}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON (line {e.lineno}); {_FIX}") from None
-    except OSError as e:
-        raise CheckpointError(f"{cfg_path} cannot be read ({e.strerror})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cfg_path} is not a JSON object; {_FIX}")
+    data = read_json_object(cfg_path, _FIX)
     try:
         cfg = SavedConfig.model_validate(data)
     except ValidationError as e:
