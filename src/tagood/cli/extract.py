@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 
 from tagood.cli.common import backbone_files, check_clip_dir, cli_command, console, is_main
-from tagood.cli.fitscore import SkipEmptyOpt
 from tagood.cli.options import (
     BackboneOpt,
     CacheOpt,
@@ -17,6 +16,7 @@ from tagood.cli.options import (
     ClipOpt,
     DeviceOpt,
     QuietOpt,
+    SkipEmptyOpt,
     TagsOpt,
     ThresholdsOpt,
     VerboseOpt,

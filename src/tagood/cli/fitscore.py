@@ -28,6 +28,7 @@ from tagood.cli.options import (
     ClipOpt,
     DeviceOpt,
     QuietOpt,
+    SkipEmptyOpt,
     StreamAboveOpt,
     TagsOpt,
     ThresholdsOpt,
@@ -39,11 +40,6 @@ from tagood.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: ``--skip-empty-classes`` of `tagood fit` / `tagood extract`
-SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty-classes", help=(
-    "Leave out, with a warning, a class folder that cannot be read or holds no image (default: an error naming it); "
-    "the class list saved is the one the detector was fitted on."))]
-
-
 def _one_method(methods: str | None, method: str | None) -> str:
     """The one method spec of ``--methods`` (or of the deprecated ``--method``)."""
     if method is not None:

@@ -48,3 +48,8 @@ ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="ram: r
 ClipOpt = Annotated[Path | None, typer.Option("--clip", help="clip: a Hugging Face CLIP directory.")]
 VocabOpt = Annotated[Path | None, typer.Option("--vocabulary", help="clip: a text file of tag names, one per line "
                                                                          "(default: the 1000 ImageNet class names).")]
+
+# -- class folders: `tagood extract` and `tagood fit` -------------------------------------------------------------
+SkipEmptyOpt = Annotated[bool, typer.Option("--skip-empty-classes", help=(
+    "Leave out, with a warning, a class folder that cannot be read or holds no image (default: an error naming it); "
+    "the class list saved is the one the detector was fitted on."))]

@@ -125,6 +125,13 @@ def _fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """fsync every regular file below ``folder`` (a staged folder, before it is renamed into place)."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            _fsync_path(f)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, suffix: str = ".tmp") -> Iterator[IO[bytes]]:
     """Open a binary temp file beside ``path``; on a clean exit it is flushed, synced and renamed to ``path``.
@@ -212,9 +219,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         _usual_mode(tmp, directory=True)
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync_path(f)
+        _fsync_tree(tmp)
         if path.exists():
             path.rmdir()  # only an empty folder; a non-empty one raises OSError and nothing is lost
         os.replace(tmp, path)
@@ -389,9 +394,7 @@ def replaced_directory(path: str | Path, check: Callable[[Path], None] | None = 
     try:
         _usual_mode(tmp, directory=True)
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync_path(f)
+        _fsync_tree(tmp)
         _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

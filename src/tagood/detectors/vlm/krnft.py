@@ -92,7 +92,7 @@ from tagood.detectors.base import NotFittedError
 from tagood.detectors.registry import register
 from tagood.detectors.vlm.base import FewShotDetector, FewShotOptions, few_shot_indices
 from tagood.detectors.vlm.crops import encode_crops, encode_view_crops, subset_stream
-from tagood.detectors.vlm.krnft_train import Views, epoch_plan, script_hidden, train_views
+from tagood.detectors.vlm.krnft_train import Views, epoch_plan, optimizer_step, script_hidden, train_views
 from tagood.detectors.vlm.negmining import NegativeLabelOptions, negative_labels, negative_labels_by_position
 from tagood.detectors.vlm.nft import NFT, RowBank
 from tagood.errors import CheckpointError, InputError
@@ -440,13 +440,7 @@ class KRNFT(FewShotDetector):
                         l_out = cos.new_zeros(())
                     l_kr = 1.0 - self.nft.kr_cosine(v, tp, tn).mean()
                     loss = l_in + o.w_out * l_out + o.w_kr * l_kr
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    for key, val in (("loss", loss), ("in", l_in), ("out", l_out), ("kr", l_kr)):
-                        tot[key] += float(val.detach()) / steps_per_epoch
+                    optimizer_step(opt, sched, {"loss": loss, "in": l_in, "out": l_out, "kr": l_kr}, tot, steps_per_epoch)
                 self.history.append(tot)
                 log.debug("KR-NFT epoch %d: %s", ep, tot)
                 advance(1)

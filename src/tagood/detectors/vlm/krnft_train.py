@@ -40,6 +40,19 @@ SCRIPT_WIDTH_BASE = 512
 LOG_EPS = 1e-16
 
 
+def optimizer_step(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler | None,
+                   terms: dict[str, torch.Tensor], tot: dict[str, float], n_steps: int) -> None:
+    """One optimiser step on ``terms["loss"]`` (then the schedule's), adding each term's value / ``n_steps`` to the
+    epoch's running means ``tot``: the step of both KR-NFT training loops."""
+    opt.zero_grad()
+    terms["loss"].backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    for key, val in terms.items():
+        tot[key] += float(val.detach()) / n_steps
+
+
 def script_hidden(dim: int, meta_dim: int) -> int:
     """The public script's meta-network hidden width: ``dim // int(512 / meta_dim)``.
 
@@ -209,13 +222,7 @@ def train_views(nft: NFT, views: Views, plan: list[Epoch], t_pos: torch.Tensor, 
             l_out = loss_out(z_out, k, groups, l_out_form)
             l_kr = kr_loss(nft, cond, t_pos, t_neg)
             loss = l_in + w_out * l_out + w_kr * l_kr
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            for key, val in (("loss", loss), ("in", l_in), ("out", l_out), ("kr", l_kr)):
-                tot[key] += float(val.detach()) / n_steps
+            optimizer_step(opt, sched, {"loss": loss, "in": l_in, "out": l_out, "kr": l_kr}, tot, n_steps)
         history.append(tot)
         log.debug("KR-NFT (script form) epoch: %s", tot)
         if progress is not None:
