@@ -50,7 +50,7 @@ EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.toml"
 
 _CLASSIC_TESTS = ["tests/test_known_answers_classic.py", "tests/test_known_answers_extra.py",
                   "tests/test_known_answers_mutants.py",
-                  "tests/test_detectors.py"]
+                  "tests/test_detectors.py", "tests/test_float32_paths.py"]
 
 #: module (path under ``src/tagood``) -> the test files (or node ids) whose tests may kill its mutants; mutmut then
 #: runs, for each mutant, only those of them that call the mutated function. Keys of the short names are the file

@@ -14,22 +14,30 @@ Each stage runs in its own `tagood bench` process on a shared cache, so a stage'
   need all of them between them), fits the IND head (the bench always does) and scores FeatureNorm and TagScore; its
   time is split into one line per split (``extract:<split>``), ``head``, ``featurenorm`` and ``tagscore`` from the
   bench's own timings, all with that process's peak memory;
-* one stage per detector (``--methods``): its fit + score time from the bench's timings. A cache entry is keyed by
-  the fields it holds, so a detector that needs fewer fields than the first process stored (MSP: ``features``)
-  extracts its own entry first, as a user's run of that detector alone would: that process's extraction time is
-  recorded as ``process_extract_s`` and its memory and disk are in the stage's figures (TagOOD:
-  ``epochs`` capped by ``--tagood-epochs``, batch 256, so its projector takes at most ``epochs x ceil(N_train / 256)``
-  steps: a stated step cap).
+* one stage per detector (``--methods``): its fit + score time from the bench's timings. A detector that needs fewer
+  fields than the first process stored (MSP: ``features``) reads the first process's complete entries, which hold a
+  superset of its fields (:func:`tagood.cache.superset_entry`), as a user's run of that detector alone after a fuller
+  run would: nothing is extracted again, ``process_extract_s`` is the time to open and check those entries and load
+  the fields it needs, and the disk figures stay those of one entry per split (TagOOD: ``epochs`` capped by
+  ``--tagood-epochs``, batch 256, so its projector takes at most ``epochs x ceil(N_train / 256)`` steps: a stated
+  step cap). Every process fits the IND head again (the bench always does): ``process_wall_s`` includes it.
 
 Per stage it prints wall time, throughput (images / s), the process's peak RSS (``ru_maxrss``) and peak anonymous
 RSS (``RssAnon`` sampled every 50 ms: memory-mapped cache pages are file-backed and not counted there), and the
-bytes and files on disk (cache + outputs) after it. ``--stream-above-gb`` (default 0) is the bench's
-``stream_above_gb``: at 0 the tokens and tag maps are streamed from the cache at every scale, as they are at full
-size. With two scales a factor 10 apart it prints, per stage, the
-ratio cost(N) / cost(N/10) of wall time and of peak anonymous RSS (linear time = 10, flat memory = 1). The result
-file (``--json``) holds every figure; the figures of a loaded machine are preliminary.
+bytes and files on disk (cache + outputs) and the number of cache entries after it. ``--stream-above-gb`` (default 0)
+is the bench's ``stream_above_gb``: at 0 the tokens and tag maps are streamed from the cache at every scale, as they
+are at full size. With two scales a factor 10 apart it prints, per stage, the ratio cost(N) / cost(N/10) of wall time
+and of peak anonymous RSS (linear time = 10, flat memory = 1). The result file (``--json``) holds every figure; the
+figures of a loaded machine are preliminary.
+
+Disk: before a scale starts, the script estimates its cache (``cache_bytes_per_image_est`` x images: about 26 KB per
+image at width 16, 36 GB at full size, most of it the float32 tag probabilities) and refuses to start when that is
+more than 90% of the free space under ``--work`` (a warning above 50%). Each scale's cache is deleted once its stages
+are measured (``--keep-cache`` keeps it under ``--work``), so the scales never hold two caches at once; a temporary
+``--work`` folder is removed at the end.
 
     python benchmarks/scale_rehearsal.py --scale 0.001 --scale 0.01 --width 32 [--json out.json]
+    python benchmarks/scale_rehearsal.py --scale 0.1 --scale 1 --width 16 --json out.json   # full size: ~36 GB
 """
 
 from __future__ import annotations
@@ -141,12 +149,27 @@ def run_bench(config: Path, methods: str, out: Path, cache: Path, log: Path) -> 
         raise SystemExit(f"`{' '.join(cmd)}` failed (exit {rc}); the end of {log}:\n{tail}")
     meta = json.loads((out / "results.json").read_text())["meta"]
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_anon_mb": peak[0] / 1024,
-            "timings": meta["timings"], "command": " ".join(cmd)}
+            "timings": meta["timings"], "peak_rss_stage_mb": meta.get("peak_rss_mb", {}), "command": " ".join(cmd)}
+
+
+def _spec(method: str, tagood_epochs: int) -> str:
+    """The method spec a stage runs (TagOOD with its step cap)."""
+    return f"tagood[epochs={tagood_epochs},batch_size=256]" if method == "tagood" else method
+
+
+def _note(method: str, tagood_epochs: int, n_train: int) -> str:
+    note = "fit + score"
+    if method == "tagood":
+        steps = tagood_epochs * math.ceil(n_train / 256)
+        note += f"; vocabulary, decomposition, projector ({tagood_epochs} epoch(s), at most {steps} steps)"
+    return note
 
 
 def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_epochs: int,
-             stream_above_gb: float = 0.0) -> dict[str, Any]:
-    """Every stage at one scale; returns the scale's record (stages in order)."""
+             stream_above_gb: float = 0.0, keep_cache: bool = False, one_process: bool = False) -> dict[str, Any]:
+    """Every stage at one scale; returns the scale's record (stages in order). The scale's cache and outputs are
+    deleted at the end unless ``keep_cache``. With ``one_process`` every stage runs in one `tagood bench` process
+    (the IND head is fitted once) and each stage's peak RSS is the bench's own per-stage figure."""
     work.mkdir(parents=True, exist_ok=True)
     cfg, cache, log = work / "bench.toml", work / "cache", work / "bench.log"
     sizes = write_config(cfg, scale, width, stream_above_gb)
@@ -157,19 +180,50 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
     if need > 0.9 * free:
         raise SystemExit(f"scale {scale} at width {width} needs about {need / 2**30:.1f} GiB of cache, "
                          f"{free / 2**30:.1f} GiB are free under {work}: lower --width or choose another --work")
+    if need > 0.5 * free:
+        print(f"warning: scale {scale} at width {width} needs about {need / 2**30:.1f} GiB of cache, more than half of "
+              f"the {free / 2**30:.1f} GiB free under {work}", file=sys.stderr, flush=True)
     stages: list[dict[str, Any]] = []
 
     def add(name: str, wall: float, items: int, proc: dict[str, Any], note: str = "") -> None:
         nbytes, nfiles = disk_usage(cache, work / "out")
+        entries = sum(1 for d in cache.iterdir() if (d / "manifest.json").is_file()) if cache.is_dir() else 0
         extract_s = sum(float(v) for k, v in proc["timings"].items() if k.startswith("extract_"))
         stages.append({"stage": name, "wall_s": round(wall, 3), "items": items,
                        "throughput_per_s": round(items / wall, 1) if wall > 0 else None,
-                       "peak_rss_mb": round(proc["peak_rss_mb"], 1), "peak_anon_mb": round(proc["peak_anon_mb"], 1),
-                       "disk_bytes": nbytes, "disk_files": nfiles, "process_wall_s": round(proc["wall_s"], 3),
+                       "peak_rss_mb": round(proc["peak_rss_mb"], 1),
+                       "peak_anon_mb": None if proc["peak_anon_mb"] is None else round(proc["peak_anon_mb"], 1),
+                       "disk_bytes": nbytes, "disk_files": nfiles, "cache_entries": entries,
+                       "process_wall_s": round(proc["wall_s"], 3),
                        "process_extract_s": round(extract_s, 3),
                        "note": note})
 
     processes: list[dict[str, Any]] = []
+    if one_process:
+        specs = [*FIRST_METHODS, *(_spec(m, tagood_epochs) for m in methods)]
+        res = run_bench(cfg, ",".join(specs), work / "out" / "all", cache, log)
+        processes.append({"methods": specs, **res})
+        tm, peaks = res["timings"], res.get("peak_rss_stage_mb", {})
+
+        def stage_proc(stage: str) -> dict[str, Any]:
+            # the stage's own peak (the bench resets the kernel's high-water mark before each stage); the
+            # anonymous peak is the whole process's and is not split by stage
+            return {**res, "peak_rss_mb": float(peaks.get(stage, res["peak_rss_mb"])), "peak_anon_mb": None}
+
+        for split, n in sizes.items():
+            add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, stage_proc("extract"),
+                "images extracted into the cache (peak RSS: all splits' extraction)")
+        add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], stage_proc("head"),
+            "IND linear head fitted on the train features")
+        for m, spec in zip([*FIRST_METHODS, *methods], specs, strict=True):
+            wall = float(tm.get(f"{spec}_fit_s", 0.0)) + float(tm.get(f"{spec}_score_s", 0.0))
+            add(m, wall, n_all, stage_proc(spec), _note(m, tagood_epochs, sizes["train"]))
+        if not keep_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(work / "out", ignore_errors=True)
+        return {"scale": scale, "sizes": sizes, "classes": num_classes(sizes["train"]), "cache_bytes_per_image_est":
+                bytes_per_image(width), "n_eval": n_eval, "stages": stages, "processes": processes,
+                "one_process": True}
     first = run_bench(cfg, ",".join(FIRST_METHODS), work / "out" / "extract", cache, log)
     processes.append({"methods": list(FIRST_METHODS), **first})
     tm = first["timings"]
@@ -179,16 +233,15 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
     for m in FIRST_METHODS:
         add(m, float(tm.get(f"{m}_fit_s", 0.0)) + float(tm.get(f"{m}_score_s", 0.0)), n_all, first, "fit + score")
     for m in methods:
-        spec = f"tagood[epochs={tagood_epochs},batch_size=256]" if m == "tagood" else m
+        spec = _spec(m, tagood_epochs)
         res = run_bench(cfg, spec, work / "out" / m, cache, log)
         processes.append({"methods": [spec], **res})
         t = res["timings"]
         wall = float(t.get(f"{spec}_fit_s", 0.0)) + float(t.get(f"{spec}_score_s", 0.0))
-        note = "fit + score"
-        if m == "tagood":
-            steps = tagood_epochs * math.ceil(sizes["train"] / 256)
-            note += f"; vocabulary, decomposition, projector ({tagood_epochs} epoch(s), at most {steps} steps)"
-        add(m, wall, n_all, res, note)
+        add(m, wall, n_all, res, _note(m, tagood_epochs, sizes["train"]))
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(work / "out", ignore_errors=True)
     return {"scale": scale, "sizes": sizes, "classes": num_classes(sizes["train"]), "cache_bytes_per_image_est":
             bytes_per_image(width), "n_eval": n_eval, "stages": stages, "processes": processes}
 
@@ -207,7 +260,9 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             out.append({"stage": name, "scale": big, "vs_scale": small,
                         "time_ratio": round(b["wall_s"] / a["wall_s"], 2) if a["wall_s"] > 0 else None,
-                        "anon_rss_ratio": round(b["peak_anon_mb"] / a["peak_anon_mb"], 2) if a["peak_anon_mb"] > 0 else None,
+                        "rss_ratio": round(b["peak_rss_mb"] / a["peak_rss_mb"], 2) if a["peak_rss_mb"] > 0 else None,
+                        "anon_rss_ratio": (round(b["peak_anon_mb"] / a["peak_anon_mb"], 2)
+                                           if a["peak_anon_mb"] and b["peak_anon_mb"] else None),
                         "disk_ratio": round(b["disk_bytes"] / a["disk_bytes"], 2) if a["disk_bytes"] > 0 else None})
     return out
 
@@ -221,7 +276,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tagood-epochs", type=int, default=1, help="TagOOD projector epochs (the step cap; default 1)")
     ap.add_argument("--stream-above-gb", type=float, default=0.0, help="the bench's stream_above_gb (default 0: "
                     "tokens and tag maps always streamed from the cache, as they are at full size)")
-    ap.add_argument("--work", help="folder for the caches and outputs (default: a new temp folder, removed after)")
+    ap.add_argument("--work", help="folder for the caches and outputs (default: a new temp folder, removed after; "
+                    "see --keep-cache)")
+    ap.add_argument("--keep-cache", action="store_true", help="keep each scale's cache and outputs under --work "
+                    "(default: deleted once the scale is measured; at full size the cache is tens of GB)")
+    ap.add_argument("--one-process", action="store_true", help="every stage in one `tagood bench` process (the IND "
+                    "head fitted once; each stage's peak RSS from the bench's per-stage figure) instead of one "
+                    "process per detector")
+    ap.add_argument("--quiet-machine", action="store_true", help="state that nothing else ran on the machine: the "
+                    "result file is then not marked preliminary")
     ap.add_argument("--json", help="write the result file here")
     a = ap.parse_args(argv)
     scales = sorted(set(a.scale or [0.001]))
@@ -234,21 +297,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for s in scales:
             print(f"scale {s:g}: {counts(s)} images (train, test, each of {N_OOD_SETS} OOD sets), "
                   f"{TOKENS} tokens x width {a.width}, {TAGS} tags", flush=True)
-            runs.append(rehearse(s, a.width, methods, work / f"scale-{s:g}", a.tagood_epochs, a.stream_above_gb))
+            runs.append(rehearse(s, a.width, methods, work / f"scale-{s:g}", a.tagood_epochs, a.stream_above_gb,
+                                 a.keep_cache, a.one_process))
             print(f"{'stage':<16}{'wall s':>10}{'items/s':>12}{'peak RSS MB':>13}{'anon MB':>10}{'disk MB':>10}{'files':>8}"
                   f"{'process extract s':>19}")
             for st in runs[-1]["stages"]:
                 print(f"{st['stage']:<16}{st['wall_s']:>10.2f}{st['throughput_per_s'] or 0:>12.0f}{st['peak_rss_mb']:>13.0f}"
-                      f"{st['peak_anon_mb']:>10.0f}{st['disk_bytes'] / 2**20:>10.1f}{st['disk_files']:>8}"
+                      f"{st['peak_anon_mb'] or 0:>10.0f}{st['disk_bytes'] / 2**20:>10.1f}{st['disk_files']:>8}"
                       f"{st['process_extract_s']:>19.2f}", flush=True)
         rs = ratios(runs)
         if rs:
-            print("cost(N) / cost(N/10): time (linear = 10), peak anonymous RSS (flat = 1), disk")
+            print("cost(N) / cost(N/10): time (linear = 10), peak RSS and peak anonymous RSS (flat = 1), disk")
             for r in rs:
-                print(f"{r['stage']:<16} scale {r['scale']:g}: time {r['time_ratio']}, RSS {r['anon_rss_ratio']}, "
-                      f"disk {r['disk_ratio']}")
-        result = {"benchmark": "scale_rehearsal", "preliminary": True,
-                  "note": "synthetic tagger and images (rehearsal); figures from a shared, loaded machine",
+                print(f"{r['stage']:<16} scale {r['scale']:g}: time {r['time_ratio']}, peak RSS {r['rss_ratio']}, "
+                      f"anonymous {r['anon_rss_ratio']}, disk {r['disk_ratio']}")
+        result = {"benchmark": "scale_rehearsal", "preliminary": not a.quiet_machine,
+                  "note": "synthetic tagger and images (rehearsal); " + (
+                      "nothing else ran on the machine" if a.quiet_machine else
+                      "figures from a shared, loaded machine"), "one_process": a.one_process,
                   "width": a.width, "tokens": TOKENS, "tags": TAGS, "top_k_tags": TOP_K, "imagenet_counts": IMAGENET,
                   "ood_sets": N_OOD_SETS, "methods": methods, "tagood_epochs": a.tagood_epochs,
                   "stream_above_gb": a.stream_above_gb,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 13 in one run (README "GPU figures"). Run from the repository root on a
+# The GPU measurements of issues 13 and 25 in one run (README "GPU figures"). Run from the repository root on a
 # machine with a CUDA GPU and torch, numpy, onnxruntime, scikit-learn, scikit-image, typer and rich installed.
 # Optional: wheels of the other dependencies in .whl/ (installed to /tmp/site), and an image-folder benchmark
 # written by `scripts/scene_folders.py .gpu/scenes ...` for the end-to-end `tagood bench --device cuda` check.
@@ -16,8 +16,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 step() { echo; echo "=== $1 (limit $2 s)"; shift; local lim=$1; shift; local t=$SECONDS; timeout "$lim" "$@"; echo "--- rc $? in $((SECONDS - t)) s"; }
-step "extraction: EfficientNet-Lite0 pipeline vs bare forward" 90 python3 benchmarks/extract_throughput.py --device cuda --n 2048 --batch-size 128
-step "extraction with 16 decode threads" 90 python3 benchmarks/extract_throughput.py --device cuda --n 2048 --batch-size 128 --workers 16
+# extraction (issue 25): pipeline vs min(decode alone, forward alone), printed last as pipeline_vs_slower_stage
+step "extraction: EfficientNet-Lite0 pipeline vs its slower stage, 8 decode processes" 120 python3 benchmarks/extract_throughput.py --device cuda --n 2048 --batch-size 128 --workers 8
+step "extraction with 16 decode processes" 120 python3 benchmarks/extract_throughput.py --device cuda --n 2048 --batch-size 128 --workers 16
+step "extraction with 8 decode threads (the former pool)" 120 python3 benchmarks/extract_throughput.py --device cuda --n 2048 --batch-size 128 --workers 8 --decode threads
 step "projector training throughput" 150 python3 benchmarks/train_throughput.py --device cuda --warmup 10 --steps 60 --profile 6
 step "TagOOD batched vs single" 60 python3 benchmarks/tagood_batched_vs_single.py --device cuda
 step "KR-NFT batched vs single" 60 python3 benchmarks/krnft_batched_vs_single.py --device cuda --threads 16

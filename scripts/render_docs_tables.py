@@ -21,6 +21,11 @@ Kinds of block (paths are relative to the repository root, options are ``key=val
   (each install step's packages, size and share of the whole install).
 * ``<!-- testing: PATH -->``: the score table of the mutation gate's ``--json`` file (``benchmarks/mutation.py``),
   or the measured times of a ``test-times.json`` (``times``: what, command, minutes).
+* ``<!-- scaling: PATH [plot=PNG] -->``: the per-stage table of the scale rehearsal's result file ``PATH``
+  (``benchmarks/scale_rehearsal.py --json``): scale, stage, N, wall time, throughput, peak RSS, peak anonymous RSS,
+  disk, and the time and memory ratios against the scale 10x smaller; with ``plot=PNG``, the plot drawn from the same
+  file by ``scripts/plot_scaling.py`` above the table (an error names the command when the plot is missing or was
+  drawn from another version of the file).
 * ``<!-- options: NAME -->``: the options of detector ``NAME`` from its one declaration
   (:func:`tagood.detectors.options.describe`).
 * ``<!-- methods: all|classic|tagood|vlm -->``: the registered detectors of a family with their paper, the inputs
@@ -57,7 +62,7 @@ DOCS = ROOT / "docs"
 
 log = logging.getLogger("render_docs_tables")
 
-KINDS = ("results", "compare", "options", "methods", "fields", "sizes", "ladder", "testing")
+KINDS = ("results", "compare", "options", "methods", "fields", "sizes", "ladder", "testing", "scaling")
 #: one generated block: the opening comment (kind and arguments), the body, the closing comment
 BLOCK = re.compile(r"(?P<open><!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<args>[^\n]*?) -->\n)"
                    r"(?P<body>.*?)(?P<close><!-- end (?P=kind) -->)", re.S)
@@ -536,8 +541,93 @@ def render_testing(args: str, page: Path, where: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- scale rehearsal --------------------------------------------------------------------------------------------
+def _plot_scaling() -> Any:
+    """``scripts/plot_scaling.py`` (beside this script) as a module: its file check and the plot's digest."""
+    import importlib.util
+
+    mod = sys.modules.get("plot_scaling")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("plot_scaling", Path(__file__).resolve().parent / "plot_scaling.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["plot_scaling"] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def _secs(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def render_scaling(args: str, page: Path, where: str) -> str:
+    """The body of a ``scaling`` block: ``PATH [plot=PNG]`` (the scale rehearsal's ``--json`` file).
+
+    Args:
+        args: the comment's arguments.
+        page: the Markdown file the block is in (for the relative links).
+        where: ``file:line``, for errors.
+
+    Returns:
+        A line naming the file and its run, the plot (with ``plot=``), then one row per scale and stage.
+    """
+    ps = _plot_scaling()
+    pos, kw = _parse_args(args, where)
+    path = ROOT / pos[0]
+    if not path.is_file():
+        raise RenderError(f"{where}: no rehearsal result file {pos[0]} (python benchmarks/scale_rehearsal.py --json "
+                          "writes it)")
+    try:
+        doc = ps.load_rehearsal(path)
+    except ps.RehearsalFileError as e:
+        raise RenderError(f"{where}: {e}") from None
+    machine = doc.get("machine") or {}
+    desc = [f"width {doc.get('width', '?')}", f"{doc.get('tokens', '?')} tokens", f"{doc.get('tags', '?'):,} tags"
+            if isinstance(doc.get("tags"), int) else "tags ?"]
+    if doc.get("tagood_epochs") is not None:
+        desc.append(f"TagOOD's projector capped at {doc['tagood_epochs']} epoch(s)")
+    if machine.get("cpus"):
+        desc.append(f"{machine['cpus']} CPUs")
+    head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a rehearsal run')}`, "
+            f"{doc.get('date', 'undated')}; {', '.join(desc)}.")
+    if doc.get("preliminary"):
+        head += " Preliminary figures" + (f": {doc['note']}" if doc.get("note") else "") + "."
+    lines = [head + " N is the number of images the stage handled; a ratio is the stage's cost over its cost at the "
+             "scale 10x smaller (linear time = 10, flat memory = 1).*", ""]
+    if "plot" in kw:
+        png = ROOT / kw["plot"]
+        redo = f"run python scripts/plot_scaling.py {pos[0]} --out {kw['plot']}"
+        if not png.is_file():
+            raise RenderError(f"{where}: no plot {kw['plot']}: {redo}")
+        try:
+            drawn_from = ps.png_text(png).get(ps.DIGEST_KEY)
+        except ps.RehearsalFileError as e:
+            raise RenderError(f"{where}: {e}: {redo}") from None
+        if drawn_from != ps.source_digest(path):
+            raise RenderError(f"{where}: the plot {kw['plot']} was not drawn from the current {pos[0]}: {redo}")
+        lines += [f"![Wall time and peak RSS against N per stage, log-log]({_link(png, page)})", ""]
+    ratios = {(r["stage"], r.get("scale")): r for r in doc.get("ratios", [])}
+
+    def ratio(stage: str, scale: float, key: str) -> str:
+        r = ratios.get((stage, scale), {}).get(key)
+        return f"{r:g}" if isinstance(r, (int, float)) else "-"
+
+    lines += ["| scale | stage | N | wall s | images/s | peak RSS MB | peak anon MB | disk MB (files) | time vs N/10 "
+              "| peak RSS vs N/10 |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in doc["runs"]:
+        sc = run["scale"]
+        for st in run["stages"]:
+            tp, anon = st["throughput_per_s"], st["peak_anon_mb"]  # anon: None where stages shared a process
+            lines.append(f"| {sc:g} | `{_cell(st['stage'])}` | {st['items']:,} | {_secs(float(st['wall_s']))} | "
+                         f"{'-' if tp is None else f'{tp:,.0f}'} | {st['peak_rss_mb']:,.0f} | "
+                         f"{'-' if anon is None else f'{anon:,.0f}'} | "
+                         f"{st['disk_bytes'] / 2**20:,.1f} ({st['disk_files']:,}) | "
+                         f"{ratio(st['stage'], sc, 'time_ratio')} | {ratio(st['stage'], sc, 'rss_ratio')} |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[str, Path, str], str]] = {
-    "ladder": render_ladder,
+    "ladder": render_ladder, "scaling": render_scaling,
     "results": render_results, "compare": render_compare, "options": render_options, "methods": render_methods,
     "fields": render_fields, "sizes": render_sizes, "testing": render_testing}
 

@@ -392,3 +392,29 @@ def test_torch_state_dicts_travel_as_arrays():
 def test_docstring_examples_run(module):
     res = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_training_free_fit_records_the_split_without_hashing_its_arrays(monkeypatch) -> None:
+    """MSP / Energy learn nothing from the training split: their fit records its size, labels, classes and field
+    shapes but does not hash its features (that one SHA-256 pass was nearly all of their fit at ImageNet size); a
+    detector that learns from the split (KNN) still hashes them in full."""
+    import hashlib
+
+    import numpy as np
+
+    import tagood
+    from tagood.detectors import manifest
+
+    hashed: list[tuple[int, ...]] = []
+    sha = manifest._array_sha256
+    monkeypatch.setattr(manifest, "_array_sha256", lambda a, *k: hashed.append(a.shape) or sha(a, *k))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    train = tagood.FeatureSet(features=x, logits=rng.normal(size=(50, 3)), labels=np.arange(50) % 3)
+    for spec in ("msp", "energy"):
+        fp = tagood.create(spec).fit(train).fitted_on
+        assert fp is not None and fp["n"] == 50 and fp["n_classes"] == 3 and "labels_sha256" in fp
+        assert fp["fields"]["features"] == {"dtype": "float32", "shape": [50, 6]} and "sha256" not in fp
+    assert hashed == []
+    fp = tagood.create("knn[k=3]").fit(train).fitted_on
+    assert hashed == [(50, 6)] and fp["sha256"] == hashlib.sha256(x.tobytes()).hexdigest()

@@ -138,15 +138,17 @@ def test_knn_matches_sklearn():
     np.testing.assert_allclose(det.score(FeatureSet(features=q)), want, rtol=1e-4, atol=1e-5)
 
 
-def test_vim_residual_is_orthogonal_to_principal_space():
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-5), (np.float64, 1e-8)])
+def test_vim_residual_is_orthogonal_to_principal_space(dtype, atol):
     x, y = _gauss(d=16)
+    x = x.astype(dtype)  # float32 features: ViM's float32 path (a float32 residual basis)
     det = detectors.create("vim[dim=4]").fit(FeatureSet(features=x, labels=y), Context(head=_head()))
-    assert det.ns.shape == (16, 12)
-    xc = x - det.u
+    assert det.ns.shape == (16, 12) and det.ns.dtype == dtype
+    xc = x.astype(np.float64) - det.u
     cov = xc.T @ xc / len(xc)
     _, vecs = np.linalg.eigh(cov)
     principal = vecs[:, -4:]
-    np.testing.assert_allclose(principal.T @ det.ns, 0, atol=1e-8)
+    np.testing.assert_allclose(principal.T @ det.ns, 0, atol=atol)
 
 
 def test_featurenorm_picks_block_with_largest_ratio():

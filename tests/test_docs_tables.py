@@ -133,6 +133,63 @@ def test_render_script_runs_as_a_command() -> None:
     assert proc.returncode == 0 and "0 block(s) stale" in proc.stderr, proc.stdout + proc.stderr
 
 
+# -- the scale rehearsal's table and plot ------------------------------------------------------------------------
+PRELIMINARY = ROOT / "docs" / "results" / "scale" / "rehearsal-preliminary.json"
+
+
+def test_scaling_table_comes_from_the_rehearsal_file() -> None:
+    """The ``scaling`` block has one row per scale and stage with the file's figures and its ratios vs N/10, and the
+    scaling guide holds such a block with the plot."""
+    doc = json.loads(PRELIMINARY.read_text(encoding="utf-8"))
+    body = render.render_scaling(f"{PRELIMINARY.relative_to(ROOT)}", ROOT / "docs" / "guides" / "scaling.md", "test")
+    rows = [line for line in body.splitlines() if line.startswith("| 0")]
+    assert len(rows) == sum(len(r["stages"]) for r in doc["runs"])
+    big = doc["runs"][-1]
+    st = next(s for s in big["stages"] if s["stage"] == "extract:train")
+    ratio = next(r for r in doc["ratios"] if r["stage"] == "extract:train" and r["scale"] == big["scale"])
+    row = next(r for r in rows if r.startswith(f"| {big['scale']:g} | `extract:train` |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"{st['items']:,}" and float(cells[3]) == pytest.approx(st["wall_s"], rel=5e-3)
+    anon, rss_ratio = st["peak_anon_mb"], ratio.get("rss_ratio")  # None: stages shared a process / not recorded
+    assert cells[5] == f"{st['peak_rss_mb']:,.0f}" and cells[6] == ("-" if anon is None else f"{anon:,.0f}")
+    assert cells[8] == f"{ratio['time_ratio']:g}" and cells[9] == ("-" if rss_ratio is None else f"{rss_ratio:g}")
+    assert all(r.split("|")[-3].strip() == "-" for r in rows if r.startswith(f"| {doc['runs'][0]['scale']:g} |"))
+    assert doc["command"] in body and "![" not in body  # no plot= given: no picture
+    guide = [b for b in render.blocks(ROOT / "docs" / "guides" / "scaling.md") if b.kind == "scaling"]
+    assert len(guide) == 1 and "plot=" in guide[0].args and "](../results/scale/" in guide[0].body
+
+
+def test_scaling_check_flags_a_stale_table_or_plot(tmp_path: Path) -> None:
+    """``--check`` flags the table once the result file changes, and refuses a plot drawn from another version of the
+    file, a missing plot and a file that is not a rehearsal's, each naming what to run."""
+    plot_scaling = render._plot_scaling()
+    res, png = tmp_path / "rehearsal.json", tmp_path / "scaling.png"
+    res.write_bytes(PRELIMINARY.read_bytes())
+    plot_scaling.plot(res, png)
+    page = tmp_path / "page.md"
+    page.write_text(f"# s\n\n<!-- scaling: {res} plot={png} -->\n<!-- end scaling -->\n", encoding="utf-8")
+    assert render.main([str(page), "--check"]) == 1  # empty block: stale
+    assert render.main([str(page)]) == 0 and render.main([str(page), "--check"]) == 0
+    assert "](scaling.png)" in page.read_text(encoding="utf-8")
+    doc = json.loads(res.read_text(encoding="utf-8"))
+    doc["runs"][0]["stages"][0]["wall_s"] += 1.0
+    res.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    with pytest.raises(render.RenderError, match="not drawn from the current .*run python scripts/plot_scaling.py"):
+        render.rendered(page)
+    plot_scaling.plot(res, png)  # the plot redrawn: now only the table is stale
+    assert [b.kind for b in render.rendered(page)[1]] == ["scaling"]
+    assert render.main([str(page), "--check"]) == 1
+    png.unlink()
+    with pytest.raises(render.RenderError, match="no plot .*run python scripts/plot_scaling.py"):
+        render.rendered(page)
+    res.write_text(json.dumps({"runs": [{"scale": 0.1, "sizes": {"train": 10}, "stages": [{"stage": "head"}]}]}),
+                   encoding="utf-8")
+    with pytest.raises(render.RenderError, match=r"stages\[0\] has no 'wall_s'"):
+        render.rendered(page)
+    res.unlink()
+    with pytest.raises(render.RenderError, match="no rehearsal result file"):
+        render.rendered(page)
+
 # -- the project files ------------------------------------------------------------------------------------------
 def test_license_is_apache_2() -> None:
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")

@@ -14,7 +14,11 @@ Scores follow the project convention (higher = more OOD); metrics are those of
 Under torchrun (``torchrun --nproc-per-node N -m tagood bench ...``, :mod:`tagood.runtime.distributed`) every rank
 extracts its part of each split into the shared cache, the projector trains with DDP, and every detector's
 scores are split across the ranks and gathered in order (:func:`tagood.runtime.distributed.score`), so every rank
-holds the same results; only rank 0 writes the run folder (results, scores, ``run.log``, vocabularies).
+holds the same results; only rank 0 writes the run folder (results, scores, ``run.log``, vocabularies). The IND
+head and every detector whose fit runs no collective are fitted on rank 0 alone and their fitted state broadcast
+(:func:`tagood.detectors.base.fit_once`): the other ranks load of the training split only what the detectors that
+fit on every rank read (TagOOD's projector family: tokens, tag maps, labels), never its pooled features for the
+head. Each rank records its peak resident memory per stage (``RunState.peak_rss``, logged).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.data.source import ImageSource
 from tagood.errors import ConfigError
 from tagood.extract import entry_images, extract_split
-from tagood.runtime import distributed, threads
+from tagood.runtime import distributed, memory, threads
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,12 @@ class RunState:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     #: run-report warnings (logged, in results.json ``meta.warnings`` and in results.md)
     warnings: list[str] = field(default_factory=list)
+    #: this rank's peak resident memory (bytes) per stage: ``extract``, ``head``, then each method spec
+    #: (:func:`tagood.runtime.memory.peak_rss`, reset before each stage where the platform allows)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    #: the fields of each split this rank loaded (under torchrun, ranks other than 0 load of the training split only
+    #: what the detectors fitting on every rank read)
+    loaded_fields: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[list[str], list[str], bool]:
@@ -116,6 +126,44 @@ def _needed_fields(dets: list[det_registry.Detector], backbone: Any) -> tuple[li
     return sorted(need), sorted(pseudo), images
 
 
+def _fit_fields(dets: list[det_registry.Detector]) -> set[str]:
+    """The cache fields the fits of ``dets`` read from the training split."""
+    need: set[str] = set()
+    for d in dets:
+        for r in set(d.fit_requires if d.fit_requires is not None else d.requires):
+            if r == "logits":
+                need.add("features")
+            elif r in _BACKBONE_FIELDS:
+                need.add(r)
+            elif r in _VLM_FIELDS:
+                need.update(("features", "tokens"))
+    return need
+
+
+def _here(dets: list[det_registry.Detector]) -> list[det_registry.Detector]:
+    """The detectors this rank fits itself: all of them on rank 0 (and in a world of 1); on the other ranks of a
+    torchrun world only those that fit on every rank (:func:`tagood.detectors.base.fits_once` False)."""
+    from tagood.detectors.base import fits_once
+
+    if distributed.world().is_main:
+        return dets
+    return [d for d in dets if not fits_once(d)]
+
+
+def _reads(split: str, here: list[det_registry.Detector], what: str) -> bool:
+    """Whether this rank's split ``split`` needs input ``what``: always for the scored splits; for the training split
+    only when a detector this rank fits reads it at fit."""
+    return split != "train" or any(what in (d.fit_requires if d.fit_requires is not None else d.requires) for d in here)
+
+
+def _mark(state: RunState, stage: str) -> None:
+    """Record this rank's peak resident memory of ``stage`` and reset the mark for the next one."""
+    state.peak_rss[stage] = memory.peak_rss()
+    w = distributed.world()
+    log.info("rank %d of %d: peak RSS of %s %.0f MiB", w.rank, w.size, stage, state.peak_rss[stage] / 2**20)
+    memory.reset_peak()
+
+
 def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str = "cpu", progress: bool = True,
             methods: list[str] | None = None, backbone: Any = None) -> tuple[RunState, list[det_registry.Detector]]:
     """Build sources, detectors and the backbone; extract all splits; fit the head; build the context.
@@ -140,35 +188,54 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     fields, pseudo_fields, need_images = _needed_fields(dets, state.backbone)
     if pseudo_fields and cfg.pseudo_ood is not None:
         sources["pseudo-ood"] = cfg.pseudo_ood.source(sources[cfg.pseudo_ood.of], cfg.seed)
+    here = _here(dets)
+    here_fields = _fit_fields(here)  # what this rank's own fits read of the training split
+    main = distributed.world().is_main  # rank 0 (or one process) fits the head and loads every field
+    memory.reset_peak()
 
     for name, src in sources.items():
         t = time.perf_counter()
         f = pseudo_fields if name == "pseudo-ood" else fields
         reader = extract_split(src, state.backbone, cache_root, split=f"{cfg.name}-{name}", fields=f,
                                batch_size=cfg.batch_size, progress=progress, shard_size=cfg.options.shard_size)
+        if name in ("train", "pseudo-ood") and not main:  # a rank other than 0: its own fits' fields only
+            f = [x for x in f if x in here_fields]
+            if name == "pseudo-ood" and not any("pseudo_ood" in d.context_requires for d in here):
+                f = []
         stream = heavy_fields(reader, f, stream_above_gb(cfg)) if name != "pseudo-ood" else []
         fs = reader.to_featureset(f, name=name, stream=stream)
-        if need_images and name != "pseudo-ood":
+        state.loaded_fields[name] = list(f)
+        if need_images and name != "pseudo-ood" and (main or _reads(name, here, "images")):
             fs.images = entry_images(reader, src, state.backbone)
-        if any(getattr(d, "oracle", False) for d in dets):  # decompose=oracle (a diagnostic): the true object tokens
+        # decompose=oracle (a diagnostic): the true object tokens
+        if any(getattr(d, "oracle", False) for d in (here if name == "train" else dets)):
             from tagood.bench.diagnostics import with_oracle_tokens
 
             fs = with_oracle_tokens(fs, src, reader.indices, state.backbone)
         state.splits[name] = Split(name, src, reader, fs, time.perf_counter() - t)
         state.timings[f"extract_{name}_s"] = state.splits[name].seconds
+    if not main:
+        log.info("rank %d: the IND head and %d of %d detectors are fitted on rank 0 and broadcast; of the training "
+                 "split this rank loaded %s", distributed.world().rank, len(dets) - len(here), len(dets),
+                 state.loaded_fields["train"] or "only the labels")
+    _mark(state, "extract")
 
     from tagood.detectors.head import Classifier, fit_head, head_accuracy, with_head_logits
 
     t = time.perf_counter()
     train = state.splits["train"].features
     class_names = sources["train"].class_names
-    head = fit_head(train, class_names, seed=cfg.seed, device=device)
+    # fitted once, on rank 0, and broadcast (a LinearHead: two small arrays and the class names)
+    head = distributed.broadcast(fit_head(train, class_names, seed=cfg.seed, device=device)
+                                 if distributed.world().is_main else None)
+    assert head is not None
     state.timings["fit_head_s"] = time.perf_counter() - t
     test = state.splits["test"].features
     assert test.features is not None and test.labels is not None  # "features" is always extracted
     state.id_accuracy = 100.0 * head_accuracy(head, test.features, test.labels)
     log.info("IND accuracy of the linear head: %.2f%%", state.id_accuracy)
-    fit_logits, score_logits = _needs_logits(dets)
+    fit_logits, _ = _needs_logits(here)
+    _, score_logits = _needs_logits(dets)
     for name, sp in state.splits.items():
         # IND-head logits only where a detector reads them: on ImageNet the train split's would be
         # 1.28M x 1000 float32 (5 GB) that no built-in detector uses
@@ -189,14 +256,17 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
                               f"CLIP dual encoder (options.dual_encoder = {{name = \"clip\", path = ...}})")
         dual = build_dual_encoder(dual_spec, state.backbone, device=device)
         ctx.dual_encoder = dual
-        state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
-        dual.attach(state.vlm_train, state.splits["train"].source)
+        vlm_here = [d for d in here if _is_vlm(d)]
+        if vlm_here:  # on a rank other than 0 only for a vision-language method that fits on every rank
+            state.vlm_train = _vlm_train(state.splits["train"], [d for d in dets if _is_vlm(d)], cfg.seed)
+            dual.attach(state.vlm_train, state.splits["train"].source)
         for name, sp in state.splits.items():
             if name in ("pseudo-ood", "train"):  # the VLM methods train on state.vlm_train
                 continue
             dual.attach(sp.features, sp.source)
         state.timings["dual_encoder_s"] = time.perf_counter() - t
     state.context = ctx
+    _mark(state, "head")
     return state, dets
 
 
@@ -299,6 +369,7 @@ def _write_vocabularies(state: RunState, out_dir: Path) -> None:
 def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | None, device: str,
          progress: bool, methods: list[str] | None, backbone: Any) -> tuple[dict[str, Any], RunState]:
     from tagood.bench.report import writers as report
+    from tagood.detectors.base import fit_once
 
     t_all = time.perf_counter()
     state, dets = prepare(cfg, cache_root, device, progress, methods, backbone)
@@ -312,7 +383,8 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
         log.info("method %d/%d: %s (fit, then score %d split(s))", k, len(dets), spec, 1 + len(cfg.ood))
         t = time.perf_counter()
         try:
-            d.fit(state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)
+            # rank 0 fits and broadcasts the state, unless the fit runs on every rank (TagOOD's DDP projector)
+            fit_once(d, state.vlm_train if _is_vlm(d) and state.vlm_train is not None else train, ctx)
             fit_error = None
         except Exception as e:  # one broken detector must not lose the others' results
             log.exception("detector %s failed", spec)
@@ -345,6 +417,7 @@ def _run(cfg: BenchConfig, out_dir: str | Path | None, cache_root: str | Path | 
         state.timings[f"{spec}_score_s"] = t_score
         rows += new_rows
         log.info("%s done in %.1fs", spec, time.perf_counter() - t)
+        _mark(state, spec)
     if distributed.world().is_main:  # the report's diagnostics: rank 0 alone (no collectives inside)
         _diagnose(state, list(state.fitted.items()))
     state.timings["total_s"] = time.perf_counter() - t_all
@@ -457,6 +530,8 @@ def _meta(state: RunState) -> dict[str, Any]:
         "versions": _versions(),
         "backbone": {"id": bb.id, "weights_hash": bb.weights_hash, "transform": bb.transform_id},
         "timings": {k: round(v, 3) for k, v in state.timings.items()},
+        # this process's peak resident memory per stage (extract, head, each method), MiB
+        "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in state.peak_rss.items()},
         "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
         "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
         "errors": state.errors,

@@ -36,8 +36,9 @@ Layout of one cache entry (one split extracted by one backbone with one set of o
 Modules, one concept each: :mod:`~tagood.cache.keys` (the key and hashing), :mod:`~tagood.cache.lock`
 (the entry lock), :mod:`~tagood.cache.manifest` (the manifest and its shard list),
 :mod:`~tagood.cache.shards` (shard files: atomic safetensors writes, memory-mapped reads),
-:mod:`~tagood.cache.writer`, :mod:`~tagood.cache.reader` and :mod:`~tagood.cache.admin` (list, remove,
-set a damaged manifest aside). This package re-exports their public names.
+:mod:`~tagood.cache.writer`, :mod:`~tagood.cache.reader`, :mod:`~tagood.cache.admin` (list, remove,
+set a damaged manifest aside) and :mod:`~tagood.cache.superset` (reading a complete entry that holds more fields than
+asked for). This package re-exports their public names.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from tagood.cache.lock import LOCK_FILE, EntryLock
 from tagood.cache.manifest import MANIFEST, Manifest, ShardInfo
 from tagood.cache.reader import HEAVY_FIELDS, STREAM_ABOVE_GB, CacheReader, Problem, heavy_fields
 from tagood.cache.shards import mmap_safetensors
+from tagood.cache.superset import superset_entry
 from tagood.cache.writer import COMMIT_ROWS, COMMIT_SECONDS, FP16_FIELDS, CacheWriter
 from tagood.errors import CacheError
 
@@ -78,4 +80,5 @@ __all__ = [
     "remove_entry",
     "set_aside_manifest",
     "sha256_file",
+    "superset_entry",
 ]

@@ -271,7 +271,9 @@ class CacheReader:
         """
         if name not in ("index", "label") and (name not in self.fields or self.fields[name]["kind"] != "dense"):
             raise KeyError(f"cache {self.dir} has no dense field '{name}' (has {sorted(self.fields)})")
-        parts = [self.shard(i)[name] for i in self._nonempty()]
+        # mapped for the copy only (keep=False): a reader that kept every shard mapped would hold every page it
+        # ever touched, the streamed fields' too, in the process's RSS (at ImageNet size, tens of GB of cache)
+        parts = [self.shard(i, keep=False)[name] for i in self._nonempty()]
         if name in ("index", "label"):
             return np.concatenate(parts) if parts else np.zeros(0, np.int64)
         arr = np.concatenate(parts) if parts else np.zeros((0, *self.fields[name]["shape"]))
@@ -294,7 +296,7 @@ class CacheReader:
             raise KeyError(f"cache {self.dir} has no field '{name}'")
         if self.fields[name]["kind"] == "dense":
             return TokenSet.from_dense(self.array(name, dtype))
-        parts = [self._decode(self.shard(i))[name] for i in self._nonempty()]
+        parts = [self._decode(self.shard(i, keep=False))[name] for i in self._nonempty()]
         if not parts:
             return TokenSet(np.zeros((0, self.fields[name].get("dim", 0)), dtype), np.zeros(1, np.int64), np.zeros(0, np.int64))
         ts = TokenSet.concat(parts)

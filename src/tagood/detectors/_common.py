@@ -1,14 +1,18 @@
 """What the detectors that score through the IND linear head share (ReAct, ASH, LHAct, ViM): the head's logits
-and the head itself, taken from ``context.head`` or fitted from the training labels as ``tagood bench`` fits it.
+and the head itself, taken from ``context.head`` or fitted from the training labels as ``tagood bench`` fits it;
+and what the logit detectors share (MSP, ViM; Energy for float64 logits): :func:`logit_parts`, the row maximum and the rest of the
+exponential sum, from which a log-sum-exp and a maximum softmax follow without losing the small terms.
 The numeric primitives (softmax, log-sum-exp, L2 normalisation) are in :mod:`tagood.core.numeric`."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 
 from tagood.core.context import Context
@@ -23,6 +27,90 @@ log = logging.getLogger(__name__)
 def head_logits(head: LinearHead, features: ArrayLike) -> np.ndarray:
     """IND logits ``features @ W.T + b`` of (edited) features through the linear head, in float64."""
     return np.asarray(features, dtype=np.float64) @ head.weight.T.astype(np.float64) + head.bias.astype(np.float64)
+
+
+def as_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a torch tensor of ``dtype``, sharing its memory when ``a`` has that dtype already (native byte order,
+    no negative strides), else a converted copy. Read-only input (a memory-mapped cache) is accepted: callers only
+    read the result, never write into it."""
+    if not a.dtype.isnative or any(st < 0 for st in a.strides):
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.as_tensor(a)
+    return t.to(dtype)
+
+
+def head_logits_like(head: LinearHead, features: np.ndarray) -> np.ndarray:
+    """IND logits ``features @ W.T + b`` in the precision :func:`compute_dtype` picks for ``features``: float32
+    features through a float32 product (torch), float64 ones as :func:`head_logits`.
+
+    Args:
+        head: the IND linear head.
+        features: ``(N, D)`` features.
+    Returns:
+        ``(N, C)`` logits, float32 or float64.
+    """
+    if compute_dtype(features) == torch.float64:
+        return head_logits(head, features)
+    x = as_tensor(features, torch.float32)
+    w = torch.from_numpy(np.ascontiguousarray(head.weight, dtype=np.float32))
+    b = torch.from_numpy(np.ascontiguousarray(head.bias, dtype=np.float32))
+    return torch.addmm(b, x, w.T).numpy()
+
+
+def compute_dtype(a: np.ndarray) -> torch.dtype:
+    """The precision a detector computes an input array in: float32 for float32 and float16 inputs (features and
+    logits as backbones, heads and the cache produce them), float64 for everything else (float64, integers)."""
+    return torch.float32 if a.dtype.kind == "f" and a.dtype.itemsize <= 4 else torch.float64
+
+
+#: elements of logits :func:`logit_parts` works on at a time (2 MiB of float32): a block that stays in cache
+LOGIT_BLOCK = 2**19
+
+
+def logit_parts(logits: ArrayLike, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``z = logits / T``: the maximum ``m`` and ``r``, the sum of ``exp(z_j - m)`` over every entry but
+    one maximal one, both float64 ``(N,)``. Then ``logsumexp(z) = m + log1p(r)`` and ``max softmax(z) = 1 / (1 + r)``.
+
+    Precision: float64 logits are computed in float64 throughout. float32 / float16 logits are shifted and
+    exponentiated in float32 (``torch``, its thread pool; no float64 copy of the logits): each term carries the
+    logits' own relative precision, ~1e-7. ``m`` is the exact maximum, whose term is exactly 1, and the terms are
+    summed in float64, so ``1 + r`` and ``r`` keep float64's absolute precision: a confident row's MSP score
+    ``-1 / (1 + r)`` is as exact as a float64 computation's (float32 would round ``1 + r`` to 1 and tie such rows),
+    and ``m + log1p(r)`` is as precise as ``m``.
+
+    Args:
+        logits: ``(N, C)`` logits, ``C >= 1``.
+        temperature: ``T > 0``.
+    Returns:
+        ``(m, r)``, each float64 ``(N,)``.
+    """
+    a = np.asarray(logits)
+    if a.ndim != 2:
+        raise ValueError(f"logits must be (N, C), got shape {a.shape}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if len(a) == 0:
+        return np.zeros(0), np.zeros(0)
+    x = as_tensor(a, compute_dtype(a))
+    if temperature != 1.0:
+        x = x / temperature
+    n, c = x.shape
+    m = torch.empty(n, dtype=x.dtype)
+    s = torch.empty(n, dtype=torch.float64)
+    # in blocks of rows that stay in the CPU's cache (each row's values and order of summation are those of one
+    # whole-array pass: a row's reduction does not depend on the other rows)
+    rows = max(1, LOGIT_BLOCK // max(c, 1))
+    buf = torch.empty(min(rows, n), c, dtype=x.dtype)
+    for i in range(0, n, rows):
+        xb, mb = x[i:i + rows], m[i:i + rows]
+        torch.amax(xb, dim=1, out=mb)
+        eb = buf[:len(xb)]
+        torch.sub(xb, mb[:, None], out=eb).exp_()
+        # a maximum's exp(0) is exactly 1; the sum is float64, so 1 + r keeps r to float64's absolute precision
+        torch.sum(eb, dim=1, dtype=torch.float64, out=s[i:i + rows])
+    return m.double().numpy(), (s - 1.0).numpy()
 
 
 class HeadDetector(Detector):

@@ -18,7 +18,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead
 from tagood.core.validation import _finite_check
 from tagood.detectors import energy
-from tagood.detectors._common import HeadDetector, head_logits
+from tagood.detectors._common import HeadDetector, head_logits_like
 from tagood.detectors.base import field_array
 from tagood.detectors.options import DetectorOptions
 from tagood.detectors.registry import register
@@ -45,7 +45,8 @@ def ash_shape(x: ArrayLike, percentile: float, variant: str = "s") -> np.ndarray
     * ASH-B divides s1 by the number actually kept, so the row's sum is preserved as the paper
       intends (s1 / k when there are no ties); a row with nothing positive becomes all zeros.
 
-    Computed with one ``np.partition`` per call (O(D) per row), in float64.
+    Computed with one ``np.partition`` per call (O(D) per row), in float64 -- or, for float32 / float16 input, in
+    float32 (:func:`ash_shape_like`).
 
     Args:
         x: ``(N, D)`` activations.
@@ -54,7 +55,28 @@ def ash_shape(x: ArrayLike, percentile: float, variant: str = "s") -> np.ndarray
     Returns:
         ``(N, D)`` float64 shaped activations.
     """
-    x = np.asarray(x, dtype=np.float64)
+    return ash_shape_like(np.asarray(x, dtype=np.float64), percentile, variant)
+
+
+def ash_shape_like(x: ArrayLike, percentile: float, variant: str = "s") -> np.ndarray:
+    """:func:`ash_shape` in the precision of ``x``: float64 for float64 (and other non-float32) input, float32 for
+    float32 / float16 input. The float32 path keeps what decides ties exact: the cut ``t`` and the mask
+    ``x >= t and x > 0`` compare the input values themselves (no rounding); the row sums ``s1``, ``s2`` and the
+    factor ``exp(s1 / s2)`` (or ``s1 / kept``) are float64, and only the shaped activations are rounded to float32
+    (relative 6e-8) for the head's float32 product.
+
+    Args:
+        x: ``(N, D)`` activations.
+        percentile: the percentage of each row's activations pruned, in ``[0, 100)``.
+        variant: ``'s'``, ``'b'`` or ``'p'``.
+    Returns:
+        ``(N, D)`` shaped activations, float32 for float32 / float16 input, else float64.
+    """
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float16):
+        x = np.asarray(x, dtype=np.float64)
+    elif x.dtype == np.float16:
+        x = x.astype(np.float32)
     if x.ndim != 2:
         raise ValueError(f"ash_shape expects (N, D) features, got shape {x.shape}")
     if variant not in VARIANTS:
@@ -63,15 +85,16 @@ def ash_shape(x: ArrayLike, percentile: float, variant: str = "s") -> np.ndarray
     n_keep = min(d, max(1, d - int(np.round(d * percentile / 100.0))))
     t = np.partition(x, d - n_keep, axis=1)[:, d - n_keep : d - n_keep + 1]  # k-th largest per row
     mask = (x >= t) & (x > 0)
-    s1 = x.sum(axis=1, keepdims=True)
-    pruned = np.where(mask, x, 0.0)
+    s1 = x.sum(axis=1, keepdims=True, dtype=np.float64)
+    zero = x.dtype.type(0)
+    pruned = np.where(mask, x, zero)
     if variant == "p":
         return pruned
     if variant == "b":
         kept = mask.sum(axis=1, keepdims=True)
-        return np.where(mask, s1 / np.maximum(kept, 1), 0.0)
-    s2 = pruned.sum(axis=1, keepdims=True)
-    return pruned * np.exp(s1 / np.maximum(s2, 1e-12))
+        return np.where(mask, (s1 / np.maximum(kept, 1)).astype(x.dtype), zero)
+    s2 = pruned.sum(axis=1, keepdims=True, dtype=np.float64)
+    return pruned * np.exp(s1 / np.maximum(s2, 1e-12)).astype(x.dtype)
 
 
 def score(features: ArrayLike, head: LinearHead, percentile: float = 90.0, variant: str = "s") -> np.ndarray:
@@ -84,9 +107,10 @@ def score(features: ArrayLike, head: LinearHead, percentile: float = 90.0, varia
         percentile: the percentage of activations pruned per sample, in ``[0, 100)`` (paper, ImageNet: 90).
         variant: ``'s'`` (ASH-S), ``'b'`` (ASH-B) or ``'p'`` (ASH-P); see :func:`ash_shape`.
     Returns:
-        ``(N,)`` float64 scores.
+        ``(N,)`` float64 scores. float64 features are scored in float64; float32 / float16 features through
+        :func:`ash_shape_like`'s float32 path, a float32 head product and the energy's float32 path.
     """
-    return energy.score(head_logits(head, ash_shape(features, percentile, variant)))
+    return energy.score(head_logits_like(head, ash_shape_like(features, percentile, variant)))
 
 
 @register("ash")

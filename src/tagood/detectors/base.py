@@ -27,7 +27,7 @@ from tagood.errors import CheckpointError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContextError", "Detector", "NotFittedError", "create", "load"]
+__all__ = ["ContextError", "Detector", "NotFittedError", "create", "fit_once", "fits_once", "load"]
 
 
 class NotFittedError(ConfigError):
@@ -101,6 +101,10 @@ class Detector(ABC):
     #: False for a detector whose state cannot be written (test-time detectors); ``not_saveable_reason`` says why.
     saveable: ClassVar[bool] = True
     not_saveable_reason: ClassVar[str] = ""
+    #: True when ``_fit`` itself runs collectives of a torchrun world (TagOOD's projector trains data-parallel, each
+    #: rank on its shard of every batch): every rank fits. Otherwise :func:`fit_once` fits on rank 0 alone and
+    #: broadcasts the fitted state, so the other ranks never hold the training split.
+    fit_collective: ClassVar[bool] = False
 
     options: DetectorOptions
     #: a fingerprint of the IND training split of the last ``fit`` (or of the saved one, after ``load``):
@@ -190,8 +194,20 @@ class Detector(ABC):
         self._attach(context)
         self._fit(train, context)
         self.fitted = True
-        self.fitted_on = persist.fingerprint(train, context.class_names)  # recorded in the saved manifest
+        self.fitted_on = self._fingerprint(train, context.class_names)  # recorded in the saved manifest
         return self
+
+    def _fingerprint(self, train: FeatureSet, classes: list[str] | None) -> dict[str, Any]:
+        """:func:`tagood.detectors.persist.fingerprint` of ``train``. A training-free detector (``requires_fit``
+        False) records the split's size, labels, classes, sample ids and field shapes but no hash of its arrays:
+        its state does not depend on them, and that one SHA-256 pass (7.9 GB of ImageNet features) was nearly all
+        of MSP's or Energy's fit."""
+        if self.requires_fit:
+            return persist.fingerprint(train, classes)
+        fp = persist.fingerprint(_Unhashed(train), classes)
+        fp["fields"] = {n: {"dtype": str(v.dtype), "shape": [int(x) for x in v.shape]} for n in persist.FP_FIELDS
+                        if isinstance(v := getattr(train, n, None), np.ndarray)}
+        return fp
 
     def attach(self, context: Context) -> Detector:
         """Give a detector what is not part of its state -- ODIN's torch model, the device KNN searches on -- e.g.
@@ -379,6 +395,81 @@ def field_array(data: FeatureSet, name: str) -> np.ndarray:
     if v is None:
         raise InputError(f"the feature set '{data.name}' has no {name}")
     return cast(np.ndarray, v)
+
+
+class _Unhashed:
+    """What :func:`tagood.detectors.persist.fingerprint` reads of a training split but its arrays."""
+
+    def __init__(self, train: FeatureSet) -> None:
+        self.labels, self.paths, self.streamed, self._n = train.labels, train.paths, train.streamed, len(train)
+
+    def __len__(self) -> int:
+        return self._n
+
+
+def fits_once(det: Detector) -> bool:
+    """True when, in a torchrun world, ``det`` is fitted on rank 0 alone and its state broadcast (:func:`fit_once`):
+    it can hand over its fitted state (``saveable``, with ``_state`` / ``_set_state``) and its fit runs no collective
+    (``fit_collective`` False). Test-time detectors and TagOOD's projector-trained family fit on every rank."""
+    declares_state = not det.requires_fit or type(det)._state is not Detector._state
+    return det.saveable and declares_state and not det.fit_collective
+
+
+def fit_once(det: Detector, train: FeatureSet | np.ndarray | None, context: Context | None = None) -> Detector:
+    """``det.fit(train, context)`` once for a whole torchrun world: rank 0 fits, every other rank receives the
+    fitted state (``_state``, its arrays bit-exact through
+    :func:`tagood.runtime.distributed.broadcast_arrays`, and the training fingerprint) and takes ``context`` as
+    :meth:`Detector.attach` does; so the other ranks need no training data (pass ``None`` there) and score exactly
+    as rank 0 does. In a world of 1, or for a detector that must fit on every rank (:func:`fits_once` False:
+    ``train`` is then needed on every rank), it is ``det.fit(train, context)``.
+
+    Args:
+        det: the detector (its scores: higher = more OOD).
+        train: the IND training samples, read on rank 0 only (on every rank when ``fits_once(det)`` is False).
+        context: side information, as for :meth:`Detector.fit`; every rank takes what it keeps for scoring.
+
+    Returns:
+        ``det``, fitted, on every rank.
+
+    Raises:
+        Exception: what ``det.fit`` raised on rank 0, on rank 0; on the other ranks a
+            :class:`tagood.errors.ConfigError` naming the detector and rank 0's error.
+    """
+    from tagood.runtime import distributed
+
+    w = distributed.world()
+    if not w.distributed or not fits_once(det):
+        if train is None:
+            raise InputError(f"{det.name}.fit on rank {w.rank}: this detector fits on every rank and needs the training "
+                             f"split there")
+        return det.fit(train, context)
+    context = context or Context()
+    error: str | None = None
+    arrays: dict[str, np.ndarray] | None = None
+    meta: Any = None
+    if w.is_main:
+        try:
+            if train is None:
+                raise InputError(f"{det.name}.fit: rank 0 needs the training split")
+            det.fit(train, context)
+            arrays, meta = det._state()
+            meta = (dict(meta), det.fitted_on)
+        except Exception as e:  # every rank learns of the failure (the broadcast below must not hang)
+            error = f"{type(e).__name__}: {e}"
+            distributed.broadcast((error, None))
+            raise
+    error, meta = distributed.broadcast((error, meta))
+    if error is not None:
+        raise ConfigError(f"{det.name}: the fit on rank 0 failed ({error})")
+    arrays = distributed.broadcast_arrays(arrays)
+    if not w.is_main:
+        state, fitted_on = meta
+        det._set_state(arrays, state)
+        det.fitted = True
+        det.fitted_on = fitted_on
+        det._attach(context)
+        log.debug("%s: fitted state received from rank 0 (%d arrays)", det.name, len(arrays))
+    return det
 
 
 def _spec_options(hparams: Mapping[str, Any], options: DetectorOptions) -> str:

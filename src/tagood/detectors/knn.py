@@ -40,10 +40,20 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _normalized32(x: ArrayLike) -> np.ndarray:
+    """``x`` L2-normalised per row for the float32 search: float32 / float16 input normalised in float32 (no float64
+    copy of a training split; the search is float32 anyway), other input in float64 then rounded to float32."""
+    a = np.asarray(x)
+    if a.dtype in (np.float32, np.float16):
+        return l2_normalize(a, dtype=np.float32)
+    return l2_normalize(a).astype(np.float32)
+
+
 def make_bank(train_features: ArrayLike, k: int = 50, alpha: float = 1.0, seed: int = 0) -> np.ndarray:
-    """KNN's bank: the L2-normalised IND training features as float32; with ``alpha < 1`` a seeded random
+    """KNN's bank: the L2-normalised IND training features as float32 (normalised in float32 when they are float32
+    or float16, else in float64); with ``alpha < 1`` a seeded random
     ``max(k, int(N * alpha))`` of them (the paper's ImageNet setting keeps 1%)."""
-    z = l2_normalize(train_features)
+    z = _normalized32(train_features)
     if alpha < 1.0:
         rng = np.random.default_rng(seed)
         z = z[rng.choice(len(z), size=max(k, int(len(z) * alpha)), replace=False)]
@@ -62,7 +72,7 @@ def score(features: ArrayLike, bank: np.ndarray, k: int = 50, device: str = "cpu
     Returns:
         ``(N,)`` float64 distances in ``[0, 2]``.
     """
-    return kth_neighbour_distance(l2_normalize(features), bank, k, device=device)
+    return kth_neighbour_distance(_normalized32(features), bank, k, device=device)
 
 
 @register("knn")

@@ -19,14 +19,18 @@ PAPER = "Hendrycks et al., Scaling Out-of-Distribution Detection for Real-World 
 
 
 def score(logits: ArrayLike) -> np.ndarray:
-    """MaxLogit OOD score of each row of ``logits``: ``-max_c logits_c`` (in float64), **higher = more OOD**.
+    """MaxLogit OOD score of each row of ``logits``: ``-max_c logits_c``, **higher = more OOD**. The maximum is taken
+    in the logits' own dtype (exact: it is one of them) and returned as float64, without a float64 copy of the logits.
 
     Args:
         logits: ``(N, C)`` IND-class logits (``tagood bench`` uses its IND linear head's, ``head(features)``).
     Returns:
         ``(N,)`` float64 scores.
     """
-    return -np.asarray(logits, dtype=np.float64).max(axis=1)
+    a = np.asarray(logits)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    return -a.max(axis=1).astype(np.float64)
 
 
 @register("maxlogit")

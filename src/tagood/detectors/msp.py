@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tagood.core.featureset import FeatureSet
-from tagood.core.numeric import softmax
+from tagood.detectors._common import logit_parts
 from tagood.detectors.base import Detector, field_array
 from tagood.detectors.registry import register
 
@@ -21,7 +21,12 @@ PAPER = ("Hendrycks & Gimpel, A Baseline for Detecting Misclassified and Out-of-
 
 
 def score(logits: ArrayLike) -> np.ndarray:
-    """MSP OOD score of each row of ``logits``: ``-max_c softmax(logits)_c`` (in float64), **higher = more OOD**.
+    """MSP OOD score of each row of ``logits``: ``-max_c softmax(logits)_c``, **higher = more OOD**.
+
+    Computed as ``-1 / (1 + r)`` with ``1 + r`` the float64 sum of ``exp(z_j - max z)``
+    (:func:`tagood.detectors._common.logit_parts`): float64 logits in float64; float32 / float16 logits exponentiated
+    in float32 (their own precision, no copy to float64) and summed in float64, so a confident sample's score is as
+    exact as in float64 (float32 would round ``1 + r`` to 1 and tie such samples).
 
     Args:
         logits: ``(N, C)`` IND-class logits (``tagood bench`` uses its IND linear head's, ``head(features)``).
@@ -33,7 +38,8 @@ def score(logits: ArrayLike) -> np.ndarray:
         >>> score(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]))
         array([-0.5 , -0.75])
     """
-    return -softmax(logits).max(axis=1)
+    _, r = logit_parts(logits)
+    return -1.0 / (1.0 + r)
 
 
 @register("msp")

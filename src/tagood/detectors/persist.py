@@ -7,7 +7,8 @@ array in the dtype it was fitted in, so a loaded detector scores bit-identically
 
 ``manifest.json`` (:class:`Manifest`, written last) proves the folder is intact: the SHA-256 and size of every
 file of the detector (``tagood fit`` adds its ``tagood.json`` and ``head.safetensors``), a fingerprint of the
-training split it was fitted on (:func:`fingerprint`: size, classes, hashes of the labels and features), the
+training split it was fitted on (:func:`fingerprint`: size, classes, hashes of the labels and features; a
+training-free detector such as MSP, whose state does not depend on the features, records their shapes only), the
 detector, spec and options, and the versions of tagood and its libraries that wrote it. :func:`verify` checks it
 on every load (:func:`tagood.detectors.load`, ``tagood score``): an edited, damaged, truncated or swapped file
 (weights from another fit with the same shapes, weights cast to float16, a hand-edited value) is refused with one
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 
 from tagood._version import __version__
 from tagood.core.validation import NonNegInt, _Strict, format_errors
+from tagood.detectors.manifest import _FP_FIELDS as FP_FIELDS
 from tagood.detectors.manifest import MANIFEST, fingerprint, read_json_object, seal, verify, write_manifest
 from tagood.errors import CheckpointError
 from tagood.runtime.fileio import (
@@ -43,8 +45,8 @@ from tagood.runtime.fileio import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CONFIG", "FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "SavedConfig", "fingerprint", "module_arrays",
-           "module_state", "read", "seal", "verify", "write"]
+__all__ = ["CONFIG", "FORMAT", "FORMAT_VERSION", "FP_FIELDS", "MANIFEST", "WEIGHTS", "SavedConfig", "fingerprint",
+           "module_arrays", "module_state", "read", "seal", "verify", "write"]
 
 FORMAT = "tagood-detector"
 FORMAT_VERSION = 2

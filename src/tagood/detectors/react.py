@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from pydantic import BeforeValidator, Field
 
@@ -19,7 +20,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead
 from tagood.core.validation import _finite_check
 from tagood.detectors import energy
-from tagood.detectors._common import HeadDetector, head_logits
+from tagood.detectors._common import HeadDetector, compute_dtype, head_logits, head_logits_like
 from tagood.detectors.base import field_array
 from tagood.detectors.options import DetectorOptions
 from tagood.detectors.registry import register
@@ -29,8 +30,22 @@ PAPER = "Sun, Guo & Li, ReAct: Out-of-distribution Detection With Rectified Acti
 
 def clip_value(train_features: ArrayLike, percentile: float = 90.0) -> float:
     """ReAct's clip ``c``: the ``percentile``-th percentile (numpy's linear interpolation) of all IND training
-    activations ``(N, D)``, in float64."""
-    return float(np.percentile(np.asarray(train_features, dtype=np.float64), percentile))
+    activations ``(N, D)``, in float64. float32 / float16 activations are not copied to float64: the two order
+    statistics are found in their own dtype (exact: they are two of the values) and interpolated in float64 as
+    ``np.percentile`` does, so the clip equals ``np.percentile`` of the float64 copy to rounding."""
+    a = np.asarray(train_features)
+    if a.dtype not in (np.float32, np.float16) or a.size == 0:
+        return float(np.percentile(np.asarray(a, dtype=np.float64), percentile))
+    flat = a.reshape(-1)
+    if np.isnan(flat).any():  # numpy's answer: nan
+        return float("nan")
+    v = (percentile / 100.0) * (flat.size - 1)
+    lo = int(np.floor(v))
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, [lo, hi] if hi != lo else [lo])
+    x0, x1, g = float(part[lo]), float(part[hi]), v - lo
+    diff = x1 - x0
+    return x1 - diff * (1.0 - g) if g >= 0.5 else x0 + diff * g  # numpy's _lerp
 
 
 def score(features: ArrayLike, head: LinearHead, clip: float) -> np.ndarray:
@@ -42,10 +57,14 @@ def score(features: ArrayLike, head: LinearHead, clip: float) -> np.ndarray:
         head: the IND linear head (``W (C, D)``, ``b (C,)``).
         clip: the activation cap ``c`` (:func:`clip_value` of the training features).
     Returns:
-        ``(N,)`` float64 scores.
+        ``(N,)`` float64 scores. float64 features are scored in float64; float32 / float16 features in float32
+        (clipping is exact in any dtype; the logits are a float32 product, scored by
+        :func:`tagood.detectors.energy.score`'s float32 path), about 1e-7 relative from the float64 computation.
     """
-    x = np.minimum(np.asarray(features, dtype=np.float64), clip)
-    return energy.score(head_logits(head, x))
+    x = np.asarray(features)
+    if compute_dtype(x) == torch.float32:
+        return energy.score(head_logits_like(head, np.minimum(x.astype(np.float32, copy=False), np.float32(clip))))
+    return energy.score(head_logits(head, np.minimum(np.asarray(x, dtype=np.float64), clip)))
 
 
 @register("react")

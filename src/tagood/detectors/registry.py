@@ -45,7 +45,12 @@ def register(name: str) -> Callable[[D], D]:
     return deco
 
 
+_IMPORTED: list[bool] = []  # set once every detector module imported (a directory walk per create() otherwise)
+
+
 def _import_all() -> None:
+    if _IMPORTED:
+        return
     pkg = importlib.import_module("tagood.detectors")
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in ("base", "registry", "options", "persist") and not mod.name.startswith("_"):
@@ -57,6 +62,7 @@ def _import_all() -> None:
         except ModuleNotFoundError as e:  # package not built yet / optional
             if e.name != extra:
                 raise
+    _IMPORTED.append(True)
 
 
 _VARIANT = re.compile(r"^(?P<base>[^\[\]]+)(\[(?P<opts>[^\]]*)\])?$")

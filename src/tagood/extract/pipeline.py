@@ -1,7 +1,9 @@
-"""The extraction of one range of a source: decode one batch ahead, forward, write in source order.
+"""The extraction of one range of a source: decode ahead, forward, write in source order.
 
-Decoding and preprocessing run in a thread pool (PIL and numpy release the GIL) one batch ahead of the model
-forward, so the model is rarely idle; the cache write of batch k overlaps batch k+1's forward. A sample that
+Decoding and preprocessing run in worker processes (:mod:`tagood.extract.decode_pool`; not bound by one interpreter
+lock) two batches ahead of the model forward, which gets each batch in shared memory without a copy, so the model is
+rarely idle; ``TAGOOD_DECODE=threads`` decodes in a thread pool one batch ahead instead
+(:func:`tagood.runtime.threads.decode_kind`). The cache write of batch k overlaps batch k+1's forward. A sample that
 cannot be decoded is skipped, recorded in the cache manifest (``failed``) and reported; it never aborts a run,
 but a source whose every image fails, or a labelled source that loses every image of a class, is an error
 (:func:`check_result`). Each source file's ``[size, mtime_ns]`` is taken before it is decoded and stored with
@@ -12,43 +14,42 @@ extraction alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 import numpy as np
 
-from tagood.cache import MANIFEST, CacheReader, CacheWriter, file_stat
+from tagood.cache import MANIFEST, CacheReader, CacheWriter
 from tagood.core.images import decode_ahead
 from tagood.core.types import Backbone, ModelOutput
-from tagood.data.source import DataSourceError, ImageDecodeError, ImageSource
+from tagood.data.source import DataSourceError, ImageSource
+from tagood.extract.decode_pool import Batch, as_batch, decode_one, fork_available, process_batches
+from tagood.runtime.threads import decode_kind
 
 log = logging.getLogger(__name__)
 
 
-def _decode_one(source: ImageSource, backbone: Backbone, i: int) -> tuple[int, np.ndarray | None, str | None, list[int] | None]:
-    """``(i, preprocessed image or None, why it failed or None, file stat)`` of sample ``i``."""
-    stat = file_stat(source.samples[i].ident)  # before reading: a file changed meanwhile is re-extracted later
-    try:
-        return i, backbone.preprocess(source.load(i)), None, stat
-    except ImageDecodeError as e:
-        return i, None, e.reason, stat
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for damaged files
-        return i, None, f"{type(e).__name__}: {e}", stat
-
-
 def decode_batches(
-    source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int, stop: int | None = None
-) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]], dict[int, list[int] | None]]]:
-    """Decode and preprocess samples ``start:stop`` in batches, one batch ahead of the consumer.
+    source: ImageSource, backbone: Backbone, start: int, batch_size: int, workers: int, stop: int | None = None,
+    kind: str | None = None,
+) -> Generator[Batch, None, None]:
+    """Decode and preprocess samples ``start:stop`` in batches, ahead of the consumer.
+
+    In ``workers`` forked processes (:func:`tagood.extract.decode_pool.process_batches`: two batches ahead, each
+    batch a view of shared memory valid until the next is asked for) or in a pool of ``workers`` threads (one batch
+    ahead), as ``kind`` says. A range of a single batch is decoded by threads either way (nothing to overlap, no
+    processes to start), as is every range where processes cannot be forked. The batches are the same either way.
 
     Args:
         source: the images.
         backbone: its ``preprocess`` is applied to each image.
         start: first source index.
         batch_size: samples per batch.
-        workers: decode threads.
+        workers: decode processes or threads.
         stop: one past the last source index (``None``: the whole source).
+        kind: ``"processes"`` or ``"threads"`` (``None``: :func:`tagood.runtime.threads.decode_kind`).
 
     Returns:
         An iterator, in source order, of ``(decoded indices, their batch (b, 3, H, W) or None when every sample
@@ -56,21 +57,25 @@ def decode_batches(
     """
     n = len(source) if stop is None else stop
     chunks = [list(range(a, min(a + batch_size, n))) for a in range(start, n, batch_size)]
-    for results in decode_ahead(lambda i: _decode_one(source, backbone, i), chunks, workers):
-        ok = [(i, x) for i, x, err, _ in results if x is not None]
-        failed = [(i, err or "") for i, x, err, _ in results if x is None]
-        batch = np.stack([x for _, x in ok]) if ok else None
-        yield [i for i, _ in ok], batch, failed, {i: st for i, _, _, st in results}
+    kind = kind or decode_kind()
+    if kind == "processes" and len(chunks) > 1 and fork_available():
+        yield from process_batches(source, backbone.preprocess, chunks, workers)
+        return
+    for results in decode_ahead(lambda i: decode_one(source, backbone.preprocess, i), chunks, workers):
+        yield as_batch(results)
 
 
-def _select(out: ModelOutput, fields: Sequence[str]) -> dict[str, Any]:
-    """The arrays of ``fields`` in a backbone's output (its dataclass fields or ``extra``)."""
+def _select(out: ModelOutput, fields: Sequence[str], batch: np.ndarray | None = None) -> dict[str, Any]:
+    """The arrays of ``fields`` in a backbone's output (its dataclass fields or ``extra``) of ``batch``."""
     arrays: dict[str, Any] = {}
     for f in fields:
         v = getattr(out, f, None) if f in ModelOutput.__dataclass_fields__ else out.extra.get(f)
         if v is None:
             raise ValueError(f"backbone output has no field '{f}' (has {out.present() + sorted(out.extra)})")
-        arrays[f] = np.asarray(v)
+        a = np.asarray(v)
+        # the batch may be a view of the decode workers' shared memory, refilled once the next batch is asked for:
+        # an output that is a view of it (a backbone returning its input) is copied before the write runs later
+        arrays[f] = a.copy() if batch is not None and np.may_share_memory(a, batch) else a
     return arrays
 
 
@@ -143,7 +148,7 @@ def extract_range(writer: CacheWriter, source: ImageSource, backbone: Backbone, 
         start: first source index.
         stop: one past the last source index (``None``: the whole source).
         batch_size: samples per forward pass.
-        workers: decode threads.
+        workers: decode processes (or threads, :func:`tagood.runtime.threads.decode_kind`).
         advance: called with the number of samples done after each batch (a progress bar).
         max_batches: stop after this many batches (used to test resumption).
 
@@ -154,16 +159,18 @@ def extract_range(writer: CacheWriter, source: ImageSource, backbone: Backbone, 
     done = 0
     with ThreadPoolExecutor(max_workers=1) as write_pool:  # numpy and file I/O release the GIL
         pending: Future[None] | None = None
-        for k, (idx, batch, failed, stats) in enumerate(decode_batches(source, backbone, start, batch_size, workers, stop)):
-            arrays = _select(backbone.forward(batch), fields) if batch is not None else {}
-            if pending is not None:
-                pending.result()
-            pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed), stats)
-            done += len(idx) + len(failed)
-            if advance is not None:
-                advance(len(idx) + len(failed))
-            if max_batches is not None and k + 1 >= max_batches:
-                break
+        # closed on a break or an error too: the decode workers stop with it
+        with closing(decode_batches(source, backbone, start, batch_size, workers, stop)) as batches:
+            for k, (idx, batch, failed, stats) in enumerate(batches):
+                arrays = _select(backbone.forward(batch), fields, batch) if batch is not None else {}
+                if pending is not None:
+                    pending.result()
+                pending = write_pool.submit(_write_in_order, writer, samples, idx, arrays, dict(failed), stats)
+                done += len(idx) + len(failed)
+                if advance is not None:
+                    advance(len(idx) + len(failed))
+                if max_batches is not None and k + 1 >= max_batches:
+                    break
         if pending is not None:
             pending.result()
     return done

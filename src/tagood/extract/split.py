@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tagood.backbones.home import default_cache_root
-from tagood.cache import COMMIT_ROWS, COMMIT_SECONDS, CacheReader, cache_key, entry_dir
+from tagood.cache import COMMIT_ROWS, COMMIT_SECONDS, CacheReader, cache_key, entry_dir, superset_entry
 from tagood.core.types import Backbone
 from tagood.data.source import DataSourceError, ImageSource
 from tagood.errors import ConfigError
@@ -93,6 +93,9 @@ def extract_split(
     key = cache_key(backbone.id, backbone.weights_hash, backbone.transform_id, source.fingerprint(),
                     {"fields": sorted(fields), **(options or {})})
     d = entry_dir(root, split, key)
+    reuse = superset_entry(root, split, key)  # a complete entry holding more fields: read it, extract nothing
+    if reuse is not None:
+        d, key, fields = reuse
     n = len(source)
     if n == 0:
         raise DataSourceError(f"source '{source.name}' is empty; nothing to extract")

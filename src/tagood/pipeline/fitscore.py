@@ -9,8 +9,10 @@ threshold from a held-out 10% of the IND training images (scores are higher = mo
 :mod:`tagood.pipeline.threshold`). Test-time detectors (AdaNeg) are refused before any work, with the reason.
 
 Under torchrun (``torchrun --nproc-per-node N -m tagood fit|score ...``, :mod:`tagood.runtime.distributed`) each rank
-extracts its part of the folder into the shared cache, TagOOD's projector trains with DDP, scoring is split across
-the ranks and gathered in order, and only rank 0 writes the detector directory / the CSV.
+extracts its part of the folder into the shared cache, the IND head and every detector but TagOOD's projector family
+are fitted on rank 0 and their state broadcast (:func:`tagood.detectors.base.fit_once`), TagOOD's projector trains
+with DDP, scoring is split across the ranks and gathered in order, and only rank 0 writes the detector directory /
+the CSV.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tagood.backbones.factory import PATH_KEYS, build_backbone, tagger_context
 from tagood.cache import STREAM_ABOVE_GB
 from tagood.core.context import Context
 from tagood.data import FilesSource, FolderSource, ImageSource, SubsetSource
+from tagood.detectors.base import fit_once
 from tagood.errors import CheckpointError, ConfigError, InputError
 from tagood.extract import entry_images
 from tagood.extract.features import load_split
@@ -168,7 +171,7 @@ def fit_folder(folder: str | Path, out: str | Path, method: str = "tagood",
         train = train.subset(few_shot_indices(np.asarray(train.labels), *_shots(det, seed)))
         dual.attach(train, src)
         dual.attach(test, src)
-    det.fit(train, ctx)
+    fit_once(det, train, ctx)  # under torchrun: fitted on rank 0, its state broadcast (TagOOD's projector: every rank)
     s_held = distributed.score(det, test)  # split across the ranks of a torchrun world, gathered in order
     nan = np.flatnonzero(np.isnan(s_held))
     if len(nan):
@@ -213,7 +216,10 @@ def _fit_context(need: Needs, src: ImageSource, bb: Any, cache: str | Path | Non
     if need.head:
         from tagood.detectors.head import Classifier, fit_head
 
-        head = fit_head(train, src.class_names, seed=seed, device=device)
+        # under torchrun fitted once, on rank 0, and broadcast
+        head = distributed.broadcast(fit_head(train, src.class_names, seed=seed, device=device)
+                                     if distributed.world().is_main else None)
+        assert head is not None
         ctx.head = head
         if need.images:
             ctx.model = Classifier(bb, head, device)

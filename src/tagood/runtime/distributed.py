@@ -149,6 +149,45 @@ def broadcast(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+#: Arrays are broadcast in pieces of at most this many bytes (gloo handles one buffer per message).
+_PIECE = 1 << 28
+
+
+def broadcast_arrays(arrays: dict[str, np.ndarray] | None, src: int = 0) -> dict[str, np.ndarray]:
+    """Rank ``src``'s named arrays on every rank, bit-exact (their dtype and shape kept); the identity in a world
+    of 1. The other ranks pass ``None`` (or anything: only ``src``'s value is read).
+
+    The names, dtypes and shapes go first (one small object broadcast), then each array's bytes as a tensor
+    broadcast in pieces of at most 256 MiB, received into an array allocated once: no pickled copy of a large
+    array on any rank (a fitted KNN bank of ImageNet features is several GB), and ``src`` sends from its own
+    memory without a copy when the array is C-contiguous and writable."""
+    if not world().distributed:
+        return dict(arrays or {})
+    import torch
+    import torch.distributed as dist
+
+    me = world().rank
+    if me == src:
+        mine = {str(k): np.asarray(v) for k, v in (arrays or {}).items()}
+        layout: list[tuple[str, str, tuple[int, ...]]] = [(k, v.dtype.str, tuple(v.shape)) for k, v in mine.items()]
+    else:
+        layout = []
+    layout = broadcast(layout, src)
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape in layout:
+        if me == src:
+            a = mine[name]
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                a = np.ascontiguousarray(a).copy()
+        else:
+            a = np.empty(shape, dtype=np.dtype(dtype))
+        flat = a.reshape(-1).view(np.uint8)
+        for start in range(0, flat.nbytes, _PIECE):
+            dist.broadcast(torch.from_numpy(flat[start:start + _PIECE]), src=src, group=_group())
+        out[name] = mine[name] if me == src else a
+    return out
+
+
 def all_gather(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank; ``[obj]`` in a world of 1."""
     w = world()

@@ -9,8 +9,9 @@ Every pool sizes itself from this one number and none nests inside another:
 * torch's intra-op threads = the budget (:func:`configure`);
 * onnxruntime runs ``budget`` single-thread sessions at once (:class:`tagood.backbones.onnx_engine.OnnxEngine`),
   never a multi-thread session inside them;
-* the decode pool (:func:`decode_workers`) has ``budget`` threads; it runs PIL / numpy code only, never
-  torch or onnxruntime, and works one batch ahead of the model instead of inside it.
+* the decode pool (:func:`decode_workers`) has ``budget`` workers (at most 8): the extraction's are processes
+  (:func:`decode_kind`: not bound by one interpreter lock), an image stream's (ODIN, KR-NFT) threads; they run PIL /
+  numpy code only, never torch or onnxruntime, and work ahead of the model instead of inside it.
 
 On a shared machine the cost of a parallel section is set by its slowest thread: a thread that has lost
 its core to another process keeps the others waiting at the section's barrier. OpenMP's default is to
@@ -148,8 +149,29 @@ def budget() -> int:
 
 
 def decode_workers(limit: int = 8) -> int:
-    """Threads of an image-decoding pool: the budget, at most ``limit``."""
+    """Workers (processes or threads) of an image-decoding pool: the budget, at most ``limit``."""
     return max(1, min(limit, budget()))
+
+
+#: environment variable that chooses the extraction's decode workers: ``processes`` (default) or ``threads``
+DECODE_ENV = "TAGOOD_DECODE"
+DECODE_KINDS = ("processes", "threads")
+
+
+def decode_kind() -> str:
+    """What the extraction decodes in: ``"processes"`` (the default: forked workers, batches in shared memory) or
+    ``"threads"`` (one process's thread pool), from ``$TAGOOD_DECODE``. Both give the same cache, bit for bit.
+
+    Raises:
+        ConfigError: ``$TAGOOD_DECODE`` is set to something else.
+    """
+    raw = os.environ.get(DECODE_ENV, "").strip().lower()
+    if not raw:
+        return "processes"
+    if raw not in DECODE_KINDS:
+        raise ConfigError(f"the environment variable {DECODE_ENV}={raw[:20]!r} is not one of {', '.join(DECODE_KINDS)}; "
+                          f"unset it or set e.g. {DECODE_ENV}=threads")
+    return raw
 
 
 def configure(threads: int | None = None) -> int:

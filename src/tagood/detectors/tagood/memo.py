@@ -20,6 +20,7 @@ import numpy as np
 
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
+from tagood.detectors.tagood.kept import flat
 from tagood.detectors.tagood.vocabulary import Vocabulary
 
 __all__ = ["BuiltVocabulary", "VocabularyMemo", "kept_digest"]
@@ -103,7 +104,7 @@ def kept_digest(kept: Sequence[np.ndarray], labels: np.ndarray) -> str:
         A hex digest.
     """
     h = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    h.update(np.fromiter((len(k) for k in kept), dtype=np.int64, count=len(kept)).tobytes())
-    for k in kept:
-        h.update(np.ascontiguousarray(k, dtype=np.int64).tobytes())
+    lens, ids = flat(kept)  # the ids concatenated: the same bytes as hashing each image's in turn
+    h.update(lens.tobytes())
+    h.update(ids.tobytes())
     return h.hexdigest()

@@ -28,7 +28,7 @@ from tagood.detectors.registry import register
 from tagood.detectors.tagood.centres import CentreDetector, CentreOptions, class_means
 from tagood.detectors.tagood.config import TrainConfig, TrainOptions
 from tagood.detectors.tagood.projector import Projector
-from tagood.detectors.tagood.train import embed, train_projector
+from tagood.detectors.tagood.train import embed_features, train_projector
 
 __all__ = ["TagOOD"]
 
@@ -68,6 +68,8 @@ class TagOOD(CentreDetector):
     #: where the centres come from: ``ema`` (the EMA centres of training) or ``mean`` (class means of the trained
     #: projector's training features: (CE)+CS)
     centres_from: ClassVar[str] = "ema"
+    #: the projector trains data-parallel under torchrun (each rank its shard): every rank fits
+    fit_collective: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -89,14 +91,13 @@ class TagOOD(CentreDetector):
         self.model, centres, self.history = train_projector(tokens, labels, num_classes, num_positions, cfg, self.device)
         if self.centres_from == "ema":
             return centres.cpu().numpy().astype(np.float32)
-        feats, _ = embed(self.model, tokens, device=self.device)
+        feats = embed_features(self.model, tokens, device=self.device)
         return class_means(feats, labels, num_classes)
 
     def _embed(self, tokens: TokenSet) -> np.ndarray:
         """The projector's feature of each image's token set, ``(N, dim)`` float32."""
         assert self.model is not None
-        feats, _ = embed(self.model, tokens, device=self.device)
-        return feats
+        return embed_features(self.model, tokens, device=self.device)
 
     # -- saving --------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

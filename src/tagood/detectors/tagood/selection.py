@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tagood.detectors.tagood.kept import take
 from tagood.detectors.tagood.vocabulary import VOCAB_RULES, Vocabulary, build_vocabulary, rank_tags, vocabulary_fit
 
 __all__ = ["NO_TAG_DEGENERATE", "choose_no_tag", "pool_fits", "select_vocabulary", "stratified_folds", "wilson_upper"]
@@ -79,7 +80,7 @@ def pool_fits(fits: Sequence[dict[str, float]]) -> dict[str, float]:
     return {"coverage": coverage, "precision": precision, "separation": coverage * precision, "n": n}
 
 
-def select_vocabulary(kept: list[np.ndarray], labels: np.ndarray, num_classes: int, seed: int, rule: str = "auto",
+def select_vocabulary(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, seed: int, rule: str = "auto",
                       per_class: int | str = "auto", coverage: float = 0.97, class_names: Sequence[str] | None = None,
                       max_m: int = 10, folds: int = 5) -> tuple[str, int, dict[str, float]]:
     """The vocabulary rule and tags per class, chosen on held-out IND training images by ``folds``-fold
@@ -116,14 +117,14 @@ def select_vocabulary(kept: list[np.ndarray], labels: np.ndarray, num_classes: i
     for f in range(folds):
         fit_idx, held_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         if len(held_idx):
-            parts.append((fit_idx, held_idx, [kept[i] for i in held_idx]))
+            parts.append((fit_idx, held_idx, take(kept, held_idx)))
     rules = list(VOCAB_RULES) if rule == "auto" else [rule]
     results: list[tuple[str, int, dict[str, float]]] = []
     for r_name in rules:
         ranked = []
         for fit_idx, held_idx, kept_held in parts:
             try:
-                ranked.append((rank_tags([kept[i] for i in fit_idx], labels[fit_idx], num_classes, r_name), held_idx, kept_held))
+                ranked.append((rank_tags(take(kept, fit_idx), labels[fit_idx], num_classes, r_name), held_idx, kept_held))
             except ValueError:
                 continue  # a class without tags outside this fold: the fold is not measured
         if not ranked:

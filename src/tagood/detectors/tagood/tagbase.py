@@ -9,7 +9,7 @@ and Class Center Learning", ACM MM 2024. Scores of every detector here: higher =
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -24,6 +24,7 @@ from tagood.detectors.base import load as load_detector
 from tagood.detectors.options import DetectorOptions, OptionError
 from tagood.detectors.tagood.decompose import ORACLE_FIELD, TagRule, oracle_mask, select_tokens, token_mask, top_tag
 from tagood.detectors.tagood.inputs import labels_of, tag_attention_of, tag_probs_of, tokens_of
+from tagood.detectors.tagood.kept import KeptTags
 from tagood.detectors.tagood.memo import BuiltVocabulary, VocabularyMemo, kept_digest
 from tagood.detectors.tagood.selection import choose_no_tag, select_vocabulary
 from tagood.detectors.tagood.vocabulary import (
@@ -244,14 +245,15 @@ class TagDetector(Detector):
         return np.where(keep, p, 0.0).max(axis=1)
 
     # -- the vocabulary ----------------------------------------------------------------------------
-    def _train_kept(self, train: FeatureSet) -> list[np.ndarray]:
-        """Tag ids kept by the tag rule on each training image (before any vocabulary), chunk by chunk."""
-        kept: list[np.ndarray] = []
-        for chunk in train.iter_chunks():
-            attn = tag_attention_of(chunk, self.name)
-            keep = self.rule.kept(attn, tag_probs_of(chunk, self.name))
-            kept.extend(np.asarray(attn.ids[i])[keep[i]] for i in range(len(attn)))
-        return kept
+    def _train_kept(self, train: FeatureSet) -> KeptTags:
+        """Tag ids kept by the tag rule on each training image (before any vocabulary), chunk by chunk, held flat
+        (no object per image)."""
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for chunk in train.iter_chunks():
+                attn = tag_attention_of(chunk, self.name)
+                yield np.asarray(attn.ids), np.asarray(self.rule.kept(attn, tag_probs_of(chunk, self.name)))
+
+        return KeptTags.from_chunks(chunks())
 
     def _build_vocab(self, train: FeatureSet, context: Context) -> Vocabulary:
         """The IND vocabulary (a file, or built by the ``vocab`` rule with ``per_class`` tags per class, each

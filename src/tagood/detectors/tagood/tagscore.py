@@ -33,7 +33,8 @@ def score(tag_probs: ArrayLike, vocabulary_tags: ArrayLike) -> np.ndarray:
         >>> score(np.array([[0.9, 0.2, 0.7], [0.1, 0.3, 0.0]]), [1, 2])
         array([-0.7, -0.3])
     """
-    return -np.asarray(tag_probs, dtype=np.float64)[:, np.asarray(vocabulary_tags)].max(axis=1)
+    # the vocabulary's columns first, then float64 (exact): a chunk's (N, T) probabilities are never copied whole
+    return -np.asarray(tag_probs)[:, np.asarray(vocabulary_tags)].astype(np.float64).max(axis=1)
 
 
 @register("tagscore")

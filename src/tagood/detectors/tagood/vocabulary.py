@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagood.detectors.tagood.kept import flat
 from tagood.errors import ConfigError
 
 __all__ = ["VOCAB_RULES", "Vocabulary", "VocabularyError", "build_vocabulary", "file_classes", "rank_tags", "vocabulary_fit"]
@@ -187,8 +188,7 @@ VOCAB_RULES = ("frequent", "specific")
 
 def _flatten(kept: Sequence[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image index, label, tag id) of every distinct kept (image, tag) pair."""
-    lens = np.fromiter((len(k) for k in kept), dtype=np.int64, count=len(kept))
-    tags = np.concatenate([np.asarray(k, dtype=np.int64).reshape(-1) for k in kept]) if lens.sum() else np.zeros(0, np.int64)
+    lens, tags = flat(kept)
     img = np.repeat(np.arange(len(kept), dtype=np.int64), lens)
     if len(tags):  # one vectorised de-duplication of (image, tag) pairs
         width = int(tags.max()) + 1
@@ -243,7 +243,7 @@ def rank_tags(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, 
     return out
 
 
-def build_vocabulary(kept: list[np.ndarray], labels: np.ndarray, num_classes: int, per_class: int = 1,
+def build_vocabulary(kept: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, per_class: int = 1,
                      class_names: Sequence[str] | None = None, tag_names: Sequence[str] | None = None,
                      quiet: bool = False, rule: str = "frequent") -> Vocabulary:
     """The IND vocabulary: the first ``per_class`` tags of each class by ``rule`` -- ``frequent`` (the paper: the
@@ -295,7 +295,8 @@ def vocabulary_fit(vocab: Vocabulary, kept: Sequence[np.ndarray], labels: np.nda
     if len(labels) == 0:
         return {"coverage": float("nan"), "precision": float("nan"), "separation": float("nan"), "n": 0}
     c = len(vocab.class_tags)
-    top_kept = int(np.max(np.concatenate(kept))) if sum(map(len, kept)) else 0
+    all_kept = flat(kept)[1]
+    top_kept = int(all_kept.max()) if len(all_kept) else 0
     n_tags = max([max(ts) for ts in vocab.class_tags if ts] + [top_kept]) + 1
     owners = np.zeros((c, n_tags), bool)
     for k, ts in enumerate(vocab.class_tags):

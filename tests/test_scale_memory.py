@@ -1,0 +1,83 @@
+"""Memory that does not grow with N x classes on the paths an ImageNet-size run takes: the IND head's loss in row
+chunks, and (CE)+CS's centres from the projector's features without its (N, C) logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import tagood.detectors.head as head_mod
+from tagood.core.types import TokenSet
+from tagood.detectors.tagood.projector import Projector
+from tagood.detectors.tagood.train import embed, embed_features
+
+
+def _data(n: int = 1200, c: int = 12, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    y = np.arange(n) % c
+    return (rng.normal(size=(n, d)) + 2.0 * np.eye(c, d)[y]).astype(np.float32), y
+
+
+def test_head_fit_in_row_chunks_matches_one_pass_and_never_holds_all_logits(monkeypatch):
+    x, y = _data()
+    one = head_mod.fit_linear_head(x, y, epochs=60)
+    seen: list[int] = []
+    ce = torch.nn.functional.cross_entropy
+
+    def counting(logits, *a, **k):
+        seen.append(int(logits.numel()))
+        return ce(logits, *a, **k)
+
+    monkeypatch.setattr(head_mod, "HEAD_CHUNK_ELEMENTS", 2000)  # 1200 x 12 logits: chunks of 166 rows
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", counting)
+    chunked = head_mod.fit_linear_head(x, y, epochs=60)
+    assert seen and max(seen) <= 2000 < len(x) * 12
+    # the same loss and gradient summed in another order: float32 rounding apart, the same optimum
+    np.testing.assert_allclose(chunked.weight, one.weight, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(chunked.bias, one.bias, rtol=0, atol=2e-3)
+    assert (chunked(x).argmax(1) == one(x).argmax(1)).mean() > 0.99
+
+
+def test_head_below_the_limit_is_one_pass(monkeypatch):
+    x, y = _data(300, 3)
+    seen: list[int] = []
+    ce = torch.nn.functional.cross_entropy
+
+    def counting(logits, *a, **k):
+        seen.append(int(logits.numel()))
+        return ce(logits, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", counting)
+    head_mod.fit_linear_head(x, y, epochs=5)
+    assert set(seen) == {300 * 3}
+
+
+def test_embed_features_are_embeds_features_without_logits():
+    torch.manual_seed(0)
+    model = Projector(in_dim=8, num_classes=50, num_positions=20, dim=16, depth=1, heads=2, mlp=32)
+    rng = np.random.default_rng(0)
+    lens = rng.integers(1, 6, size=40)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    tokens = TokenSet(rng.normal(size=(int(lens.sum()), 8)).astype(np.float32), offsets,
+                      np.concatenate([np.sort(rng.choice(20, size=m, replace=False)) for m in lens]))
+    feats, logits = embed(model, tokens, batch_size=7)
+    assert logits.shape == (40, 50)
+    np.testing.assert_array_equal(embed_features(model, tokens, batch_size=7), feats)
+
+
+def test_kept_tags_held_flat_give_the_vocabulary_of_per_image_lists():
+    from tagood.detectors.tagood.kept import KeptTags, take
+    from tagood.detectors.tagood.memo import kept_digest
+    from tagood.detectors.tagood.selection import select_vocabulary
+
+    rng = np.random.default_rng(1)
+    labels = np.arange(400) % 5
+    ids = rng.integers(0, 60, size=(400, 6)) + 10 * (labels[:, None] % 3)
+    keep = rng.random((400, 6)) < 0.35
+    per_image = [ids[i][keep[i]] for i in range(400)]
+    held = KeptTags.from_chunks([(ids[a : a + 128], keep[a : a + 128]) for a in range(0, 400, 128)])
+    assert len(held) == 400 and all(np.array_equal(a, b) for a, b in zip(held, per_image, strict=True))
+    idx = rng.permutation(400)[:150]
+    assert all(np.array_equal(a, b) for a, b in zip(take(held, idx), take(per_image, idx), strict=True))
+    assert np.array_equal(held[-1], per_image[-1]) and kept_digest(held, labels) == kept_digest(per_image, labels)
+    assert select_vocabulary(held, labels, 5, seed=0) == select_vocabulary(per_image, labels, 5, seed=0)
