@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ from tagood.backbones.efficientnet import (
 from tagood.core.types import ModelOutput
 from tagood.extract import extract_split
 from tagood.extract.pipeline import decode_batches
-from tagood.runtime.threads import decode_workers
+from tagood.runtime.threads import decode_kind, decode_workers
 
 
 class FreeBackbone:
@@ -118,6 +119,7 @@ def time_decode(src: data.FolderSource, bb: Any, batch_size: int, workers: int, 
 def main_free(args: argparse.Namespace) -> None:
     """Pipeline vs decoding alone with a near-free backbone, same workers, same kind."""
     workers = args.workers or decode_workers()
+    args.decode = args.decode or decode_kind(workers)  # the library's default for these workers
     kinds = [args.decode] + ([] if args.quick else [k for k in ("processes", "threads") if k != args.decode])
     with tempfile.TemporaryDirectory(prefix="extract-throughput-") as tmp:
         tmp_p = Path(tmp)
@@ -139,6 +141,21 @@ def main_free(args: argparse.Namespace) -> None:
             print(f"full pipeline             ({k:9s}): {args.n / pipe[k]:8.1f} images/s (decode, forward, cache write)")
         if len(kinds) > 1:
             print(f"pipeline_{args.decode}_vs_pipeline_{kinds[1]}: {pipe[kinds[1]] / pipe[args.decode]:.2f}")
+        if args.json:
+            import json
+            import platform
+
+            out = {"benchmark": "extract_throughput", "command": " ".join(["python", "benchmarks/extract_throughput.py",
+                                                                          *sys.argv[1:]]),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                               "cpus": os.cpu_count()},
+                   "images": args.n, "batch_size": args.batch_size, "workers": workers, "repeats": args.repeats,
+                   "backbone": "near-free (channel means)", "decode": args.decode,
+                   "images_per_s": {k: {"decode_alone": args.n / dec[k], "pipeline": args.n / pipe[k]} for k in kinds},
+                   "pipeline_vs_decode_alone": dec[args.decode] / pipe[args.decode]}
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
         print(f"pipeline_vs_decode_alone: {dec[args.decode] / pipe[args.decode]:.2f}")
 
 
@@ -150,14 +167,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 images, batch 16, one repeat, one decode kind: a check")
     ap.add_argument("--backbone", choices=("free", "lite0"), default="free",
                     help="free: near-free backbone, pipeline vs decoding alone (default); lite0: vs bare onnxruntime")
-    ap.add_argument("--decode", choices=("processes", "threads"), default="processes", help="decode workers' kind")
+    ap.add_argument("--decode", choices=("processes", "threads"), default=None,
+                    help="decode workers' kind (default: the library's default for the number of workers)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads for both paths (default: all cores)")
     ap.add_argument("--device", default="cpu", help="cpu (onnxruntime engine) or cuda (torch engine)")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the pipeline's own choice)")
+    ap.add_argument("--json", default=None, help="near-free mode: write the figures here")
     args = ap.parse_args()
     if args.quick:
         args.n, args.batch_size, args.repeats = min(args.n, 64), min(args.batch_size, 16), 1
-    os.environ["TAGOOD_DECODE"] = args.decode
+    if args.decode is not None:
+        os.environ["TAGOOD_DECODE"] = args.decode
     if args.device != "cpu":
         return main_device(args)
     if args.backbone == "free":
@@ -244,6 +264,7 @@ def main_device(args: argparse.Namespace) -> None:
             return time.perf_counter() - t
 
         workers = args.workers or decode_workers()
+        args.decode = args.decode or decode_kind(workers)
         t_dec = min(time_decode(src, bb, args.batch_size, workers, args.decode) for _ in range(args.repeats))
         t_comp = min(compute() for _ in range(args.repeats))
         t_bare = min(bare() for _ in range(args.repeats))

@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg": list(os.getloadavg())},
         "shapes": {"n_train": a.n_train, "dim": a.dim, "classes": a.classes, "n_eval": a.n_eval, "k": a.k,
                    "metrics_n": a.metrics_n},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "threads": a.threads, "repeats": a.repeats, "rows": rows,
         "smallest": {"pair": smallest["pair"], "ratio": smallest["ratio"]}, "all_checks_ok": not failed,
     }

@@ -26,6 +26,11 @@ Kinds of block (paths are relative to the repository root, options are ``key=val
   disk, and the time and memory ratios against the scale 10x smaller; with ``plot=PNG``, the plot drawn from the same
   file by ``scripts/plot_scaling.py`` above the table (an error names the command when the plot is missing or was
   drawn from another version of the file).
+* ``<!-- peers: PATH -->``: the pairs of ``benchmarks/peers.py --json`` (tagood vs pytorch-ood and faiss): median
+  times, ratio and the float64 reference check of each, and the smallest ratio.
+* ``<!-- torchrun-memory: PATH -->``: each stage's peak RSS in one process and on each rank of
+  ``benchmarks/torchrun_memory.py --json``.
+* ``<!-- extract-throughput: PATH -->``: pipeline vs decoding alone of ``benchmarks/extract_throughput.py --json``.
 * ``<!-- options: NAME -->``: the options of detector ``NAME`` from its one declaration
   (:func:`tagood.detectors.options.describe`).
 * ``<!-- methods: all|classic|tagood|vlm -->``: the registered detectors of a family with their paper, the inputs
@@ -62,7 +67,8 @@ DOCS = ROOT / "docs"
 
 log = logging.getLogger("render_docs_tables")
 
-KINDS = ("results", "compare", "options", "methods", "fields", "sizes", "ladder", "testing", "scaling")
+KINDS = ("results", "compare", "options", "methods", "fields", "sizes", "ladder", "testing", "scaling", "peers",
+         "torchrun-memory", "extract-throughput")
 #: one generated block: the opening comment (kind and arguments), the body, the closing comment
 BLOCK = re.compile(r"(?P<open><!-- (?P<kind>" + "|".join(KINDS) + r"): (?P<args>[^\n]*?) -->\n)"
                    r"(?P<body>.*?)(?P<close><!-- end (?P=kind) -->)", re.S)
@@ -623,11 +629,133 @@ def render_scaling(args: str, page: Path, where: str) -> str:
                          f"{'-' if anon is None else f'{anon:,.0f}'} | "
                          f"{st['disk_bytes'] / 2**20:,.1f} ({st['disk_files']:,}) | "
                          f"{ratio(st['stage'], sc, 'time_ratio')} | {ratio(st['stage'], sc, 'rss_ratio')} |")
+    return "\n".join(lines + _scaling_goals(doc, ratios)) + "\n"
+
+
+#: the rehearsal's goals: peak RSS at most 4 GiB, and time within 1.5x of linear (cost(N) / cost(N/10) <= 15)
+GOAL_RSS_MB, GOAL_TIME_RATIO = 4096.0, 15.0
+
+
+def _scaling_goals(doc: Mapping[str, Any], ratios: Mapping[tuple[str, Any], Mapping[str, Any]]) -> list[str]:
+    """The goals table of a rehearsal file's largest scale: per stage, its peak RSS against 4 GiB and its time
+    ratio against the scale 10x smaller against 15 (1.5x of linear); empty when no scale has a partner 10x below."""
+    big = max(doc["runs"], key=lambda r: float(r["scale"]))
+    if not any(k[1] == big["scale"] for k in ratios):
+        return []
+    out = ["", f"Goals at scale {big['scale']:g} (against {GOAL_RSS_MB / 1024:g} GiB of peak RSS, and a time ratio of at "
+           f"most {GOAL_TIME_RATIO:g} against the scale 10x smaller, 1.5x of linear):", "",
+           "| stage | peak RSS MB | RSS goal | time vs N/10 | time goal |", "|---|---:|---|---:|---|"]
+    for st in big["stages"]:
+        tr = ratios.get((st["stage"], big["scale"]), {}).get("time_ratio")
+        rss_ok = "met" if st["peak_rss_mb"] <= GOAL_RSS_MB else "**missed**"
+        t_ok = "-" if not isinstance(tr, (int, float)) else ("met" if tr <= GOAL_TIME_RATIO else "**missed**")
+        out.append(f"| `{_cell(st['stage'])}` | {st['peak_rss_mb']:,.0f} | {rss_ok} | "
+                   f"{'-' if tr is None else f'{tr:g}'} | {t_ok} |")
+    return out
+
+
+def render_peers(args: str, page: Path, where: str) -> str:
+    """The body of a ``peers`` block: ``PATH`` (the ``--json`` file of ``benchmarks/peers.py``).
+
+    Args:
+        args: the comment's arguments.
+        page: the Markdown file the block is in (for the relative link).
+        where: ``file:line``, for errors.
+
+    Returns:
+        A line naming the file, its command, machine and shapes, then one row per pair (median times, ratio, the
+        float64 reference check) and the smallest ratio.
+    """
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        rows, shapes, machine = doc["rows"], doc["shapes"], doc["machine"]
+        smallest = doc["smallest"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/peers.py --json ({e!r}); rerun it") from None
+    head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a peers run')}`, "
+            f"{doc.get('date', 'undated')}; {machine.get('cpus', '?')} CPUs ({machine.get('processor') or '?'}), "
+            f"{doc.get('threads', '?')} threads per side, median of {doc.get('repeats', '?')} interleaved runs; "
+            f"{shapes['n_train']:,} x {shapes['dim']:,} training features, {shapes['classes']} classes, "
+            f"{shapes['n_eval']:,} evaluation features, k = {shapes['k']}; metrics on {shapes['metrics_n']:,} scores. "
+            "Ratio = peer time / tagood time (above 1: tagood is faster).*")
+    lines = [head, "", "| pair | peer | tagood s | peer s | ratio | check |", "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| `{_cell(r['pair'])}` | {_cell(r['peer'])} | {r['ours_s']:.4g} | {r['peer_s']:.4g} | "
+                     f"{r['ratio']:.2f}x | {'ok' if r['ok'] else 'FAILED'}: {_cell(r['check'])} |")
+    lines += ["", f"Smallest ratio: **{smallest['ratio']:.2f}x** (`{_cell(smallest['pair'])}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def render_torchrun_memory(args: str, page: Path, where: str) -> str:
+    """The body of a ``torchrun-memory`` block: ``PATH`` (the ``--json`` file of ``benchmarks/torchrun_memory.py``).
+
+    Args:
+        args: the comment's arguments.
+        page: the Markdown file the block is in (for the relative link).
+        where: ``file:line``, for errors.
+
+    Returns:
+        A line naming the file and its run, then each stage's peak RSS in one process and on each rank.
+    """
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        peaks, sizes, whole = doc["peak_rss_bytes"], doc["sizes"], doc["head_detectors_peak_rss_bytes"]
+        ranks = [k for k in peaks if k != "single"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/torchrun_memory.py --json ({e!r}); "
+                          "rerun it") from None
+    head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a run')}`; "
+            f"{sizes.get('train', 0):,} training images at width {doc.get('width', '?')}, {doc.get('cpus', '?')} CPUs; "
+            f"{doc.get('note', '')}. Peak RSS in MiB per stage.*")
+    lines = [head, "", "| stage | one process | " + " | ".join(ranks) + " |", "|---|" + "---:|" * (1 + len(ranks))]
+    for stage in peaks["single"]:
+        cells = [f"{peaks[k].get(stage, 0) / 2**20:,.0f}" for k in ("single", *ranks)]
+        lines.append(f"| `{_cell(stage)}` | " + " | ".join(cells) + " |")
+    cells = [f"{whole[k] / 2**20:,.0f}" for k in ("single", *ranks)]
+    lines += ["| head and detectors, largest | " + " | ".join(cells) + " |", "",
+              f"Scores equal on every rank and in one process: {'yes' if doc.get('auroc_equal') else '**no**'}."]
+    return "\n".join(lines) + "\n"
+
+
+def render_extract_throughput(args: str, page: Path, where: str) -> str:
+    """The body of an ``extract-throughput`` block: ``PATH`` (``benchmarks/extract_throughput.py --json``).
+
+    Args:
+        args: the comment's arguments.
+        page: the Markdown file the block is in (for the relative link).
+        where: ``file:line``, for errors.
+
+    Returns:
+        A line naming the file and its run, each decode kind's throughput alone and in the pipeline, and the ratio.
+    """
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        ips, ratio, machine = doc["images_per_s"], float(doc["pipeline_vs_decode_alone"]), doc["machine"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/extract_throughput.py --json ({e!r}); "
+                          "rerun it") from None
+    head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a run')}`, "
+            f"{doc.get('date', 'undated')}; {doc['images']:,} images, batch {doc['batch_size']}, {doc['workers']} decode "
+            f"workers, {doc['backbone']} backbone, {machine.get('cpus', '?')} CPUs, best of {doc.get('repeats', '?')}.*")
+    lines = [head, "", "| decode workers | decoding alone (images/s) | pipeline (images/s) | pipeline / decoding alone |",
+             "|---|---:|---:|---:|"]
+    for kind, v in ips.items():
+        lines.append(f"| {_cell(kind)} | {v['decode_alone']:,.1f} | {v['pipeline']:,.1f} | "
+                     f"{v['decode_alone'] and v['pipeline'] / v['decode_alone']:.2f} |")
+    lines += ["", f"The default ({_cell(doc['decode'])}): pipeline / decoding alone = **{ratio:.2f}**."]
     return "\n".join(lines) + "\n"
 
 
 RENDERERS: dict[str, Callable[[str, Path, str], str]] = {
-    "ladder": render_ladder, "scaling": render_scaling,
+    "extract-throughput": render_extract_throughput,
+    "ladder": render_ladder, "scaling": render_scaling, "peers": render_peers,
+    "torchrun-memory": render_torchrun_memory,
     "results": render_results, "compare": render_compare, "options": render_options, "methods": render_methods,
     "fields": render_fields, "sizes": render_sizes, "testing": render_testing}
 

@@ -231,3 +231,63 @@ def test_images_in_docs_are_small_and_referenced() -> None:
     for img in images:
         assert img.suffix == ".png" and img.stat().st_size < 400_000, f"{img.name}: {img.stat().st_size} bytes"
         assert f"images/{img.name}" in pages, f"{img.name} is shown on no page"
+
+
+def _goal_doc(rss_big: float, time_big: float) -> dict:
+    def run(scale: float, wall: float, rss: float) -> dict:
+        st = {"stage": "knn", "wall_s": wall, "items": 10, "throughput_per_s": 1.0, "peak_rss_mb": rss,
+              "peak_anon_mb": None, "disk_bytes": 1, "disk_files": 1}
+        return {"scale": scale, "sizes": {"train": int(scale * 1000)}, "stages": [st]}
+
+    return {"runs": [run(0.1, 1.0, 100.0), run(1.0, time_big, rss_big)],
+            "ratios": [{"stage": "knn", "scale": 1.0, "vs_scale": 0.1, "time_ratio": time_big, "rss_ratio": rss_big / 100}]}
+
+
+@pytest.mark.parametrize("rss,t,want", [(4000.0, 12.0, ("met", "met")), (5000.0, 12.0, ("**missed**", "met")),
+                                        (100.0, 100.0, ("met", "**missed**"))])
+def test_scaling_goals_table_judges_each_stage(tmp_path: Path, rss: float, t: float, want: tuple[str, str]) -> None:
+    """The goals table under the scaling table: peak RSS against 4 GiB, time ratio against 15 (1.5x linear)."""
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_goal_doc(rss, t)), encoding="utf-8")
+    body = render.render_scaling(str(res), tmp_path / "p.md", "p.md:1")
+    (row,) = [line for line in body.splitlines() if line.startswith("| `knn` |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert (cells[2], cells[4]) == want
+
+
+@pytest.mark.parametrize("kind", ["peers", "torchrun-memory", "extract-throughput"])
+def test_result_renderers_name_a_file_that_is_not_theirs(tmp_path: Path, kind: str) -> None:
+    """A missing or foreign result file is a RenderError naming the file and the benchmark that writes it."""
+    fn = render.RENDERERS[kind]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": 1}', encoding="utf-8")
+    for arg in (str(bad), str(tmp_path / "missing.json")):
+        with pytest.raises(render.RenderError, match=r"bad\.json|missing\.json") as e:
+            fn(arg, tmp_path / "p.md", "p.md:1")
+        assert "benchmarks/" in str(e.value)
+
+
+def test_peers_and_extract_tables_come_from_their_files(tmp_path: Path) -> None:
+    """The figures of the rendered tables are the file's: ratio, times, the check verdict, the smallest pair."""
+    peers = {"command": "python benchmarks/peers.py", "date": "2026-12-06", "threads": 2, "repeats": 3,
+             "machine": {"cpus": 2, "processor": "x"},
+             "shapes": {"n_train": 50000, "dim": 1280, "classes": 100, "n_eval": 20000, "k": 50, "metrics_n": 10},
+             "rows": [{"pair": "vim", "peer": "pytorch-ood 0.4.0", "ours_s": 2.0, "peer_s": 3.0, "ratio": 1.5,
+                       "ok": True, "check": "fine"},
+                      {"pair": "msp", "peer": "pytorch-ood 0.4.0", "ours_s": 0.004, "peer_s": 0.003, "ratio": 0.75,
+                       "ok": False, "check": "off"}],
+             "smallest": {"pair": "msp", "ratio": 0.75}}
+    f = tmp_path / "peers.json"
+    f.write_text(json.dumps(peers), encoding="utf-8")
+    body = render.render_peers(str(f), tmp_path / "p.md", "p.md:1")
+    assert "| `vim` | pytorch-ood 0.4.0 | 2 | 3 | 1.50x | ok: fine |" in body
+    assert "| `msp` | pytorch-ood 0.4.0 | 0.004 | 0.003 | 0.75x | FAILED: off |" in body
+    assert "Smallest ratio: **0.75x** (`msp`)" in body
+    ext = {"command": "c", "date": "d", "machine": {"cpus": 2}, "images": 64, "batch_size": 16, "workers": 2,
+           "repeats": 1, "backbone": "near-free", "decode": "processes",
+           "images_per_s": {"processes": {"decode_alone": 200.0, "pipeline": 190.0}},
+           "pipeline_vs_decode_alone": 0.95}
+    f = tmp_path / "ext.json"
+    f.write_text(json.dumps(ext), encoding="utf-8")
+    body = render.render_extract_throughput(str(f), tmp_path / "p.md", "p.md:1")
+    assert "| processes | 200.0 | 190.0 | 0.95 |" in body and "= **0.95**" in body

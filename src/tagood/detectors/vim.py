@@ -84,15 +84,16 @@ def _fit_subspace32(x: np.ndarray, head: LinearHead, dim: int | None) -> tuple[n
     cov = torch.from_numpy(_covariance32(x, u))
     _, eigvec = torch.linalg.eigh(cov, UPLO="U")  # float64, ascending: the first D - d span the residual space
     ns = eigvec[:, : x.shape[1] - d].to(torch.float32).contiguous().numpy()
-    res, logits = _project32(x, head, u, ns)
-    alpha = float(logits.max(axis=1).mean() / max(res.mean(), 1e-12))
+    res, top = _project32(x, head, u, ns, reduce_logits="max")  # per chunk: no (N, C) logits held whole
+    alpha = float(top.mean() / max(res.mean(), 1e-12))
     return u, ns, alpha, d
 
 
 def _project32(x: np.ndarray, head: LinearHead, u: np.ndarray, ns: np.ndarray,
-               reduce_logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               reduce_logits: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Residual norms ``||(x - u) R||`` (float64 ``(N,)``) and the IND logits ``W x + b`` (float32 ``(N, C)``; with
-    ``reduce_logits``: their log-sum-exp, float64 ``(N,)``), from one float32 product per chunk of rows,
+    ``reduce_logits="lse"``: their log-sum-exp, float64 ``(N,)``; ``"max"``: their maximum, float32 ``(N,)``, each
+    reduced chunk by chunk so the ``(N, C)`` logits are never held whole), from one float32 product per chunk of rows,
     ``x [R | W^T]``: the residual is ``x R - u R`` (``u R`` in float64), the logits ``x W^T + b``."""
     k = ns.shape[1]
     w32 = torch.from_numpy(np.ascontiguousarray(head.weight, dtype=np.float32))
@@ -104,13 +105,16 @@ def _project32(x: np.ndarray, head: LinearHead, u: np.ndarray, ns: np.ndarray,
         p = as_tensor(x[i : i + CHUNK], torch.float32) @ m
         res.append(torch.linalg.vector_norm(p[:, :k].sub_(ur), dim=1).double().numpy())
         logits = p[:, k:].add_(b32).numpy()
-        if reduce_logits:
+        if reduce_logits == "lse":
             mx, r = logit_parts(logits)
             lg.append(mx + np.log1p(r))
+        elif reduce_logits == "max":
+            lg.append(logits.max(axis=1))
         else:
             lg.append(logits)
     if not res:
-        return np.zeros(0), (np.zeros(0) if reduce_logits else np.zeros((0, len(head.bias)), np.float32))
+        return np.zeros(0), (np.zeros(0, np.float32 if reduce_logits == "max" else np.float64) if reduce_logits
+                             else np.zeros((0, len(head.bias)), np.float32))
     return np.concatenate(res), np.concatenate(lg)
 
 
@@ -134,7 +138,8 @@ def fit_subspace(train_features: ArrayLike, head: LinearHead,
     order = np.argsort(eigval)[::-1]
     ns = np.ascontiguousarray(eigvec[:, order[d:]])  # the residual (null) space
     vlogit = np.linalg.norm(xc @ ns, axis=1)
-    alpha = float(head_logits(head, x).max(axis=1).mean() / max(vlogit.mean(), 1e-12))
+    top = np.concatenate([head_logits(head, x[i : i + CHUNK]).max(axis=1) for i in range(0, len(x), CHUNK)])
+    alpha = float(top.mean() / max(vlogit.mean(), 1e-12))
     return u, ns, alpha, d
 
 
@@ -160,7 +165,7 @@ def score(features: ArrayLike, head: LinearHead, u: np.ndarray, ns: np.ndarray, 
     """
     x = np.asarray(features)
     if compute_dtype(x) == torch.float32:
-        res, lse = _project32(x, head, u, ns, reduce_logits=True)
+        res, lse = _project32(x, head, u, ns, reduce_logits="lse")
         return alpha * res - lse
     x = np.asarray(x, dtype=np.float64)
     return alpha * residual(x, u, ns) - logsumexp(head_logits(head, x))
