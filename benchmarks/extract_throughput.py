@@ -51,7 +51,7 @@ from tagood.backbones.efficientnet import (
 from tagood.core.types import ModelOutput
 from tagood.extract import extract_split
 from tagood.extract.pipeline import decode_batches
-from tagood.runtime.threads import decode_kind, decode_workers
+from tagood.runtime.threads import decode_workers
 
 
 class FreeBackbone:
@@ -119,7 +119,6 @@ def time_decode(src: data.FolderSource, bb: Any, batch_size: int, workers: int, 
 def main_free(args: argparse.Namespace) -> None:
     """Pipeline vs decoding alone with a near-free backbone, same workers, same kind."""
     workers = args.workers or decode_workers()
-    args.decode = args.decode or decode_kind(workers)  # the library's default for these workers
     kinds = [args.decode] + ([] if args.quick else [k for k in ("processes", "threads") if k != args.decode])
     with tempfile.TemporaryDirectory(prefix="extract-throughput-") as tmp:
         tmp_p = Path(tmp)
@@ -167,8 +166,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 images, batch 16, one repeat, one decode kind: a check")
     ap.add_argument("--backbone", choices=("free", "lite0"), default="free",
                     help="free: near-free backbone, pipeline vs decoding alone (default); lite0: vs bare onnxruntime")
-    ap.add_argument("--decode", choices=("processes", "threads"), default=None,
-                    help="decode workers' kind (default: the library's default for the number of workers)")
+    ap.add_argument("--decode", choices=("processes", "threads"), default="processes", help="decode workers' kind")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads for both paths (default: all cores)")
     ap.add_argument("--device", default="cpu", help="cpu (onnxruntime engine) or cuda (torch engine)")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the pipeline's own choice)")
@@ -176,8 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.batch_size, args.repeats = min(args.n, 64), min(args.batch_size, 16), 1
-    if args.decode is not None:
-        os.environ["TAGOOD_DECODE"] = args.decode
+    os.environ["TAGOOD_DECODE"] = args.decode
     if args.device != "cpu":
         return main_device(args)
     if args.backbone == "free":
@@ -264,7 +261,6 @@ def main_device(args: argparse.Namespace) -> None:
             return time.perf_counter() - t
 
         workers = args.workers or decode_workers()
-        args.decode = args.decode or decode_kind(workers)
         t_dec = min(time_decode(src, bb, args.batch_size, workers, args.decode) for _ in range(args.repeats))
         t_comp = min(compute() for _ in range(args.repeats))
         t_bare = min(bare() for _ in range(args.repeats))

@@ -57,7 +57,7 @@ def decode_batches(
     """
     n = len(source) if stop is None else stop
     chunks = [list(range(a, min(a + batch_size, n))) for a in range(start, n, batch_size)]
-    kind = kind or decode_kind(workers)
+    kind = kind or decode_kind()
     if kind == "processes" and len(chunks) > 1 and fork_available():
         yield from process_batches(source, backbone.preprocess, chunks, workers)
         return

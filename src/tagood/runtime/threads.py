@@ -158,26 +158,16 @@ DECODE_ENV = "TAGOOD_DECODE"
 DECODE_KINDS = ("processes", "threads")
 
 
-#: decode workers from which worker processes are the default (below: threads). With two workers on two cores a
-#: third busy process (the backbone and the cache writer) competes with the decoders, and the thread pool measured
-#: faster there (``benchmarks/extract_throughput.py``); with more workers one interpreter lock is the bottleneck.
-PROCESSES_FROM_WORKERS = 3
-
-
-def decode_kind(workers: int | None = None) -> str:
-    """What the extraction decodes in: ``"processes"`` (forked workers, batches in shared memory) or ``"threads"``
-    (one process's thread pool), from ``$TAGOOD_DECODE``; unset, processes for ``workers`` of at least
-    :data:`PROCESSES_FROM_WORKERS` (or unknown), threads below. Both give the same cache, bit for bit.
-
-    Args:
-        workers: the decode workers the extraction will use (``None``: unknown).
+def decode_kind() -> str:
+    """What the extraction decodes in: ``"processes"`` (the default: forked workers, batches in shared memory) or
+    ``"threads"`` (one process's thread pool), from ``$TAGOOD_DECODE``. Both give the same cache, bit for bit.
 
     Raises:
         ConfigError: ``$TAGOOD_DECODE`` is set to something else.
     """
     raw = os.environ.get(DECODE_ENV, "").strip().lower()
     if not raw:
-        return "processes" if workers is None or workers >= PROCESSES_FROM_WORKERS else "threads"
+        return "processes"
     if raw not in DECODE_KINDS:
         raise ConfigError(f"the environment variable {DECODE_ENV}={raw[:20]!r} is not one of {', '.join(DECODE_KINDS)}; "
                           f"unset it or set e.g. {DECODE_ENV}=threads")
