@@ -654,6 +654,25 @@ def _scaling_goals(doc: Mapping[str, Any], ratios: Mapping[tuple[str, Any], Mapp
     return out
 
 
+def _result_file(args: str, where: str, script: str, keys: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """The result file a block names (its first argument) and its contents, which must hold ``keys``.
+
+    Raises:
+        RenderError: the file is missing, not JSON, or lacks a key; the message names it and ``script``.
+    """
+    pos, _ = _parse_args(args, where)
+    path = ROOT / pos[0]
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in keys if k not in doc]
+    except (OSError, ValueError, TypeError) as e:
+        missing, doc = [repr(e)], {}
+    if missing:
+        raise RenderError(f"{where}: {pos[0]} is not a result file of {script} --json (missing or unreadable: "
+                          f"{', '.join(missing)}); rerun it")
+    return path, doc
+
+
 def render_peers(args: str, page: Path, where: str) -> str:
     """The body of a ``peers`` block: ``PATH`` (the ``--json`` file of ``benchmarks/peers.py``).
 
@@ -666,14 +685,8 @@ def render_peers(args: str, page: Path, where: str) -> str:
         A line naming the file, its command, machine and shapes, then one row per pair (median times, ratio, the
         float64 reference check) and the smallest ratio.
     """
-    pos, _ = _parse_args(args, where)
-    path = ROOT / pos[0]
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        rows, shapes, machine = doc["rows"], doc["shapes"], doc["machine"]
-        smallest = doc["smallest"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/peers.py --json ({e!r}); rerun it") from None
+    path, doc = _result_file(args, where, "benchmarks/peers.py", ("rows", "shapes", "machine", "smallest"))
+    rows, shapes, machine, smallest = doc["rows"], doc["shapes"], doc["machine"], doc["smallest"]
     head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a peers run')}`, "
             f"{doc.get('date', 'undated')}; {machine.get('cpus', '?')} CPUs ({machine.get('processor') or '?'}), "
             f"{doc.get('threads', '?')} threads per side, median of {doc.get('repeats', '?')} interleaved runs; "
@@ -699,15 +712,10 @@ def render_torchrun_memory(args: str, page: Path, where: str) -> str:
     Returns:
         A line naming the file and its run, then each stage's peak RSS in one process and on each rank.
     """
-    pos, _ = _parse_args(args, where)
-    path = ROOT / pos[0]
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        peaks, sizes, whole = doc["peak_rss_bytes"], doc["sizes"], doc["head_detectors_peak_rss_bytes"]
-        ranks = [k for k in peaks if k != "single"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/torchrun_memory.py --json ({e!r}); "
-                          "rerun it") from None
+    path, doc = _result_file(args, where, "benchmarks/torchrun_memory.py",
+                             ("peak_rss_bytes", "sizes", "head_detectors_peak_rss_bytes"))
+    peaks, sizes, whole = doc["peak_rss_bytes"], doc["sizes"], doc["head_detectors_peak_rss_bytes"]
+    ranks = [k for k in peaks if k != "single"]
     head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a run')}`; "
             f"{sizes.get('train', 0):,} training images at width {doc.get('width', '?')}, {doc.get('cpus', '?')} CPUs; "
             f"{doc.get('note', '')}. Peak RSS in MiB per stage.*")
@@ -732,14 +740,9 @@ def render_extract_throughput(args: str, page: Path, where: str) -> str:
     Returns:
         A line naming the file and its run, each decode kind's throughput alone and in the pipeline, and the ratio.
     """
-    pos, _ = _parse_args(args, where)
-    path = ROOT / pos[0]
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        ips, ratio, machine = doc["images_per_s"], float(doc["pipeline_vs_decode_alone"]), doc["machine"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RenderError(f"{where}: {pos[0]} is not a result file of benchmarks/extract_throughput.py --json ({e!r}); "
-                          "rerun it") from None
+    path, doc = _result_file(args, where, "benchmarks/extract_throughput.py",
+                             ("images_per_s", "pipeline_vs_decode_alone", "machine"))
+    ips, ratio, machine = doc["images_per_s"], float(doc["pipeline_vs_decode_alone"]), doc["machine"]
     head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a run')}`, "
             f"{doc.get('date', 'undated')}; {doc['images']:,} images, batch {doc['batch_size']}, {doc['workers']} decode "
             f"workers, {doc['backbone']} backbone, {machine.get('cpus', '?')} CPUs, best of {doc.get('repeats', '?')}.*")
