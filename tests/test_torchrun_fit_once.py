@@ -130,6 +130,9 @@ def test_rank1_fits_nothing_it_can_receive(tmp_path, backbone):
     for k in ref.files:
         if k.startswith("tagood"):  # DDP training sums gradients in another order (test_ddp_training_equals_one_process)
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        elif k.startswith("knn"):  # a float32 search: numpy's BLAS rounds a 9-row product's last float32 bits
+            # differently from an 18-row one's (4.4e-7 relative measured); the fitted bank is equal (digests above)
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-6, atol=0, err_msg=k)
         else:  # the same fitted state (digests above) scoring each rank's rows: equal up to the last bits of BLAS
             # products over 9 rows instead of 18 (Mahalanobis differs in one score by 2.5e-15 relative)
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, atol=0, err_msg=k)
