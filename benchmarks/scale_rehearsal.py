@@ -218,32 +218,28 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
         for m, spec in zip([*FIRST_METHODS, *methods], specs, strict=True):
             wall = float(tm.get(f"{spec}_fit_s", 0.0)) + float(tm.get(f"{spec}_score_s", 0.0))
             add(m, wall, n_all, stage_proc(spec), _note(m, tagood_epochs, sizes["train"]))
-        if not keep_cache:
-            shutil.rmtree(cache, ignore_errors=True)
-            shutil.rmtree(work / "out", ignore_errors=True)
-        return {"scale": scale, "sizes": sizes, "classes": num_classes(sizes["train"]), "cache_bytes_per_image_est":
-                bytes_per_image(width), "n_eval": n_eval, "stages": stages, "processes": processes,
-                "one_process": True}
-    first = run_bench(cfg, ",".join(FIRST_METHODS), work / "out" / "extract", cache, log)
-    processes.append({"methods": list(FIRST_METHODS), **first})
-    tm = first["timings"]
-    for split, n in sizes.items():
-        add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, first, "images extracted into the cache")
-    add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], first, "IND linear head fitted on the train features")
-    for m in FIRST_METHODS:
-        add(m, float(tm.get(f"{m}_fit_s", 0.0)) + float(tm.get(f"{m}_score_s", 0.0)), n_all, first, "fit + score")
-    for m in methods:
-        spec = _spec(m, tagood_epochs)
-        res = run_bench(cfg, spec, work / "out" / m, cache, log)
-        processes.append({"methods": [spec], **res})
-        t = res["timings"]
-        wall = float(t.get(f"{spec}_fit_s", 0.0)) + float(t.get(f"{spec}_score_s", 0.0))
-        add(m, wall, n_all, res, _note(m, tagood_epochs, sizes["train"]))
+    else:
+        first = run_bench(cfg, ",".join(FIRST_METHODS), work / "out" / "extract", cache, log)
+        processes.append({"methods": list(FIRST_METHODS), **first})
+        tm = first["timings"]
+        for split, n in sizes.items():
+            add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, first, "images extracted into the cache")
+        add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], first, "IND linear head fitted on the train features")
+        for m in FIRST_METHODS:
+            add(m, float(tm.get(f"{m}_fit_s", 0.0)) + float(tm.get(f"{m}_score_s", 0.0)), n_all, first, "fit + score")
+        for m in methods:
+            spec = _spec(m, tagood_epochs)
+            res = run_bench(cfg, spec, work / "out" / m, cache, log)
+            processes.append({"methods": [spec], **res})
+            t = res["timings"]
+            wall = float(t.get(f"{spec}_fit_s", 0.0)) + float(t.get(f"{spec}_score_s", 0.0))
+            add(m, wall, n_all, res, _note(m, tagood_epochs, sizes["train"]))
     if not keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(work / "out", ignore_errors=True)
     return {"scale": scale, "sizes": sizes, "classes": num_classes(sizes["train"]), "cache_bytes_per_image_est":
-            bytes_per_image(width), "n_eval": n_eval, "stages": stages, "processes": processes}
+            bytes_per_image(width), "n_eval": n_eval, "stages": stages, "processes": processes,
+            **({"one_process": True} if one_process else {})}
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
