@@ -149,7 +149,8 @@ def run_bench(config: Path, methods: str, out: Path, cache: Path, log: Path) -> 
         raise SystemExit(f"`{' '.join(cmd)}` failed (exit {rc}); the end of {log}:\n{tail}")
     meta = json.loads((out / "results.json").read_text())["meta"]
     return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_anon_mb": peak[0] / 1024,
-            "timings": meta["timings"], "peak_rss_stage_mb": meta.get("peak_rss_mb", {}), "command": " ".join(cmd)}
+            "timings": meta["timings"], "peak_rss_stage_mb": meta.get("peak_rss_mb", {}),
+            "storage_read_stage_mb": meta.get("storage_read_mb", {}), "command": " ".join(cmd)}
 
 
 def _spec(method: str, tagood_epochs: int) -> str:
@@ -185,7 +186,8 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
               f"the {free / 2**30:.1f} GiB free under {work}", file=sys.stderr, flush=True)
     stages: list[dict[str, Any]] = []
 
-    def add(name: str, wall: float, items: int, proc: dict[str, Any], note: str = "") -> None:
+    def add(name: str, wall: float, items: int, proc: dict[str, Any], note: str = "", bench_stage: str = "") -> None:
+        # bench_stage: the bench's own name of the stage (extract, head, a method spec), for its storage reads
         nbytes, nfiles = disk_usage(cache, work / "out")
         entries = sum(1 for d in cache.iterdir() if (d / "manifest.json").is_file()) if cache.is_dir() else 0
         extract_s = sum(float(v) for k, v in proc["timings"].items() if k.startswith("extract_"))
@@ -193,6 +195,7 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
                        "throughput_per_s": round(items / wall, 1) if wall > 0 else None,
                        "peak_rss_mb": round(proc["peak_rss_mb"], 1),
                        "peak_anon_mb": None if proc["peak_anon_mb"] is None else round(proc["peak_anon_mb"], 1),
+                       "storage_read_mb": proc.get("storage_read_stage_mb", {}).get(bench_stage),
                        "disk_bytes": nbytes, "disk_files": nfiles, "cache_entries": entries,
                        "process_wall_s": round(proc["wall_s"], 3),
                        "process_extract_s": round(extract_s, 3),
@@ -212,28 +215,30 @@ def rehearse(scale: float, width: int, methods: list[str], work: Path, tagood_ep
 
         for split, n in sizes.items():
             add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, stage_proc("extract"),
-                "images extracted into the cache (peak RSS: all splits' extraction)")
+                "images extracted into the cache (peak RSS and storage reads: all splits' extraction)", "extract")
         add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], stage_proc("head"),
-            "IND linear head fitted on the train features")
+            "IND linear head fitted on the train features", "head")
         for m, spec in zip([*FIRST_METHODS, *methods], specs, strict=True):
             wall = float(tm.get(f"{spec}_fit_s", 0.0)) + float(tm.get(f"{spec}_score_s", 0.0))
-            add(m, wall, n_all, stage_proc(spec), _note(m, tagood_epochs, sizes["train"]))
+            add(m, wall, n_all, stage_proc(spec), _note(m, tagood_epochs, sizes["train"]), spec)
     else:
         first = run_bench(cfg, ",".join(FIRST_METHODS), work / "out" / "extract", cache, log)
         processes.append({"methods": list(FIRST_METHODS), **first})
         tm = first["timings"]
         for split, n in sizes.items():
-            add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, first, "images extracted into the cache")
-        add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], first, "IND linear head fitted on the train features")
+            add(f"extract:{split}", float(tm.get(f"extract_{split}_s", 0.0)), n, first, "images extracted into the cache",
+                "extract")
+        add("head", float(tm.get("fit_head_s", 0.0)), sizes["train"], first, "IND linear head fitted on the train features",
+            "head")
         for m in FIRST_METHODS:
-            add(m, float(tm.get(f"{m}_fit_s", 0.0)) + float(tm.get(f"{m}_score_s", 0.0)), n_all, first, "fit + score")
+            add(m, float(tm.get(f"{m}_fit_s", 0.0)) + float(tm.get(f"{m}_score_s", 0.0)), n_all, first, "fit + score", m)
         for m in methods:
             spec = _spec(m, tagood_epochs)
             res = run_bench(cfg, spec, work / "out" / m, cache, log)
             processes.append({"methods": [spec], **res})
             t = res["timings"]
             wall = float(t.get(f"{spec}_fit_s", 0.0)) + float(t.get(f"{spec}_score_s", 0.0))
-            add(m, wall, n_all, res, _note(m, tagood_epochs, sizes["train"]))
+            add(m, wall, n_all, res, _note(m, tagood_epochs, sizes["train"]), spec)
     if not keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(work / "out", ignore_errors=True)
@@ -295,11 +300,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{TOKENS} tokens x width {a.width}, {TAGS} tags", flush=True)
             runs.append(rehearse(s, a.width, methods, work / f"scale-{s:g}", a.tagood_epochs, a.stream_above_gb,
                                  a.keep_cache, a.one_process))
-            print(f"{'stage':<16}{'wall s':>10}{'items/s':>12}{'peak RSS MB':>13}{'anon MB':>10}{'disk MB':>10}{'files':>8}"
-                  f"{'process extract s':>19}")
+            print(f"{'stage':<16}{'wall s':>10}{'items/s':>12}{'peak RSS MB':>13}{'anon MB':>10}{'read MB':>10}"
+                  f"{'disk MB':>10}{'files':>8}{'process extract s':>19}")
             for st in runs[-1]["stages"]:
                 print(f"{st['stage']:<16}{st['wall_s']:>10.2f}{st['throughput_per_s'] or 0:>12.0f}{st['peak_rss_mb']:>13.0f}"
-                      f"{st['peak_anon_mb'] or 0:>10.0f}{st['disk_bytes'] / 2**20:>10.1f}{st['disk_files']:>8}"
+                      f"{st['peak_anon_mb'] or 0:>10.0f}{st['storage_read_mb'] or 0:>10.0f}"
+                      f"{st['disk_bytes'] / 2**20:>10.1f}{st['disk_files']:>8}"
                       f"{st['process_extract_s']:>19.2f}", flush=True)
         rs = ratios(runs)
         if rs:

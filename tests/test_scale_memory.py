@@ -3,8 +3,12 @@ chunks, and (CE)+CS's centres from the projector's features without its (N, C) l
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tagood.detectors.head as head_mod
 from tagood.core.types import TokenSet
@@ -50,6 +54,49 @@ def test_head_below_the_limit_is_one_pass(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", counting)
     head_mod.fit_linear_head(x, y, epochs=5)
     assert set(seen) == {300 * 3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), d=st.integers(1, 5), step=st.integers(1, 70), dtype=st.sampled_from(["float16", "float32", "float64"]),
+       seed=st.integers(0, 2**16), constant=st.booleans())
+def test_head_standardisation_in_row_blocks_is_the_whole_array_one_bit_for_bit(n, d, step, dtype, seed, constant):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, d)) * rng.uniform(0.01, 100, d) + rng.normal(0, 50, d)).astype(dtype)
+    if constant:
+        x[:, 0] = 3
+    if d == 1:  # numpy sums a single column pairwise, not row by row: equal only within one block
+        step = max(step, n)
+    x64 = x.astype(np.float64)
+    mu, sd = x64.mean(0), x64.std(0)  # what the fit used to compute on a whole float64 copy
+    sd = np.where(sd > 1e-8 * max(1.0, float(np.abs(mu).max(initial=0.0))), sd, 1.0)
+    old = head_mod.STANDARDISE_ROWS
+    head_mod.STANDARDISE_ROWS = step
+    try:
+        z, m2, s2 = head_mod._standardise(x)
+    finally:
+        head_mod.STANDARDISE_ROWS = old
+    assert z.dtype == np.float32
+    np.testing.assert_array_equal(m2, mu)
+    np.testing.assert_array_equal(s2, sd)
+    np.testing.assert_array_equal(z, ((x64 - mu) / sd).astype(np.float32))
+
+
+def test_head_fit_never_holds_a_float64_copy_of_the_features(monkeypatch):
+    # 60,000 x 64 float32 (15 MB): a float64 copy alone would be 31 MB, and (x - mu) / sd two more
+    rng = np.random.default_rng(0)
+    y = np.arange(60_000) % 4
+    x = (rng.normal(size=(len(y), 64)) + 2.0 * np.eye(4, 64)[y]).astype(np.float32)
+    monkeypatch.setattr(head_mod, "STANDARDISE_ROWS", 2048)
+    head_mod.fit_linear_head(x[:100], y[:100], epochs=2)  # first-call imports are not the fit's memory
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        head_mod.fit_linear_head(x, y, epochs=2)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    # the float32 standardised features (the tensor the fit runs on) plus float64 row blocks and the labels
+    assert peak < 1.25 * x.nbytes, f"traced peak {peak / 2**20:.1f} MiB for {x.nbytes / 2**20:.1f} MiB of features"
 
 
 def test_embed_features_are_embeds_features_without_logits():

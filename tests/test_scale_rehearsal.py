@@ -84,3 +84,6 @@ def test_one_process_rehearsal_reports_each_stages_own_peak(tmp_path):
         key = "extract" if s["stage"].startswith("extract:") else s["stage"]
         assert s["peak_rss_mb"] == stage_peaks[key] and 50 < s["peak_rss_mb"] <= proc["peak_rss_mb"] + 1, s
         assert s["peak_anon_mb"] is None and s["wall_s"] > 0, s
+        # the bench's per-stage storage reads (page-cache hits excluded) go with each stage
+        assert s["storage_read_mb"] == proc["storage_read_stage_mb"][key] >= 0, s
+    assert set(proc["storage_read_stage_mb"]) == set(stage_peaks)

@@ -95,6 +95,11 @@ class RunState:
     #: this rank's peak resident memory (bytes) per stage: ``extract``, ``head``, then each method spec
     #: (:func:`tagood.runtime.memory.peak_rss`, reset before each stage where the platform allows)
     peak_rss: dict[str, int] = field(default_factory=dict)
+    #: the bytes this rank read from storage (not the page cache) per stage, where the platform counts them
+    #: (:func:`tagood.runtime.memory.storage_reads`); a stage's inputs that outgrow the page cache show here
+    storage_read: dict[str, int] = field(default_factory=dict)
+    #: the storage-read counter at the start of the current stage
+    read_mark: int | None = None
     #: the fields of each split this rank loaded (under torchrun, ranks other than 0 load of the training split only
     #: what the detectors fitting on every rank read)
     loaded_fields: dict[str, list[str]] = field(default_factory=dict)
@@ -157,11 +162,16 @@ def _reads(split: str, here: list[det_registry.Detector], what: str) -> bool:
 
 
 def _mark(state: RunState, stage: str) -> None:
-    """Record this rank's peak resident memory of ``stage`` and reset the mark for the next one."""
+    """Record this rank's peak resident memory and storage reads of ``stage`` and reset the marks for the next one."""
     state.peak_rss[stage] = memory.peak_rss()
+    reads = memory.storage_reads()
+    if reads is not None and state.read_mark is not None:
+        state.storage_read[stage] = reads - state.read_mark
     w = distributed.world()
-    log.info("rank %d of %d: peak RSS of %s %.0f MiB", w.rank, w.size, stage, state.peak_rss[stage] / 2**20)
+    log.info("rank %d of %d: peak RSS of %s %.0f MiB%s", w.rank, w.size, stage, state.peak_rss[stage] / 2**20,
+             f", read from storage {state.storage_read[stage] / 2**20:.0f} MiB" if stage in state.storage_read else "")
     memory.reset_peak()
+    state.read_mark = reads
 
 
 def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str = "cpu", progress: bool = True,
@@ -192,6 +202,7 @@ def prepare(cfg: BenchConfig, cache_root: str | Path | None = None, device: str 
     here_fields = _fit_fields(here)  # what this rank's own fits read of the training split
     main = distributed.world().is_main  # rank 0 (or one process) fits the head and loads every field
     memory.reset_peak()
+    state.read_mark = memory.storage_reads()
 
     for name, src in sources.items():
         t = time.perf_counter()
@@ -532,6 +543,8 @@ def _meta(state: RunState) -> dict[str, Any]:
         "timings": {k: round(v, 3) for k, v in state.timings.items()},
         # this process's peak resident memory per stage (extract, head, each method), MiB
         "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in state.peak_rss.items()},
+        # what each stage read from storage (page-cache hits excluded), MiB; empty where the platform does not count
+        "storage_read_mb": {k: round(v / 2**20, 1) for k, v in state.storage_read.items()},
         "sizes": {n: len(sp.features) for n, sp in state.splits.items() if sp.features is not None},
         "failed_images": {n: sp.reader.failed for n, sp in state.splits.items() if sp.reader is not None and sp.reader.failed},
         "errors": state.errors,

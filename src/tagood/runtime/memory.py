@@ -4,6 +4,10 @@
 ``/proc/self/clear_refs``, Linux 4.0+), so :func:`peak_rss` read after a stage is that stage's peak, not the
 process's since it started (``getrusage``'s ``ru_maxrss`` cannot be reset). Where ``/proc`` is missing (not Linux)
 the peak is ``ru_maxrss`` and cannot be reset: :func:`reset_peak` returns False.
+
+:func:`storage_reads` counts the bytes this process made the kernel read from storage (``/proc/self/io``'s
+``read_bytes``): reads the page cache served are not in it, so a stage whose inputs outgrow the page cache shows
+there.
 """
 
 from __future__ import annotations
@@ -51,3 +55,16 @@ def rss() -> dict[str, int]:
     memory-mapped cache) and ``file``; empty where ``/proc`` is missing."""
     s = _status()
     return {k: s[f] for k, f in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")) if f in s}
+
+
+def storage_reads() -> int | None:
+    """Bytes this process has caused to be read from storage since it started (``/proc/self/io`` ``read_bytes``:
+    page-cache hits excluded); None where the platform does not count them."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None

@@ -1,0 +1,46 @@
+"""This process's resources per stage (tagood.runtime.memory): the resettable peak RSS and the storage reads."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tagood.runtime import memory
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc counters are Linux's")
+
+
+@linux
+def test_reset_peak_forgets_a_freed_buffer():
+    buf = np.ones(96 << 20, dtype=np.uint8)  # 96 MiB written: resident
+    high = memory.peak_rss()
+    del buf
+    assert memory.reset_peak()
+    # the mark restarts from the resident set now, 96 MiB lower than the buffer's high-water mark
+    assert memory.peak_rss() < high - (64 << 20)
+
+
+@linux
+def test_storage_reads_count_a_file_read_past_the_page_cache(tmp_path):
+    path = tmp_path / "block.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom(16 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages leave the page cache
+    finally:
+        os.close(fd)
+    before = memory.storage_reads()
+    if before is None:
+        pytest.skip("this kernel does not count storage reads (/proc/self/io)")
+    assert path.read_bytes()
+    assert memory.storage_reads() - before >= 15 << 20
+    # read again: the page cache serves it, storage does not
+    again = memory.storage_reads()
+    assert path.read_bytes()
+    assert memory.storage_reads() - again < 1 << 20
