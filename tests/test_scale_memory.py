@@ -57,8 +57,8 @@ def test_head_below_the_limit_is_one_pass(monkeypatch):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 60), d=st.integers(1, 5), step=st.integers(1, 70), dtype=st.sampled_from(["float16", "float32", "float64"]),
-       seed=st.integers(0, 2**16), constant=st.booleans())
+@given(n=st.integers(1, 60), d=st.integers(1, 5), step=st.integers(1, 70),
+       dtype=st.sampled_from(["float16", "float32", "float64"]), seed=st.integers(0, 2**16), constant=st.booleans())
 def test_head_standardisation_in_row_blocks_is_the_whole_array_one_bit_for_bit(n, d, step, dtype, seed, constant):
     rng = np.random.default_rng(seed)
     x = (rng.normal(size=(n, d)) * rng.uniform(0.01, 100, d) + rng.normal(0, 50, d)).astype(dtype)

@@ -55,8 +55,8 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``((x - mu) / sd)`` as float32 with the float64 ``mu`` and ``sd`` of the columns, read in row blocks.
 
     The numbers equal ``x64 = x.astype(float64); mu = x64.mean(0); sd = x64.std(0)`` and ``((x64 - mu) / sd)`` cast
-    to float32 bit for bit (see :func:`_column_sums` for one column), but memory is the float32 result plus a block: at ImageNet-1K and RAM's width the float64
-    copies alone would be 15.7 GB each. Constant columns keep ``sd = 1``.
+    to float32 bit for bit (see :func:`_column_sums` for one column), but memory is the float32 result plus a block:
+    at ImageNet-1K and RAM's width the float64 copies alone would be 15.7 GB each. Constant columns keep ``sd = 1``.
 
     Raises:
         ValueError: the features contain NaN or inf.
