@@ -128,3 +128,49 @@ def test_kept_tags_held_flat_give_the_vocabulary_of_per_image_lists():
     assert all(np.array_equal(a, b) for a, b in zip(take(held, idx), take(per_image, idx), strict=True))
     assert np.array_equal(held[-1], per_image[-1]) and kept_digest(held, labels) == kept_digest(per_image, labels)
     assert select_vocabulary(held, labels, 5, seed=0) == select_vocabulary(per_image, labels, 5, seed=0)
+
+
+def _gaussians_by_masks(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mahalanobis's fit as it was: a float64 copy, one boolean mask per class, the centred rows concatenated."""
+    x = np.asarray(x, dtype=np.float64)
+    classes = np.unique(y[y >= 0])
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
+    return means, np.linalg.pinv(centred.T @ centred / len(centred), hermitian=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 80), d=st.integers(1, 6), c=st.integers(1, 7), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(["float16", "float32", "float64"]))
+def test_mahalanobis_fit_grouped_by_class_is_the_masked_fit_bit_for_bit(n, d, c, seed, dtype):
+    from tagood.detectors.mahalanobis import fit_gaussians
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(dtype)
+    y = rng.integers(-1, c, n)
+    y[0] = 0  # at least one labelled sample
+    means, precision = fit_gaussians(x, y)
+    ref_means, ref_precision = _gaussians_by_masks(x, y)
+    np.testing.assert_array_equal(means, ref_means)
+    np.testing.assert_array_equal(precision, ref_precision)
+
+
+def test_mahalanobis_fit_in_row_blocks_holds_no_float64_copy_of_the_split(monkeypatch):
+    import tagood.detectors.mahalanobis as maha
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 50, 40_000)
+    x = (rng.normal(size=(len(y), 64)) + np.eye(50, 64)[y]).astype(np.float32)  # 10 MB; float64 copies 20 MB each
+    ref_means, ref_precision = _gaussians_by_masks(x, y)
+    monkeypatch.setattr(maha, "COV_BLOCK_ELEMENTS", 64 * 1024)  # blocks of 1,024 rows
+    maha.fit_gaussians(x[:100], y[:100])  # first-call imports are not the fit's memory
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        means, precision = maha.fit_gaussians(x, y)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * x.nbytes, f"traced peak {peak / 2**20:.1f} MiB for {x.nbytes / 2**20:.1f} MiB of features"
+    np.testing.assert_array_equal(means, ref_means)  # the means never depended on the blocks
+    np.testing.assert_allclose(precision, ref_precision, rtol=1e-9, atol=1e-12)  # the product summed in blocks

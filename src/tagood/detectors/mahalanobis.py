@@ -24,18 +24,37 @@ PAPER = ("Lee, Lee, Lee & Shin, A Simple Unified Framework for Detecting Out-of-
          "Attacks, NeurIPS 2018")
 
 
+#: Above this many float64 elements of centred training features (256 MiB) the tied covariance is summed over
+#: blocks of rows: the fit then never holds a float64 copy of the whole training split (1.28M x 1,536 would be
+#: 15.7 GB per copy). Up to it the product is the one it always was: the same numbers.
+COV_BLOCK_ELEMENTS = 1 << 25
+
+
 def fit_gaussians(features: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Class means ``(C, D)`` and the pseudo-inverse of the tied covariance ``(D, D)``, float64, from labelled IND
-    training features (samples labelled ``< 0`` are left out)."""
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    classes = np.unique(y[y >= 0])
-    if len(classes) == 0:
+    training features (samples labelled ``< 0`` are left out).
+
+    The samples are grouped by class once (a stable sort: the rows of a class keep their order), so the fit reads
+    each row a bounded number of times whatever the number of classes, and the features are converted to float64
+    block by block (:data:`COV_BLOCK_ELEMENTS`)."""
+    x = np.asarray(features)
+    y = np.asarray(labels).reshape(-1)
+    labelled = np.flatnonzero(y >= 0)
+    if len(labelled) == 0:
         raise InputError("mahalanobis.fit: no labelled IND training sample (every label is < 0); pass "
                          "train=tagood.FeatureSet(features=..., labels=...) with class ids 0..C-1")
-    means = np.stack([x[y == c].mean(axis=0) for c in classes])
-    centred = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
-    cov = centred.T @ centred / len(centred)
+    order = labelled[np.argsort(y[labelled], kind="stable")]  # the samples grouped by class, in their order
+    _, starts, counts = np.unique(y[order], return_index=True, return_counts=True)
+    means = np.stack([np.asarray(x[order[s : s + k]], dtype=np.float64).mean(axis=0)
+                      for s, k in zip(starts, counts, strict=True)])
+    of_row = np.repeat(np.arange(len(means)), counts)  # each grouped sample's class position
+    rows = max(1, COV_BLOCK_ELEMENTS // max(1, x.shape[1]))
+    cov = np.zeros((x.shape[1], x.shape[1]))
+    for a in range(0, len(order), rows):
+        centred = np.asarray(x[order[a : a + rows]], dtype=np.float64) - means[of_row[a : a + rows]]
+        part = centred.T @ centred
+        cov = part if a == 0 else cov + part
+    cov = cov / len(order)
     return means, np.linalg.pinv(cov, hermitian=True)
 
 
