@@ -174,3 +174,27 @@ def test_mahalanobis_fit_in_row_blocks_holds_no_float64_copy_of_the_split(monkey
     assert peak < 0.5 * x.nbytes, f"traced peak {peak / 2**20:.1f} MiB for {x.nbytes / 2**20:.1f} MiB of features"
     np.testing.assert_array_equal(means, ref_means)  # the means never depended on the blocks
     np.testing.assert_allclose(precision, ref_precision, rtol=1e-9, atol=1e-12)  # the product summed in blocks
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), b=st.integers(1, 30), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(["float16", "float32", "float64"]))
+def test_featurenorm_ratio_without_a_float64_copy_is_the_copys_bit_for_bit(n, b, seed, dtype):
+    from tagood.detectors.featurenorm import norm_ratio
+
+    rng = np.random.default_rng(seed)
+    ind = (rng.random((n, b)) * 10).astype(dtype)
+    ood = (rng.random((max(1, n // 3), b)) * 10).astype(dtype)
+    old = ind.astype(np.float64).mean(axis=0) / np.maximum(ood.astype(np.float64).mean(axis=0), 1e-12)
+    np.testing.assert_array_equal(norm_ratio(ind, ood), old)
+
+
+def test_featurenorm_ratio_at_imagenet_rows_is_the_copys_bit_for_bit():
+    from tagood.detectors.featurenorm import norm_ratio
+
+    rng = np.random.default_rng(0)
+    for width in (1, 2, 17):  # one column: summed pairwise, so it goes through the copy
+        ind = (rng.random((1_281_167, width)) * 10).astype(np.float32)
+        ood = (rng.random((5_000, width)) * 10).astype(np.float32)
+        old = ind.astype(np.float64).mean(axis=0) / np.maximum(ood.astype(np.float64).mean(axis=0), 1e-12)
+        np.testing.assert_array_equal(norm_ratio(ind, ood), old)

@@ -35,9 +35,18 @@ PAPER = ("Yu, Shin, Lee, Jun & Lee, Block Selection Method for Using Feature Nor
 def norm_ratio(ind_block_norms: ArrayLike, pseudo_block_norms: ArrayLike) -> np.ndarray:
     """NormRatio of each block: mean FeatureNorm on IND training images / mean on pseudo-OOD (jigsaw) images,
     ``(B,)`` float64; the block with the largest ratio is FeatureNorm's block."""
-    ind = np.asarray(ind_block_norms, dtype=np.float64).mean(axis=0)
-    ood = np.asarray(pseudo_block_norms, dtype=np.float64).mean(axis=0)
+    ind, ood = _column_means64(ind_block_norms), _column_means64(pseudo_block_norms)
     return ind / np.maximum(ood, 1e-12)
+
+
+def _column_means64(x: ArrayLike) -> np.ndarray:
+    """Float64 column means without a float64 copy of ``x`` (ImageNet-1K's training block norms: 1.28M rows). numpy
+    adds the rows of a 2-D array with two or more columns in the same order whether it casts as it goes or reads a
+    copy, so the means are the copy's bit for bit; one column it sums pairwise, by buffer when casting: copied."""
+    a = np.asarray(x)
+    if a.ndim == 2 and a.shape[1] >= 2:
+        return np.asarray(a.mean(axis=0, dtype=np.float64))
+    return np.asarray(np.asarray(a, dtype=np.float64).mean(axis=0))
 
 
 def score(block_norms: ArrayLike, block: int) -> np.ndarray:
