@@ -51,6 +51,7 @@ from tagood.backbones.efficientnet import (
 from tagood.core.types import ModelOutput
 from tagood.extract import extract_split
 from tagood.extract.pipeline import decode_batches
+from tagood.runtime.machine import cpu_model
 from tagood.runtime.threads import decode_workers
 
 
@@ -147,7 +148,7 @@ def main_free(args: argparse.Namespace) -> None:
             out = {"benchmark": "extract_throughput", "command": " ".join(["python", "benchmarks/extract_throughput.py",
                                                                           *sys.argv[1:]]),
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                   "machine": {"platform": platform.platform(), "processor": cpu_model(),
                                "cpus": os.cpu_count()},
                    "images": args.n, "batch_size": args.batch_size, "workers": workers, "repeats": args.repeats,
                    "backbone": "near-free (channel means)", "decode": args.decode,

@@ -65,6 +65,7 @@ import torch
 import tagood
 from tagood.core.types import LinearHead
 from tagood.metrics import ood_metrics
+from tagood.runtime.machine import cpu_model
 
 #: Tolerances (rtol, atol) of the float64 reference check, per pair. The benchmark's features and logits are
 #: float32, which the detectors compute in float32 where that makes no ties (see docs/guides/peers.md): MSP, Energy,
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     smallest = min(rows, key=lambda r: r["ratio"])
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "peers.main(" + repr(argv) + ")",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                     "pytorch_ood": getattr(po, "__version__", "?"),
                     "faiss": getattr(faiss, "__version__", None) if faiss is not None else None,

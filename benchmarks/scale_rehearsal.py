@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tagood.runtime.machine import cpu_model
+
 IMAGENET = {"train": 1_281_167, "test": 50_000, "ood": 10_000}
 N_OOD_SETS = 4
 TOKENS, TAGS, TOP_K, BLOCKS = 145, 4585, 10, 24
@@ -321,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "ood_sets": N_OOD_SETS, "methods": methods, "tagood_epochs": a.tagood_epochs,
                   "stream_above_gb": a.stream_above_gb,
                   "command": " ".join(["python", "benchmarks/scale_rehearsal.py", *(argv if argv is not None else sys.argv[1:])]),
-                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                  "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
+                              "python": platform.python_version()},
                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs, "ratios": rs}
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -695,7 +695,8 @@ def render_peers(args: str, page: Path, where: str) -> str:
     path, doc = _result_file(args, where, "benchmarks/peers.py", ("rows", "shapes", "machine", "smallest"))
     rows, shapes, machine, smallest = doc["rows"], doc["shapes"], doc["machine"], doc["smallest"]
     head = (f"*Rendered from [`{_rel(path)}`]({_link(path, page)}): `{doc.get('command', 'a peers run')}`, "
-            f"{doc.get('date', 'undated')}; {machine.get('cpus', '?')} CPUs ({machine.get('processor') or '?'}), "
+            f"{doc.get('date', 'undated')}; {machine.get('cpus', '?')} CPUs"
+            f"{' (' + machine['processor'] + ')' if machine.get('processor') else ''}, "
             f"{doc.get('threads', '?')} threads per side, median of {doc.get('repeats', '?')} interleaved runs; "
             f"{shapes['n_train']:,} x {shapes['dim']:,} training features, {shapes['classes']} classes, "
             f"{shapes['n_eval']:,} evaluation features, k = {shapes['k']}; metrics on {shapes['metrics_n']:,} scores. "

@@ -1,4 +1,5 @@
-"""This process's resources per stage (tagood.runtime.memory): the resettable peak RSS and the storage reads."""
+"""This process's resources per stage (tagood.runtime.memory: the resettable peak RSS and the storage reads) and the
+machine a result file names (tagood.runtime.machine)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,15 @@ def test_storage_reads_count_a_file_read_past_the_page_cache(tmp_path):
     again = memory.storage_reads()
     assert path.read_bytes()
     assert memory.storage_reads() - again < 1 << 20
+
+
+def test_cpu_model_names_the_processor_the_kernel_reports():
+    from tagood.runtime.machine import cpu_model
+
+    model = cpu_model()
+    if sys.platform.startswith("linux"):
+        with open("/proc/cpuinfo") as f:
+            names = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+        if names:
+            assert model in names
+    assert isinstance(model, str)
