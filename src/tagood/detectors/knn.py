@@ -6,7 +6,7 @@ labels): ``score(x) = ||z - z_(k)||`` with ``z = x / ||x||``, **higher = more OO
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +18,7 @@ from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
 from tagood.core.numeric import l2_normalize
 from tagood.core.validation import OpenFraction, PosInt
+from tagood.detectors._common import row_products
 from tagood.detectors.base import Detector, field_array
 from tagood.detectors.options import DetectorOptions, OptionError
 from tagood.detectors.registry import register
@@ -30,19 +31,15 @@ def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk:
     """Exact Euclidean distance of each (L2-normalised) query to its k-th nearest row of ``bank``, in chunks
     of queries whose similarity block stays under ``max_bytes`` (1.28M ImageNet rows: ~200 queries)."""
     chunk = int(max(1, min(chunk, max_bytes // (4 * max(1, len(bank))))))
-    cpu = torch.device(device).type == "cpu"
-    if cpu:  # the product through numpy's BLAS into one reused block (on CPUs it outran torch's here: peers.py)
-        bt = np.ascontiguousarray(bank, dtype=np.float32).T
-        block = np.empty((min(chunk, len(queries)), len(bank)), dtype=np.float32)
+    if torch.device(device).type == "cpu":  # through numpy's BLAS into one reused block
+        sims: Iterator[torch.Tensor] = (s for _, s in row_products(queries, np.ascontiguousarray(bank, np.float32).T,
+                                                                    chunk))
     else:
         b = torch.as_tensor(bank, dtype=torch.float32, device=device)
+        sims = (torch.as_tensor(queries[i : i + chunk], dtype=torch.float32, device=device) @ b.T
+                for i in range(0, len(queries), chunk))
     out = []
-    for i in range(0, len(queries), chunk):
-        if cpu:
-            q32 = np.ascontiguousarray(queries[i : i + chunk], dtype=np.float32)
-            sim = torch.from_numpy(np.matmul(q32, bt, out=block[: len(q32)]))
-        else:
-            sim = torch.as_tensor(queries[i : i + chunk], dtype=torch.float32, device=device) @ b.T
+    for sim in sims:
         # unit vectors: ||q - b||^2 = 2 - 2 q.b
         top = torch.topk(sim, k, dim=1).values[:, -1]
         out.append(torch.sqrt(torch.clamp(2.0 - 2.0 * top, min=0.0)).double().cpu().numpy())

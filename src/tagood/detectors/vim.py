@@ -32,7 +32,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.numeric import logsumexp
 from tagood.core.types import LinearHead
 from tagood.core.validation import PosInt
-from tagood.detectors._common import HeadDetector, as_tensor, compute_dtype, head_logits, logit_parts
+from tagood.detectors._common import HeadDetector, as_tensor, compute_dtype, head_logits, logit_parts, row_products
 from tagood.detectors.base import field_array
 from tagood.detectors.options import DetectorOptions
 from tagood.detectors.registry import register
@@ -101,12 +101,7 @@ def _project32(x: np.ndarray, head: LinearHead, u: np.ndarray, ns: np.ndarray,
     ur = torch.from_numpy((u @ ns.astype(np.float64)).astype(np.float32))
     b32 = torch.from_numpy(np.ascontiguousarray(head.bias, dtype=np.float32))
     res, lg = [], []
-    mn = m.numpy()
-    # the product through numpy's BLAS into one reused block (on CPUs it outran torch's here, as for KNN)
-    block = np.empty((min(CHUNK, len(x)), mn.shape[1]), dtype=np.float32)
-    for i in range(0, len(x), CHUNK):
-        xc = np.ascontiguousarray(x[i : i + CHUNK], dtype=np.float32)
-        p = torch.from_numpy(np.matmul(xc, mn, out=block[: len(xc)]))
+    for _, p in row_products(x, m.numpy(), CHUNK):
         res.append(torch.linalg.vector_norm(p[:, :k].sub_(ur), dim=1).double().numpy())
         logits = p[:, k:].add_(b32).numpy()
         if reduce_logits == "lse":
