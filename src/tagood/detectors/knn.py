@@ -18,8 +18,8 @@ from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
 from tagood.core.numeric import l2_normalize
 from tagood.core.validation import OpenFraction, PosInt
-from tagood.detectors._common import row_products
 from tagood.detectors.base import Detector, field_array
+from tagood.detectors.knn_search import PrunedBank, kth_largest_products
 from tagood.detectors.options import DetectorOptions, OptionError
 from tagood.detectors.registry import register
 
@@ -27,21 +27,23 @@ PAPER = "Sun, Ming, Zhu & Li, Out-of-Distribution Detection with Deep Nearest Ne
 
 
 def kth_neighbour_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096, device: str = "cpu",
-                           max_bytes: float = 2**30) -> np.ndarray:
+                           max_bytes: float = 2**30, pruned: PrunedBank | None = None) -> np.ndarray:
     """Exact Euclidean distance of each (L2-normalised) query to its k-th nearest row of ``bank``, in chunks
-    of queries whose similarity block stays under ``max_bytes`` (1.28M ImageNet rows: ~200 queries)."""
+    of queries whose similarity block stays under ``max_bytes`` (1.28M ImageNet rows: ~200 queries).
+
+    On the CPU the search runs through numpy's BLAS (:func:`tagood.detectors.knn_search.kth_largest_products`),
+    pruned when ``pruned`` is given (exact either way); elsewhere with ``torch.topk`` on the device."""
     chunk = int(max(1, min(chunk, max_bytes // (4 * max(1, len(bank))))))
-    if torch.device(device).type == "cpu":  # through numpy's BLAS into one reused block
-        sims: Iterator[torch.Tensor] = (s for _, s in row_products(queries, np.ascontiguousarray(bank, np.float32).T,
-                                                                    chunk))
+    if torch.device(device).type == "cpu":
+        tops: Iterator[torch.Tensor] = (torch.from_numpy(t) for t in kth_largest_products(
+            queries, np.ascontiguousarray(bank, np.float32), k, chunk, pruned))
     else:
         b = torch.as_tensor(bank, dtype=torch.float32, device=device)
-        sims = (torch.as_tensor(queries[i : i + chunk], dtype=torch.float32, device=device) @ b.T
-                for i in range(0, len(queries), chunk))
+        tops = (torch.topk(torch.as_tensor(queries[i : i + chunk], dtype=torch.float32, device=device) @ b.T,
+                           k, dim=1).values[:, -1] for i in range(0, len(queries), chunk))
     out = []
-    for sim in sims:
+    for top in tops:
         # unit vectors: ||q - b||^2 = 2 - 2 q.b
-        top = torch.topk(sim, k, dim=1).values[:, -1]
         out.append(torch.sqrt(torch.clamp(2.0 - 2.0 * top, min=0.0)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -66,7 +68,8 @@ def make_bank(train_features: ArrayLike, k: int = 50, alpha: float = 1.0, seed: 
     return z.astype(np.float32)
 
 
-def score(features: ArrayLike, bank: np.ndarray, k: int = 50, device: str = "cpu") -> np.ndarray:
+def score(features: ArrayLike, bank: np.ndarray, k: int = 50, device: str = "cpu",
+          pruned: PrunedBank | None = None) -> np.ndarray:
     """KNN OOD score: the Euclidean distance of each L2-normalised feature to its ``k``-th nearest row of ``bank``,
     **higher = more OOD**.
 
@@ -75,10 +78,12 @@ def score(features: ArrayLike, bank: np.ndarray, k: int = 50, device: str = "cpu
         bank: ``(M, D)`` L2-normalised IND training features, ``M >= k`` (:func:`make_bank`).
         k: the neighbour rank.
         device: the torch device of the search.
+        pruned: ``PrunedBank.build(bank, k)`` (:mod:`tagood.detectors.knn_search`) for the exact pruned CPU
+            search, or None for the brute force. The detector builds it once per bank.
     Returns:
         ``(N,)`` float64 distances in ``[0, 2]``.
     """
-    return kth_neighbour_distance(_normalized32(features), bank, k, device=device)
+    return kth_neighbour_distance(_normalized32(features), bank, k, device=device, pruned=pruned)
 
 
 @register("knn")
@@ -96,6 +101,8 @@ class KNN(Detector):
     requires = frozenset({"features"})
     bank: np.ndarray
     device: str = "cpu"
+    #: the pruned search's data for ``bank`` (built at the first CPU score, not saved): ``(bank, PrunedBank | None)``
+    _pruned: tuple[np.ndarray, PrunedBank | None] | None = None
 
     def check_data(self, n_train: int, n_classes: int | None = None) -> None:
         """``k`` must not exceed the IND training samples (the bank holds at least ``k`` of them)."""
@@ -110,7 +117,13 @@ class KNN(Detector):
         self.bank = make_bank(field_array(train, "features"), self.options.k, self.options.alpha, context.seed)
 
     def _score(self, data: FeatureSet) -> np.ndarray:
-        return score(field_array(data, "features"), self.bank, self.options.k, device=self.device)
+        pruned = None
+        if torch.device(self.device).type == "cpu":
+            if self._pruned is None or self._pruned[0] is not self.bank:
+                bank = np.ascontiguousarray(self.bank, dtype=np.float32)
+                self._pruned = (self.bank, PrunedBank.build(bank, self.options.k, seed=0))
+            pruned = self._pruned[1]
+        return score(field_array(data, "features"), self.bank, self.options.k, device=self.device, pruned=pruned)
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"bank": self.bank}, {}
