@@ -8,9 +8,11 @@ logits: ``score(x) = -logsumexp(W ash(x) + b)``, **higher = more OOD**. Learns n
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from pydantic import BeforeValidator, Field
 
@@ -83,18 +85,36 @@ def ash_shape_like(x: ArrayLike, percentile: float, variant: str = "s") -> np.nd
         raise ValueError("variant must be 's', 'b' or 'p'")
     d = x.shape[1]
     n_keep = min(d, max(1, d - int(np.round(d * percentile / 100.0))))
-    t = np.partition(x, d - n_keep, axis=1)[:, d - n_keep : d - n_keep + 1]  # k-th largest per row
+    out = np.empty_like(x)
+    # each row is shaped on its own: blocks of rows go to torch's thread count (numpy releases the interpreter lock)
+    threads = max(1, min(torch.get_num_threads(), len(x) // 256))
+    if threads == 1:
+        _shape_rows(x, out, d - n_keep, variant)
+    else:
+        bounds = np.linspace(0, len(x), 4 * threads + 1).astype(int)
+        with ThreadPoolExecutor(threads, thread_name_prefix="tagood-ash") as pool:
+            list(pool.map(lambda ab: _shape_rows(x[ab[0]:ab[1]], out[ab[0]:ab[1]], d - n_keep, variant),
+                          zip(bounds[:-1], bounds[1:], strict=True)))
+    return out
+
+
+def _shape_rows(x: np.ndarray, out: np.ndarray, at: int, variant: str) -> None:
+    """:func:`ash_shape_like` of the rows ``x`` into ``out``; ``at`` = ``D - k`` (the cut is each row's
+    ``k``-th largest value)."""
+    t = np.partition(x, at, axis=1)[:, at : at + 1]  # k-th largest per row
     mask = (x >= t) & (x > 0)
-    s1 = x.sum(axis=1, keepdims=True, dtype=np.float64)
     zero = x.dtype.type(0)
-    pruned = np.where(mask, x, zero)
     if variant == "p":
-        return pruned
+        np.copyto(out, np.where(mask, x, zero))
+        return
+    s1 = x.sum(axis=1, keepdims=True, dtype=np.float64)
     if variant == "b":
         kept = mask.sum(axis=1, keepdims=True)
-        return np.where(mask, (s1 / np.maximum(kept, 1)).astype(x.dtype), zero)
+        np.copyto(out, np.where(mask, (s1 / np.maximum(kept, 1)).astype(x.dtype), zero))
+        return
+    pruned = np.where(mask, x, zero)
     s2 = pruned.sum(axis=1, keepdims=True, dtype=np.float64)
-    return pruned * np.exp(s1 / np.maximum(s2, 1e-12)).astype(x.dtype)
+    np.multiply(pruned, np.exp(s1 / np.maximum(s2, 1e-12)).astype(x.dtype), out=out)
 
 
 def score(features: ArrayLike, head: LinearHead, percentile: float = 90.0, variant: str = "s") -> np.ndarray:
