@@ -139,7 +139,10 @@ def test_build_declines_where_pruning_cannot_pay() -> None:
     assert PrunedBank.build(_unit(rng.normal(size=(5000, 256))), 10) is None  # D < 4 * 128
     assert PrunedBank.build(_unit(rng.normal(size=(1000, 512))), 10) is None  # fewer than 4,096 rows
     assert PrunedBank.build(_unit(rng.normal(size=(4096, 512))), 600) is None  # 1,024 pilot rows < 2k
-    assert PrunedBank.build(_unit(rng.normal(size=(4096, 512))), 50) is not None
+    pb = PrunedBank.build(_unit(rng.normal(size=(4096, 512))), 50)
+    assert pb is not None and pb.margin == MARGIN
+    wide = PrunedBank(4, np.zeros((8192, 8), np.float32), pb.rest_rows, pb.rest_bound)
+    assert wide.margin == 2 * MARGIN  # float32 rounding grows with the product's length
 
 
 def test_knn_detector_prunes_on_the_cpu_and_scores_as_the_brute_force(caplog: pytest.LogCaptureFixture) -> None:

@@ -32,7 +32,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: bound slack: float32 rounding of the products and of the basis is below 1e-4 for unit vectors with D <= 4096
+#: bound slack at D <= 4096 (float32 rounding of the products and of the basis stays below 1e-4 for unit vectors
+#: there); wider banks get ``MARGIN * D / 4096`` (:attr:`PrunedBank.margin`)
 MARGIN = 1e-3
 #: a query whose surviving rows exceed this fraction of the non-pilot rows is scored against all of them
 DENSE_FRACTION = 0.25
@@ -81,6 +82,12 @@ class PrunedBank:
     basis: np.ndarray
     rest_rows: np.ndarray
     rest_bound: np.ndarray
+
+    @property
+    def margin(self) -> float:
+        """The bound's slack: :data:`MARGIN`, grown in proportion to ``D`` above 4,096 dimensions (the rounding
+        error of a float32 product grows with its length)."""
+        return MARGIN * max(1.0, self.basis.shape[0] / 4096)
 
     @staticmethod
     def build(bank: np.ndarray, k: int, stride: int = 4, dim: int = 128, seed: int = 0,
@@ -144,7 +151,7 @@ def _pruned_block(q: np.ndarray, bank: np.ndarray, pb: PrunedBank, k: int, block
     pilot = bank[::pb.stride]
     p = len(pilot)
     np.matmul(q, pilot.T, out=block[:, :p])
-    lower = kth_largest(block[:, :p], k) - MARGIN  # the partition leaves each row's k largest in block[:, p - k:p]
+    lower = kth_largest(block[:, :p], k) - pb.margin  # the partition leaves each row's k largest in block[:, p - k:p]
     top = block[:, p - k:p].copy()
     qb = pb.query_bound(q)
     # which queries keep most rows, judged on every 8th non-pilot row: those are scored against every row (the
