@@ -2,14 +2,17 @@
 and the head itself, taken from ``context.head`` or fitted from the training labels as ``tagood bench`` fits it;
 and what the logit detectors share (MSP, ViM; Energy for float64 logits): :func:`logit_parts`, the row maximum and the rest of the
 exponential sum, from which a log-sum-exp and a maximum softmax follow without losing the small terms.
-The numeric primitives (softmax, log-sum-exp, L2 normalisation) are in :mod:`tagood.core.numeric`."""
+The numeric primitives (softmax, log-sum-exp, L2 normalisation) are in :mod:`tagood.core.numeric`. Also the two
+CPU helpers of the float32 paths: :func:`row_products` (a blocked product through numpy's BLAS) and
+:func:`map_row_blocks` (row-wise numpy work split over torch's thread count)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -73,6 +76,27 @@ def row_products(x: np.ndarray, m: np.ndarray, rows: int) -> Iterator[tuple[int,
     for i in range(0, len(x), rows):
         xc = np.ascontiguousarray(x[i : i + rows], dtype=np.float32)
         yield i, torch.from_numpy(np.matmul(xc, m, out=block[: len(xc)]))
+
+
+T = TypeVar("T")
+
+
+def map_row_blocks(fn: Callable[[int, int], T], n: int, threads: int | None = None, min_rows: int = 1,
+                   pieces: int = 1) -> list[T]:
+    """``fn(start, stop)`` over contiguous blocks of ``range(n)``, on up to ``threads`` threads (default torch's
+    intra-op thread count), never more than ``n // min_rows``; ``pieces`` blocks per thread. numpy releases the
+    interpreter lock in its selections, reductions and element-wise operations, so blocks of rows run in parallel.
+    With one thread, ``fn(0, n)`` is called directly.
+
+    Returns:
+        ``fn``'s results in block order.
+    """
+    workers = max(1, min(threads or torch.get_num_threads(), n // max(1, min_rows)))
+    if workers == 1:
+        return [fn(0, n)]
+    bounds = np.linspace(0, n, pieces * workers + 1).astype(int)
+    with ThreadPoolExecutor(workers, thread_name_prefix="tagood-rows") as pool:
+        return list(pool.map(lambda ab: fn(int(ab[0]), int(ab[1])), zip(bounds[:-1], bounds[1:], strict=True)))
 
 
 def compute_dtype(a: np.ndarray) -> torch.dtype:

@@ -8,11 +8,9 @@ logits: ``score(x) = -logsumexp(W ash(x) + b)``, **higher = more OOD**. Learns n
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 from pydantic import BeforeValidator, Field
 
@@ -20,7 +18,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead
 from tagood.core.validation import _finite_check
 from tagood.detectors import energy
-from tagood.detectors._common import HeadDetector, head_logits_like
+from tagood.detectors._common import HeadDetector, head_logits_like, map_row_blocks
 from tagood.detectors.base import field_array
 from tagood.detectors.options import DetectorOptions
 from tagood.detectors.registry import register
@@ -86,15 +84,8 @@ def ash_shape_like(x: ArrayLike, percentile: float, variant: str = "s") -> np.nd
     d = x.shape[1]
     n_keep = min(d, max(1, d - int(np.round(d * percentile / 100.0))))
     out = np.empty_like(x)
-    # each row is shaped on its own: blocks of rows go to torch's thread count (numpy releases the interpreter lock)
-    threads = max(1, min(torch.get_num_threads(), len(x) // 256))
-    if threads == 1:
-        _shape_rows(x, out, d - n_keep, variant)
-    else:
-        bounds = np.linspace(0, len(x), 4 * threads + 1).astype(int)
-        with ThreadPoolExecutor(threads, thread_name_prefix="tagood-ash") as pool:
-            list(pool.map(lambda ab: _shape_rows(x[ab[0]:ab[1]], out[ab[0]:ab[1]], d - n_keep, variant),
-                          zip(bounds[:-1], bounds[1:], strict=True)))
+    # each row is shaped on its own: blocks of rows on torch's thread count
+    map_row_blocks(lambda i, j: _shape_rows(x[i:j], out[i:j], d - n_keep, variant), len(x), min_rows=256, pieces=4)
     return out
 
 

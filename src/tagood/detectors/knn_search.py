@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from tagood.detectors._common import map_row_blocks, row_products
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,7 @@ def kth_largest(block: np.ndarray, k: int, threads: int | None = None) -> np.nda
     if not 1 <= k <= m:
         raise ValueError(f"k={k} must be in [1, {m}] (the row length)")
     at = m - k
-    parts = max(1, min(threads or torch.get_num_threads(), n // 64))
-    if parts == 1:
-        block.partition(at, axis=1)
-    else:
-        bounds = np.linspace(0, n, parts + 1).astype(int)
-        with ThreadPoolExecutor(parts, thread_name_prefix="tagood-knn") as pool:
-            list(pool.map(lambda ab: block[ab[0]:ab[1]].partition(at, axis=1), zip(bounds[:-1], bounds[1:], strict=True)))
+    map_row_blocks(lambda i, j: block[i:j].partition(at, axis=1), n, threads, min_rows=64)
     return block[:, at].copy()
 
 
@@ -195,15 +190,19 @@ def kth_largest_products(queries: np.ndarray, bank: np.ndarray, k: int, rows: in
         rows: queries per block (memory: ``rows * M`` float32).
         pruned: :meth:`PrunedBank.build` of ``bank``, or None.
     """
-    block = np.empty((max(0, min(rows, len(queries))), len(bank)), dtype=np.float32)
-    bank_t = bank.T
-    for i in range(0, len(queries), rows):
-        q = np.ascontiguousarray(queries[i:i + rows], dtype=np.float32)
-        if pruned is not None:
+    done = 0
+    if pruned is not None:
+        block = np.empty((min(rows, len(queries)), len(bank)), dtype=np.float32)
+        for done in range(0, len(queries), rows):
+            q = np.ascontiguousarray(queries[done:done + rows], dtype=np.float32)
             kth, n_dense = _pruned_block(q, bank, pruned, k, block[:len(q)])
+            yield kth
             if n_dense > 0.75 * len(q):
                 log.debug("knn: %d of %d queries kept most rows; brute force for the rest of the call", n_dense, len(q))
-                pruned = None
-            yield kth
+                done += len(q)
+                break
         else:
-            yield kth_largest(np.matmul(q, bank_t, out=block[:len(q)]), k)
+            return
+        del block
+    for _, sims in row_products(queries[done:], bank.T, rows):
+        yield kth_largest(sims.numpy(), k)

@@ -8,7 +8,6 @@ Penultimate activations are clipped at ``c``, the ``percentile``-th percentile o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -21,7 +20,7 @@ from tagood.core.featureset import FeatureSet
 from tagood.core.types import LinearHead
 from tagood.core.validation import _finite_check
 from tagood.detectors import energy
-from tagood.detectors._common import HeadDetector, compute_dtype, head_logits, head_logits_like
+from tagood.detectors._common import HeadDetector, compute_dtype, head_logits, head_logits_like, map_row_blocks
 from tagood.detectors.base import field_array
 from tagood.detectors.options import DetectorOptions
 from tagood.detectors.registry import register
@@ -58,8 +57,7 @@ def order_statistics(flat: np.ndarray, lo: int, hi: int, sample: int = 2**20) ->
     6 standard errors wide, plus the sample spacing), the whole array is partitioned as before."""
     n = flat.size
     if n <= 4 * sample:
-        part = np.partition(flat, [lo, hi] if hi != lo else [lo])
-        return float(part[lo]), float(part[hi])
+        return _partitioned(flat, lo, hi)
     s = np.sort(flat[:: n // sample])
     m = len(s)
     f0, f1 = lo / (n - 1), hi / (n - 1)
@@ -67,19 +65,22 @@ def order_statistics(flat: np.ndarray, lo: int, hi: int, sample: int = 2**20) ->
     a = s[int(np.floor((f0 - slack) * (m - 1)))] if f0 - slack > 0 else -np.inf
     b = s[int(np.ceil((f1 + slack) * (m - 1)))] if f1 + slack < 1 else np.inf
 
-    def split(c: np.ndarray) -> tuple[int, np.ndarray]:
+    def split(i: int, j: int) -> tuple[int, np.ndarray]:
+        c = flat[i:j]
         return int(np.count_nonzero(c < a)), c[(c >= a) & (c <= b)]
 
-    with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="tagood-react") as pool:
-        parts = list(pool.map(split, np.array_split(flat, 4 * max(1, torch.get_num_threads()))))
+    parts = map_row_blocks(split, n, pieces=4)
     below = sum(c for c, _ in parts)
     inside = np.concatenate([v for _, v in parts])
     if below <= lo and below + inside.size > hi:
-        i, j = lo - below, hi - below
-        part = np.partition(inside, [i, j] if j != i else [i])
-        return float(part[i]), float(part[j])
-    part = np.partition(flat, [lo, hi] if hi != lo else [lo])  # the bracket missed: every value
-    return float(part[lo]), float(part[hi])
+        return _partitioned(inside, lo - below, hi - below)
+    return _partitioned(flat, lo, hi)  # the bracket missed: every value
+
+
+def _partitioned(a: np.ndarray, i: int, j: int) -> tuple[float, float]:
+    """The ``i``-th and ``j``-th smallest values of ``a`` (``i <= j``), by ``np.partition`` of a copy."""
+    part = np.partition(a, [i, j] if j != i else [i])
+    return float(part[i]), float(part[j])
 
 
 def score(features: ArrayLike, head: LinearHead, clip: float) -> np.ndarray:
