@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tagood
 from tagood.core.types import LinearHead
@@ -169,3 +171,50 @@ def test_knn_float32_normalisation_matches_float64() -> None:
     q = x[:40] * 3.0
     np.testing.assert_allclose(knn.score(q, b32, 5), knn.score(q.astype(np.float64), b64, 5), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(knn.score(x[:3].astype(np.float16), b32, 1), 0.0, atol=2e-3)  # each its own neighbour
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(0, 40), cols=st.integers(1, 60),
+       centre=st.sampled_from([0.0, -60.0, -75.0, -100.0, -200.0, 60.0, 87.0, 95.0, 300.0]),
+       spread=st.sampled_from([0.0, 1.0, 8.0, 40.0]), specials=st.booleans())
+def test_logsumexp_rows_matches_float64_and_torch(seed: int, rows: int, cols: int, centre: float, spread: float,
+                                                  specials: bool) -> None:
+    """The unshifted two-pass log-sum-exp against the float64 value within float32 precision, wherever the logits
+    sit: in range, where exp(x) overflows (> 88) or underflows (< -87, so the sum falls below 2^-100) and the row is
+    recomputed shifted, and for infinities and NaN, which give exactly what ``torch.logsumexp`` gives."""
+    rng = np.random.default_rng(seed)
+    z = (centre + spread * rng.standard_normal((rows, cols))).astype(np.float32)
+    if specials and rows >= 4:
+        z[0, 0], z[1, :], z[2, -1], z[3, 0] = np.inf, -np.inf, np.nan, -np.inf
+    got = energy.logsumexp_rows(torch.from_numpy(z.copy())).numpy()
+    want = torch.logsumexp(torch.from_numpy(z), dim=1).numpy()
+    special = ~np.isfinite(want)
+    np.testing.assert_array_equal(got[special], want[special])  # inf, -inf and NaN as torch gives them
+    with np.errstate(invalid="ignore"):
+        ref = lse64(z)
+    fin = ~special
+    # float32: the sum to a few ulps, so the log to ~1e-7 absolute, plus the rounding of the result itself
+    tol = 4e-7 + 2.0**-23 * np.abs(ref[fin])
+    assert np.all(np.abs(got[fin].astype(np.float64) - ref[fin]) <= tol)
+    assert got.dtype == np.float32 and got.shape == (rows,)
+
+
+def test_logsumexp_rows_recomputes_only_out_of_range_rows(monkeypatch) -> None:
+    """Rows in range take the unshifted path (no call to torch.logsumexp at all); an out-of-range row sends only the
+    out-of-range rows to it."""
+    calls: list[int] = []
+    real = torch.logsumexp
+
+    def spy(x: torch.Tensor, dim: int) -> torch.Tensor:
+        calls.append(len(x))
+        return real(x, dim=dim)
+
+    monkeypatch.setattr(energy.torch, "logsumexp", spy)
+    z = np.random.default_rng(0).normal(0, 3, (50, 10)).astype(np.float32)
+    energy.logsumexp_rows(torch.from_numpy(z))
+    assert calls == []
+    z[[4, 9]] += np.float32(100.0)  # exp overflows float32
+    z[11] -= np.float32(150.0)  # the sum underflows
+    got = energy.logsumexp_rows(torch.from_numpy(z))
+    assert calls == [3]
+    np.testing.assert_allclose(got.numpy(), lse64(z), rtol=1e-6)

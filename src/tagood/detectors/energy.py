@@ -34,7 +34,7 @@ def score(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
         ``(N,)`` float64 scores.
 
     Precision: float64 logits are computed in float64 (:func:`tagood.detectors._common.logit_parts`); float32 /
-    float16 logits in float32 (``torch.logsumexp``, no copy to float64), about 1e-7 relative from the float64
+    float16 logits in float32 (:func:`logsumexp_rows`, no copy to float64), about 1e-7 relative from the float64
     value. The energy does not saturate, so float32 makes no ties that float64 would not (unlike MSP near -1).
 
     Example:
@@ -46,9 +46,39 @@ def score(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     a = np.asarray(logits)
     if compute_dtype(a) == torch.float32 and a.ndim == 2 and temperature > 0:
         x = as_tensor(a, torch.float32)
-        return (torch.logsumexp(x / temperature if temperature != 1.0 else x, dim=1) * -temperature).double().numpy()
+        lse = logsumexp_rows(x / temperature if temperature != 1.0 else x)
+        return (lse.neg_() if temperature == 1.0 else lse.mul_(-temperature)).double().numpy()
     m, r = logit_parts(a, temperature)
     return -temperature * (m + np.log1p(r))
+
+
+#: ``log`` of the smallest unshifted exponential sum :func:`logsumexp_rows` keeps (2^-100): above it, the terms that
+#: float32 cannot hold as normal numbers (below 2^-126) weigh less than 2^-26 of the sum
+_LOG_SAFE_SUM = -100.0 * float(np.log(2.0))
+
+
+def logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    """``log(sum(exp(x)))`` of each row of a 2-d float tensor, in its dtype: ``torch.logsumexp(x, dim=1)`` in two
+    passes over ``x`` instead of four.
+
+    ``torch.logsumexp`` first takes each row's maximum ``m`` and then sums ``exp(x - m)``, a shift only needed to keep
+    the exponentials in range. Here the rows are exponentiated unshifted (each ``exp`` of an exact float is rounded
+    to about one ulp whatever its size, as ``exp(x - m)`` is) and summed; a row whose sum is not finite or below
+    ``2^-100`` (a logit above ~88 in float32, every logit below ~-69, an infinity or a NaN) is recomputed by
+    ``torch.logsumexp``. Both give the log-sum-exp to about 1e-7 relative (float32).
+
+    Args:
+        x: ``(N, C)`` tensor, ``C >= 1``.
+    Returns:
+        ``(N,)`` tensor of ``x``'s dtype, a new tensor the caller may write into.
+    """
+    out = torch.exp(x).sum(dim=1).log_()
+    if out.numel():
+        lo, hi = torch.aminmax(out)
+        if not (float(lo) >= _LOG_SAFE_SUM and float(hi) < float("inf")):  # NaN fails both tests
+            bad = ~(torch.isfinite(out) & (out >= _LOG_SAFE_SUM))
+            out[bad] = torch.logsumexp(x[bad], dim=1)
+    return out
 
 
 @register("energy")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from pydantic import Field
-from scipy.linalg import blas as scipy_blas  # type: ignore[import-untyped]  # scipy: required by scikit-learn
+import scipy.linalg as scipy_linalg  # type: ignore[import-untyped]  # scipy: required by scikit-learn
+from scipy.linalg import blas as scipy_blas  # type: ignore[import-untyped]
 
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
@@ -66,10 +67,12 @@ def _covariance32(x: np.ndarray, u: np.ndarray) -> np.ndarray:
     mu /= max(n, 1)
     mu32 = torch.from_numpy(mu.astype(np.float32))
     acc = np.zeros((dim, dim))
+    buf = torch.empty(min(CHUNK, n), dim)  # one centred chunk, reused
     for i in range(0, n, CHUNK):
-        xc = (as_tensor(x[i : i + CHUNK], torch.float32) - mu32).numpy()
-        # BLAS ssyrk on the Fortran-ordered transpose (no copy): the upper triangle of xc^T xc, half a product's work
-        acc += np.triu(scipy_blas.ssyrk(1.0, xc.T, trans=0, lower=0))
+        xc = torch.sub(as_tensor(x[i : i + CHUNK], torch.float32), mu32, out=buf[: min(CHUNK, n - i)]).numpy()
+        # BLAS ssyrk on the Fortran-ordered transpose (no copy): the upper triangle of xc^T xc, half a product's work;
+        # its strict lower triangle is returned zero
+        acc += scipy_blas.ssyrk(1.0, xc.T, trans=0, lower=0)
     off = mu - u
     return np.triu(acc / max(n, 1) + np.outer(off, off))
 
@@ -81,9 +84,9 @@ def _fit_subspace32(x: np.ndarray, head: LinearHead, dim: int | None) -> tuple[n
     u = -np.linalg.pinv(w) @ b
     d = dim if dim is not None else default_dim(x.shape[1])
     d = min(d, x.shape[1] - 1)
-    cov = torch.from_numpy(_covariance32(x, u))
-    _, eigvec = torch.linalg.eigh(cov, UPLO="U")  # float64, ascending: the first D - d span the residual space
-    ns = eigvec[:, : x.shape[1] - d].to(torch.float32).contiguous().numpy()
+    # float64 LAPACK (divide and conquer) on the upper triangle; ascending: the first D - d span the residual space
+    _, eigvec = scipy_linalg.eigh(_covariance32(x, u), lower=False, driver="evd", check_finite=False)
+    ns = np.ascontiguousarray(eigvec[:, : x.shape[1] - d], dtype=np.float32)
     res, top = _project32(x, head, u, ns, reduce_logits="max")  # per chunk: no (N, C) logits held whole
     alpha = float(top.mean() / max(res.mean(), 1e-12))
     return u, ns, alpha, d
