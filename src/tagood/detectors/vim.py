@@ -22,11 +22,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.linalg as scipy_linalg  # type: ignore[import-untyped]  # scipy: required by scikit-learn
 import torch
 from numpy.typing import ArrayLike
 from pydantic import Field
-import scipy.linalg as scipy_linalg  # type: ignore[import-untyped]  # scipy: required by scikit-learn
-from scipy.linalg import blas as scipy_blas  # type: ignore[import-untyped]
 
 from tagood.core.context import Context
 from tagood.core.featureset import FeatureSet
@@ -72,7 +71,7 @@ def _covariance32(x: np.ndarray, u: np.ndarray) -> np.ndarray:
         xc = torch.sub(as_tensor(x[i : i + CHUNK], torch.float32), mu32, out=buf[: min(CHUNK, n - i)]).numpy()
         # BLAS ssyrk on the Fortran-ordered transpose (no copy): the upper triangle of xc^T xc, half a product's work;
         # its strict lower triangle is returned zero
-        acc += scipy_blas.ssyrk(1.0, xc.T, trans=0, lower=0)
+        acc += scipy_linalg.blas.ssyrk(1.0, xc.T, trans=0, lower=0)
     off = mu - u
     return np.triu(acc / max(n, 1) + np.outer(off, off))
 
