@@ -128,6 +128,7 @@ def test_subset_of_streamed_split_equals_subset_of_loaded(runs):
     np.testing.assert_array_equal(again.tag_probs, a.tag_probs[[1, 4, 6]])
 
 
+@pytest.mark.slow  # about 40-50 s on two cores
 def test_vision_language_methods_dual_encode_only_their_few_shot_picks(tmp_path, backbone):
     pytest.importorskip("transformers")
     cfg = _cfg(None)
@@ -168,6 +169,7 @@ def test_train_logits_only_when_a_detector_reads_them(runs):
     assert runner._needs_logits([runner.det_registry.create(m) for m in ("knn", "vim", "tagood", "msp")]) == (False, True)
 
 
+@pytest.mark.slow  # about 40-50 s on two cores
 def test_offline_patch_embeddings_of_a_streamed_split(runs):
     """GL-MCM and LoCoOp read patch embeddings, which the offline dual encoder derives from the cached tokens:
     on a streamed split they are derived chunk by chunk and score like the in-memory run."""
