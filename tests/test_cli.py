@@ -21,6 +21,7 @@ def test_methods_lists_every_detector():
         assert name in r.output
 
 
+@pytest.mark.slow  # about 50 s on two cores
 def test_demo_quick_writes_results(tmp_path, tagood_home):
     out = tmp_path / "out"
     r = runner.invoke(app, ["demo", "--benchmark", "fashion", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"),
