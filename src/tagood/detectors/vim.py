@@ -66,7 +66,7 @@ def _covariance32(x: np.ndarray, u: np.ndarray) -> np.ndarray:
     mu /= max(n, 1)
     mu32 = torch.from_numpy(mu.astype(np.float32))
     acc = np.zeros((dim, dim))
-    buf = torch.empty(min(CHUNK, n), dim)  # one centred chunk, reused
+    buf = torch.empty(min(CHUNK, n), dim, dtype=torch.float32)  # one centred chunk, reused
     for i in range(0, n, CHUNK):
         xc = torch.sub(as_tensor(x[i : i + CHUNK], torch.float32), mu32, out=buf[: min(CHUNK, n - i)]).numpy()
         # BLAS ssyrk on the Fortran-ordered transpose (no copy): the upper triangle of xc^T xc, half a product's work;
