@@ -127,9 +127,27 @@ def _changed(diff: str) -> list[str]:
             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
 
 
+def _norm(code: str) -> str:
+    """A line of code with its whitespace collapsed: a re-indented or re-spaced line still matches."""
+    return " ".join(code.split())
+
+
 def _key(module: str, function: str, changed: list[str]) -> tuple[str, str, tuple[str, ...]]:
-    # whitespace-insensitive: a re-indented line still matches
-    return module, function.rpartition(".")[2], tuple(ln[0] + " ".join(ln[1:].split()) for ln in changed)
+    return module, function.rpartition(".")[2], tuple(ln[0] + _norm(ln[1:]) for ln in changed)
+
+
+def stale_in_source(path: Path, src: Path) -> list[str]:
+    """Entries of the equivalents file ``path`` whose removed lines are not all lines of their module under ``src``
+    today (an edit rewrote them, so the entry can match no mutant): ``"module:function: the first missing line"``.
+    A mutation run reports such entries only at its end; this needs no run."""
+    out = []
+    for e in tomllib.loads(path.read_text())["equivalent"]:
+        module = src / e["module"]
+        lines = {_norm(ln) for ln in module.read_text().splitlines()} if module.exists() else set()
+        missing = [ln[1:] for ln in e["diff"] if ln.startswith("-") and _norm(ln[1:]) not in lines]
+        if missing or not module.exists():
+            out.append(f"{e['module']}:{e['function']}: {missing[0].strip() if missing else 'no such module'}")
+    return out
 
 
 def load_equivalents(path: Path) -> dict[tuple[str, str, tuple[str, ...]], str]:
