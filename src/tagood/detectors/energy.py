@@ -47,7 +47,7 @@ def score(logits: ArrayLike, temperature: float = 1.0) -> np.ndarray:
     if compute_dtype(a) == torch.float32 and a.ndim == 2 and temperature > 0:
         x = as_tensor(a, torch.float32)
         lse = logsumexp_rows(x / temperature if temperature != 1.0 else x)
-        return (lse.neg_() if temperature == 1.0 else lse.mul_(-temperature)).double().numpy()
+        return lse.mul_(-temperature).double().numpy()  # x * -1.0 is exactly -x
     m, r = logit_parts(a, temperature)
     return -temperature * (m + np.log1p(r))
 
